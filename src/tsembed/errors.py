@@ -1,0 +1,17 @@
+"""One error hierarchy so users can catch tsembed's own failures apart from library bugs."""
+
+
+class TsembedError(Exception):
+    """Base class of every error tsembed raises on purpose."""
+
+
+class ConfigError(TsembedError, ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+class DataError(TsembedError, ValueError):
+    """Input data is malformed; the message names the file, row and field."""
+
+
+class AdapterError(TsembedError, ValueError):
+    """Adapters cannot be attached, saved or loaded; the message lists the modules or keys."""

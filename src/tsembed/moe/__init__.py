@@ -1,0 +1,43 @@
+"""MoE-LoRA: LoRA experts with a learned router, attachable to any PyTorch model (DESIGN §3.2–§3.3)."""
+
+from tsembed.moe.attach import AttachSummary, adapter_layers, attach, detach, find_targets, get_moe_config, summarize
+from tsembed.moe.config import MoELoRAConfig
+from tsembed.moe.io import adapter_state_dict, load_adapters, read_adapter_config, save_adapters
+from tsembed.moe.layer import MoELoRALinear
+from tsembed.moe.merge import merge_and_unload, merge_expert
+from tsembed.moe.routers import ROUTERS
+from tsembed.moe.routing import (
+    RoutingOutput,
+    collect_routing,
+    load_balance_loss,
+    masked_mean,
+    router_z_loss,
+    routing_signature,
+    set_routing_mask,
+)
+
+__all__ = [
+    "ROUTERS",
+    "AttachSummary",
+    "MoELoRAConfig",
+    "MoELoRALinear",
+    "RoutingOutput",
+    "adapter_layers",
+    "adapter_state_dict",
+    "attach",
+    "collect_routing",
+    "detach",
+    "find_targets",
+    "get_moe_config",
+    "load_adapters",
+    "load_balance_loss",
+    "masked_mean",
+    "merge_and_unload",
+    "merge_expert",
+    "read_adapter_config",
+    "router_z_loss",
+    "routing_signature",
+    "save_adapters",
+    "set_routing_mask",
+    "summarize",
+]

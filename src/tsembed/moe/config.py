@@ -1,0 +1,103 @@
+"""Configuration of MoE-LoRA adapters, validated once at the edge (DESIGN §3.2)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from tsembed.errors import ConfigError
+
+ROUTING_MODES = ("topk", "topp", "dense")
+ROUTING_LEVELS = ("token", "sequence")
+
+
+@dataclass
+class MoELoRAConfig:
+    """MoE-LoRA adapter settings.
+
+    Args:
+        target_modules: regular expressions, each fully matched against module paths (e.g.
+            ``r"encoder\\.layer\\.\\d+\\.attention\\.self\\.(query|value)"``); every pattern must match.
+        num_experts: routed experts E per adapted linear.
+        rank: LoRA rank r of each expert.
+        alpha: LoRA scaling numerator; the update is scaled by ``alpha / rank``.
+        dropout: dropout on the adapter input while training.
+        routing: ``topk`` (renormalised top-k), ``topp`` (fewest experts with mass >= top_p) or ``dense``.
+        top_k: experts per input for ``topk``.
+        top_p: probability mass for ``topp``.
+        level: ``token`` routes every token; ``sequence`` routes the masked mean of the sequence once.
+        temperature: router softmax temperature T.
+        jitter: multiplicative uniform noise (1 ± jitter) on the router input while training.
+        num_shared_experts: always-on experts added with gate 1 (DeepSeekMoE-style).
+        router_init_std: std of the router's normal initialisation.
+    """
+
+    target_modules: list[str] = field(default_factory=list)
+    num_experts: int = 4
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    routing: str = "topk"
+    top_k: int = 2
+    top_p: float = 0.5
+    level: str = "token"
+    temperature: float = 1.0
+    jitter: float = 0.0
+    num_shared_experts: int = 0
+    router_init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        self.target_modules = list(self.target_modules)
+        if not self.target_modules:
+            raise ConfigError("moe.target_modules: give at least one module-name pattern")
+        for pattern in self.target_modules:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"moe.target_modules: {pattern!r} is not a valid regex ({exc})") from None
+        _check_int("num_experts", self.num_experts, minimum=1)
+        _check_int("rank", self.rank, minimum=1)
+        _check_int("num_shared_experts", self.num_shared_experts, minimum=0)
+        if self.routing not in ROUTING_MODES:
+            raise ConfigError(f"moe.routing must be one of {ROUTING_MODES}, got {self.routing!r}")
+        if self.level not in ROUTING_LEVELS:
+            raise ConfigError(f"moe.level must be one of {ROUTING_LEVELS}, got {self.level!r}")
+        _check_int("top_k", self.top_k, minimum=1)
+        if self.top_k > self.num_experts:
+            raise ConfigError(
+                f"moe.top_k={self.top_k} is larger than moe.num_experts={self.num_experts}; "
+                "top_k must be between 1 and num_experts"
+            )
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise ConfigError(f"moe.top_p must be in (0, 1], got {self.top_p!r}")
+        if float(self.temperature) <= 0.0:
+            raise ConfigError(f"moe.temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"moe.dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= float(self.jitter) < 1.0:
+            raise ConfigError(f"moe.jitter must be in [0, 1), got {self.jitter!r}")
+        if float(self.alpha) <= 0.0:
+            raise ConfigError(f"moe.alpha must be > 0, got {self.alpha!r}")
+
+    @property
+    def scaling(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MoELoRAConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"moe: unknown keys {unknown}; allowed keys are {sorted(known)}")
+        return cls(**data)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"moe.{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,115 @@
+"""The MoE-LoRA linear layer, computed as one wide LoRA (DESIGN §3.2).
+
+y = W x + (α/r) · B_cat ((A_cat x) ⊙ repeat(g, r)): all experts (and the always-on shared experts,
+stored after them with gate 1) live in one ``lora_A`` [(E+S)·r, d_in] and one ``lora_B``
+[d_out, (E+S)·r], so a forward is two GEMMs and an elementwise product, with no per-expert loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tsembed.moe.config import MoELoRAConfig
+from tsembed.moe.routers import get_gate_fn
+from tsembed.moe.routing import LayerRouting, RoutingState, masked_mean
+
+
+class MoELoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus E routed LoRA experts and S shared ones.
+
+    Args:
+        base_layer: the linear to adapt; kept as a frozen submodule.
+        config: adapter settings.
+        name: module path inside the attached model (keys routing records and checkpoints).
+        state: routing scratchpad shared by all layers of the model.
+    """
+
+    def __init__(self, base_layer: nn.Linear, config: MoELoRAConfig, name: str, state: RoutingState) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.name = name
+        self.num_experts = config.num_experts
+        self.num_shared = config.num_shared_experts
+        self.rank = config.rank
+        self.scaling = config.scaling
+        self.level = config.level
+        self.routing = config.routing
+        self.top_k = config.top_k
+        self.top_p = float(config.top_p)
+        self.temperature = float(config.temperature)
+        self.jitter = float(config.jitter)
+        self._gate_fn = get_gate_fn(config.routing)
+        object.__setattr__(self, "_state", state)  # shared, so not a submodule
+
+        weight = base_layer.weight
+        total = (self.num_experts + self.num_shared) * self.rank
+        factory = {"device": weight.device, "dtype": weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(total, base_layer.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, total, **factory))
+        self.router = nn.Linear(base_layer.in_features, self.num_experts, bias=False, **factory)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # fan_in = d_in, as in peft's LoRA
+        nn.init.normal_(self.router.weight, std=config.router_init_std)
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def route(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router logits and probabilities for x [B, L, d]: [B, L, E] (token) or [B, E] (sequence)."""
+        router_in = x if self.level == "token" else masked_mean(x, mask)
+        if self.training and self.jitter > 0:
+            noise = torch.empty_like(router_in).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+            router_in = router_in * noise
+        logits = self.router(router_in.to(self.router.weight.dtype))
+        return logits, torch.softmax(logits / self.temperature, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if x.dim() == 2:  # [N, d]: every row is its own one-token input
+            x3, mask = x.unsqueeze(1), None
+        elif x.dim() == 3:
+            x3 = x
+            mask = self._state.mask_for(x.shape[0], x.shape[1], self.name)
+        else:
+            raise ValueError(f"MoE layer {self.name!r} expects inputs of shape [N, d] or [B, L, d], got {tuple(x.shape)}")
+        batch, length, _ = x3.shape
+
+        logits, probs = self.route(x3, mask)
+        self._state.records[self.name] = LayerRouting(probs=probs, logits=logits, mask=mask)
+        gates = self._gate_fn(probs, self.top_k, self.top_p)  # [B, L, E] or [B, E]
+        if gates.dim() == 2:
+            gates = gates.unsqueeze(1)  # [B, 1, E], broadcast over tokens
+        if self.num_shared:
+            gates = torch.cat([gates, gates.new_ones(*gates.shape[:-1], self.num_shared)], dim=-1)
+
+        lora_in = self.dropout(x3).to(self.lora_A.dtype)
+        hidden = F.linear(lora_in, self.lora_A)  # [B, L, (E+S)·r]
+        hidden = hidden.view(batch, length, -1, self.rank) * gates.unsqueeze(-1).to(hidden.dtype)
+        update = F.linear(hidden.view(batch, length, -1), self.lora_B)  # [B, L, d_out]
+        return result + (update * self.scaling).view_as(result).to(result.dtype)
+
+    def expert_delta(self, expert: int) -> torch.Tensor:
+        """ΔW of one routed expert (plus every shared expert): what merging it adds to W."""
+        r = self.rank
+        rows = [slice(expert * r, (expert + 1) * r)]
+        if self.num_shared:
+            rows.append(slice(self.num_experts * r, (self.num_experts + self.num_shared) * r))
+        delta = torch.zeros_like(self.base_layer.weight)
+        for sl in rows:
+            delta = delta + self.lora_B[:, sl] @ self.lora_A[sl]
+        return delta * self.scaling
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, experts={self.num_experts}, shared={self.num_shared}, "
+            f"rank={self.rank}, routing={self.routing}, level={self.level}"
+        )

@@ -1,0 +1,45 @@
+"""Gate functions that turn router probabilities into expert weights (DESIGN §3.2).
+
+One function per routing mode, chosen through ``ROUTERS``; all work on the last dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from tsembed.errors import ConfigError
+
+
+def topk_gates(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the k most probable experts and renormalise their probabilities to sum to one."""
+    values, index = probs.topk(top_k, dim=-1)  # [..., k]
+    values = values / values.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(probs).scatter(-1, index, values)  # [..., E]
+
+
+def topp_gates(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the fewest experts whose mass reaches top_p ("Harder Tasks Need More Experts")."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)  # [..., E]
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the experts ranked above
+    keep = mass_before < top_p  # the first expert is always kept
+    kept = sorted_probs * keep
+    kept = kept / kept.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(probs).scatter(-1, order, kept)
+
+
+def dense_gates(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Every expert, weighted by its router probability."""
+    return probs
+
+
+GateFn = Callable[[torch.Tensor, int, float], torch.Tensor]
+ROUTERS: dict[str, GateFn] = {"topk": topk_gates, "topp": topp_gates, "dense": dense_gates}
+
+
+def get_gate_fn(mode: str) -> GateFn:
+    try:
+        return ROUTERS[mode]
+    except KeyError:
+        raise ConfigError(f"unknown routing mode {mode!r}; valid modes: {sorted(ROUTERS)}") from None
