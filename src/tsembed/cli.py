@@ -27,17 +27,6 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     )
 
 
-@app.command("bench-kernel")
-def bench_kernel(
-    quick: bool = typer.Option(False, help="Fewer sizes and repeats (smoke run)."),
-    repeats: int = typer.Option(7, help="Timed repeats per measurement; the median is reported."),
-) -> None:
-    """Benchmark the fused MoE-LoRA layer against plain LoRA and a per-expert loop (benchmarks/moe_lora_kernel.py)."""
-    from tsembed.moe.benchmark import main as bench_main
-
-    bench_main(quick=quick, repeats=repeats)
-
-
 def _register_subcommands() -> None:
     """Sub-command groups live next to the code they drive; each module exposes a `register(app)`."""
     import importlib

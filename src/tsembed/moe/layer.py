@@ -80,7 +80,9 @@ class MoELoRALinear(nn.Module):
             x3 = x
             mask = self._state.mask_for(x.shape[0], x.shape[1], self.name)
         else:
-            raise ValueError(f"MoE layer {self.name!r} expects inputs of shape [N, d] or [B, L, d], got {tuple(x.shape)}")
+            raise ValueError(
+                f"MoE layer {self.name!r} expects inputs of shape [N, d] or [B, L, d], got {tuple(x.shape)}"
+            )
         batch, length, _ = x3.shape
 
         logits, probs = self.route(x3, mask)
@@ -90,12 +92,15 @@ class MoELoRALinear(nn.Module):
             gates = gates.unsqueeze(1)  # [B, 1, E], broadcast over tokens
         if self.num_shared:
             gates = torch.cat([gates, gates.new_ones(*gates.shape[:-1], self.num_shared)], dim=-1)
+        # α/r rides on the small gate tensor instead of a pass over the [B, L, d_out] output.
+        gates = (gates * self.scaling).to(self.lora_A.dtype)
 
         lora_in = self.dropout(x3).to(self.lora_A.dtype)
         hidden = F.linear(lora_in, self.lora_A)  # [B, L, (E+S)·r]
-        hidden = hidden.view(batch, length, -1, self.rank) * gates.unsqueeze(-1).to(hidden.dtype)
-        update = F.linear(hidden.view(batch, length, -1), self.lora_B)  # [B, L, d_out]
-        return result + (update * self.scaling).view_as(result).to(result.dtype)
+        hidden = (hidden.view(batch, length, -1, self.rank) * gates.unsqueeze(-1)).view(batch * length, -1)
+        # result + hidden @ B^T in one GEMM with the add fused in: [B·L, d_out]
+        out = torch.addmm(result.reshape(batch * length, -1).to(hidden.dtype), hidden, self.lora_B.t())
+        return out.view_as(result).to(result.dtype)
 
     def expert_delta(self, expert: int) -> torch.Tensor:
         """ΔW of one routed expert (plus every shared expert): what merging it adds to W."""

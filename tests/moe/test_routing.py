@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tsembed.errors import AdapterError
+from tsembed.moe import (
+    MoELoRAConfig,
+    attach,
+    collect_routing,
+    load_balance_loss,
+    router_z_loss,
+    routing_signature,
+    set_routing_mask,
+)
+
+
+class TinyEncoder(nn.Module):
+    """Two linears over [B, L, d]; takes attention_mask like HF models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_balanced_router_gives_one():
+    probs = torch.tensor([[0.7, 0.3], [0.3, 0.7]])
+    assert load_balance_loss(probs).item() == pytest.approx(1.0)
+
+
+def test_load_balance_hand_computed():
+    # f = (1, 0) (both units pick expert 0), P = (0.65, 0.35): L = 2 * (1 * 0.65 + 0 * 0.35) = 1.3
+    probs = torch.tensor([[0.7, 0.3], [0.6, 0.4]])
+    assert load_balance_loss(probs).item() == pytest.approx(1.3)
+
+
+def test_z_loss_hand_computed():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    expected = (math.log(2.0) ** 2 + math.log(4.0) ** 2) / 2
+    assert router_z_loss(logits).item() == pytest.approx(expected)
+
+
+def test_signature_is_normalized_concat():
+    sig = routing_signature([torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])])
+    torch.testing.assert_close(sig, torch.tensor([[1.0, 0.0, 0.0, 1.0]]) / math.sqrt(2))
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_signature_and_aux_losses_ignore_padding(level):
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    attach(model, MoELoRAConfig(target_modules=["a", "b"], num_experts=3, rank=2, level=level, router_init_std=1.0))
+    x = torch.randn(2, 4, 6)
+    padded = torch.cat([x, torch.randn(2, 3, 6) * 50], dim=1)  # wild values in pad positions
+    mask = torch.cat([torch.ones(2, 4), torch.zeros(2, 3)], dim=1).long()
+
+    model(x)
+    clean = collect_routing(model)
+    model(padded, attention_mask=mask)  # picked up by the root pre-hook
+    with_pads = collect_routing(model)
+    torch.testing.assert_close(with_pads.signature, clean.signature)
+    torch.testing.assert_close(with_pads.load_balance_loss, clean.load_balance_loss)
+    torch.testing.assert_close(with_pads.z_loss, clean.z_loss)
+    assert clean.signature.shape == (2, 6)
+    torch.testing.assert_close(clean.signature.norm(dim=-1), torch.ones(2))
+
+
+def test_aux_losses_summed_over_layers_match_hand_computation():
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    attach(model, MoELoRAConfig(target_modules=["a", "b"], num_experts=3, rank=2, level="token"))
+    x = torch.randn(2, 4, 6)
+    model(x)
+    out = collect_routing(model)
+    expected_bal = expected_z = 0.0
+    for layer in (model.a, model.b):
+        inp = x if layer is model.a else torch.relu(model.a(x))
+        logits = (inp @ layer.router.weight.T).reshape(-1, 3)
+        probs = torch.softmax(logits, dim=-1)
+        share = torch.stack([(probs.argmax(-1) == e).float().mean() for e in range(3)])
+        expected_bal += 3 * float((share * probs.mean(0)).sum().detach())
+        expected_z += float((torch.logsumexp(logits, -1) ** 2).mean().detach())
+    assert out.load_balance_loss.item() == pytest.approx(expected_bal, rel=1e-5)
+    assert out.z_loss.item() == pytest.approx(expected_z, rel=1e-5)
+    assert list(out.layer_probs) == ["a", "b"]
+
+
+def test_mask_of_wrong_length_is_a_clear_error():
+    model = TinyEncoder()
+    attach(model, MoELoRAConfig(target_modules=["a"]))
+    with pytest.raises(AdapterError, match="set_routing_mask"):
+        model(torch.randn(2, 4, 6), attention_mask=torch.ones(2, 3))
+
+
+def test_explicit_mask_overrides_and_each_forward_starts_fresh():
+    model = TinyEncoder()
+    attach(model, MoELoRAConfig(target_modules=["a"]))
+    set_routing_mask(model, torch.ones(5, 5))
+    model(torch.randn(2, 4, 6))  # pre-hook resets the stale mask: no error
+    with pytest.raises(AdapterError, match="no MoE-LoRA adapters"):
+        collect_routing(nn.Linear(2, 2))
