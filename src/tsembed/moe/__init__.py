@@ -8,6 +8,7 @@ from tsembed.moe.merge import merge_and_unload, merge_expert
 from tsembed.moe.routers import ROUTERS
 from tsembed.moe.routing import (
     RoutingOutput,
+    RoutingStats,
     collect_routing,
     load_balance_loss,
     masked_mean,
@@ -22,6 +23,7 @@ __all__ = [
     "MoELoRAConfig",
     "MoELoRALinear",
     "RoutingOutput",
+    "RoutingStats",
     "adapter_layers",
     "adapter_state_dict",
     "attach",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tsembed.errors import AdapterError
+from tsembed.fileio import atomic_write
 from tsembed.moe.attach import adapter_layers, attach, get_moe_config
 from tsembed.moe.config import MoELoRAConfig
 from tsembed.moe.routing import RoutingState
@@ -44,8 +43,8 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
         "modules": sorted(adapter_layers(model)),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}))
-    _atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}))
+    atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
 
 
@@ -113,14 +112,3 @@ def load_adapters(model: nn.Module, directory: str | Path, strict: bool = True) 
             if key in expected:
                 expected[key].copy_(tensor.to(expected[key].dtype))
     return model
-
-
-def _atomic_write(path: Path, write: object) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))  # type: ignore[operator]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -34,6 +34,20 @@ class LayerRouting:
 
 
 @dataclass
+class RoutingStats:
+    """Additive routing statistics of one layer over a set of routing units.
+
+    Sums rather than means, so chunks (GradCache) and ranks (DDP) combine exactly by addition.
+    top1_counts [E] (no gradient), prob_sums [E] and lse_sq_sum [] (with gradient), num_units.
+    """
+
+    top1_counts: torch.Tensor
+    prob_sums: torch.Tensor
+    lse_sq_sum: torch.Tensor
+    num_units: int
+
+
+@dataclass
 class RoutingOutput:
     """Routing of one forward pass, summarised for losses, EANS and inspection.
 
@@ -48,6 +62,7 @@ class RoutingOutput:
     signature: torch.Tensor
     load_balance_loss: torch.Tensor
     z_loss: torch.Tensor
+    layer_stats: dict[str, RoutingStats]
 
 
 class RoutingState:
@@ -133,12 +148,20 @@ def _units(record: LayerRouting) -> tuple[torch.Tensor, torch.Tensor]:
     return probs[record.mask], logits[record.mask]
 
 
+def layer_stats(record: LayerRouting) -> RoutingStats:
+    probs, logits = _units(record)
+    counts = torch.bincount(probs.detach().argmax(dim=-1), minlength=probs.shape[-1])
+    lse = torch.logsumexp(logits, dim=-1)
+    return RoutingStats(counts, probs.sum(dim=0), lse.pow(2).sum(), probs.shape[0])
+
+
 def collect_routing(model: nn.Module) -> RoutingOutput:
     """Summarise the routing of ``model``'s last forward (same pass, no extra compute on the model)."""
     state = get_routing_state(model)
     if not state.records:
         raise AdapterError("no routing recorded: run a forward pass of the attached model first")
     layer_probs: dict[str, torch.Tensor] = {}
+    stats: dict[str, RoutingStats] = {}
     balance, z = [], []
     for name, record in state.records.items():
         probs = record.probs
@@ -146,10 +169,12 @@ def collect_routing(model: nn.Module) -> RoutingOutput:
         unit_probs, unit_logits = _units(record)
         balance.append(load_balance_loss(unit_probs))
         z.append(router_z_loss(unit_logits))
+        stats[name] = layer_stats(record)
     signature = routing_signature([p.detach() for p in layer_probs.values()])
     return RoutingOutput(
         layer_probs=layer_probs,
         signature=signature,
         load_balance_loss=torch.stack(balance).sum(),
         z_loss=torch.stack(z).sum(),
+        layer_stats=stats,
     )

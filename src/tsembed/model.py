@@ -1,0 +1,184 @@
+"""The one embedding model object: backbone + MoE-LoRA adapters + pooling (DESIGN §2, §3.1).
+
+Training, ``encode()``, evaluation and the server all call ``TSEmbedModel.forward``, so routing at
+serve time is the routing that was trained. A saved model directory holds everything needed to rebuild
+it offline: the backbone reference, the adapters and routers, the backbone's own trainable weights
+(e.g. the visual projector) and the model config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tsembed.errors import AdapterError, ConfigError
+from tsembed.fileio import atomic_write
+from tsembed.moe import (
+    MoELoRAConfig,
+    RoutingOutput,
+    attach,
+    collect_routing,
+    load_adapters,
+    save_adapters,
+    summarize,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_NAME = "tsembed_config.json"
+TRAINABLE_WEIGHTS_NAME = "backbone_trainable.safetensors"
+ADAPTER_DIR = "adapters"
+
+
+@dataclass
+class ModelConfig:
+    """What a saved model is: backbone reference, adapters, pooling and instructions."""
+
+    backbone: dict[str, Any]
+    moe: MoELoRAConfig | None = None
+    pooling: str | None = None  # None: the backbone's default
+    normalize: bool = True
+    query_instruction: str = ""
+    document_instruction: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone,
+            "moe": self.moe.to_dict() if self.moe else None,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "query_instruction": self.query_instruction,
+            "document_instruction": self.document_instruction,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {"backbone", "moe", "pooling", "normalize", "query_instruction", "document_instruction", "extra"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model config: unknown keys {unknown}; allowed keys are {sorted(known)}")
+        if "backbone" not in data:
+            raise ConfigError("model config: missing key 'backbone'")
+        moe = data.get("moe")
+        return cls(**{**data, "moe": MoELoRAConfig.from_dict(moe) if moe else None})
+
+
+@dataclass
+class EmbeddingOutput:
+    """embeddings [B, D] (L2-normalised unless disabled); routing is None for a model without adapters."""
+
+    embeddings: torch.Tensor
+    routing: RoutingOutput | None = None
+
+    @property
+    def signature(self) -> torch.Tensor | None:
+        return None if self.routing is None else self.routing.signature
+
+
+class TSEmbedModel(nn.Module):
+    """Backbone with MoE-LoRA adapters; ``forward`` returns embeddings and the routing of the same pass.
+
+    Args:
+        backbone: a ``tsembed.backbones.Backbone``.
+        config: model config; ``config.moe`` None gives the plain backbone (e.g. the untrained baseline).
+    """
+
+    def __init__(self, backbone: nn.Module, config: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        from tsembed.backbones.pooling import get_pool_fn
+
+        self.pooling = config.pooling or backbone.default_pooling
+        self._pool = get_pool_fn(self.pooling)
+        self.attach_summary = None
+        if config.moe is not None:
+            self.attach_summary = attach(backbone, config.moe)
+            logger.info("%s", self.attach_summary)
+            backbone.unfreeze_trainable_modules()  # e.g. the visual projector trains beside the adapters
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> TSEmbedModel:
+        from tsembed.backbones import build_backbone
+
+        return cls(build_backbone(config.backbone), config)
+
+    @property
+    def has_adapters(self) -> bool:
+        return self.config.moe is not None
+
+    def prepare(self, inputs: list) -> dict[str, Any]:
+        """Tokenise and load images for a list of ``EmbedInput`` (CPU, no grad)."""
+        return self.backbone.prepare(inputs)
+
+    def forward(self, **batch: Any) -> EmbeddingOutput:
+        out = self.backbone(**batch)
+        pooled = self._pool(out.hidden_states, out.attention_mask)  # [B, D]
+        embeddings = F.normalize(pooled.float(), dim=-1) if self.config.normalize else pooled.float()
+        routing = collect_routing(self.backbone) if self.has_adapters else None
+        return EmbeddingOutput(embeddings=embeddings, routing=routing)
+
+    def embed(self, inputs: list) -> EmbeddingOutput:
+        """prepare + forward, moving the batch to the model's device."""
+        device = next(self.parameters()).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.prepare(inputs).items()}
+        return self(**batch)
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and n.endswith("router.weight")]
+
+    def non_router_trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.endswith("router.weight")]
+
+    # ----- persistence -------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config, adapters and the backbone's trainable weights; every file lands atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.has_adapters:
+            save_adapters(self.backbone, directory / ADAPTER_DIR)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.backbone.trainable_state_dict().items()}
+        if state:
+            atomic_write(directory / TRAINABLE_WEIGHTS_NAME, lambda p: save_file(state, str(p)))
+        text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        atomic_write(directory / MODEL_CONFIG_NAME, lambda p: p.write_text(text))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, strict: bool = True) -> TSEmbedModel:
+        directory = Path(directory)
+        config_path = directory / MODEL_CONFIG_NAME
+        if not config_path.is_file():
+            raise ConfigError(f"{directory} is not a tsembed model directory: {MODEL_CONFIG_NAME} not found")
+        try:
+            config = ModelConfig.from_dict(json.loads(config_path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
+        from tsembed.backbones import build_backbone
+
+        backbone = build_backbone(config.backbone)
+        model = cls(backbone, ModelConfig(**{**config.__dict__, "moe": None}))
+        model.config = config
+        if config.moe is not None:
+            load_adapters(backbone, directory / ADAPTER_DIR, strict=strict)
+            backbone.unfreeze_trainable_modules()
+            model.attach_summary = summarize(backbone)
+        model.load_trainable_backbone_state(directory / TRAINABLE_WEIGHTS_NAME, strict=strict)
+        return model.eval()
+
+    def load_trainable_backbone_state(self, path: Path, strict: bool = True) -> None:
+        if not path.is_file():
+            if self.backbone.trainable_state_dict() and strict:
+                raise AdapterError(f"{path} not found; this backbone has trainable modules to restore")
+            return
+        self.backbone.load_trainable_state_dict(load_file(str(path)))

@@ -1,0 +1,147 @@
+"""The contrastive objective: InfoNCE over all ranks' targets + false-negative guard + EANS (DESIGN §3.4–§3.5).
+
+Embeds nothing: it takes embeddings and routing signatures (from ``training/step.py``), gathers the
+targets of every rank with gradient, and calls the pure functions of ``losses.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tsembed.errors import ConfigError
+from tsembed.moe import RoutingStats
+from tsembed.training.distributed import gather_no_grad, gather_with_grad, rank
+from tsembed.training.eans import EANSConfig, negative_weights
+from tsembed.training.losses import false_negative_mask, info_nce, negative_mask
+
+
+@dataclass
+class LossConfig:
+    """Loss settings.
+
+    tau: InfoNCE temperature τ (learnable if ``learnable_tau``).
+    false_negative_margin: drop negatives scoring above the positive + margin (None: off).
+    mask_same_content: drop negatives whose content equals the positive's.
+    load_balance_weight / z_loss_weight: weights of the MoE auxiliary losses.
+    """
+
+    tau: float = 0.02
+    learnable_tau: bool = False
+    false_negative_margin: float | None = 0.1
+    mask_same_content: bool = True
+    load_balance_weight: float = 0.01
+    z_loss_weight: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0:
+            raise ConfigError(f"loss.tau must be > 0, got {self.tau!r}")
+        if self.load_balance_weight < 0 or self.z_loss_weight < 0:
+            raise ConfigError("loss.load_balance_weight and loss.z_loss_weight must be >= 0")
+
+
+@dataclass
+class ContrastiveOutput:
+    loss: torch.Tensor
+    logs: dict[str, float]
+
+
+class ContrastiveObjective(nn.Module):
+    """InfoNCE with hard negatives, cross-rank targets, a false-negative guard and EANS weights."""
+
+    def __init__(self, loss: LossConfig, eans: EANSConfig) -> None:
+        super().__init__()
+        self.loss_config = loss
+        self.eans_config = eans
+        self.log_tau = nn.Parameter(torch.tensor(math.log(loss.tau)), requires_grad=loss.learnable_tau)
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.log_tau.exp()
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        targets: torch.Tensor,
+        query_signatures: torch.Tensor | None,
+        target_signatures: torch.Tensor | None,
+        target_ids: torch.Tensor,
+        target_owner: torch.Tensor,
+        eans_active: bool,
+    ) -> ContrastiveOutput:
+        """Loss of this rank's N queries against the targets of all ranks.
+
+        Args:
+            queries: [N, D] local query embeddings; query i's positive is local target i.
+            targets: [T, D] local targets: N positives, then hard negatives (explicit and mined).
+            query_signatures / target_signatures: [N, S] / [T, S] routing signatures, or None.
+            target_ids: [T] content ids (equal id = same content), for the same-content guard.
+            target_owner: [T] local query index owning a hard negative, -1 for positives.
+            eans_active: stage 2; False gives plain InfoNCE whatever the EANS mode.
+        """
+        n, local_t = queries.shape[0], targets.shape[0]
+        offset = rank() * local_t
+        all_targets = gather_with_grad(targets)  # [W·T, D]
+        all_ids = gather_no_grad(target_ids)
+        owner = gather_no_grad(torch.where(target_owner >= 0, target_owner + rank() * n, target_owner))
+        positive = torch.arange(n, device=queries.device) + offset  # [N]
+        query_global = positive - offset + rank() * n  # global query index
+        scores = queries @ all_targets.T  # [N, M]
+
+        negatives = negative_mask(positive, scores.shape[1])
+        same = all_ids[None, :] == all_ids[positive][:, None] if self.loss_config.mask_same_content else None
+        guarded = false_negative_mask(scores, positive, same, self.loss_config.false_negative_margin)
+        usable = negatives & ~guarded
+
+        if query_signatures is not None and target_signatures is not None:
+            affinity = query_signatures @ gather_no_grad(target_signatures).T  # [N, M]
+        else:
+            affinity = torch.zeros_like(scores)
+        mode = self.eans_config.mode if eans_active else "off"
+        keep = owner[None, :] == query_global[:, None]  # explicit hard negatives of each query
+        weights = negative_weights(mode, affinity, usable, self.eans_config, keep)
+        loss = info_nce(scores, positive, self.tau, weights)
+        return ContrastiveOutput(loss, _eans_logs(weights, affinity, negatives, usable))
+
+
+def _eans_logs(weights: torch.Tensor, affinity: torch.Tensor, negatives: torch.Tensor, usable: torch.Tensor) -> dict:
+    """Mean normalised entropy of the negative weights, affinity of weighted vs uniform negatives,
+    and the share of negatives masked as false."""
+    with torch.no_grad():
+        w = weights * usable
+        p = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        entropy = -(p * p.clamp_min(1e-12).log()).sum(dim=-1)
+        count = usable.sum(dim=-1).clamp_min(2).float()
+        uniform_aff = (affinity * usable).sum(-1) / usable.sum(-1).clamp_min(1)
+        chosen_aff = (p * affinity).sum(-1)
+        return {
+            "eans_entropy": float((entropy / count.log()).mean()),
+            "affinity_chosen": float(chosen_aff.mean()),
+            "affinity_random": float(uniform_aff.mean()),
+            "false_negative_frac": float(((negatives & ~usable).sum() / negatives.sum().clamp_min(1)).item()),
+        }
+
+
+def aux_losses(
+    stats: list[dict[str, RoutingStats]],
+    top1_counts: dict[str, torch.Tensor],
+    num_units: dict[str, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load-balance and z-loss summed over layers, from additive stats of one or more forwards.
+
+    ``top1_counts`` and ``num_units`` are the totals over the whole step (all chunks, all ranks), so
+    the gradients of per-chunk calls add up to the full-batch gradient (GradCache, DDP).
+    L_bal = E · Σ_e f_e · P_e with f_e = counts_e / n and P_e = Σ prob_sums_e / n.
+    """
+    balance, z = [], []
+    for name, total in top1_counts.items():
+        n = num_units[name]
+        prob_sums = sum(s[name].prob_sums for s in stats)
+        lse_sq = sum(s[name].lse_sq_sum for s in stats)
+        num_experts = total.shape[0]
+        balance.append(num_experts * (total.to(prob_sums.dtype) / n * prob_sums / n).sum())
+        z.append(lse_sq / n)
+    return torch.stack(balance).sum(), torch.stack(z).sum()

@@ -1,0 +1,46 @@
+"""Shared builders for training tests."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.toy_backbone import ToyBackbone
+from tsembed.data.inputs import EmbedInput
+from tsembed.model import ModelConfig, TSEmbedModel
+from tsembed.moe import MoELoRAConfig, MoELoRALinear
+from tsembed.training.step import ContrastiveBatch
+
+WORDS = "red green blue cat dog fish tree house car sun moon star one two three four five six".split()
+
+
+def toy_model(seed: int = 0, level: str = "token") -> TSEmbedModel:
+    backbone = ToyBackbone(seed=seed)
+    moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2, level=level,
+                        router_init_std=0.5)
+    model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe))
+    torch.manual_seed(seed + 1)
+    for layer in model.modules():
+        if isinstance(layer, MoELoRALinear):
+            torch.nn.init.normal_(layer.lora_B, std=0.05)
+    return model.train()
+
+
+def toy_batch(n: int = 8, hard: int = 2, seed: int = 0) -> ContrastiveBatch:
+    g = torch.Generator().manual_seed(seed)
+
+    def sentence() -> str:
+        return " ".join(WORDS[i] for i in torch.randint(len(WORDS), (int(torch.randint(2, 7, (1,), generator=g)),),
+                                                         generator=g))
+
+    queries = [EmbedInput(text="query: " + sentence()) for _ in range(n)]
+    targets = [EmbedInput(text=sentence()) for _ in range(n + hard)]
+    owner = torch.tensor([-1] * n + [i % n for i in range(hard)])
+    target_ids = torch.arange(n + hard) + 100 * seed
+    if n > 1:
+        targets[n - 1] = targets[0]  # a duplicate positive: the same-content guard must mask it
+        target_ids[n - 1] = target_ids[0]
+    return ContrastiveBatch(queries, targets, torch.arange(n) + 100 * seed, target_ids, owner)
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
