@@ -1,0 +1,65 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tsembed.errors import ConfigError
+from tsembed.fileio import atomic_write
+
+STATE_NAME = "trainer_state.pt"
+MODEL_DIR = "model"
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: Path, model: Any, state: dict[str, Any], keep: int) -> Path:
+    """Write ``checkpoint-<step>/`` (model dir + trainer state), then prune older ones beyond ``keep``."""
+    path = directory / f"checkpoint-{state['step']:07d}"
+    model.save_pretrained(path / MODEL_DIR)
+    atomic_write(path / STATE_NAME, lambda p: torch.save(state, p))
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    found = [p for p in directory.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted((p for p in found if (p / STATE_NAME).is_file()), key=lambda p: int(p.name.split("-")[1]))
+
+
+def resolve_resume(resume: str, output_dir: Path) -> Path | None:
+    """``auto``: the latest complete checkpoint of the run (None if there is none); else a path."""
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_NAME).is_file():
+        raise ConfigError(f"--resume {resume}: no {STATE_NAME} there (expected a checkpoint-<step> directory)")
+    return path
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / STATE_NAME, weights_only=False)

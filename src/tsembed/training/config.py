@@ -1,0 +1,154 @@
+"""The training config: one YAML describes the model, the data, both stages and the run (DESIGN §3.6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tsembed.configtools import apply_overrides, from_dict, load_yaml
+from tsembed.errors import ConfigError
+from tsembed.moe import MoELoRAConfig
+from tsembed.training.eans import EANSConfig
+from tsembed.training.objective import LossConfig
+
+SWITCH_RULES = ("steps", "stability")
+
+
+@dataclass
+class ModelSection:
+    """backbone: registry config (``kind`` + options); moe: MoE-LoRA settings, or null for no adapters.
+
+    ``moe.target_modules`` may be left out to use the backbone's default targets.
+    """
+
+    backbone: dict[str, Any] = field(default_factory=lambda: {"kind": "minilm_effnet"})
+    moe: dict[str, Any] | None = field(default_factory=dict)
+    pooling: str | None = None
+    query_instruction: str = ""
+    document_instruction: str = ""
+
+    def __post_init__(self) -> None:
+        if "kind" not in self.backbone:
+            raise ConfigError("model.backbone.kind is required")
+        if self.moe is not None:  # validate now, before any model is loaded
+            MoELoRAConfig.from_dict({"target_modules": [".*"], **self.moe})
+
+    def moe_config(self, default_targets: list[str]) -> MoELoRAConfig | None:
+        if self.moe is None:
+            return None
+        return MoELoRAConfig.from_dict({"target_modules": list(default_targets), **self.moe})
+
+
+@dataclass
+class DataSection:
+    """Where training rows come from and how batches are formed.
+
+    suite: an offline-suite directory (its in-distribution train splits); or train_files:
+    a list of ``{name, path, image_root, weight}``. homogeneous: every batch from one dataset.
+    """
+
+    suite: str | None = None
+    datasets: list[str] | None = None
+    train_files: list[dict[str, Any]] = field(default_factory=list)
+    batch_size: int = 32
+    homogeneous: bool = True
+    weights: dict[str, float] = field(default_factory=dict)
+    hard_negatives: bool = True
+    skip_invalid: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ConfigError(f"data.batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
+        if not self.suite and not self.train_files:
+            raise ConfigError("data: give either data.suite (a suite directory) or data.train_files")
+        for i, entry in enumerate(self.train_files):
+            missing = {"name", "path"} - set(entry)
+            unknown = set(entry) - {"name", "path", "image_root", "weight"}
+            if missing or unknown:
+                raise ConfigError(f"data.train_files[{i}]: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+        for name, weight in self.weights.items():
+            if not isinstance(weight, int | float) or weight <= 0:
+                raise ConfigError(f"data.weights.{name} must be a positive number, got {weight!r}")
+
+
+@dataclass
+class ScheduleSection:
+    """Two stages. Stage 1: InfoNCE + aux losses. Stage 2: EANS on, router lr scaled.
+
+    switch: ``steps`` (after stage1_steps) or ``stability`` (when the mean change of banked
+    target signatures over ``stability_interval`` steps falls below ``stability_threshold``, but not
+    before ``min_stage1_steps`` and at the latest at stage1_steps).
+    """
+
+    steps: int = 300
+    stage1_steps: int = 150
+    switch: str = "steps"
+    stability_threshold: float = 0.02
+    stability_interval: int = 20
+    min_stage1_steps: int = 50
+    stage2_router_lr_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.switch not in SWITCH_RULES:
+            raise ConfigError(f"schedule.switch must be one of {SWITCH_RULES}, got {self.switch!r}")
+        if self.steps < 1:
+            raise ConfigError(f"schedule.steps must be >= 1, got {self.steps}")
+        if not 0 <= self.stage1_steps <= self.steps:
+            raise ConfigError(f"schedule.stage1_steps must be in [0, steps={self.steps}], got {self.stage1_steps}")
+        if self.stage2_router_lr_scale < 0:
+            raise ConfigError("schedule.stage2_router_lr_scale must be >= 0 (0 freezes the router)")
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    grad_clip: float | None = 1.0
+    min_lr_ratio: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError("optim.warmup_steps must be >= 0")
+
+
+@dataclass
+class RunSection:
+    """chunk_size: GradCache chunk (null = whole batch in one pass)."""
+
+    output_dir: str = "runs/tsembed"
+    seed: int = 0
+    chunk_size: int | None = None
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    gradient_checkpointing: bool = False
+    num_threads: int | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ConfigError(f"run.chunk_size must be >= 1 or null, got {self.chunk_size}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ConfigError("run.checkpoint_every and run.log_every must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=lambda: DataSection(suite="suite"))
+    loss: LossConfig = field(default_factory=LossConfig)
+    eans: EANSConfig = field(default_factory=EANSConfig)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read YAML (or start from defaults), apply ``--set`` overrides, validate everything."""
+    data = load_yaml(path) if path else {}
+    return from_dict(TrainConfig, apply_overrides(data, overrides or []))

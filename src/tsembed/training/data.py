@@ -1,0 +1,168 @@
+"""Training rows as batches: content ids for targets, task-homogeneous or mixed batching, mining hooks.
+
+Batches are a pure function of (seed, epoch, position), so a resumed run sees exactly the batches the
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tsembed.data.inputs import EmbedInput
+from tsembed.data.mmeb import read_train
+from tsembed.data.rows import TrainRow
+from tsembed.errors import ConfigError
+from tsembed.training.step import ContrastiveBatch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSource:
+    name: str
+    path: Path
+    image_root: Path | None = None
+    weight: float = 1.0
+
+
+class TrainingData:
+    """All training rows of all datasets, with a content id for every distinct target.
+
+    Equal content (same text and image) gets the same id, so the same-content false-negative guard and
+    the signature bank treat e.g. a class label shared by many queries as one target.
+    """
+
+    def __init__(self, sources: list[TrainSource], skip_invalid: bool = False) -> None:
+        if not sources:
+            raise ConfigError("no training datasets selected")
+        self.sources = sources
+        self.rows: list[tuple[int, TrainRow]] = []
+        self.by_dataset: dict[int, list[int]] = {}
+        self.targets: list[EmbedInput] = []
+        self._target_index: dict[tuple[str, str], int] = {}
+        self.positive_ids: list[int] = []
+        self.negative_ids: list[int] = []
+        self._roots: dict[int, Path] = {}
+        for d, source in enumerate(sources):
+            split = read_train(source.path, source.image_root, skip_invalid=skip_invalid)
+            root = split.image_root
+            for row in split.rows:
+                index = len(self.rows)
+                self.rows.append((d, row))
+                self.by_dataset.setdefault(d, []).append(index)
+                self.positive_ids.append(self._target_id(row.positive_input(root)))
+                negative = row.negative_input(root)
+                self.negative_ids.append(self._target_id(negative) if negative else -1)
+            self._roots[d] = root
+            logger.info("training data %s: %d rows from %s", source.name, len(split.rows), source.path)
+
+    def _target_id(self, item: EmbedInput) -> int:
+        key = (item.text or "", str(item.image or ""))
+        if key not in self._target_index:
+            self._target_index[key] = len(self.targets)
+            self.targets.append(item)
+        return self._target_index[key]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.targets)
+
+    def dataset_name(self, row_index: int) -> str:
+        return self.sources[self.rows[row_index][0]].name
+
+    def query_input(self, row_index: int) -> EmbedInput:
+        d, row = self.rows[row_index]
+        return row.query_input(self._roots[d])
+
+    def make_batch(self, row_indices: list[int], hard_negatives: bool, mined: list[list[int]] | None = None
+                   ) -> ContrastiveBatch:
+        """Queries, positives, then hard negatives (each row's explicit one, then mined target ids)."""
+        queries = [self.query_input(i) for i in row_indices]
+        target_ids = [self.positive_ids[i] for i in row_indices]
+        owner = [-1] * len(row_indices)
+        for q, i in enumerate(row_indices):
+            if hard_negatives and self.negative_ids[i] >= 0:
+                target_ids.append(self.negative_ids[i])
+                owner.append(q)
+        for q, ids in enumerate(mined or []):
+            target_ids.extend(ids)
+            owner.extend([q] * len(ids))
+        names = {self.dataset_name(i) for i in row_indices}
+        return ContrastiveBatch(
+            queries=queries,
+            targets=[self.targets[t] for t in target_ids],
+            query_ids=torch.tensor(row_indices, dtype=torch.long),
+            target_ids=torch.tensor(target_ids, dtype=torch.long),
+            target_owner=torch.tensor(owner, dtype=torch.long),
+            dataset=names.pop() if len(names) == 1 else "mixed",
+        )
+
+
+class BatchPlan:
+    """Deterministic epoch plans of row-index batches, sharded across ranks.
+
+    homogeneous: each batch comes from one dataset (datasets mixed by ``weights``: a dataset of weight w
+    contributes w times its rows per epoch, sampled without replacement where possible); else rows of
+    all datasets are shuffled together.
+    """
+
+    def __init__(self, data: TrainingData, batch_size: int, homogeneous: bool, weights: dict[str, float],
+                 seed: int, world_size: int = 1, rank: int = 0) -> None:
+        unknown = sorted(set(weights) - {s.name for s in data.sources})
+        if unknown:
+            raise ConfigError(f"data.weights names unknown datasets {unknown}; known: {[s.name for s in data.sources]}")
+        self.data, self.batch_size, self.homogeneous = data, batch_size, homogeneous
+        self.weights = {s.name: float(weights.get(s.name, s.weight)) for s in data.sources}
+        self.seed, self.world_size, self.rank = seed, world_size, rank
+        self._cache: dict[int, list[list[int]]] = {}
+
+    def _epoch_rows(self, rng: random.Random, rows: list[int], weight: float) -> list[int]:
+        count = max(1, round(len(rows) * weight))
+        picked: list[int] = []
+        while len(picked) < count:
+            chunk = rows[:]
+            rng.shuffle(chunk)
+            picked.extend(chunk[: count - len(picked)])
+        return picked
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (every rank gets the same number)."""
+        if epoch not in self._cache:
+            rng = random.Random(self.seed * 1_000_003 + epoch)
+            batches: list[list[int]] = []
+            if self.homogeneous:
+                for d, rows in sorted(self.data.by_dataset.items()):
+                    picked = self._epoch_rows(rng, rows, self.weights[self.data.sources[d].name])
+                    batches += [picked[i : i + self.batch_size] for i in range(0, len(picked), self.batch_size)]
+            else:
+                picked = []
+                for d, rows in sorted(self.data.by_dataset.items()):
+                    picked += self._epoch_rows(rng, rows, self.weights[self.data.sources[d].name])
+                rng.shuffle(picked)
+                batches = [picked[i : i + self.batch_size] for i in range(0, len(picked), self.batch_size)]
+            batches = [b for b in batches if len(b) == self.batch_size]  # equal shapes across ranks and steps
+            rng.shuffle(batches)
+            usable = len(batches) - len(batches) % self.world_size
+            self._cache = {epoch: batches[self.rank : usable : self.world_size]}
+            if not self._cache[epoch]:
+                raise ConfigError(
+                    f"data.batch_size={self.batch_size} leaves no full batch per rank: every dataset needs at least "
+                    f"batch_size rows (homogeneous={self.homogeneous})"
+                )
+        return self._cache[epoch]
+
+    def batch_at(self, step: int) -> tuple[int, list[int]]:
+        """(epoch, row indices) of global step ``step``."""
+        epoch, position = 0, step
+        while position >= len(self.epoch(epoch)):
+            position -= len(self.epoch(epoch))
+            epoch += 1
+        return epoch, self.epoch(epoch)[position]

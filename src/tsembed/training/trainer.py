@@ -1,0 +1,298 @@
+"""The two-stage TSEmbed trainer (DESIGN §3.6, §6): one config, one command, both stages.
+
+Runs unchanged as one CPU process and under ``torchrun`` (gloo on CPU, NCCL on GPU): each rank embeds
+its share of the batch, targets of all ranks are gathered with gradient, and gradients are averaged
+over ranks after each step, which is what DDP does (done by hand because GradCache re-runs chunks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from tsembed.errors import ConfigError, TsembedError
+from tsembed.model import ModelConfig, TSEmbedModel
+from tsembed.training import checkpoint as ckpt
+from tsembed.training.config import TrainConfig
+from tsembed.training.data import BatchPlan, TrainingData, TrainSource
+from tsembed.training.distributed import is_distributed, rank, world_size
+from tsembed.training.eans import SignatureBank
+from tsembed.training.objective import ContrastiveObjective
+from tsembed.training.step import StepOutput, contrastive_step
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(TsembedError):
+    """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+def resolve_sources(config: TrainConfig) -> list[TrainSource]:
+    """Training files from ``data.train_files`` or a suite's in-distribution train splits."""
+    section = config.data
+    if section.train_files:
+        sources = [TrainSource(e["name"], Path(e["path"]), Path(e["image_root"]) if e.get("image_root") else None,
+                               float(e.get("weight", 1.0))) for e in section.train_files]
+    else:
+        from tsembed.data.suite import load_suite
+
+        suite = load_suite(section.suite)
+        sources = [TrainSource(name, path, root) for name, path, root in suite.train_sources()]
+    if section.datasets:
+        known = {s.name for s in sources}
+        unknown = sorted(set(section.datasets) - known)
+        if unknown:
+            raise ConfigError(f"data.datasets names unknown training datasets {unknown}; known: {sorted(known)}")
+        sources = [s for s in sources if s.name in section.datasets]
+    return sources
+
+
+def build_model(config: TrainConfig) -> TSEmbedModel:
+    from tsembed.backbones import build_backbone
+
+    backbone = build_backbone(config.model.backbone)
+    model_config = ModelConfig(
+        backbone=backbone.config(),
+        moe=config.model.moe_config(backbone.default_target_modules),
+        pooling=config.model.pooling,
+        query_instruction=config.model.query_instruction,
+        document_instruction=config.model.document_instruction,
+    )
+    return TSEmbedModel(backbone, model_config)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class Trainer:
+    """Owns the model, objective, optimiser, data plan, signature banks and the stage."""
+
+    def __init__(self, config: TrainConfig, model: TSEmbedModel | None = None, data: TrainingData | None = None):
+        self.config = config
+        run = config.run
+        if run.num_threads:
+            torch.set_num_threads(run.num_threads)
+        self.output_dir = Path(run.output_dir)
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+            else torch.device("cpu")
+        torch.manual_seed(run.seed + rank())
+        self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid)
+        self.model = (model or build_model(config)).to(self.device)
+        if run.gradient_checkpointing and hasattr(self.model.backbone, "enable_gradient_checkpointing"):
+            self.model.backbone.enable_gradient_checkpointing()
+        self.objective = ContrastiveObjective(config.loss, config.eans).to(self.device)
+        self.plan = BatchPlan(self.data, config.data.batch_size, config.data.homogeneous, config.data.weights,
+                              run.seed, world_size(), rank())
+        routers = self.model.router_parameters()
+        others = self.model.non_router_trainable_parameters() + [p for p in self.objective.parameters()
+                                                                 if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": others, "name": "adapters"}, {"params": routers, "name": "router"}],
+            lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+        )
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        sig_dim = self._signature_dim()
+        self.target_bank = SignatureBank(self.data.num_targets, sig_dim) if sig_dim else None
+        self.query_bank = SignatureBank(len(self.data), sig_dim) if sig_dim else None
+        self.step = 0
+        self.stage = 1 if config.schedule.stage1_steps > 0 or config.eans.mode == "off" else 2
+        self.switch_step: int | None = None if self.stage == 1 else 0
+        self.history: list[dict[str, Any]] = []
+
+    def _signature_dim(self) -> int:
+        moe = self.model.config.moe
+        if moe is None:
+            return 0
+        return moe.num_experts * (self.model.attach_summary.num_modules if self.model.attach_summary else 0)
+
+    # ----- schedule ------------------------------------------------------------------------------------
+    def _router_scale(self) -> float:
+        return 1.0 if self.stage == 1 else self.config.schedule.stage2_router_lr_scale
+
+    def _set_lr(self) -> float:
+        o = self.config.optim
+        base = o.lr * lr_factor(self.step, o.warmup_steps, self.config.schedule.steps, o.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = base * (self._router_scale() if group["name"] == "router" else 1.0)
+        return base
+
+    def _maybe_switch(self, drift: float | None) -> None:
+        s = self.config.schedule
+        if self.stage != 1 or self.config.eans.mode == "off":
+            return
+        due = self.step >= s.stage1_steps
+        if s.switch == "stability" and drift is not None and self.step >= s.min_stage1_steps:
+            due = due or drift < s.stability_threshold
+        if due:
+            self.stage, self.switch_step = 2, self.step
+            logger.info("stage 2 from step %d (EANS %s on; router lr x%g; last signature drift %s)", self.step,
+                        self.config.eans.mode, s.stage2_router_lr_scale, "n/a" if drift is None else f"{drift:.4f}")
+
+    # ----- one step ------------------------------------------------------------------------------------
+    def _mined(self, rows: list[int]) -> list[list[int]] | None:
+        if self.stage != 2 or self.config.eans.mode != "mine" or self.query_bank is None:
+            return None
+        banked = self.query_bank.filled[torch.tensor(rows)]
+        query_sigs = self.query_bank.signatures[torch.tensor(rows)]
+        excluded = [{self.data.positive_ids[r]} | {self.data.positive_ids[o] for o in rows} for r in rows]
+        mined = self.target_bank.mine(query_sigs, excluded, self.config.eans.mine_m)
+        # pad to m per query so every rank and step has the same shape (random fill for unbanked queries)
+        m = self.config.eans.mine_m
+        gen = torch.Generator().manual_seed(self.config.run.seed * 7919 + self.step)
+        out = []
+        for i, ids in enumerate(mined):
+            ids = ids if bool(banked[i]) else []
+            while len(ids) < m:
+                cand = int(torch.randint(self.data.num_targets, (1,), generator=gen))
+                if cand not in excluded[i] and cand not in ids:
+                    ids.append(cand)
+            out.append(ids)
+        return out
+
+    def train_step(self) -> StepOutput:
+        _, rows = self.plan.batch_at(self.step)
+        batch = self.data.make_batch(rows, self.config.data.hard_negatives, self._mined(rows))
+        lr = self._set_lr()
+        self.model.train()
+        start = time.perf_counter()
+        out = contrastive_step(self.model, self.objective, batch, eans_active=self.stage == 2,
+                               chunk_size=self.config.run.chunk_size)
+        if not math.isfinite(out.loss):
+            raise TrainingDiverged(
+                f"loss is {out.loss} at step {self.step} (stage {self.stage}, batch of dataset {batch.dataset!r}, "
+                f"rows {rows[:8]}{'...' if len(rows) > 8 else ''}); lower optim.lr or loss.tau, or check the data"
+            )
+        if is_distributed():
+            for p in self.trainable:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world_size()
+        grad_norm = None
+        if self.config.optim.grad_clip:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optim.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.target_bank is not None and out.target_signatures is not None:
+            self.target_bank.update(batch.target_ids, out.target_signatures)
+            self.query_bank.update(batch.query_ids, out.query_signatures)
+        elapsed = time.perf_counter() - start
+        self.step += 1
+        drift = None
+        if self.target_bank is not None and self.step % self.config.schedule.stability_interval == 0:
+            drift = self.target_bank.drift()
+        record = {
+            "step": self.step, "stage": self.stage, "loss": out.loss, "contrastive": out.contrastive,
+            "load_balance": out.load_balance, "z_loss": out.z_loss, "lr": lr, "tau": float(self.objective.tau),
+            "grad_norm": grad_norm, "dataset": batch.dataset, "step_time_s": elapsed,
+            "samples_per_s": len(batch.queries) * world_size() / elapsed, "signature_drift": drift, **out.logs,
+        }
+        self._maybe_switch(drift)
+        record["switch_step"] = self.switch_step
+        self.history.append(record)
+        return out
+
+    # ----- the run -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "stage": self.stage, "switch_step": self.switch_step,
+            "optimizer": self.optimizer.state_dict(), "objective": self.objective.state_dict(),
+            "rng": ckpt.rng_state(), "config": asdict(self.config),
+            "target_bank": self.target_bank.state_dict() if self.target_bank else None,
+            "query_bank": self.query_bank.state_dict() if self.query_bank else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], model_dir: Path) -> None:
+        from tsembed.moe import load_adapters
+
+        if self.model.has_adapters:
+            load_adapters(self.model.backbone, model_dir / "adapters")
+        self.model.load_trainable_backbone_state(model_dir / "backbone_trainable.safetensors")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.objective.load_state_dict(state["objective"])
+        if self.target_bank is not None:
+            self.target_bank.load_state_dict(state["target_bank"])
+            self.query_bank.load_state_dict(state["query_bank"])
+        self.step, self.stage, self.switch_step = state["step"], state["stage"], state["switch_step"]
+        ckpt.set_rng_state(state["rng"])
+
+    def fit(self, resume: str | None = None) -> Path:
+        """Train to ``schedule.steps``; returns the final model directory (``<output_dir>/model``)."""
+        run = self.config.run
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            path = ckpt.resolve_resume(resume, self.output_dir)
+            if path is not None:
+                self.load_state_dict(ckpt.load_state(path), path / ckpt.MODEL_DIR)
+                logger.info("resumed from %s at step %d (stage %d)", path, self.step, self.stage)
+        main = rank() == 0
+        metrics_path = self.output_dir / "metrics.jsonl"
+        if main and metrics_path.exists():  # drop records past the resume point (a killed run wrote them)
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+        if main:
+            (self.output_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        writer = _tensorboard(self.output_dir / "tb") if main and run.tensorboard else None
+        bar = tqdm(total=self.config.schedule.steps, initial=self.step, disable=not (main and run.progress),
+                   desc="train", dynamic_ncols=True)
+        with open(metrics_path, "a") if main else open(os.devnull, "w") as metrics:
+            while self.step < self.config.schedule.steps:
+                self.train_step()
+                record = self.history[-1]
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                if writer is not None:
+                    for key, value in record.items():
+                        if isinstance(value, int | float) and value is not None:
+                            writer.add_scalar(f"train/{key}", value, self.step)
+                bar.update(1)
+                bar.set_postfix(stage=self.stage, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
+                                sps=f"{record['samples_per_s']:.0f}")
+                if self.step % run.log_every == 0 and main:
+                    logger.info("step %d stage %d loss %.4f lr %.2e %.1f samples/s", self.step, self.stage,
+                                record["loss"], record["lr"], record["samples_per_s"])
+                if self.step % run.checkpoint_every == 0 and self.step < self.config.schedule.steps and main:
+                    ckpt.save_checkpoint(self.output_dir, self.model, self.state_dict(), run.keep_checkpoints)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        final = self.output_dir / "model"
+        if main:
+            self.model.config.extra = {"trained_steps": self.step, "switch_step": self.switch_step,
+                                       "eans_mode": self.config.eans.mode}
+            self.model.save_pretrained(final)
+            logger.info("saved model to %s", final)
+        return final
+
+
+def _tensorboard(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but never let logging stop a run
+        logger.warning("tensorboard unavailable; metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(path))
+
+
+def init_distributed() -> None:
+    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

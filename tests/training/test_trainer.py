@@ -1,0 +1,124 @@
+import json
+import math
+
+import pytest
+import torch
+
+from tsembed.configtools import from_dict
+from tsembed.errors import ConfigError
+from tsembed.training.config import TrainConfig, load_train_config
+from tsembed.training.trainer import Trainer, TrainingDiverged
+
+from .helpers import WORDS, toy_model
+
+COLORS = WORDS[:3]
+ANIMALS = WORDS[3:6]
+
+
+@pytest.fixture(scope="module")
+def train_files(tmp_path_factory):
+    """Two small text-only MMEB train files with learnable structure."""
+    root = tmp_path_factory.mktemp("train")
+    files = []
+    for name, labels in (("colors", COLORS), ("animals", ANIMALS)):
+        path = root / f"{name}.jsonl"
+        with path.open("w") as f:
+            for i in range(48):
+                label = labels[i % len(labels)]
+                noise = " ".join(WORDS[6 + (i * 7 + k) % 12] for k in range(3))
+                row = {"qry": f"which {name} {noise} {label}", "qry_image_path": "", "pos_text": label,
+                       "pos_image_path": "", "neg_text": labels[(i + 1) % len(labels)], "neg_image_path": ""}
+                f.write(json.dumps(row) + "\n")
+        files.append({"name": name, "path": str(path)})
+    return files
+
+
+def make_config(train_files, tmp_path, **sections) -> TrainConfig:
+    data = {
+        "data": {"train_files": train_files, "batch_size": 8},
+        "schedule": {"steps": 6, "stage1_steps": 3},
+        "optim": {"lr": 5e-3, "warmup_steps": 2},
+        "run": {"output_dir": str(tmp_path / "run"), "checkpoint_every": 3, "progress": False, "tensorboard": False},
+        "model": {"backbone": {"kind": "toy"}},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return from_dict(TrainConfig, data)
+
+
+def losses(run_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["weight", "mine"])
+def test_resume_reproduces_uninterrupted_run(train_files, tmp_path, mode):
+    full_cfg = make_config(train_files, tmp_path / "a", eans={"mode": mode})
+    Trainer(full_cfg, model=toy_model()).fit()
+    full = losses(tmp_path / "a" / "run")
+
+    killed = Trainer(make_config(train_files, tmp_path / "b", eans={"mode": mode}), model=toy_model())
+    original_step = killed.train_step
+
+    def step_then_die():
+        if killed.step == 4:  # killed after step 4, one step past the checkpoint at step 3
+            raise KeyboardInterrupt
+        return original_step()
+
+    killed.train_step = step_then_die
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = Trainer(make_config(train_files, tmp_path / "b", eans={"mode": mode}), model=toy_model())
+    resumed.fit(resume="auto")
+    assert resumed.step == 6 and resumed.switch_step == 3
+    assert losses(tmp_path / "b" / "run") == pytest.approx(full, rel=1e-5)
+
+
+def test_stage_switch_by_steps_and_router_lr(train_files, tmp_path):
+    cfg = make_config(train_files, tmp_path, schedule={"steps": 5, "stage1_steps": 2, "stage2_router_lr_scale": 0.0})
+    trainer = Trainer(cfg, model=toy_model())
+    trainer.fit()
+    stages = [r["stage"] for r in trainer.history]
+    assert stages == [1, 1, 2, 2, 2] and trainer.switch_step == 2
+    router_group = next(g for g in trainer.optimizer.param_groups if g["name"] == "router")
+    assert router_group["lr"] == 0.0
+
+
+def test_stage_switch_by_stability(train_files, tmp_path):
+    cfg = make_config(train_files, tmp_path, schedule={
+        "steps": 8, "stage1_steps": 8, "switch": "stability", "stability_threshold": 10.0,
+        "stability_interval": 2, "min_stage1_steps": 4})
+    trainer = Trainer(cfg, model=toy_model())
+    trainer.fit()
+    assert trainer.switch_step == 4  # the first drift check at or after min_stage1_steps is below 10
+
+
+def test_training_lowers_the_loss(train_files, tmp_path):
+    cfg = make_config(train_files, tmp_path, schedule={"steps": 36, "stage1_steps": 18},
+                      run={"checkpoint_every": 100}, loss={"tau": 0.05})
+    trainer = Trainer(cfg, model=toy_model())
+    trainer.fit()
+    first = sum(r["contrastive"] for r in trainer.history[:6]) / 6
+    last = sum(r["contrastive"] for r in trainer.history[-6:]) / 6
+    assert last < first - 0.2, (first, last)
+    assert (tmp_path / "run" / "model" / "tsembed_config.json").is_file()
+
+
+def test_nan_loss_names_step_and_batch(train_files, tmp_path, monkeypatch):
+    cfg = make_config(train_files, tmp_path)
+    trainer = Trainer(cfg, model=toy_model())
+    monkeypatch.setattr(trainer.objective.log_tau, "data", torch.tensor(math.nan))
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 0 \(stage 1, batch of dataset '(colors|animals)'"):
+        trainer.fit()
+
+
+def test_config_errors_name_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  suite: s\n  batchsize: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['data.batchsize'\]"):
+        load_train_config(cfg)
+    with pytest.raises(ConfigError, match="eans.mode must be one of"):
+        load_train_config(None, ["data.suite=s", "eans.mode=hard"])
+    with pytest.raises(ConfigError, match=r"schedule.steps: expected an integer, got 'ten'"):
+        load_train_config(None, ["data.suite=s", "schedule.steps=ten"])
+    with pytest.raises(ConfigError, match="top_k=9 is larger"):
+        load_train_config(None, ["data.suite=s", "model.moe={top_k: 9}"])
