@@ -66,7 +66,9 @@ class DataSection:
             missing = {"name", "path"} - set(entry)
             unknown = set(entry) - {"name", "path", "image_root", "weight"}
             if missing or unknown:
-                raise ConfigError(f"data.train_files[{i}]: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+                raise ConfigError(
+                    f"data.train_files[{i}]: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}"
+                )
         for name, weight in self.weights.items():
             if not isinstance(weight, int | float) or weight <= 0:
                 raise ConfigError(f"data.weights.{name} must be a positive number, got {weight!r}")

@@ -78,7 +78,9 @@ def eans_weights(affinity: torch.Tensor, negatives: torch.Tensor, beta: float) -
     return weights * negatives
 
 
-def eans_select(affinity: torch.Tensor, negatives: torch.Tensor, k: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+def eans_select(
+    affinity: torch.Tensor, negatives: torch.Tensor, k: int, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """EANS ``select`` mode: weight 1 on the k negatives with the highest affinity (plus ``keep``), else 0.
 
     Args:

@@ -87,6 +87,10 @@ def _totals(outputs: list[EmbeddingOutput]) -> tuple[dict[str, torch.Tensor], di
     return {n: packed[i] for i, n in enumerate(names)}, {n: int(unit_tensor[i]) for i, n in enumerate(names)}
 
 
+def _output(total, contrastive, lb, z, q_sig, t_sig, logs) -> StepOutput:
+    return StepOutput(total.item(), contrastive.item(), lb.detach().item(), z.detach().item(), q_sig, t_sig, logs)
+
+
 def contrastive_step(
     model: TSEmbedModel,
     objective: ContrastiveObjective,
@@ -123,7 +127,7 @@ def contrastive_step(
         total = (result.loss + lb_w * lb + z_w * z).detach()
         if backward:
             (result.loss + scale * (lb_w * lb + z_w * z)).backward()
-        return StepOutput(total.item(), result.loss.item(), lb.detach().item(), z.detach().item(), q_sig, t_sig, result.logs)
+        return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
 
     # GradCache pass 1: embeddings and routing statistics without a graph
     rng_states: list[dict] = []
@@ -157,5 +161,5 @@ def contrastive_step(
                 chunk_lb, chunk_z = aux_losses([out.routing.layer_stats], counts, units)
                 surrogate = surrogate + scale * (lb_w * chunk_lb + z_w * chunk_z)
             surrogate.backward()
-    return StepOutput(total.item(), result.loss.item(), lb.detach().item(), z.detach().item(), q_sig, t_sig, result.logs)
+    return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
 
