@@ -1,0 +1,112 @@
+"""`tsembed data ...`: build the offline benchmark suite and validate MMEB files. Heavy imports are lazy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+data_app = typer.Typer(
+    name="data",
+    help="MMEB data: build the offline OpenMoji benchmark suite, validate train/eval files.",
+    no_args_is_help=True,
+)
+
+
+@data_app.command("build-suite")
+def build_suite_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the suite to.")],
+    seed: Annotated[int, typer.Option(help="Seed of the base-emoji split and all sampling.")] = 0,
+    max_train: Annotated[int, typer.Option("--max-train", help="Train pairs per in-distribution dataset.")] = 1000,
+    max_eval: Annotated[int, typer.Option("--max-eval", help="Eval queries per dataset.")] = 200,
+    pool_size: Annotated[int, typer.Option(help="Candidates per retrieval/grounding eval query.")] = 200,
+    vqa_choices: Annotated[int, typer.Option(help="Candidate answers of the name-answer VQA datasets.")] = 20,
+    eval_fraction: Annotated[float, typer.Option(help="Share of base emoji held out for evaluation.")] = 0.25,
+    tile_size: Annotated[int, typer.Option(help="Pixel size of single-emoji images.")] = 96,
+    canvas_size: Annotated[int, typer.Option(help="Pixel size of multi-emoji canvases.")] = 128,
+    file_format: Annotated[str, typer.Option("--format", help="Row file format: jsonl or parquet.")] = "jsonl",
+    dataset: Annotated[
+        list[str] | None, typer.Option("--dataset", help="Build only this dataset (repeatable); default: all 15.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing suite at --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Build the offline OpenMoji benchmark suite in MMEB format.
+
+    15 datasets over classification, VQA, retrieval and grounding: 10 in-distribution (train + eval) and
+    5 out-of-distribution (eval only). Same seed and options give byte-identical files.
+    """
+    from tsembed.data.suite import build_suite
+
+    suite = build_suite(
+        out,
+        seed,
+        max_train_per_dataset=max_train,
+        max_eval_per_dataset=max_eval,
+        pool_size=pool_size,
+        vqa_choices=vqa_choices,
+        eval_fraction=eval_fraction,
+        tile_size=tile_size,
+        canvas_size=canvas_size,
+        format=file_format,
+        datasets=dataset or None,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    m = suite.manifest
+    for name, d in m["datasets"].items():
+        c = d["counts"]
+        typer.echo(
+            f"  {name:<20} {d['meta_task']:<15} {'OOD' if d['ood'] else 'IND'}  "
+            f"train {c['train']:>5}  eval {c['eval']:>4}  candidates {c['candidates_max']}"
+        )
+    typer.echo(
+        f"suite written to {suite.root} ({len(m['datasets'])} datasets, {m['images']['count']} images, "
+        f"{m['images']['bytes'] / 2**20:.1f} MiB); see {suite.root / 'README.md'}"
+    )
+
+
+@data_app.command("validate")
+def validate_cmd(
+    file: Annotated[Path, typer.Argument(help="MMEB .jsonl/.json/.parquet file, or a directory of shards.")],
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Root of relative image paths (default: the enclosing suite root, else the file directory).",
+        ),
+    ] = None,
+    kind: Annotated[
+        Literal["train", "eval"] | None,
+        typer.Option(help="train or eval (default: inferred from the first row's fields)."),
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="Report bad rows as skippable and exit 0 instead of failing.")
+    ] = False,
+    check_images: Annotated[bool, typer.Option(help="Open every distinct image (header + verify).")] = True,
+    allow_extra_fields: Annotated[
+        bool, typer.Option(help="Ignore fields that are not MMEB fields instead of reporting them.")
+    ] = False,
+) -> None:
+    """Check an MMEB train or eval file before a run.
+
+    Checks fields, empty queries, candidate lists, <|image_1|> placeholders and images, and lists every
+    problem with file, row, field and value. Exit status 2 when there are problems (0 with --skip-invalid).
+    """
+    from tsembed.data.mmeb import validate_file
+
+    report = validate_file(file, image_root, kind, check_images=check_images, strict_fields=not allow_extra_fields)
+    if report.ok:
+        typer.echo(report.summary())
+        return
+    if not skip_invalid:
+        report.raise_if_problems()
+    typer.echo(report.describe())
+    typer.echo(
+        f"--skip-invalid: {report.num_skipped} of {report.num_rows} rows would be skipped, {len(report.kept)} kept"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the `data` sub-commands to the root `tsembed` app."""
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,142 @@
+"""Read and write MMEB records as jsonl or parquet; writes are atomic (temp file, then rename).
+
+Records are plain dicts keyed by MMEB field name. Reading never interprets fields: that is
+validation's job, so a malformed line becomes a `Problem` with its line number instead of an
+exception from deep inside a parser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tsembed.data.problems import Problem
+from tsembed.errors import DataError
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as read: its file, 1-based row (line number in jsonl) and the decoded value."""
+
+    file: str
+    row: int
+    value: Any  # a dict when the row decoded to an object
+
+
+def _files(path: Path) -> list[Path]:
+    """A file, or the data files of a directory (e.g. HF parquet shards), sorted by name."""
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES)
+        if not found:
+            raise DataError(f"'{path}' is a directory without .jsonl, .json or .parquet files")
+        return found
+    if not path.exists():
+        raise DataError(f"data file '{path}' does not exist")
+    if path.suffix not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        raise DataError(f"'{path}': unsupported file type '{path.suffix}'; use .jsonl, .json or .parquet")
+    return [path]
+
+
+def _read_jsonl(path: Path, problems: list[Problem]) -> Iterator[RawRecord]:
+    with path.open("r", encoding="utf-8") as fh:
+        first = fh.read(1)
+        fh.seek(0)
+        if first == "[":  # a .json file holding one array of records
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(str(path), exc.lineno, None, None, f"invalid JSON: {exc.msg}"))
+                return
+            for i, value in enumerate(data, start=1):
+                yield RawRecord(str(path), i, value)
+            return
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield RawRecord(str(path), lineno, json.loads(line))
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(str(path), lineno, None, _clip(line), f"invalid JSON: {exc.msg}"))
+
+
+def _clip(line: str) -> str:
+    line = line.rstrip("\n")
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+def _read_parquet(path: Path, problems: list[Problem]) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
+        problems.append(Problem(str(path), None, None, None, f"cannot read parquet: {exc}"))
+        return
+    for i, value in enumerate(table.to_pylist(), start=1):
+        yield RawRecord(str(path), i, value)
+
+
+def read_records(path: str | Path) -> tuple[list[RawRecord], list[Problem]]:
+    """Read every record of a jsonl/json/parquet file (or a directory of them).
+
+    Returns:
+        The records, and the problems met while decoding (bad JSON lines, unreadable parquet).
+
+    Raises:
+        DataError: The path does not exist or has an unsupported type.
+    """
+    records: list[RawRecord] = []
+    problems: list[Problem] = []
+    for file in _files(Path(path)):
+        reader = _read_parquet if file.suffix in PARQUET_SUFFIXES else _read_jsonl
+        records.extend(reader(file, problems))
+    return records, problems
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; it replaces `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its 0600 mode would survive the rename; a random name keeps writers apart.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_records(path: str | Path, records: Iterable[dict[str, Any]], schema: Any = None) -> Path:
+    """Write records atomically as jsonl (one object per line) or parquet, chosen by suffix.
+
+    Args:
+        path: Target file; `.jsonl`/`.json` or `.parquet`.
+        records: Dicts keyed by field name; written in order.
+        schema: Optional `pyarrow.Schema` for parquet, so empty lists and all-'' columns keep their type.
+    """
+    path = Path(path)
+    records = list(records)
+    with atomic_path(path) as tmp:
+        if path.suffix in PARQUET_SUFFIXES:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp)
+        elif path.suffix in JSONL_SUFFIXES:
+            with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+                for rec in records:
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        else:
+            raise DataError(f"'{path}': unsupported file type '{path.suffix}'; use .jsonl or .parquet")
+    return path

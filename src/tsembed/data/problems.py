@@ -1,0 +1,102 @@
+"""Validation findings: each names file, row, field and value; a report turns them into one error."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tsembed.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: How many problems an error message lists before it only counts the rest.
+MAX_LISTED = 50
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one row (row numbers are 1-based; in jsonl they are line numbers)."""
+
+    file: str
+    row: int | None
+    field: str | None
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.row is None else f"{self.file} row {self.row}"
+        if self.field is None:
+            return f"{where}: {self.message}"
+        return f"{where}: `{self.field}` {_short(self.value)} {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of checking one file: what was read, what was wrong, what was kept.
+
+    Attributes:
+        file: The file checked, as given.
+        kind: "train" or "eval".
+        num_rows: Rows read (including bad ones).
+        problems: Every problem found, in row order.
+        kept: 0-based indices of the rows that passed (all rows when nothing was wrong).
+        image_root: Root the image paths were resolved against.
+    """
+
+    file: str
+    kind: str
+    num_rows: int
+    problems: list[Problem] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    image_root: str | None = None
+    hints: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def num_skipped(self) -> int:
+        return self.num_rows - len(self.kept)
+
+    @property
+    def bad_rows(self) -> list[int]:
+        """1-based row numbers with at least one problem."""
+        return sorted({p.row for p in self.problems if p.row is not None})
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.file}: {self.num_rows} {self.kind} rows, all valid"
+        return (
+            f"{self.file}: {len(self.problems)} problem(s) in {len(self.bad_rows)} of {self.num_rows} "
+            f"{self.kind} rows (image root '{self.image_root}')"
+        )
+
+    def describe(self, limit: int = MAX_LISTED) -> str:
+        """Summary line plus the first `limit` problems, one per line."""
+        lines = [self.summary(), *(f"hint: {h}" for h in self.hints)]
+        lines += [f"  {p}" for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more problem(s)")
+        return "\n".join(lines)
+
+    def raise_if_problems(self) -> None:
+        """Raise one DataError listing the problems (capped at MAX_LISTED)."""
+        if not self.ok:
+            raise DataError(
+                self.describe() + "\n(fix the rows, or pass skip_invalid=True / --skip-invalid "
+                "to drop them with a report)"
+            )
+
+    def log_skipped(self) -> None:
+        """Skipped rows are always reported, never silent."""
+        if self.num_skipped:
+            logger.warning(
+                "skipped %d of %d rows of %s:\n%s", self.num_skipped, self.num_rows, self.file, self.describe(limit=10)
+            )

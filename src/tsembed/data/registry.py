@@ -1,0 +1,233 @@
+"""Dataset registry: what each dataset is (meta-task, IND/OOD) and how its inputs are worded.
+
+Templates follow MMEB: a query is `instruction + content`, an image side carries `<|image_1|>`, and
+image targets read "<|image_1|>\\nRepresent the given image.". `{text}` marks where a row's content goes.
+The built-in entries describe the offline OpenMoji suite; `register_dataset` adds others (e.g. real MMEB
+datasets on disk). `files` is empty here and filled from a built suite's manifest (`load_suite`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tsembed.data.inputs import IMAGE_PLACEHOLDER
+from tsembed.errors import ConfigError
+
+META_TASKS: tuple[str, ...] = ("classification", "vqa", "retrieval", "grounding")
+SPLITS: tuple[str, ...] = ("train", "eval")
+TEXT_SLOT = "{text}"
+
+IMAGE_TARGET = f"{IMAGE_PLACEHOLDER}\nRepresent the given image."
+CROP_TARGET = f"{IMAGE_PLACEHOLDER}\nRepresent the given cropped image of the emoji."
+VQA_QUERY = f"{IMAGE_PLACEHOLDER}\nRepresent the given image with the following question: {TEXT_SLOT}"
+EDIT_QUERY = f"{IMAGE_PLACEHOLDER}\nGiven an emoji image, find the same emoji with the described change: {TEXT_SLOT}"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset of a benchmark.
+
+    Attributes:
+        name: Unique name, e.g. "EmojiGroup".
+        meta_task: One of META_TASKS; results are aggregated per meta-task.
+        ood: Out-of-distribution: evaluation only, never trained on.
+        query_template: Instruction for queries; `{text}` is replaced by the row's content.
+        target_template: Same for targets/candidates ("{text}" for plain text labels).
+        files: Split ("train"/"eval") -> file path relative to the suite root.
+        description: One line for the dataset card.
+    """
+
+    name: str
+    meta_task: str
+    ood: bool
+    query_template: str
+    target_template: str
+    files: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.meta_task not in META_TASKS:
+            raise ConfigError(
+                f"dataset {self.name!r}: meta_task must be one of {list(META_TASKS)}, got {self.meta_task!r}"
+            )
+        unknown = sorted(set(self.files) - set(SPLITS))
+        if unknown:
+            raise ConfigError(f"dataset {self.name!r}: files has unknown split(s) {unknown}; allowed: {list(SPLITS)}")
+        if self.ood and "train" in self.files:
+            raise ConfigError(f"dataset {self.name!r}: an out-of-distribution dataset has no train split")
+        for attr in ("query_template", "target_template"):
+            template = getattr(self, attr)
+            if template.count(TEXT_SLOT) > 1 or template.count(IMAGE_PLACEHOLDER) > 1:
+                raise ConfigError(
+                    f"dataset {self.name!r}: `{attr}` {template!r} may hold at most one "
+                    f"{TEXT_SLOT} and one {IMAGE_PLACEHOLDER}"
+                )
+        object.__setattr__(self, "files", dict(self.files))
+
+    def format_query(self, text: str = "") -> str:
+        """Instruction + content for a query (plain replace, so braces in content are safe)."""
+        return self.query_template.replace(TEXT_SLOT, text)
+
+    def format_target(self, text: str = "") -> str:
+        return self.target_template.replace(TEXT_SLOT, text)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in SPLITS if s in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetInfo:
+        allowed = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ConfigError(f"dataset entry has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        return cls(**data)
+
+
+def _suite(name: str, meta_task: str, ood: bool, query: str, target: str, description: str) -> DatasetInfo:
+    return DatasetInfo(name, meta_task, ood, query, target, description=description)
+
+
+_P = IMAGE_PLACEHOLDER
+#: The offline OpenMoji suite (see `tsembed.data.suite`); 10 in-distribution + 5 out-of-distribution.
+SUITE_DATASETS: tuple[DatasetInfo, ...] = (
+    # classification
+    _suite(
+        "EmojiGroup",
+        "classification",
+        False,
+        f"{_P}\nRepresent the given emoji image for classification into its emoji group.",
+        TEXT_SLOT,
+        "emoji image -> one of the 9 Unicode emoji groups",
+    ),
+    _suite(
+        "EmojiSubgroup",
+        "classification",
+        False,
+        f"{_P}\nRepresent the given emoji image for classification into its fine-grained subgroup.",
+        TEXT_SLOT,
+        "emoji image -> one of ~100 Unicode subgroups",
+    ),
+    _suite(
+        "SkinTone",
+        "classification",
+        False,
+        f"{_P}\nRepresent the given emoji image for classification of its skin tone.",
+        TEXT_SLOT,
+        "emoji image -> skin tone (5 Fitzpatrick tones or default yellow)",
+    ),
+    _suite(
+        "EmojiGroupGray",
+        "classification",
+        True,
+        f"{_P}\nRepresent the given grayscale, rotated emoji image for classification into its emoji group.",
+        TEXT_SLOT,
+        "grayscale, rotated emoji image -> emoji group (domain shift)",
+    ),
+    # VQA
+    _suite(
+        "CountVQA", "vqa", False, VQA_QUERY, TEXT_SLOT, "canvas + 'how many times does <name> appear?' -> a count 0-9"
+    ),
+    _suite("LeftOfVQA", "vqa", False, VQA_QUERY, TEXT_SLOT, "canvas + 'what is to the left of <name>?' -> emoji name"),
+    _suite(
+        "BackgroundVQA", "vqa", False, VQA_QUERY, TEXT_SLOT, "canvas + 'what colour is the background?' -> colour name"
+    ),
+    _suite(
+        "AboveVQA",
+        "vqa",
+        True,
+        VQA_QUERY,
+        TEXT_SLOT,
+        "canvas + 'what is directly above <name>?' -> emoji name (unseen vertical relation)",
+    ),
+    # retrieval
+    _suite(
+        "NameToImage",
+        "retrieval",
+        False,
+        f"Retrieve the emoji image that matches the given name: {TEXT_SLOT}",
+        IMAGE_TARGET,
+        "emoji name -> emoji image",
+    ),
+    _suite(
+        "ImageToName",
+        "retrieval",
+        False,
+        f"{_P}\nFind the name of the emoji in the given image.",
+        TEXT_SLOT,
+        "emoji image -> emoji name",
+    ),
+    _suite(
+        "SkinToneEdit",
+        "retrieval",
+        False,
+        EDIT_QUERY,
+        IMAGE_TARGET,
+        "composed: emoji image + 'the same with dark skin tone' -> image (CIRR-like)",
+    ),
+    _suite(
+        "GenderEdit",
+        "retrieval",
+        True,
+        EDIT_QUERY,
+        IMAGE_TARGET,
+        "composed: emoji image + 'the same but as a woman' -> image (unseen edit)",
+    ),
+    _suite(
+        "ShortcodeToImage",
+        "retrieval",
+        True,
+        f"Retrieve the emoji image for the given chat shortcode: {TEXT_SLOT}",
+        IMAGE_TARGET,
+        "chat shortcode such as ':clock6:' -> emoji image (unseen text style)",
+    ),
+    # grounding
+    _suite(
+        "EmojiGrounding",
+        "grounding",
+        False,
+        f'{_P}\nSelect the portion of the image that isolates the emoji labeled as "{TEXT_SLOT}"',
+        CROP_TARGET,
+        "canvas + emoji name -> the crop showing it, among crops",
+    ),
+    _suite(
+        "RelationalGrounding",
+        "grounding",
+        True,
+        f'{_P}\nSelect the portion of the image that isolates the emoji described as "{TEXT_SLOT}"',
+        CROP_TARGET,
+        "canvas + 'the emoji to the right of <name>' -> crop (RefCOCO-like)",
+    ),
+)
+
+#: name -> DatasetInfo; the one registry of datasets known to tsembed.
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in SUITE_DATASETS}
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    """Look a dataset up by name.
+
+    Raises:
+        ConfigError: Unknown name; the message lists the valid names.
+    """
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}") from None
+
+
+def register_dataset(info: DatasetInfo, *, overwrite: bool = False) -> DatasetInfo:
+    """Add a dataset (e.g. a real MMEB dataset) to the registry.
+
+    Raises:
+        ConfigError: The name is taken and `overwrite` is False.
+    """
+    if info.name in DATASETS and not overwrite:
+        raise ConfigError(f"dataset {info.name!r} is already registered; pass overwrite=True to replace it")
+    DATASETS[info.name] = info
+    return info

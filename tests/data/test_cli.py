@@ -1,0 +1,56 @@
+from pathlib import Path
+
+from tsembed.cli import main
+from tsembed.data.formats import write_records
+from tsembed.data.suite import Suite
+
+from .factories import eval_record
+
+
+def test_build_suite_command_writes_a_loadable_suite(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "suite"
+    argv = [
+        "data",
+        "build-suite",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+        "--max-train",
+        "3",
+        "--max-eval",
+        "2",
+        "--pool-size",
+        "5",
+        "--dataset",
+        "EmojiGroup",
+        "--dataset",
+        "NameToImage",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    assert "suite written to" in capsys.readouterr().out
+    assert main(["data", "validate", str(out / "eval/NameToImage.jsonl")]) == 0  # image root: the suite root
+    assert main(argv) == 2  # exists, no --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_validate_command_reports_problems_and_skip_invalid(image_root: Path, capsys) -> None:
+    path = write_records(image_root / "e.jsonl", [eval_record(), eval_record(tgt_img_path=["img/a.png"])])
+    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} row 2: `tgt_img_path`" in err
+    assert main(["data", "validate", str(path), "--image-root", str(image_root), "--skip-invalid"]) == 0
+    assert "1 of 2 rows would be skipped" in capsys.readouterr().out
+
+
+def test_validate_suite_split_with_kind(tiny_suite: Suite) -> None:
+    path = tiny_suite.root / "train/CountVQA.jsonl"
+    assert main(["data", "validate", str(path), "--image-root", str(tiny_suite.root), "--kind", "train"]) == 0
+    assert main(["data", "validate", str(path), "--kind", "eval"]) == 2  # train rows read as eval rows
+
+
+def test_validate_can_allow_extra_fields(image_root: Path) -> None:
+    path = write_records(image_root / "e.jsonl", [eval_record(dataset="x")])
+    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 2
+    assert main(["data", "validate", str(path), "--image-root", str(image_root), "--allow-extra-fields"]) == 0
