@@ -31,7 +31,8 @@ def _register_subcommands() -> None:
     """Sub-command groups live next to the code they drive; each module exposes a `register(app)`."""
     import importlib
 
-    for module in ("tsembed.data.cli", "tsembed.training.cli", "tsembed.evaluation.cli", "tsembed.inference.cli"):
+    for module in ("tsembed.data.cli", "tsembed.training.cli", "tsembed.evaluation.cli", "tsembed.inference.cli",
+                   "tsembed.experiments.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

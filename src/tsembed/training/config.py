@@ -22,7 +22,7 @@ class ModelSection:
     ``moe.target_modules`` may be left out to use the backbone's default targets.
     """
 
-    backbone: dict[str, Any] = field(default_factory=lambda: {"kind": "minilm_effnet"})
+    backbone: dict[str, Any] = field(default_factory=lambda: {"kind": "minilm-effnet"})
     moe: dict[str, Any] | None = field(default_factory=dict)
     pooling: str | None = None
     query_instruction: str = ""

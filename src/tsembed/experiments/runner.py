@@ -1,0 +1,76 @@
+"""Train one variant, evaluate it, and keep the results on disk so a rerun skips finished work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tsembed.configtools import apply_overrides, from_dict, load_yaml
+from tsembed.experiments.variants import Variant
+from tsembed.model import TSEmbedModel
+from tsembed.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+
+
+def variant_config(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path, extra: list[str]) -> TrainConfig:
+    data = json.loads(json.dumps(base))  # deep copy
+    apply_overrides(data, [*variant.overrides, *extra, f"run.seed={seed}", f"run.output_dir={out_dir}"])
+    return from_dict(TrainConfig, data)
+
+
+def load_base_config(path: Path | None, overrides: list[str]) -> dict[str, Any]:
+    from tsembed.training.cli import default_config_path
+
+    data = load_yaml(path or default_config_path())
+    apply_overrides(data, overrides)
+    from_dict(TrainConfig, json.loads(json.dumps(data)))  # validate now, before any training starts
+    return data
+
+
+def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path, suite: Path,
+                cache_dir: Path | None, extra: list[str] | None = None, eval_batch_size: int = 64) -> dict[str, Any]:
+    """Train (unless the variant is untrained) and evaluate; returns ``{results, train_seconds, ...}``."""
+    from tsembed.evaluation import evaluate
+    from tsembed.training.trainer import Trainer, build_model
+
+    result_path = out_dir / RESULTS
+    if result_path.is_file():
+        logger.info("%s seed %d: results exist, skipping (%s)", variant.name, seed, result_path)
+        return json.loads(result_path.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = variant_config(base, variant, seed, out_dir, [f"data.suite={suite}", *(extra or [])])
+    start = time.perf_counter()
+    if variant.trained:
+        trainer = Trainer(config)
+        model_dir = trainer.fit(resume="auto")
+        model = TSEmbedModel.from_pretrained(model_dir)
+        train_seconds = time.perf_counter() - start
+        trainable = sum(p.numel() for p in trainer.trainable)
+    else:
+        torch.manual_seed(seed)
+        config.model.moe = None
+        model = build_model(config).eval()
+        model.save_pretrained(out_dir / "model")
+        train_seconds, trainable = 0.0, 0
+    results = evaluate(model, suite, cache_dir=cache_dir, batch_size=eval_batch_size, progress=config.run.progress)
+    results.save(out_dir)
+    record = {
+        "variant": variant.name, "description": variant.description, "seed": seed,
+        "train_seconds": round(train_seconds, 1), "trainable_parameters": trainable,
+        "aggregates": results.aggregates,
+        "datasets": {d.name: d.metrics for d in results.datasets},
+        "config": asdict(config),
+    }
+    result_path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+

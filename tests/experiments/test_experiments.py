@@ -1,0 +1,52 @@
+"""End-to-end smoke test of the main job on a tiny suite, and the ablation's aggregation."""
+
+import json
+
+import pytest
+
+from tsembed.cli import main
+from tsembed.errors import ConfigError
+from tsembed.experiments.ablation import markdown_table, mean_std, summarize
+from tsembed.experiments.variants import ablation_variants, pick
+
+
+def test_lora_baseline_has_the_moe_budget():
+    variants = ablation_variants(num_experts=4, rank=8, modes=("weight", "mine"))
+    assert "model.moe.rank=32" in variants["lora"].overrides and "model.moe.num_experts=1" in variants["lora"].overrides
+    assert set(variants) == {"base", "lora", "moe", "moe_eans_no_stage1", "tsembed_weight", "tsembed_mine"}
+    with pytest.raises(ConfigError, match="unknown variants"):
+        pick(variants, ["lora", "nope"])
+
+
+def test_summary_mean_and_sample_std():
+    records = [
+        {"variant": "lora", "description": "d", "seed": s, "aggregates": {"overall": {"hit@1": v}}}
+        for s, v in enumerate([0.40, 0.42, 0.44])
+    ]
+    table = summarize(records)
+    assert table["lora"]["overall"]["mean"] == pytest.approx(42.0)
+    assert table["lora"]["overall"]["std"] == pytest.approx(2.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
+    assert "| lora | – | – | – | – | – | – | 42.0 ± 2.0 |" in markdown_table(table)
+
+
+def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
+    monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    suite = tmp_path / "suite"
+    assert main(["data", "build-suite", "--out", str(suite), "--max-train", "16", "--max-eval", "4",
+                 "--pool-size", "8", "--no-progress"]) == 0
+    args = ["demo", "--quick", "--suite", str(suite), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "report"),
+            "--set", "schedule.steps=2", "--set", "schedule.stage1_steps=1", "--set", "data.batch_size=4",
+            "--set", "run.progress=false", "--set", "model.backbone.num_visual_tokens=4",
+            "--set", "model.backbone.image_size=64"]
+    assert main(args) == 0
+    report = (tmp_path / "report" / "README.md").read_text()
+    assert "| TSEmbed |" in report and "| single LoRA |" in report
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert set(summary) == {"tsembed_weight", "lora"} and "overall" in summary["lora"]
+    assert list((tmp_path / "report" / "routing").glob("*.png"))
+    assert (tmp_path / "report" / "training_tsembed_weight.png").is_file()
+    metrics = [json.loads(x) for x in (tmp_path / "work" / "tsembed_weight" / "metrics.jsonl").read_text().split("\n") if x]
+    assert [m["stage"] for m in metrics] == [1, 2]
+    # a rerun finds every result and re-trains nothing
+    assert main(args) == 0
