@@ -1,0 +1,141 @@
+"""`tsembed eval` and `tsembed inspect-routing`: thin wrappers over ``evaluate`` and ``analyze_routing``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+CACHE_ENV = "TSEMBED_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$TSEMBED_CACHE_DIR/embeddings`` or ``~/.cache/tsembed/embeddings`` (beside the vision feature cache)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tsembed") / "embeddings"
+
+
+def _load_model(model_dir: Path, device: str):
+    import torch
+
+    from tsembed.model import TSEmbedModel
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TSEmbedModel.from_pretrained(model_dir).to(device).eval()
+
+
+def _cache(cache_dir: Path | None, no_cache: bool) -> Path | None:
+    return None if no_cache else (cache_dir or default_cache_dir())
+
+
+_MODEL = typer.Option(
+    ..., "--model", "-m", help="Model directory (save_pretrained output).", exists=True, file_okay=False
+)
+_SUITE = typer.Option(
+    ..., "--suite", "-s", help="Suite directory with suite.json, or an eval .jsonl/.parquet file.", exists=True
+)
+_DATASETS = typer.Option(None, "--datasets", "-d", help="Only these datasets (repeat or comma-separate).")
+_BATCH = typer.Option(32, "--batch-size", "-b", min=1, help="Inputs per forward pass.")
+_CACHE_DIR = typer.Option(
+    None, "--cache-dir", help=f"Embedding cache root [default: ${CACHE_ENV}/embeddings or ~/.cache/tsembed/embeddings]."
+)
+_NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache.")
+_SKIP = typer.Option(False, "--skip-invalid", help="Drop malformed rows (counted and reported) instead of failing.")
+_NO_IMG_CHECK = typer.Option(False, "--no-check-images", help="Skip opening every image before encoding.")
+_DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
+_QUIET = typer.Option(False, "--no-progress", help="Hide progress bars.")
+
+
+def eval_command(
+    model: Path = _MODEL,
+    suite: Path = _SUITE,
+    datasets: list[str] | None = _DATASETS,
+    out: Path = typer.Option(Path("eval-results"), "--out", "-o", help="Folder for results.json and results.md."),
+    batch_size: int = _BATCH,
+    cache_dir: Path | None = _CACHE_DIR,
+    no_cache: bool = _NO_CACHE,
+    global_pool: bool = typer.Option(
+        False,
+        "--global-pool",
+        help="Also rank against the union of each dataset's candidates: recall@1/5/10, MRR, nDCG@10.",
+    ),
+    skip_invalid: bool = _SKIP,
+    no_check_images: bool = _NO_IMG_CHECK,
+    device: str = _DEVICE,
+    no_progress: bool = _QUIET,
+) -> None:
+    """Evaluate a model on an MMEB-format suite: hit@1 per dataset, meta-task, IND/OOD and overall."""
+    from tsembed.evaluation.harness import evaluate
+
+    results = evaluate(
+        _load_model(model, device),
+        suite,
+        datasets,
+        cache_dir=_cache(cache_dir, no_cache),
+        batch_size=batch_size,
+        global_pool=global_pool,
+        skip_invalid=skip_invalid,
+        check_images=not no_check_images,
+        progress=not no_progress,
+    )
+    results.settings["model_dir"] = str(model)
+    json_path, md_path = results.save(out)
+    typer.echo(results.to_markdown())
+    typer.echo(f"wrote {json_path} and {md_path}")
+
+
+def inspect_routing_command(
+    model: Path = _MODEL,
+    suite: Path = _SUITE,
+    out: Path = typer.Option(Path("routing-analysis"), "--out", "-o", help="Folder for routing.json and PNG plots."),
+    layers: list[str] | None = typer.Option(
+        None,
+        "--layers",
+        "-l",
+        help="Adapted layers to analyse: names, indices (-1 = last) or full-match regexes; repeat or comma-separate.",
+    ),
+    datasets: list[str] | None = _DATASETS,
+    include_targets: bool = typer.Option(False, "--include-targets", help="Also route each dataset's candidates."),
+    max_per_dataset: int | None = typer.Option(None, "--max-per-dataset", min=1, help="Rows per dataset to use."),
+    batch_size: int = _BATCH,
+    cache_dir: Path | None = _CACHE_DIR,
+    no_cache: bool = _NO_CACHE,
+    skip_invalid: bool = _SKIP,
+    no_check_images: bool = _NO_IMG_CHECK,
+    device: str = _DEVICE,
+    no_progress: bool = _QUIET,
+) -> None:
+    """Plot expert usage per dataset and layer, load balance, routing entropy and dataset/expert NMI."""
+    from tsembed.evaluation.routing import analyze_routing
+
+    report = analyze_routing(
+        _load_model(model, device),
+        suite,
+        out,
+        layers,
+        datasets,
+        include_targets=include_targets,
+        max_per_dataset=max_per_dataset,
+        cache_dir=_cache(cache_dir, no_cache),
+        batch_size=batch_size,
+        skip_invalid=skip_invalid,
+        check_images=not no_check_images,
+        progress=not no_progress,
+    )
+    if not report.has_routing:
+        typer.echo(f"nothing to analyse: {report.reason}; wrote {out / 'routing.json'}")
+        return
+    nmi_d, nmi_t = report.nmi.get("dataset_mean"), report.nmi.get("meta_task_mean")
+    typer.echo(
+        f"{len(report.layers)} layers x {report.num_experts} experts over {len(report.datasets)} datasets; "
+        f"mean NMI(dataset, top-1 expert) = {nmi_d:.3f}"
+        + (f", NMI(meta-task, top-1 expert) = {nmi_t:.3f}" if nmi_t is not None else "")
+    )
+    typer.echo(f"wrote {out / 'routing.json'} and {', '.join(report.plots)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the evaluation sub-commands to the root `tsembed` app."""
+    app.command("eval")(eval_command)
+    app.command("inspect-routing")(inspect_routing_command)

@@ -1,0 +1,186 @@
+"""The MMEB evaluation protocol over a suite: encode each distinct input once, rank, average.
+
+Each eval row's query is ranked against its own candidates (candidate 0 is the positive) and hit@1 is
+reported per dataset (MMEB's precision@1). With ``global_pool`` each query is also ranked against the
+union of all candidates of its dataset, de-duplicated by (text, image path), for recall@k, MRR and
+nDCG@10. Queries and candidates are embedded by the model's one forward, exactly as given in the file
+(MMEB rows already carry their instructions).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tsembed.data.images import ImageChecker
+from tsembed.data.inputs import EmbedInput
+from tsembed.evaluation.encoder import CachedEncoder, encoder_for
+from tsembed.evaluation.loading import LoadedEvalSet, load_eval_set
+from tsembed.evaluation.metrics import DEFAULT_KS, hit_at_k, positive_rank, ranking_metrics
+from tsembed.evaluation.results import GLOBAL_PREFIX, HIT1, DatasetResult, EvalResults
+from tsembed.evaluation.sources import resolve_eval_sets
+
+logger = logging.getLogger(__name__)
+
+#: Queries scored per matrix product; bounds memory at chunk x (distinct inputs) scores.
+SCORE_CHUNK = 256
+
+
+class _Interned:
+    """Distinct inputs of one dataset by (text, image path), with the index of each occurrence."""
+
+    def __init__(self) -> None:
+        self.index: dict[tuple[str | None, str], int] = {}
+        self.inputs: list[EmbedInput] = []
+
+    def add(self, item: EmbedInput) -> int:
+        key = (item.text, "" if item.image is None else str(item.image))
+        if key not in self.index:
+            self.index[key] = len(self.inputs)
+            self.inputs.append(item)
+        return self.index[key]
+
+
+def _index_rows(loaded: LoadedEvalSet) -> tuple[_Interned, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distinct inputs, query ids [N], padded candidate ids [N, C] and their validity mask [N, C]."""
+    interned = _Interned()
+    root = loaded.spec.image_root
+    queries = [interned.add(row.query_input(root)) for row in loaded.rows]
+    candidates = [[interned.add(x) for x in row.target_inputs(root)] for row in loaded.rows]
+    width = max((len(c) for c in candidates), default=1)
+    cand = torch.zeros(len(candidates), width, dtype=torch.long)
+    valid = torch.zeros(len(candidates), width, dtype=torch.bool)
+    for i, ids in enumerate(candidates):
+        cand[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        valid[i, : len(ids)] = True
+    return interned, torch.tensor(queries, dtype=torch.long), cand, valid
+
+
+def score_dataset(
+    embeddings: torch.Tensor,
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    valid: torch.Tensor,
+    global_pool: bool = False,
+    ks: tuple[int, ...] = DEFAULT_KS,
+) -> tuple[dict[str, float], int]:
+    """Metrics of one dataset from embeddings of its distinct inputs.
+
+    Args:
+        embeddings: [M, D] embeddings of the distinct inputs.
+        queries: [N] row -> query input id.
+        candidates: [N, C] row -> candidate input ids (column 0 the positive), padded.
+        valid: [N, C] False on padding.
+        global_pool: Also rank against the union of all candidates.
+        ks: Cut-offs of recall@k for the global pool.
+
+    Returns:
+        The metrics and the size of the global pool (0 without one).
+    """
+    pool = torch.unique(candidates[valid]) if global_pool else torch.zeros(0, dtype=torch.long)  # [P] sorted
+    pool_pos = torch.searchsorted(pool, candidates[:, 0].contiguous()) if global_pool else None  # [N] in pool
+    row_ranks, pool_ranks = [], []
+    for start in range(0, len(queries), SCORE_CHUNK):
+        sl = slice(start, start + SCORE_CHUNK)
+        scores = embeddings[queries[sl]] @ embeddings.T  # [b, M]; identical inputs share one score
+        row_ranks.append(positive_rank(scores.gather(1, candidates[sl]), 0, valid[sl]))  # [b]
+        if global_pool:
+            pool_ranks.append(positive_rank(scores[:, pool], pool_pos[sl]))  # [b]
+    if not row_ranks:
+        return {HIT1: None}, len(pool)
+    metrics = {HIT1: hit_at_k(torch.cat(row_ranks), 1)}
+    if global_pool:
+        metrics.update({GLOBAL_PREFIX + k: v for k, v in ranking_metrics(torch.cat(pool_ranks), ks).items()})
+    return metrics, len(pool)
+
+
+def evaluate(
+    model: nn.Module,
+    suite: Any,
+    datasets: Iterable[str] | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    global_pool: bool = False,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    skip_invalid: bool = False,
+    check_images: bool = True,
+    progress: bool = True,
+    encoder: CachedEncoder | None = None,
+) -> EvalResults:
+    """Evaluate ``model`` on an MMEB-format suite.
+
+    Args:
+        model: A ``TSEmbedModel`` (with or without adapters), on any device.
+        suite: A suite directory (``suite.json``), eval file(s), a ``{name: path}`` mapping or a loaded
+            suite (see ``tsembed.evaluation.sources``).
+        datasets: Only these dataset names (comma-separated items allowed); None: all.
+        cache_dir: Embedding cache root (sub-folder per model identity); None: no disk cache.
+        batch_size: Inputs per forward.
+        global_pool: Also rank against each dataset's union of candidates (recall@k, MRR, nDCG@10).
+        ks: recall@k cut-offs for the global pool.
+        skip_invalid: Drop malformed rows (counted and reported) instead of raising.
+        check_images: Open every image once before encoding (catches missing/corrupt files early).
+        progress: tqdm progress bars.
+        encoder: Reuse an encoder (and its cache) across calls; ``cache_dir``/``batch_size`` then unused.
+
+    Returns:
+        Per-dataset metrics with per-meta-task, IND, OOD and overall averages.
+
+    Raises:
+        DataError: A malformed row (file, row and field named) and ``skip_invalid`` is False.
+        ConfigError: Unknown dataset names.
+    """
+    start = time.perf_counter()
+    specs = resolve_eval_sets(suite, datasets)
+    encoder = encoder_for(model, encoder, cache_dir, batch_size=batch_size, progress=progress)
+    before = encoder.stats.to_dict()
+    checkers: dict[Path, ImageChecker] = {}  # one per image root: each image is opened once per run
+    results = []
+    for spec in specs:
+        checker = checkers.setdefault(spec.image_root, ImageChecker(spec.image_root)) if check_images else None
+        loaded = load_eval_set(spec, skip_invalid=skip_invalid, check_images=check_images, checker=checker)
+        interned, queries, candidates, valid = _index_rows(loaded)
+        if not loaded.rows:
+            logger.warning("%s: no valid eval rows in %s", spec.name, spec.path)
+        embeddings = torch.from_numpy(encoder.encode(interned.inputs, desc=spec.name).embeddings)
+        metrics, pool_size = score_dataset(embeddings, queries, candidates, valid, global_pool, ks)
+        results.append(
+            DatasetResult(
+                name=spec.name,
+                meta_task=spec.meta_task,
+                ood=spec.ood,
+                file=str(spec.path),
+                num_rows=len(loaded.rows),
+                num_skipped=loaded.report.num_skipped,
+                mean_candidates=float(valid.sum()) / max(len(loaded.rows), 1),
+                metrics=metrics,
+                pool_size=pool_size if global_pool else None,
+            )
+        )
+        logger.info("%s: hit@1 %s over %d queries", spec.name, _fmt(metrics[HIT1]), len(loaded.rows))
+    after = encoder.stats.to_dict()
+    timing = {k: after[k] - before[k] for k in ("requested", "from_cache", "encoded", "encode_seconds")}
+    timing["total_seconds"] = round(time.perf_counter() - start, 3)
+    timing["inputs_per_second"] = (
+        round(timing["encoded"] / timing["encode_seconds"], 2) if timing["encode_seconds"] > 0 else None
+    )
+    settings = {
+        "batch_size": encoder.batch_size,
+        "global_pool": global_pool,
+        "ks": list(ks),
+        "skip_invalid": skip_invalid,
+        "cache_dir": None if encoder.cache.directory is None else str(encoder.cache.directory),
+        "datasets": [s.name for s in specs],
+    }
+    return EvalResults(model_id=encoder.model_id, datasets=results, settings=settings, timing=timing)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,137 @@
+"""Evaluation results: per-dataset numbers, MMEB-style averages, and their JSON / markdown forms.
+
+Metric values are fractions in [0, 1] in JSON and in Python; the markdown table shows percentages
+(MMEB's convention). Averages are unweighted means over datasets (MMEB's "overall" is the mean over
+datasets, not over queries): per meta-task, over IND datasets, over OOD datasets, and over all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tsembed.fileio import atomic_write
+
+HIT1 = "hit@1"
+#: Column order of the markdown tables; metrics not in a run are left out.
+METRIC_ORDER: tuple[str, ...] = (HIT1, "recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")
+GLOBAL_PREFIX = "global_"
+GROUP_ORDER: tuple[str, ...] = ("classification", "vqa", "retrieval", "grounding")
+
+
+@dataclass
+class DatasetResult:
+    """Scores of one eval dataset.
+
+    metrics: ``hit@1`` over each row's own candidates (the MMEB protocol); with a global pool also
+        ``global_recall@k``, ``global_mrr``, ``global_ndcg@10`` against the union of the dataset's candidates.
+    """
+
+    name: str
+    meta_task: str | None
+    ood: bool | None
+    file: str
+    num_rows: int
+    num_skipped: int
+    mean_candidates: float
+    metrics: dict[str, float]
+    pool_size: int | None = None
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(datasets: list[DatasetResult]) -> dict[str, dict[str, Any]]:
+    """Group -> {"num_datasets", metric: mean over the group's datasets}; groups are meta-tasks, IND,
+    OOD and overall (datasets without a meta-task or split count only in overall)."""
+    groups: dict[str, list[DatasetResult]] = {}
+    for d in datasets:
+        if d.meta_task:
+            groups.setdefault(d.meta_task, []).append(d)
+    ordered = {g: groups[g] for g in (*GROUP_ORDER, *sorted(set(groups) - set(GROUP_ORDER))) if g in groups}
+    ordered["IND"] = [d for d in datasets if d.ood is False]
+    ordered["OOD"] = [d for d in datasets if d.ood is True]
+    ordered["overall"] = list(datasets)
+    keys = list(dict.fromkeys(k for d in datasets for k in d.metrics))
+    out: dict[str, dict[str, Any]] = {}
+    for group, members in ordered.items():
+        if not members:
+            continue
+        out[group] = {"num_datasets": len(members)}
+        out[group].update({k: _mean([d.metrics.get(k) for d in members]) for k in keys})
+    return out
+
+
+@dataclass
+class EvalResults:
+    """Everything one evaluation run measured; ``to_json`` / ``from_json`` round-trip."""
+
+    model_id: str
+    datasets: list[DatasetResult]
+    aggregates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.aggregates:
+            self.aggregates = aggregate(self.datasets)
+
+    @property
+    def overall(self) -> float | None:
+        """Mean hit@1 over datasets (MMEB overall)."""
+        return self.aggregates.get("overall", {}).get(HIT1)
+
+    def dataset(self, name: str) -> DatasetResult:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(f"no dataset {name!r} in these results; have {[d.name for d in self.datasets]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "datasets": [asdict(d) for d in self.datasets],
+            "aggregates": self.aggregates,
+            "settings": self.settings,
+            "timing": self.timing,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """JSON text; also written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalResults:
+        return cls(
+            model_id=data["model_id"],
+            datasets=[DatasetResult(**d) for d in data["datasets"]],
+            aggregates=data.get("aggregates") or {},
+            settings=data.get("settings") or {},
+            timing=data.get("timing") or {},
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> EvalResults:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def to_markdown(self) -> str:
+        from tsembed.evaluation.report import results_markdown
+
+        return results_markdown(self)
+
+    def save(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Write ``results.json`` and ``results.md`` into ``out_dir`` (atomically); returns both paths."""
+        out_dir = Path(out_dir)
+        json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+        self.to_json(json_path)
+        text = self.to_markdown()
+        atomic_write(md_path, lambda p: p.write_text(text, encoding="utf-8"))
+        return json_path, md_path

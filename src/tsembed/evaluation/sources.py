@@ -1,0 +1,131 @@
+"""Which eval files to run, and what each one is (meta-task, IND/OOD): suites, files, or mappings.
+
+Accepted forms of ``suite`` (everything becomes a list of ``EvalSet``):
+
+* a suite directory with a ``suite.json`` manifest, opened with ``tsembed.data.load_suite``: every
+  dataset with an ``eval`` file; images resolve against the suite's image root;
+* one eval file or a directory of shards (``.jsonl``/``.json``/``.parquet``), named after its stem;
+* a list of such paths, or a ``{name: path}`` mapping;
+* a loaded ``tsembed.data.Suite`` (or any object with ``datasets``: ``DatasetInfo``-like entries,
+  ``root`` and optionally ``image_root``).
+
+Meta-task and OOD flag come from the manifest, else from the dataset registry by name; a file the
+registry does not know still runs, and is left out of per-meta-task and IND/OOD averages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tsembed.errors import ConfigError, DataError
+
+MANIFEST_NAME = "suite.json"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One eval dataset: its file(s), image root and grouping for the averages."""
+
+    name: str
+    path: Path
+    image_root: Path
+    meta_task: str | None = None
+    ood: bool | None = None
+
+
+def _registry_info(name: str) -> tuple[str | None, bool | None]:
+    from tsembed.data.registry import DATASETS
+
+    info = DATASETS.get(name)
+    return (info.meta_task, info.ood) if info is not None else (None, None)
+
+
+def _entry_field(entry: Any, name: str, default: Any = None) -> Any:
+    return entry.get(name, default) if isinstance(entry, Mapping) else getattr(entry, name, default)
+
+
+def _from_entries(entries: Iterable[tuple[str | None, Any]], root: Path, image_root: Path, where: str) -> list[EvalSet]:
+    sets = []
+    for key, entry in entries:
+        name = _entry_field(entry, "name") or key
+        if not name:
+            raise DataError(f"{where}: a dataset entry has no `name`")
+        files = _entry_field(entry, "files") or {}
+        eval_file = files.get("eval") if isinstance(files, Mapping) else None
+        eval_file = eval_file or _entry_field(entry, "eval")
+        if not eval_file:
+            continue  # e.g. a train-only entry
+        reg_task, reg_ood = _registry_info(name)
+        meta_task = _entry_field(entry, "meta_task") or reg_task
+        ood = _entry_field(entry, "ood")
+        path = Path(eval_file) if Path(eval_file).is_absolute() else root / eval_file
+        sets.append(EvalSet(name, path, image_root, meta_task, reg_ood if ood is None else bool(ood)))
+    return sets
+
+
+def _from_suite(suite: Any) -> list[EvalSet]:
+    """Eval sets of a loaded suite (``tsembed.data.Suite`` or any object with ``datasets`` and a root)."""
+    entries = suite.datasets
+    pairs = list(entries.items()) if isinstance(entries, Mapping) else [(None, e) for e in entries]
+    root = Path(getattr(suite, "root", "."))
+    image_root = Path(getattr(suite, "image_root", root))
+    return _from_entries(pairs, root, image_root, f"suite '{root}'")
+
+
+def _from_path(path: Path, name: str | None = None) -> list[EvalSet]:
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        from tsembed.data.suite.load import load_suite
+
+        return _from_suite(load_suite(path))
+    if not path.exists():
+        raise DataError(
+            f"eval source '{path}' does not exist (expected a suite directory with {MANIFEST_NAME}, "
+            "an eval .jsonl/.parquet file or a directory of them)"
+        )
+    name = name or (path.name if path.is_dir() else path.stem)
+    meta_task, ood = _registry_info(name)
+    return [EvalSet(name, path, path if path.is_dir() else path.parent, meta_task, ood)]
+
+
+def resolve_eval_sets(suite: Any, datasets: Iterable[str] | None = None) -> list[EvalSet]:
+    """Turn any accepted ``suite`` form into eval sets, optionally keeping only ``datasets`` (in suite order).
+
+    Raises:
+        ConfigError: A requested dataset is not in the suite (the valid names are listed), or the form of
+            ``suite`` is not understood.
+        DataError: A path does not exist or the manifest is malformed.
+    """
+    if isinstance(suite, EvalSet):
+        sets = [suite]
+    elif isinstance(suite, str | Path):
+        sets = _from_path(Path(suite))
+    elif isinstance(suite, Mapping):
+        sets = [s for name, p in suite.items() for s in _from_path(Path(p), str(name))]
+    elif hasattr(suite, "datasets"):  # a loaded suite object
+        sets = _from_suite(suite)
+    elif isinstance(suite, Iterable):
+        sets = [s for item in suite for s in resolve_eval_sets(item)]
+    else:
+        raise ConfigError(
+            f"cannot evaluate on {type(suite).__name__}: pass a suite directory, eval file(s) "
+            "or a {name: path} mapping"
+        )
+    names = [s.name for s in sets]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"dataset name(s) {duplicated} appear more than once; pass a {{name: path}} mapping")
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    if datasets is not None:
+        wanted = [d for item in datasets for d in str(item).split(",") if d.strip()]
+        unknown = [d for d in wanted if d.strip() not in names]
+        if unknown:
+            raise ConfigError(f"unknown dataset(s) {unknown}; this suite has: {', '.join(names)}")
+        keep = {d.strip() for d in wanted}
+        sets = [s for s in sets if s.name in keep]
+    if not sets:
+        raise ConfigError("no eval datasets to run (the suite lists no eval files)")
+    return sets

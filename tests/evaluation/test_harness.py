@@ -1,0 +1,118 @@
+"""The MMEB protocol end to end on a toy suite: scores, averages, cache reuse and resume."""
+
+import json
+
+import pytest
+import torch
+
+from tsembed.errors import ConfigError
+from tsembed.evaluation import CachedEncoder, EvalResults, evaluate, score_dataset
+from tsembed.moe import MoELoRALinear
+
+from .helpers import TOY_DATASETS, ForwardCounter, toy_model, write_toy_suite
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    return write_toy_suite(tmp_path_factory.mktemp("suite"))
+
+
+def test_score_dataset_hand_case():
+    # inputs: 0 query A, 1 query B, 2..4 candidates
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9], [0.6, 0.6]])
+    queries = torch.tensor([0, 1])
+    cands = torch.tensor([[2, 3, 4], [2, 4, 0]])  # row 1's positive is input 2 (0.1) but 4 scores 0.6
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    metrics, pool = score_dataset(emb, queries, cands, valid, global_pool=True)
+    assert metrics["hit@1"] == pytest.approx(0.5)
+    # pool = {2, 3, 4}; query A: 2 first (rank 1); query B scores 2:0.1 3:0.9 4:0.6 -> rank 3
+    assert pool == 3
+    assert metrics["global_recall@1"] == pytest.approx(0.5)
+    assert metrics["global_mrr"] == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_evaluate_suite_and_averages(suite):
+    results = evaluate(toy_model(), suite, progress=False, global_pool=True)
+    assert [d.name for d in results.datasets] == list(TOY_DATASETS)
+    for d in results.datasets:
+        meta_task, ood, rows, cands = TOY_DATASETS[d.name]
+        assert (d.meta_task, d.ood, d.num_rows, d.mean_candidates) == (meta_task, ood, rows, cands)
+        assert 0.0 <= d.metrics["hit@1"] <= 1.0 and "global_ndcg@10" in d.metrics
+    hits = {d.name: d.metrics["hit@1"] for d in results.datasets}
+    agg = results.aggregates
+    assert agg["overall"]["hit@1"] == pytest.approx(sum(hits.values()) / len(hits))  # mean over datasets
+    assert agg["IND"]["hit@1"] == pytest.approx((hits["ColorCls"] + hits["AnimalVQA"] + hits["WordRetrieval"]) / 3)
+    assert agg["OOD"]["hit@1"] == pytest.approx(hits["WordGrounding"])
+    assert agg["classification"]["num_datasets"] == 1 and results.overall == agg["overall"]["hit@1"]
+    back = EvalResults.from_dict(json.loads(results.to_json()))
+    assert back.to_dict() == results.to_dict()
+    table = results.to_markdown()
+    assert "| overall | 4 |" in table and "WordGrounding" in table and "pool mrr" in table
+
+
+def test_dataset_selection_and_unknown_name(suite):
+    results = evaluate(toy_model(adapters=False), suite, ["ColorCls,AnimalVQA"], progress=False)
+    assert [d.name for d in results.datasets] == ["ColorCls", "AnimalVQA"]
+    with pytest.raises(ConfigError, match="ColorCls"):
+        evaluate(toy_model(adapters=False), suite, ["Nope"], progress=False)
+
+
+def test_second_run_encodes_nothing(suite, tmp_path):
+    model = toy_model()
+    counter = ForwardCounter(model)
+    first = evaluate(model, suite, cache_dir=tmp_path, batch_size=4, progress=False)
+    distinct = counter.inputs
+    assert first.timing["encoded"] == distinct > 0
+    assert first.timing["requested"] > distinct  # shared candidates were de-duplicated
+    calls = counter.calls
+    second = evaluate(model, suite, cache_dir=tmp_path, batch_size=4, progress=False)
+    assert counter.calls == calls and second.timing["encoded"] == 0
+    fresh = toy_model()  # a new object with the same weights has the same identity
+    fresh_counter = ForwardCounter(fresh)
+    assert evaluate(fresh, suite, cache_dir=tmp_path, progress=False).timing["encoded"] == 0
+    assert fresh_counter.calls == 0
+    assert [d.metrics for d in second.datasets] == [d.metrics for d in first.datasets]
+
+
+def test_changed_weights_miss_the_cache(suite, tmp_path):
+    evaluate(toy_model(), suite, cache_dir=tmp_path, progress=False)
+    other = toy_model(seed=7)
+    assert any(isinstance(m, MoELoRALinear) for m in other.modules())
+    assert evaluate(other, suite, cache_dir=tmp_path, progress=False).timing["encoded"] > 0
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes(suite, tmp_path):
+    model = toy_model()
+    counter = ForwardCounter(model)
+    full = evaluate(model, suite, progress=False)  # no disk cache: how many inputs exist
+    total = counter.inputs
+
+    crashing = toy_model()
+    calls = {"n": 0}
+
+    def boom(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise _Crash
+
+    handle = crashing.register_forward_hook(boom)
+    encoder = CachedEncoder(crashing, tmp_path, batch_size=4, progress=False, shard_size=4)
+    with pytest.raises(_Crash):
+        evaluate(crashing, suite, encoder=encoder)
+    handle.remove()
+    resumed = toy_model()
+    counter = ForwardCounter(resumed)
+    results = evaluate(resumed, suite, cache_dir=tmp_path, batch_size=4, progress=False)
+    assert counter.inputs == total - 5 * 4  # the five batches before the crash were kept
+    assert [d.metrics for d in results.datasets] == [d.metrics for d in full.datasets]
+
+
+def test_base_model_without_adapters(suite):
+    model = toy_model(adapters=False)
+    assert model.config.moe is None
+    results = evaluate(model, suite, progress=False)
+    assert results.overall is not None
