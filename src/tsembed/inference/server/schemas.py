@@ -1,0 +1,66 @@
+"""Request bodies of ``POST /v1/embeddings``: OpenAI's fields plus a documented multimodal extension.
+
+``input`` is a string, a list of strings, or a list whose items are strings or objects
+``{"text": ..., "image": "data:image/png;base64,..."}`` (either or both). Extra fields:
+``instruction`` (prepended to every input; ``{text}`` marks the content slot) or ``input_type``
+(``query``/``document``: the model's own instruction). Unknown fields are rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class InputItem(BaseModel):
+    """One multimodal input: text, an image as a base64 data URL, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    image: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> InputItem:
+        if not self.text and not self.image:
+            raise ValueError("an input object needs `text`, `image` or both")
+        return self
+
+
+def _is_int_list(value: Any) -> bool:
+    if not isinstance(value, list) or not value:
+        return False
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI ``/v1/embeddings`` request (``model`` is accepted and echoed as the served model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str | InputItem]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    instruction: str | None = None
+    input_type: Literal["query", "document"] | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_arrays(cls, value: Any) -> Any:
+        if _is_int_list(value) or (isinstance(value, list) and value and all(_is_int_list(v) for v in value)):
+            raise ValueError("token-id arrays are not supported; send text (strings) or input objects")
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be an empty list")
+        return value
+
+    @model_validator(mode="after")
+    def _one_instruction_source(self) -> EmbeddingRequest:
+        if self.instruction is not None and self.input_type is not None:
+            raise ValueError("give either `instruction` or `input_type`, not both")
+        return self
+
+    def items(self) -> list[str | InputItem]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)

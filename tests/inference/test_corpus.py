@@ -1,0 +1,145 @@
+"""`tsembed embed`: output, resume, rank sharding, and bad rows named by file/row/field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tsembed.cli import main
+from tsembed.errors import ConfigError, DataError
+from tsembed.inference import corpus as corpus_mod
+from tsembed.inference import encode_document
+from tsembed.inference.corpus import CorpusFields, EmbedJobConfig, read_corpus, run_embed_job, shard_path
+from tsembed.inference.vectors import read_embeddings
+
+from .conftest import make_image
+
+
+def _rows(tmp_path, n=7):
+    make_image(tmp_path / "img" / "red.png", (250, 10, 10))
+    rows = [{"id": f"doc{i}", "text": f"document number {i} about things", "lang": "en"} for i in range(n)]
+    rows[2] = {"id": "doc2", "image": "img/red.png", "lang": "xx"}
+    rows[3] = {"id": "doc3", "text": "a red square", "image": "img/red.png"}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows
+
+
+def test_cli_embed_writes_parquet_with_metadata(model_dir, model, tmp_path):
+    path, rows = _rows(tmp_path)
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", "--model", str(model_dir), "--input", str(path), "--out", str(out), "--shard-size", "3",
+                 "--batch-size", "2", "--no-progress"]) == 0
+    vectors, meta, info = read_embeddings(out)
+    assert vectors.shape == (7, 32)
+    assert meta.column("id").to_pylist() == [r["id"] for r in rows]
+    assert meta.column("lang").to_pylist()[:3] == ["en", "en", "xx"]
+    assert info["model"] == str(model_dir.resolve()) and info["instruction"] == "passage:"
+    expected = encode_document(model, [{"text": r.get("text"), "image": tmp_path / r["image"]} if "image" in r
+                                       else r["text"] for r in rows], show_progress_bar=False)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert not (tmp_path / "emb.parquet.shards").exists()
+
+
+def test_resume_skips_finished_shards(model, tmp_path, monkeypatch):
+    path, _ = _rows(tmp_path)
+    cfg = EmbedJobConfig(input=path, out=tmp_path / "o.parquet", shard_size=2, keep_shards=True, show_progress=False)
+    run_embed_job(model, cfg)
+    first = read_embeddings(cfg.out)[0]
+    shard_path(cfg, 1).unlink()
+    cfg.out.unlink()
+    calls = []
+    real = corpus_mod.embed_items
+    monkeypatch.setattr(corpus_mod, "embed_items", lambda m, items, *a, **k: calls.append(len(items)) or real(
+        m, items, *a, **k))
+    run_embed_job(model, cfg)
+    assert calls == [2]  # only the missing shard ran again
+    np.testing.assert_allclose(read_embeddings(cfg.out)[0], first)
+
+
+def test_shards_of_another_run_are_refused(model, tmp_path):
+    path, _ = _rows(tmp_path)
+    cfg = EmbedJobConfig(input=path, out=tmp_path / "o.parquet", shard_size=2, keep_shards=True, show_progress=False)
+    run_embed_job(model, cfg)
+    other = EmbedJobConfig(input=path, out=cfg.out, shard_size=3, show_progress=False)
+    with pytest.raises(ConfigError, match="another run"):
+        run_embed_job(model, other)
+
+
+def test_two_ranks_split_the_shards(model, tmp_path):
+    path, _ = _rows(tmp_path)
+    whole = EmbedJobConfig(input=path, out=tmp_path / "whole.parquet", shard_size=2, show_progress=False)
+    run_embed_job(model, whole)
+    ranks = [EmbedJobConfig(input=path, out=tmp_path / "r.parquet", shard_size=2, rank=r, world_size=2,
+                            show_progress=False) for r in (0, 1)]
+    rows = read_corpus(path)
+    corpus_mod.embed_shards(model, ranks[0], rows)
+    assert sorted(p.name for p in ranks[0].shard_dir.glob("shard-*")) == ["shard-00000.npy", "shard-00002.npy"]
+    with pytest.raises(DataError, match="missing"):
+        corpus_mod.merge_shards(ranks[0], rows)
+    assert run_embed_job(model, ranks[1]) is None  # rank 1 embeds its shards and leaves the merge to rank 0
+    assert run_embed_job(model, ranks[0]) == ranks[0].out
+    np.testing.assert_allclose(read_embeddings(ranks[0].out)[0], read_embeddings(whole.out)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "line, field, message",
+    [('{"id": "a", "text": 5}', "`text` 5", "must be a string"),
+     ('{"id": "a", "image": "img/missing.png"}', "`image` 'img/missing.png'", "not found"),
+     ('{"id": "a", "text": ""}', "`text` ''", "is empty"),
+     ('{"id": "doc0", "text": "dup"}', "`id` 'doc0'", "repeats the id"),
+     ('{"id": "a", "text": "x", "embedding": [1]}', "`embedding`", "reserved"),
+     ("not json", "", "invalid JSON")],
+)
+def test_bad_rows_name_file_row_field(tmp_path, line, field, message):
+    path, _ = _rows(tmp_path, n=4)
+    path.write_text(path.read_text() + line + "\n")
+    with pytest.raises(DataError) as info:
+        read_corpus(path, fields=CorpusFields())
+    text = str(info.value)
+    assert f"{path} row 5: {field}" in text and message in text
+
+
+def test_cli_reports_bad_rows_without_traceback(model_dir, tmp_path, capsys):
+    path, _ = _rows(tmp_path, n=4)
+    path.write_text(path.read_text() + '{"text": 1}\n')
+    assert main(["embed", "--model", str(model_dir), "--input", str(path), "--out", str(tmp_path / "o.parquet"),
+                 "--no-progress"]) == 2
+    assert "row 5: `text` 1 must be a string" in capsys.readouterr().err
+
+
+def _rank_worker(rank: int, world: int, port: int, model_dir: str, rows: str, out: str) -> None:
+    import os
+
+    import torch
+
+    from tsembed.backbones import BACKBONES
+
+    from .conftest import ImageToyBackbone
+
+    torch.set_num_threads(1)
+    BACKBONES[ImageToyBackbone.kind] = ImageToyBackbone
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    code = main(["embed", "--model", model_dir, "--input", rows, "--out", out, "--shard-size", "2", "--no-progress",
+                 "--device", "cpu"])
+    if code != 0:
+        raise SystemExit(code)
+
+
+def test_two_gloo_processes_like_torchrun(model_dir, model, tmp_path):
+    import torch.multiprocessing as mp
+
+    from tsembed.inference.server.run import free_port
+
+    path, _ = _rows(tmp_path)
+    out = tmp_path / "dist.parquet"
+    mp.start_processes(_rank_worker, args=(2, free_port(), str(model_dir), str(path), str(out)), nprocs=2,
+                       start_method="spawn")
+    single = EmbedJobConfig(input=path, out=tmp_path / "single.parquet", show_progress=False,
+                            instruction="passage:")
+    run_embed_job(model, single)
+    np.testing.assert_allclose(read_embeddings(out)[0], read_embeddings(single.out)[0], atol=1e-5)
+    assert not (tmp_path / "dist.parquet.shards").exists()
