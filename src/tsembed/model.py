@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 MODEL_CONFIG_NAME = "tsembed_config.json"
 TRAINABLE_WEIGHTS_NAME = "backbone_trainable.safetensors"
 ADAPTER_DIR = "adapters"
+MERGED_WEIGHTS_NAME = "backbone_weights.safetensors"
 
 
 @dataclass
@@ -174,6 +175,9 @@ class TSEmbedModel(nn.Module):
             backbone.unfreeze_trainable_modules()
             model.attach_summary = summarize(backbone)
         model.load_trainable_backbone_state(directory / TRAINABLE_WEIGHTS_NAME, strict=strict)
+        merged = directory / MERGED_WEIGHTS_NAME  # written by `tsembed export --expert`
+        if merged.is_file():
+            load_backbone_weights(backbone, merged)
         return model.eval()
 
     def load_trainable_backbone_state(self, path: Path, strict: bool = True) -> None:
@@ -182,3 +186,24 @@ class TSEmbedModel(nn.Module):
                 raise AdapterError(f"{path} not found; this backbone has trainable modules to restore")
             return
         self.backbone.load_trainable_state_dict(load_file(str(path)))
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Overwrite backbone tensors from a safetensors file keyed by backbone state-dict names.
+
+    Raises:
+        AdapterError: a key the backbone lacks, or a shape mismatch (all listed, nothing copied).
+    """
+    tensors = load_file(str(path))
+    state = backbone.state_dict()
+    unknown = sorted(k for k in tensors if k not in state)
+    shapes = sorted(
+        f"{k}: file {tuple(v.shape)} vs model {tuple(state[k].shape)}"
+        for k, v in tensors.items()
+        if k in state and tuple(v.shape) != tuple(state[k].shape)
+    )
+    if unknown or shapes:
+        raise AdapterError(f"{path}: keys not in the backbone {unknown}; shape mismatches {shapes}")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            state[key].copy_(value.to(state[key].dtype))

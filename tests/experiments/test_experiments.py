@@ -35,7 +35,8 @@ def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     suite = tmp_path / "suite"
     assert main(["data", "build-suite", "--out", str(suite), "--max-train", "16", "--max-eval", "4",
                  "--pool-size", "8", "--no-progress"]) == 0
-    args = ["demo", "--quick", "--suite", str(suite), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "report"),
+    args = ["demo", "--quick", "--suite", str(suite), "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "report"),
             "--set", "schedule.steps=2", "--set", "schedule.stage1_steps=1", "--set", "data.batch_size=4",
             "--set", "run.progress=false", "--set", "model.backbone.num_visual_tokens=4",
             "--set", "model.backbone.image_size=64"]
@@ -46,7 +47,8 @@ def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     assert set(summary) == {"tsembed_weight", "lora"} and "overall" in summary["lora"]
     assert list((tmp_path / "report" / "routing").glob("*.png"))
     assert (tmp_path / "report" / "training_tsembed_weight.png").is_file()
-    metrics = [json.loads(x) for x in (tmp_path / "work" / "tsembed_weight" / "metrics.jsonl").read_text().split("\n") if x]
+    lines = (tmp_path / "work" / "tsembed_weight" / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(x) for x in lines if x]
     assert [m["stage"] for m in metrics] == [1, 2]
     # a rerun finds every result and re-trains nothing
     assert main(args) == 0

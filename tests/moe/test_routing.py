@@ -104,3 +104,11 @@ def test_explicit_mask_overrides_and_each_forward_starts_fresh():
     model(torch.randn(2, 4, 6))  # pre-hook resets the stale mask: no error
     with pytest.raises(AdapterError, match="no MoE-LoRA adapters"):
         collect_routing(nn.Linear(2, 2))
+
+
+def test_layer_without_real_tokens_adds_no_nan():
+    model = TinyEncoder()
+    attach(model, MoELoRAConfig(target_modules=["a"], level="token"))
+    model(torch.randn(2, 3, 6), attention_mask=torch.zeros(2, 3))
+    out = collect_routing(model)
+    assert torch.isfinite(out.load_balance_loss) and torch.isfinite(out.z_loss)

@@ -167,14 +167,16 @@ def collect_routing(model: nn.Module) -> RoutingOutput:
         probs = record.probs
         layer_probs[name] = probs if probs.dim() == 2 else masked_mean(probs, record.mask)
         unit_probs, unit_logits = _units(record)
+        stats[name] = layer_stats(record)
+        if unit_probs.shape[0] == 0:  # no real token in this layer (e.g. an absent tower): nothing to balance
+            continue
         balance.append(load_balance_loss(unit_probs))
         z.append(router_z_loss(unit_logits))
-        stats[name] = layer_stats(record)
     signature = routing_signature([p.detach() for p in layer_probs.values()])
     return RoutingOutput(
         layer_probs=layer_probs,
         signature=signature,
-        load_balance_loss=torch.stack(balance).sum(),
-        z_loss=torch.stack(z).sum(),
+        load_balance_loss=torch.stack(balance).sum() if balance else signature.new_zeros(()),
+        z_loss=torch.stack(z).sum() if z else signature.new_zeros(()),
         layer_stats=stats,
     )

@@ -139,9 +139,14 @@ def aux_losses(
     balance, z = [], []
     for name, total in top1_counts.items():
         n = num_units[name]
+        if n == 0:
+            continue
         prob_sums = sum(s[name].prob_sums for s in stats)
         lse_sq = sum(s[name].lse_sq_sum for s in stats)
         num_experts = total.shape[0]
         balance.append(num_experts * (total.to(prob_sums.dtype) / n * prob_sums / n).sum())
         z.append(lse_sq / n)
+    if not balance:
+        zero = next(iter(top1_counts.values())).new_zeros((), dtype=torch.float32)
+        return zero, zero
     return torch.stack(balance).sum(), torch.stack(z).sum()

@@ -47,7 +47,8 @@ def resolve_sources(config: TrainConfig) -> list[TrainSource]:
         from tsembed.data.suite import load_suite
 
         suite = load_suite(section.suite)
-        sources = [TrainSource(name, suite.path(name, "train"), suite.image_root) for name in suite.names(split="train")]
+        names = suite.names(split="train")
+        sources = [TrainSource(name, suite.path(name, "train"), suite.image_root) for name in names]
     if section.datasets:
         known = {s.name for s in sources}
         unknown = sorted(set(section.datasets) - known)
