@@ -8,16 +8,14 @@ exception from deep inside a parser.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tsembed.data.problems import Problem
 from tsembed.errors import DataError
+from tsembed.fileio import atomic_path
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -100,21 +98,6 @@ def read_records(path: str | Path) -> tuple[list[RawRecord], list[Problem]]:
         reader = _read_parquet if file.suffix in PARQUET_SUFFIXES else _read_jsonl
         records.extend(reader(file, problems))
     return records, problems
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; it replaces `path` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would survive the rename; a random name keeps writers apart.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_records(path: str | Path, records: Iterable[dict[str, Any]], schema: Any = None) -> Path:

@@ -12,20 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tsembed.model import load_backbone_weights  # noqa: F401 (re-exported)
+from tsembed.model import MERGED_WEIGHTS_NAME, TSEmbedModel
 
-BACKBONE_WEIGHTS_NAME = "backbone_weights.safetensors"
+BACKBONE_WEIGHTS_NAME = MERGED_WEIGHTS_NAME
 
 
 def load_model(directory: str | Path, device: str | torch.device | None = None, strict: bool = True) -> nn.Module:
-    """``TSEmbedModel.from_pretrained`` plus merged backbone weights, in eval mode on ``device``."""
-    from tsembed.model import TSEmbedModel
-
-    directory = Path(directory)
+    """``TSEmbedModel.from_pretrained`` (which applies merged backbone weights), in eval mode on ``device``."""
     model = TSEmbedModel.from_pretrained(directory, strict=strict)
-    weights = directory / BACKBONE_WEIGHTS_NAME
-    if weights.is_file():
-        load_backbone_weights(model.backbone, weights)
     if device is not None:
         model.to(device)
     return model.eval()
