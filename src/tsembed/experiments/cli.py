@@ -1,4 +1,4 @@
-"""`tsembed demo` and `tsembed ablate`."""
+"""`tsembed demo`, `tsembed ablate` and `tsembed task-conflict`."""
 
 from __future__ import annotations
 
@@ -49,3 +49,43 @@ def register(app: typer.Typer) -> None:
         from tsembed.experiments.ablation import markdown_table
 
         typer.echo(markdown_table(summary["variants"]))
+
+    @app.command("task-conflict")
+    def task_conflict(
+        config: Path = typer.Option(None, "--config", "-c", help="Training config (YAML, or a run's config.json); "
+                                    "default: packaged."),
+        model: Path = typer.Option(None, "--model", help="Trained model directory (a run's model/ or a "
+                                   "checkpoint's model/); default: the config's model at initialisation."),
+        batches: int = typer.Option(4, min=1, help="Batches per dataset to average the gradient over."),
+        out: Path = typer.Option(None, help="Write conflict.json and conflict.md here."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+    ) -> None:
+        """Cosine between the training datasets' loss gradients: do the tasks conflict? (training data only)"""
+        import json
+
+        import torch
+
+        from tsembed.data.suite import load_suite
+        from tsembed.experiments.conflict import measure_conflict
+        from tsembed.fileio import atomic_write
+        from tsembed.model import TSEmbedModel
+        from tsembed.training.cli import default_config_path
+        from tsembed.training.config import load_train_config
+        from tsembed.training.data import TrainingData
+        from tsembed.training.trainer import build_model, resolve_sources
+
+        cfg = load_train_config(config or default_config_path(), overrides)
+        torch.manual_seed(cfg.run.seed)
+        net = TSEmbedModel.from_pretrained(model) if model else build_model(cfg)
+        data = TrainingData(resolve_sources(cfg), skip_invalid=cfg.data.skip_invalid)
+        groups = {}
+        if not cfg.data.train_files:
+            suite = load_suite(cfg.data.suite)
+            groups = {name: suite.info(name).meta_task for name in suite.names()}
+        report = measure_conflict(net, data, groups, cfg.loss, batches, cfg.data.batch_size, seed=cfg.run.seed)
+        text = report.markdown()
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / "conflict.json", lambda p: p.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
+            atomic_write(out / "conflict.md", lambda p: p.write_text(text))
+        typer.echo(text)

@@ -1,0 +1,128 @@
+"""Task-gradient conflict: do the training datasets pull a shared adapter in different directions?
+
+A mixture of experts earns its routing only if tasks conflict. This measures it from training data
+alone (never the eval splits): the gradient of each dataset's contrastive loss (plain InfoNCE with its
+hard negatives, no EANS, no routing losses) with respect to the trainable parameters, averaged over a
+few batches, and the cosine between every pair of datasets — the measure PCGrad (Yu et al., 2020)
+uses. Negative cosines across meta-tasks are the interference experts are meant to remove; cosines
+≥ 0 mean one shared adapter can serve every task and splitting its rank buys nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tsembed.model import TSEmbedModel
+from tsembed.training.data import TrainingData
+from tsembed.training.eans import EANSConfig
+from tsembed.training.objective import ContrastiveObjective, LossConfig
+from tsembed.training.step import contrastive_step
+
+
+def cosine_matrix(gradients: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[D, D] cosines between flattened gradients, in the dict's order (0 where a gradient is zero)."""
+    stacked = torch.stack([g.flatten().double() for g in gradients.values()])
+    unit = stacked / stacked.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return (unit @ unit.T).float()
+
+
+def group_cosines(names: list[str], matrix: torch.Tensor, groups: dict[str, str]) -> dict[str, Any]:
+    """Mean pairwise cosine within each group, between each pair of groups, and over all cross pairs.
+
+    Pairs are of distinct datasets; a group with one dataset has no within-group value.
+    """
+    pairs: dict[tuple[str, str], list[float]] = {}
+    for i, j in itertools.combinations(range(len(names)), 2):
+        key = tuple(sorted((groups[names[i]], groups[names[j]])))
+        pairs.setdefault(key, []).append(float(matrix[i, j]))
+    mean = {f"{a}|{b}": sum(v) / len(v) for (a, b), v in sorted(pairs.items())}
+    within = [x for (a, b), v in pairs.items() if a == b for x in v]
+    across = [x for (a, b), v in pairs.items() if a != b for x in v]
+    return {
+        "pairs": mean,
+        "within_mean": sum(within) / len(within) if within else None,
+        "across_mean": sum(across) / len(across) if across else None,
+        "across_min": min(across) if across else None,
+        "across_negative_fraction": sum(x < 0 for x in across) / len(across) if across else None,
+    }
+
+
+@dataclass
+class ConflictReport:
+    datasets: list[str]
+    groups: dict[str, str]
+    cosines: torch.Tensor  # [D, D]
+    gradient_norms: dict[str, float]
+    batches: int
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "datasets": self.datasets, "groups": self.groups, "batches": self.batches,
+            "batch_size": self.batch_size, "gradient_norms": self.gradient_norms,
+            "cosines": [[round(float(x), 4) for x in row] for row in self.cosines],
+            "summary": group_cosines(self.datasets, self.cosines, self.groups),
+        }
+
+    def markdown(self) -> str:
+        s = self.to_dict()["summary"]
+        short = [n[:10] for n in self.datasets]
+        lines = [
+            f"Gradient cosines between training datasets ({self.batches} batches of {self.batch_size} each).", "",
+            f"- mean within meta-task: {_fmt(s['within_mean'])}; mean across meta-tasks: {_fmt(s['across_mean'])}; "
+            f"most negative across: {_fmt(s['across_min'])}; share of negative cross pairs: "
+            f"{_fmt(s['across_negative_fraction'])}", "",
+            "| meta-task pair | mean cosine |", "|---|---:|",
+            *[f"| {k} | {v:+.3f} |" for k, v in s["pairs"].items()], "",
+            "| | " + " | ".join(short) + " |", "|---|" + "---:|" * len(short),
+            *[f"| {short[i]} | " + " | ".join(f"{float(x):+.2f}" for x in row) + " |"
+              for i, row in enumerate(self.cosines)],
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def dataset_gradients(model: TSEmbedModel, data: TrainingData, loss: LossConfig, batches: int, batch_size: int,
+                      hard_negatives: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Mean contrastive-loss gradient of each dataset over ``batches`` random batches of its rows.
+
+    The model runs in eval mode (no dropout, no router jitter) so the gradients are deterministic.
+    """
+    objective = ContrastiveObjective(dataclasses.replace(loss, load_balance_weight=0.0, z_loss_weight=0.0),
+                                     EANSConfig(mode="off"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    rng = random.Random(seed)
+    was_training = model.training
+    model.eval()
+    out: dict[str, torch.Tensor] = {}
+    try:
+        for d, rows in sorted(data.by_dataset.items()):
+            total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
+            for _ in range(batches):
+                picked = rng.sample(rows, min(batch_size, len(rows)))
+                model.zero_grad(set_to_none=True)
+                contrastive_step(model, objective, data.make_batch(picked, hard_negatives), eans_active=False)
+                total += torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double()
+                                    for p in params])
+            out[data.sources[d].name] = (total / batches).float()
+        model.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def measure_conflict(model: TSEmbedModel, data: TrainingData, groups: dict[str, str], loss: LossConfig,
+                     batches: int = 4, batch_size: int = 32, seed: int = 0) -> ConflictReport:
+    gradients = dataset_gradients(model, data, loss, batches, batch_size, seed=seed)
+    names = list(gradients)
+    return ConflictReport(names, {n: groups.get(n, n) for n in names}, cosine_matrix(gradients),
+                          {n: float(g.norm()) for n, g in gradients.items()}, batches, batch_size)
