@@ -3,8 +3,12 @@
 Side by side in one run, on the same batches: step time of plain InfoNCE and EANS `weight`, `select`
 and `mine` (mine embeds m extra negatives per query, so it does more work by design); then activation
 memory of the full batch against GradCache at a large batch. Step times are medians over repeats with the
-variants taking turns. Memory: on a GPU, peak allocated; on the CPU, the peak bytes of tensors autograd
-holds for backward (what GradCache is meant to bound).
+variants taking turns. Whole-step ratios on a small CPU move by several percent from run to run, so
+the EANS share is also measured directly: the objective alone (loss + its backward into the embeddings,
+on this batch's real embeddings and routing signatures), many alternating repeats, and its extra time
+over InfoNCE is divided by the InfoNCE step time (`eans_weight_overhead_attributable`). Memory: on a
+GPU, peak allocated; on the CPU, the peak bytes of tensors autograd holds for backward (what GradCache
+is meant to bound).
 
     python benchmarks/train_step.py [--suite DIR] [--batch 32] [--repeats 5] [--mem-batch 256 --chunk 32]
 
@@ -49,6 +53,36 @@ def activation_peak(fn) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return peak[0]
+
+
+def objective_overhead(model, objectives: dict, batch, step_seconds: float, repeats: int) -> dict[str, float]:
+    """1 + (objective time of each EANS mode − InfoNCE's) / InfoNCE step time, on this batch's real tensors."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        q_out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                         for k, v in model.prepare(batch.queries).items()})
+        t_out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                         for k, v in model.prepare(batch.targets).items()})
+    ids, owner = batch.target_ids.to(device), batch.target_owner.to(device)
+
+    def run(name: str) -> float:
+        q = q_out.embeddings.detach().requires_grad_(True)
+        t = t_out.embeddings.detach().requires_grad_(True)
+        start = time.perf_counter()
+        objectives[name](q, t, q_out.routing.signature, t_out.routing.signature, ids, owner, True).loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    names = ["infonce", "weight", "select"]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(repeats):
+        for n in names:
+            times[n].append(run(n))
+    med = {n: statistics.median(t) for n, t in times.items()}
+    print(f"objective alone (loss + backward to embeddings), median of {repeats}: "
+          + ", ".join(f"{n} {med[n] * 1000:.2f} ms" for n in names))
+    return {n: 1 + (med[n] - med["infonce"]) / step_seconds for n in names}
 
 
 def main() -> None:
@@ -104,6 +138,8 @@ def main() -> None:
     for name, t in median.items():
         print(f"  {name:>8}: {t * 1000:8.1f} ms  {args.batch / t:6.1f} samples/s  x{t / median['infonce']:.3f}")
 
+    attributable = objective_overhead(model, objectives, batches["infonce"], median["infonce"], args.repeats * 40)
+
     big_rows = [r for b in BatchPlan(data, args.mem_batch, True, {}, seed=0).epoch(0)[:1] for r in b]
     big = data.make_batch(big_rows, True)
     objective = objectives["infonce"]
@@ -120,6 +156,8 @@ def main() -> None:
         print(f"  batch {args.mem_batch} {label:>9}: peak {kind} {peaks[label] / 2**20:8.1f} MiB")
     print(json.dumps({
         "eans_weight_overhead": round(median["weight"] / median["infonce"], 4),
+        "eans_weight_overhead_attributable": round(attributable["weight"], 4),
+        "eans_select_overhead_attributable": round(attributable["select"], 4),
         "eans_select_overhead": round(median["select"] / median["infonce"], 4),
         "eans_mine_overhead": round(median["mine"] / median["infonce"], 4),
         "gradcache_memory_ratio": round(peaks["gradcache"] / peaks["full"], 4),

@@ -44,4 +44,6 @@ def test_eans_inactive_is_plain_info_nce():
     c = contrastive_step(model, weight, batch, eans_active=True, backward=False)
     assert c.contrastive != pytest.approx(a.contrastive)
     assert 0.0 <= c.logs["eans_entropy"] <= 1.0
+    assert c.logs["infonce"] == pytest.approx(a.contrastive)  # the unweighted loss is logged during EANS
+    assert a.logs["infonce"] == pytest.approx(a.contrastive)
     assert c.logs["false_negative_frac"] > 0  # the duplicated positive is masked

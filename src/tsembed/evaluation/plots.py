@@ -206,10 +206,11 @@ def plot_training_curves(jsonl_path: str | Path, out_png: str | Path) -> Path:
     """Loss and, when logged, EANS statistics against step, with a marker at each stage switch.
 
     Each line of ``jsonl_path`` is a JSON object with ``step``, ``loss``, ``stage`` and optionally
-    ``eans_entropy``, ``affinity_chosen``, ``affinity_random``, ``false_negative_frac``.
+    ``infonce`` (the unweighted loss, drawn beside the EANS-weighted one), ``eans_entropy``,
+    ``affinity_chosen``, ``affinity_random``, ``false_negative_frac``.
     """
     records = read_metrics_jsonl(jsonl_path)
-    panels: list[tuple[str, list[str]]] = [("loss", ["loss"])]
+    panels: list[tuple[str, list[str]]] = [("loss", ["loss", "infonce"])]
     panels += [
         (title, keys)
         for title, keys in (

@@ -104,7 +104,13 @@ class ContrastiveObjective(nn.Module):
         keep = owner[None, :] == query_global[:, None]  # explicit hard negatives of each query
         weights = negative_weights(mode, affinity, usable, self.eans_config, keep)
         loss = info_nce(scores, positive, self.tau, weights)
-        return ContrastiveOutput(loss, _eans_logs(weights, affinity, negatives, usable))
+        logs = _eans_logs(weights, affinity, negatives, usable)
+        if mode in ("weight", "select"):  # the unweighted loss, comparable across stages and variants
+            with torch.no_grad():
+                logs["infonce"] = float(info_nce(scores, positive, self.tau, usable.to(scores.dtype)))
+        else:
+            logs["infonce"] = float(loss.detach())
+        return ContrastiveOutput(loss, logs)
 
 
 def _eans_logs(weights: torch.Tensor, affinity: torch.Tensor, negatives: torch.Tensor, usable: torch.Tensor) -> dict:
