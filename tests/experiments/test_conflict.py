@@ -11,7 +11,7 @@ from tests.toy_backbone import ToyBackbone
 from tests.training.helpers import WORDS, toy_model
 from tsembed.backbones import BACKBONES
 from tsembed.cli import main
-from tsembed.experiments.conflict import cosine_matrix, dataset_gradients, group_cosines
+from tsembed.experiments.conflict import cosine_matrix, dataset_gradients, group_cosines, split_half_cosine
 from tsembed.training.data import TrainingData, TrainSource
 from tsembed.training.losses import info_nce
 from tsembed.training.objective import LossConfig
@@ -25,6 +25,9 @@ def test_cosines_and_group_means_by_hand():
     assert s["pairs"] == pytest.approx({"X|X": 0.0, "X|Y": -0.5})
     assert s["within_mean"] == pytest.approx(0.0) and s["across_mean"] == pytest.approx(-0.5)
     assert s["across_min"] == pytest.approx(-1.0) and s["across_negative_fraction"] == pytest.approx(0.5)
+    assert split_half_cosine(torch.tensor([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(0.0)
+    assert split_half_cosine(torch.tensor([[1.0, 1.0], [2.0, 2.0], [5.0, 0.0]])) == pytest.approx(1.0)
+    assert split_half_cosine(torch.ones(1, 3)) is None
     assert group_cosines(["a", "c"], cosine_matrix({"a": grads["a"], "c": grads["c"]}),
                          {"a": "X", "c": "Y"})["within_mean"] is None
 
@@ -44,7 +47,7 @@ def two_datasets(tmp_path_factory):
 
 
 def test_gradients_equal_a_hand_written_infonce(two_datasets):
-    """Plain InfoNCE (guards off) over in-batch targets, averaged over the same sampled batches."""
+    """Plain InfoNCE (guards off) over in-batch targets, on the same sampled batches."""
     data = TrainingData(two_datasets)
     loss = LossConfig(tau=0.1, false_negative_margin=None, mask_same_content=False)
     model = toy_model(level="sequence")
@@ -55,18 +58,17 @@ def test_gradients_equal_a_hand_written_infonce(two_datasets):
     rng = random.Random(3)
     model.eval()
     for d, rows in sorted(data.by_dataset.items()):
-        total = torch.zeros(sum(p.numel() for p in params))
+        per_batch = []
         for _ in range(2):
             picked = rng.sample(rows, 4)
             q = model(**model.prepare([data.query_input(i) for i in picked])).embeddings
             t = model(**model.prepare([data.targets[data.positive_ids[i]] for i in picked])).embeddings
             grads = torch.autograd.grad(info_nce(q @ t.T, torch.arange(4), 0.1), params, allow_unused=True)
             flat = [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
-            total += torch.cat(flat)
-        expected = total / 2
+            per_batch.append(torch.cat(flat))
         name = data.sources[d].name
-        assert expected.norm() > 0
-        torch.testing.assert_close(got[name], expected, rtol=1e-4, atol=1e-6)
+        assert all(g.norm() > 0 for g in per_batch)
+        torch.testing.assert_close(got[name], torch.stack(per_batch), rtol=1e-4, atol=1e-6)
 
 
 def test_cli_writes_the_report(two_datasets, tmp_path, monkeypatch):
@@ -80,6 +82,6 @@ def test_cli_writes_the_report(two_datasets, tmp_path, monkeypatch):
     assert main(["task-conflict", "--config", str(path), "--batches", "1", "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "conflict.json").read_text())
     assert report["datasets"] == ["colors", "animals"] and len(report["cosines"]) == 2
-    assert report["cosines"][0][0] == pytest.approx(1.0)
+    assert report["cosines"][0][0] == pytest.approx(1.0) and report["split_half"]["colors"] is None
     assert -1.0 <= report["summary"]["across_mean"] <= 1.0
     assert "| animals|colors |" in (tmp_path / "out" / "conflict.md").read_text()

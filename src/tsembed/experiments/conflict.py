@@ -61,11 +61,12 @@ class ConflictReport:
     gradient_norms: dict[str, float]
     batches: int
     batch_size: int
+    split_half: dict[str, float | None]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "datasets": self.datasets, "groups": self.groups, "batches": self.batches,
-            "batch_size": self.batch_size, "gradient_norms": self.gradient_norms,
+            "batch_size": self.batch_size, "gradient_norms": self.gradient_norms, "split_half": self.split_half,
             "cosines": [[round(float(x), 4) for x in row] for row in self.cosines],
             "summary": group_cosines(self.datasets, self.cosines, self.groups),
         }
@@ -77,7 +78,10 @@ class ConflictReport:
             f"Gradient cosines between training datasets ({self.batches} batches of {self.batch_size} each).", "",
             f"- mean within meta-task: {_fmt(s['within_mean'])}; mean across meta-tasks: {_fmt(s['across_mean'])}; "
             f"most negative across: {_fmt(s['across_min'])}; share of negative cross pairs: "
-            f"{_fmt(s['across_negative_fraction'])}", "",
+            f"{_fmt(s['across_negative_fraction'])}",
+            "- split-half cosine of each dataset with itself (the noise floor; cross-dataset cosines mean something "
+            "only where these are well above 0): " + ", ".join(f"{n} {_fmt(v)}" for n, v in self.split_half.items()),
+            "",
             "| meta-task pair | mean cosine |", "|---|---:|",
             *[f"| {k} | {v:+.3f} |" for k, v in s["pairs"].items()], "",
             "| | " + " | ".join(short) + " |", "|---|" + "---:|" * len(short),
@@ -93,7 +97,7 @@ def _fmt(value: float | None) -> str:
 
 def dataset_gradients(model: TSEmbedModel, data: TrainingData, loss: LossConfig, batches: int, batch_size: int,
                       hard_negatives: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Mean contrastive-loss gradient of each dataset over ``batches`` random batches of its rows.
+    """Contrastive-loss gradient of each dataset on ``batches`` random batches of its rows: [batches, P].
 
     The model runs in eval mode (no dropout, no router jitter) so the gradients are deterministic.
     """
@@ -106,23 +110,35 @@ def dataset_gradients(model: TSEmbedModel, data: TrainingData, loss: LossConfig,
     out: dict[str, torch.Tensor] = {}
     try:
         for d, rows in sorted(data.by_dataset.items()):
-            total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
+            per_batch = []
             for _ in range(batches):
                 picked = rng.sample(rows, min(batch_size, len(rows)))
                 model.zero_grad(set_to_none=True)
                 contrastive_step(model, objective, data.make_batch(picked, hard_negatives), eans_active=False)
-                total += torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double()
-                                    for p in params])
-            out[data.sources[d].name] = (total / batches).float()
+                per_batch.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                                            for p in params]))
+            out[data.sources[d].name] = torch.stack(per_batch)
         model.zero_grad(set_to_none=True)
     finally:
         model.train(was_training)
     return out
 
 
+def split_half_cosine(per_batch: torch.Tensor) -> float | None:
+    """Cosine between the mean gradients of the first and second half of the batches: how far the
+    estimate is above batch noise (near 0 means cross-dataset cosines near 0 say nothing)."""
+    half = per_batch.shape[0] // 2
+    if half == 0:
+        return None
+    a, b = per_batch[:half].double().mean(0), per_batch[half : 2 * half].double().mean(0)
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
 def measure_conflict(model: TSEmbedModel, data: TrainingData, groups: dict[str, str], loss: LossConfig,
                      batches: int = 4, batch_size: int = 32, seed: int = 0) -> ConflictReport:
-    gradients = dataset_gradients(model, data, loss, batches, batch_size, seed=seed)
-    names = list(gradients)
-    return ConflictReport(names, {n: groups.get(n, n) for n in names}, cosine_matrix(gradients),
-                          {n: float(g.norm()) for n, g in gradients.items()}, batches, batch_size)
+    per_batch = dataset_gradients(model, data, loss, batches, batch_size, seed=seed)
+    means = {n: g.double().mean(0).float() for n, g in per_batch.items()}
+    names = list(means)
+    return ConflictReport(names, {n: groups.get(n, n) for n in names}, cosine_matrix(means),
+                          {n: float(g.norm()) for n, g in means.items()}, batches, batch_size,
+                          {n: split_half_cosine(g) for n, g in per_batch.items()})
