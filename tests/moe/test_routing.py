@@ -45,9 +45,14 @@ def test_z_loss_hand_computed():
     assert router_z_loss(logits).item() == pytest.approx(expected)
 
 
-def test_signature_is_normalized_concat():
+def test_signature_is_normalized_centred_concat():
     sig = routing_signature([torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])])
-    torch.testing.assert_close(sig, torch.tensor([[1.0, 0.0, 0.0, 1.0]]) / math.sqrt(2))
+    torch.testing.assert_close(sig, torch.tensor([[0.5, -0.5, -0.5, 0.5]]))
+    # near-uniform routers: uncentred cosines would all be ≈ 1; centred ones keep the preferences apart
+    a = routing_signature([torch.tensor([[0.26, 0.24, 0.25, 0.25]])])
+    b = routing_signature([torch.tensor([[0.24, 0.26, 0.25, 0.25]])])
+    assert float(a @ b.T) == pytest.approx(-1.0)
+    assert routing_signature([torch.tensor([[1.0]])]).abs().sum() == 0  # one expert: no signal, no NaN
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
