@@ -6,7 +6,14 @@ import pytest
 
 from tsembed.cli import main
 from tsembed.errors import ConfigError
-from tsembed.experiments.ablation import markdown_table, mean_std, summarize
+from tsembed.experiments.ablation import (
+    differences_table,
+    final_train_loss,
+    markdown_table,
+    mean_std,
+    paired_differences,
+    summarize,
+)
 from tsembed.experiments.variants import ablation_variants, pick
 
 
@@ -27,7 +34,26 @@ def test_summary_mean_and_sample_std():
     assert table["lora"]["overall"]["mean"] == pytest.approx(42.0)
     assert table["lora"]["overall"]["std"] == pytest.approx(2.0)
     assert mean_std([5.0]) == (5.0, 0.0)
-    assert "| lora | – | – | – | – | – | – | 42.0 ± 2.0 |" in markdown_table(table)
+    assert "| lora | – | – | – | – | – | – | 42.0 ± 2.0 | – |" in markdown_table(table)
+
+
+def test_paired_differences_and_training_loss(tmp_path):
+    def rec(variant, seed, overall):
+        return {"variant": variant, "seed": seed, "aggregates": {"overall": {"hit@1": overall}}}
+
+    records = [rec("lora", 0, 0.30), rec("lora", 1, 0.20), rec("moe", 0, 0.33), rec("moe", 1, 0.21),
+               rec("moe", 2, 0.50)]  # seed 2 has no baseline: left out
+    diff = paired_differences(records)
+    assert diff["moe"]["overall"]["values"] == pytest.approx([3.0, 1.0])
+    assert diff["moe"]["overall"]["mean"] == pytest.approx(2.0) and "lora" not in diff
+    assert "| moe | – | – | – | – | – | – | +2.0 ± 1.4 |" in differences_table(diff)
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "contrastive": 4.0}, {"step": 2, "contrastive": 3.0, "infonce": 2.0},
+            {"step": 3, "contrastive": 9.0, "infonce": 1.0}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert final_train_loss(metrics, window=2) == pytest.approx(1.5)  # the unweighted loss where logged
+    assert final_train_loss(metrics, window=3) == pytest.approx(7 / 3)
+    assert final_train_loss(tmp_path / "missing.jsonl") is None
 
 
 def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from tsembed.fileio import atomic_write
 logger = logging.getLogger(__name__)
 
 GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
+TRAIN_LOSS = "train_infonce"  # plain InfoNCE over the last steps of training: a training-side fit measure
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -37,19 +38,60 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             value = rec["aggregates"].get(group, {}).get(HIT1)
             if value is not None:
                 row.setdefault(group, {"values": []})["values"].append(100 * value)
+        if rec.get(TRAIN_LOSS) is not None:
+            row.setdefault(TRAIN_LOSS, {"values": []})["values"].append(rec[TRAIN_LOSS])
     for row in table.values():
-        for group in GROUPS:
+        for group in (*GROUPS, TRAIN_LOSS):
             if group in row:
                 row[group]["mean"], row[group]["std"] = mean_std(row[group]["values"])
     return table
 
 
+def paired_differences(records: list[dict[str, Any]], baseline: str = "lora") -> dict[str, dict[str, Any]]:
+    """variant -> group -> {mean, std, values} of (variant − baseline) hit@1 points over the shared seeds."""
+    by_key = {(r["variant"], r["seed"]): r for r in records}
+    table: dict[str, dict[str, Any]] = {}
+    for (variant, seed), rec in by_key.items():
+        base = by_key.get((baseline, seed))
+        if variant == baseline or base is None:
+            continue
+        for group in GROUPS:
+            a, b = rec["aggregates"].get(group, {}).get(HIT1), base["aggregates"].get(group, {}).get(HIT1)
+            if a is not None and b is not None:
+                table.setdefault(variant, {}).setdefault(group, {"values": []})["values"].append(100 * (a - b))
+    for row in table.values():
+        for cell in row.values():
+            cell["mean"], cell["std"] = mean_std(cell["values"])
+    return table
+
+
+def final_train_loss(metrics_path: Path, window: int = 100) -> float | None:
+    """Mean unweighted InfoNCE of the last ``window`` steps (``contrastive`` where EANS was off)."""
+    if not metrics_path.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    values = [r.get("infonce", r["contrastive"]) for r in rows[-window:] if r.get("contrastive") is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _cell(cell: dict[str, Any] | None, fmt: str) -> str:
+    return "–" if cell is None else f"{cell['mean']:{fmt}} ± {cell['std']:{fmt}}"
+
+
 def markdown_table(table: dict[str, dict[str, Any]]) -> str:
-    header = "| variant | " + " | ".join(GROUPS) + " |\n|---|" + "---:|" * len(GROUPS) + "\n"
-    rows = []
-    for name, row in table.items():
-        cells = [f"{row[g]['mean']:.1f} ± {row[g]['std']:.1f}" if g in row else "–" for g in GROUPS]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    """hit@1 mean ± std per group, and the training InfoNCE of the last 100 steps."""
+    header = ("| variant | " + " | ".join(GROUPS) + " | train InfoNCE (last 100 steps) |\n|---|"
+              + "---:|" * (len(GROUPS) + 1) + "\n")
+    rows = [f"| {name} | " + " | ".join(_cell(row.get(g), ".1f") for g in GROUPS)
+            + f" | {_cell(row.get(TRAIN_LOSS), '.3f')} |" for name, row in table.items()]
+    return header + "\n".join(rows) + "\n"
+
+
+def differences_table(table: dict[str, dict[str, Any]], baseline: str = "lora") -> str:
+    header = (f"| variant − {baseline} | " + " | ".join(GROUPS) + " |\n|---|" + "---:|" * len(GROUPS) + "\n")
+    rows = [f"| {name} | " + " | ".join(
+        "–" if g not in row else f"{row[g]['mean']:+.1f} ± {row[g]['std']:.1f}" for g in GROUPS) + " |"
+        for name, row in table.items()]
     return header + "\n".join(rows) + "\n"
 
 
@@ -96,12 +138,17 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
     for seed in seeds:
         for variant in variants:
             logger.info("ablation: %s, seed %d", variant.name, seed)
-            records.append(run_variant(base, variant, seed, out_dir / f"seed{seed}" / variant.name, suite, cache_dir))
+            run_dir = out_dir / f"seed{seed}" / variant.name
+            record = run_variant(base, variant, seed, run_dir, suite, cache_dir)
+            records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / "metrics.jsonl")})
     table = summarize(records)
-    summary = {"seeds": seeds, "variants": table, "environment": environment(), "base_config": base,
+    differences = paired_differences(records)
+    summary = {"seeds": seeds, "variants": table, "differences_vs_lora": differences,
+               "environment": environment(), "base_config": base,
                "per_seed": [{k: r[k] for k in ("variant", "seed", "train_seconds", "trainable_parameters",
-                                                "aggregates", "datasets")} for r in records]}
+                                                "aggregates", "datasets", TRAIN_LOSS)} for r in records]}
     atomic_write(out_dir / "ablation.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
-    atomic_write(out_dir / "ablation.md", lambda p: p.write_text(markdown_table(table)))
+    text = markdown_table(table) + ("\n" + differences_table(differences) if differences else "")
+    atomic_write(out_dir / "ablation.md", lambda p: p.write_text(text))
     plot_summary(table, out_dir / "ablation.png")
     return summary

@@ -45,10 +45,8 @@ def register(app: typer.Typer) -> None:
         from tsembed.experiments.demo import ensure_suite
 
         ensure_suite(suite, 0)
-        summary = run_ablation(config, overrides, seeds, variants or None, tuple(modes), suite, out, out / "eval-cache")
-        from tsembed.experiments.ablation import markdown_table
-
-        typer.echo(markdown_table(summary["variants"]))
+        run_ablation(config, overrides, seeds, variants or None, tuple(modes), suite, out, out / "eval-cache")
+        typer.echo((out / "ablation.md").read_text())
 
     @app.command("task-conflict")
     def task_conflict(
