@@ -24,7 +24,8 @@ def reference_gates(probs: torch.Tensor, mode: str, top_k: int, top_p: float) ->
                 mass += float(row[e].detach())
                 if mass >= top_p:
                     break
-        total = sum(row[e] for e in chosen)
+        # top-1: value 1, gradient through the chosen probability (see routers.topk_gates)
+        total = row[chosen[0]].detach() if mode == "topk" and top_k == 1 else sum(row[e] for e in chosen)
         gate = torch.zeros_like(row)
         for e in chosen:
             gate = gate + torch.nn.functional.one_hot(torch.tensor(e), len(row)).to(row.dtype) * (row[e] / total)

@@ -62,6 +62,18 @@ def test_topp_takes_fewest_experts_reaching_mass():
     assert (topp_gates(probs, 1, 0.97) > 0).sum() == 4
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_top1_router_gets_gradient_from_the_output(level):
+    """A renormalised top-1 gate is identically 1 and would leave the router untrained by the task."""
+    model, layer = make_adapted("topk", 1, level, 0)
+    x = torch.randn(3, 5, 12)
+    set_routing_mask(model, torch.ones(3, 5, dtype=torch.long))
+    model._forward_pre_hooks.clear()
+    model._forward_pre_hooks_with_kwargs.clear()
+    (model(x) ** 2).sum().backward()
+    assert layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
+
+
 def test_single_expert_top1_equals_plain_lora():
     model, layer = make_adapted("topk", 1, "token", 0, num_experts=1)
     x = torch.randn(4, 12)
