@@ -78,3 +78,19 @@ def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     assert [m["stage"] for m in metrics] == [1, 2]
     # a rerun finds every result and re-trains nothing
     assert main(args) == 0
+
+
+def test_summary_only_trains_nothing_and_names_missing_runs(tmp_path, caplog):
+    for seed, value in ((0, 0.30), (1, 0.20)):
+        run = tmp_path / f"seed{seed}" / "lora"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({
+            "variant": "lora", "description": "d", "seed": seed, "train_seconds": 1.0, "trainable_parameters": 5,
+            "aggregates": {"overall": {"hit@1": value}}, "datasets": {}}))
+    assert main(["ablate", "--summary-only", "--seeds", "0", "--seeds", "1", "--variant", "lora", "--variant", "moe",
+                 "--out", str(tmp_path), "--suite", str(tmp_path / "no-suite")]) == 0
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(summary["variants"]) == {"lora"}
+    assert summary["variants"]["lora"]["overall"]["mean"] == pytest.approx(25.0)
+    assert not (tmp_path / "seed0" / "moe").exists() and not (tmp_path / "no-suite").exists()
+    assert "moe seed 0: no" in caplog.text

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from tsembed.evaluation.results import HIT1
-from tsembed.experiments.runner import load_base_config, run_variant
+from tsembed.experiments.runner import RESULTS, load_base_config, run_variant
 from tsembed.experiments.variants import ablation_variants, pick
 from tsembed.fileio import atomic_write
 
@@ -130,7 +130,9 @@ def environment() -> dict[str, Any]:
 
 
 def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], variant_names: list[str] | None,
-                 modes: tuple[str, ...], suite: Path, out_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
+                 modes: tuple[str, ...], suite: Path, out_dir: Path, cache_dir: Path | None,
+                 summary_only: bool = False) -> dict[str, Any]:
+    """Train and evaluate what is missing (or, ``summary_only``, just summarise the finished runs)."""
     base = load_base_config(config, overrides)
     moe = base.get("model", {}).get("moe") or {}
     variants = pick(ablation_variants(int(moe.get("num_experts", 4)), int(moe.get("rank", 8)), modes), variant_names)
@@ -139,7 +141,13 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
         for variant in variants:
             logger.info("ablation: %s, seed %d", variant.name, seed)
             run_dir = out_dir / f"seed{seed}" / variant.name
-            record = run_variant(base, variant, seed, run_dir, suite, cache_dir)
+            if summary_only:
+                if not (run_dir / RESULTS).is_file():
+                    logger.warning("%s seed %d: no %s, left out of the summary", variant.name, seed, run_dir / RESULTS)
+                    continue
+                record = json.loads((run_dir / RESULTS).read_text())
+            else:
+                record = run_variant(base, variant, seed, run_dir, suite, cache_dir)
             records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / "metrics.jsonl")})
     table = summarize(records)
     differences = paired_differences(records)

@@ -35,6 +35,8 @@ def register(app: typer.Typer) -> None:
         suite: Path = typer.Option(Path("demo-suite"), help="Suite directory (built if absent)."),
         out: Path = typer.Option(Path("runs/ablation"), help="Where runs and the summary go."),
         overrides: list[str] = typer.Option([], "--set", help="Override a base config key (repeatable)."),
+        summary_only: bool = typer.Option(False, "--summary-only", help="Train nothing: summarise the runs that "
+                                          "finished (missing ones are named and left out)."),
     ) -> None:
         """Train and evaluate every ablation variant for every seed; write mean ± std tables and a plot.
 
@@ -44,8 +46,10 @@ def register(app: typer.Typer) -> None:
         from tsembed.experiments.ablation import run_ablation
         from tsembed.experiments.demo import ensure_suite
 
-        ensure_suite(suite, 0)
-        run_ablation(config, overrides, seeds, variants or None, tuple(modes), suite, out, out / "eval-cache")
+        if not summary_only:
+            ensure_suite(suite, 0)
+        run_ablation(config, overrides, seeds, variants or None, tuple(modes), suite, out, out / "eval-cache",
+                     summary_only=summary_only)
         typer.echo((out / "ablation.md").read_text())
 
     @app.command("task-conflict")
