@@ -58,11 +58,12 @@ def activation_peak(fn) -> int:
 def objective_overhead(model, objectives: dict, batch, step_seconds: float, repeats: int) -> dict[str, float]:
     """1 + (objective time of each EANS mode − InfoNCE's) / InfoNCE step time, on this batch's real tensors."""
     device = next(model.parameters()).device
+    def embed(inputs: list):
+        prepared = model.prepare(inputs)
+        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared.items()})
+
     with torch.no_grad():
-        q_out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
-                         for k, v in model.prepare(batch.queries).items()})
-        t_out = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
-                         for k, v in model.prepare(batch.targets).items()})
+        q_out, t_out = embed(batch.queries), embed(batch.targets)
     ids, owner = batch.target_ids.to(device), batch.target_owner.to(device)
 
     def run(name: str) -> float:

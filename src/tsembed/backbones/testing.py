@@ -135,6 +135,11 @@ def save_tiny_qwen2_vl(directory: str | Path, variant: str = "qwen2_vl", seed: i
     return directory
 
 
+# The vision tower of the tiny CLIP and SigLIP checkpoints (same ViT shape for both).
+TINY_VIT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": 32, "patch_size": 8}
+
+
 def save_tiny_clip(directory: str | Path, seed: int = 0) -> Path:
     """A 2-layer CLIP (text 32-d, ViT 32-d on 32×32 images with 8×8 patches, 16-d projection)."""
     from transformers import CLIPConfig, CLIPModel
@@ -158,17 +163,9 @@ def save_tiny_clip(directory: str | Path, seed: int = 0) -> Path:
         "eos_token_id": eos,
         "pad_token_id": eos,
     }
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 32,
-        "patch_size": 8,
-    }
     torch.manual_seed(seed)
     with quiet_transformers():
-        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(directory)
+        CLIPModel(CLIPConfig(text_config=text, vision_config=TINY_VIT, projection_dim=16)).save_pretrained(directory)
         _fast(
             tok,
             bos_token=specials[0],
@@ -204,17 +201,9 @@ def save_tiny_siglip(directory: str | Path, seed: int = 0) -> Path:
         "eos_token_id": eos,
         "bos_token_id": eos,
     }
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 32,
-        "patch_size": 8,
-    }
     torch.manual_seed(seed)
     with quiet_transformers():
-        SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(directory)
+        SiglipModel(SiglipConfig(text_config=text, vision_config=TINY_VIT)).save_pretrained(directory)
         _fast(tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>", model_max_length=16).save_pretrained(
             directory
         )
