@@ -49,7 +49,7 @@ def test_routing_reuses_the_eval_cache(suite, tmp_path):
 
 def test_base_model_has_nothing_to_analyse(suite, tmp_path):
     report = analyze_routing(toy_model(adapters=False), suite, tmp_path, progress=False)
-    assert not report.has_routing and "no MoE-LoRA adapters" in report.reason
+    assert not report.has_routing and "no MoE-LoRA router" in report.reason
     assert json.loads((tmp_path / "routing.json").read_text())["has_routing"] is False
     assert not list(tmp_path.glob("*.png"))
 

@@ -104,7 +104,11 @@ class CachedEncoder:
 
     @property
     def has_routing(self) -> bool:
-        return bool(getattr(self.model, "has_adapters", False))
+        """A router with a choice to make: MoE adapters with two or more experts (not a base model or one LoRA)."""
+        if not getattr(self.model, "has_adapters", False):
+            return False
+        moe = getattr(getattr(self.model, "config", None), "moe", None)
+        return moe is None or getattr(moe, "num_experts", 2) > 1
 
     def keys(self, inputs: Sequence[EmbedInput]) -> list[str]:
         return [self.hasher.key(x) for x in inputs]

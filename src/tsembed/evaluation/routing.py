@@ -37,7 +37,8 @@ from tsembed.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-NO_ADAPTERS = "the model has no MoE-LoRA adapters (a base model): there is no routing to analyse"
+NO_ADAPTERS = ("the model has no MoE-LoRA router (a base model, or a single LoRA with one expert): "
+               "there is no routing to analyse")
 
 
 @dataclass

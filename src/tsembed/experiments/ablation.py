@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
 TRAIN_LOSS = "train_infonce"  # plain InfoNCE over the last steps of training: a training-side fit measure
+NMI_TASK, NMI_DATASET = "routing_nmi_meta_task", "routing_nmi_dataset"  # best layer, top-1 expert, eval queries
+EXTRAS = {TRAIN_LOSS: ("train InfoNCE (last 100 steps)", ".3f"), NMI_TASK: ("NMI meta-task (best layer)", ".2f"),
+          NMI_DATASET: ("NMI dataset (best layer)", ".2f")}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -38,10 +41,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             value = rec["aggregates"].get(group, {}).get(HIT1)
             if value is not None:
                 row.setdefault(group, {"values": []})["values"].append(100 * value)
-        if rec.get(TRAIN_LOSS) is not None:
-            row.setdefault(TRAIN_LOSS, {"values": []})["values"].append(rec[TRAIN_LOSS])
+        for key in EXTRAS:
+            if rec.get(key) is not None:
+                row.setdefault(key, {"values": []})["values"].append(rec[key])
     for row in table.values():
-        for group in (*GROUPS, TRAIN_LOSS):
+        for group in (*GROUPS, *EXTRAS):
             if group in row:
                 row[group]["mean"], row[group]["std"] = mean_std(row[group]["values"])
     return table
@@ -74,16 +78,39 @@ def final_train_loss(metrics_path: Path, window: int = 100) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def routing_nmi(run_dir: Path, suite: Path, cache_dir: Path | None) -> dict[str, float]:
+    """Best-layer NMI of meta-task and of dataset with the top-1 expert; {} for models without a router.
+
+    Computed once on every eval query and kept in ``<run>/routing/`` (plots included), so summaries re-read it.
+    """
+    path = run_dir / "routing" / "routing.json"
+    if not path.is_file():
+        if not (run_dir / "model").is_dir() or not Path(suite).exists():
+            return {}
+        from tsembed.evaluation import analyze_routing
+        from tsembed.model import TSEmbedModel
+
+        model = TSEmbedModel.from_pretrained(run_dir / "model")
+        analyze_routing(model, suite, run_dir / "routing", cache_dir=cache_dir, progress=False)
+    report = json.loads(path.read_text())
+    if not report.get("has_routing"):
+        return {}
+    nmi = report["nmi"]
+    return {key: nmi[f"{name}_max"] for key, name in ((NMI_TASK, "meta_task"), (NMI_DATASET, "dataset"))
+            if nmi.get(f"{name}_max") is not None}
+
+
 def _cell(cell: dict[str, Any] | None, fmt: str) -> str:
     return "–" if cell is None else f"{cell['mean']:{fmt}} ± {cell['std']:{fmt}}"
 
 
 def markdown_table(table: dict[str, dict[str, Any]]) -> str:
-    """hit@1 mean ± std per group, and the training InfoNCE of the last 100 steps."""
-    header = ("| variant | " + " | ".join(GROUPS) + " | train InfoNCE (last 100 steps) |\n|---|"
-              + "---:|" * (len(GROUPS) + 1) + "\n")
-    rows = [f"| {name} | " + " | ".join(_cell(row.get(g), ".1f") for g in GROUPS)
-            + f" | {_cell(row.get(TRAIN_LOSS), '.3f')} |" for name, row in table.items()]
+    """hit@1 mean ± std per group, then the training InfoNCE of the last 100 steps and the routing NMI."""
+    header = ("| variant | " + " | ".join([*GROUPS, *(title for title, _ in EXTRAS.values())]) + " |\n|---|"
+              + "---:|" * (len(GROUPS) + len(EXTRAS)) + "\n")
+    rows = [f"| {name} | " + " | ".join([*(_cell(row.get(g), ".1f") for g in GROUPS),
+                                         *(_cell(row.get(key), fmt) for key, (_, fmt) in EXTRAS.items())]) + " |"
+            for name, row in table.items()]
     return header + "\n".join(rows) + "\n"
 
 
@@ -148,13 +175,15 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
                 record = json.loads((run_dir / RESULTS).read_text())
             else:
                 record = run_variant(base, variant, seed, run_dir, suite, cache_dir)
-            records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / "metrics.jsonl")})
+            records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / "metrics.jsonl"),
+                            **routing_nmi(run_dir, suite, cache_dir)})
     table = summarize(records)
     differences = paired_differences(records)
     summary = {"seeds": seeds, "variants": table, "differences_vs_lora": differences,
                "environment": environment(), "base_config": base,
                "per_seed": [{k: r[k] for k in ("variant", "seed", "train_seconds", "trainable_parameters",
-                                                "aggregates", "datasets", TRAIN_LOSS)} for r in records]}
+                                                "aggregates", "datasets")} | {k: r.get(k) for k in EXTRAS}
+                            for r in records]}
     atomic_write(out_dir / "ablation.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     text = markdown_table(table) + ("\n" + differences_table(differences) if differences else "")
     atomic_write(out_dir / "ablation.md", lambda p: p.write_text(text))

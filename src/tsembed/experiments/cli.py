@@ -36,12 +36,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/ablation"), help="Where runs and the summary go."),
         overrides: list[str] = typer.Option([], "--set", help="Override a base config key (repeatable)."),
         summary_only: bool = typer.Option(False, "--summary-only", help="Train nothing: summarise the runs that "
-                                          "finished (missing ones are named and left out)."),
+                                          "finished (missing ones are named and left out; routing NMI is measured "
+                                          "where it was not yet)."),
     ) -> None:
         """Train and evaluate every ablation variant for every seed; write mean ± std tables and a plot.
 
         Variants: base (untrained), lora (same budget), moe (no EANS), moe_eans_no_stage1, tsembed_<mode>.
-        Finished runs are skipped, so an interrupted ablation resumes where it stopped.
+        Finished runs are skipped, so an interrupted ablation resumes where it stopped. Each MoE run also gets
+        its routing analysis (plots and NMI of meta-task and dataset with the top-1 expert) in <run>/routing/.
         """
         from tsembed.experiments.ablation import run_ablation
         from tsembed.experiments.demo import ensure_suite
