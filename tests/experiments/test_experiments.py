@@ -42,7 +42,8 @@ def test_summary_mean_and_sample_std():
 
 def test_paired_differences_and_training_loss(tmp_path):
     def rec(variant, seed, overall):
-        return {"variant": variant, "seed": seed, "aggregates": {"overall": {"hit@1": overall}}}
+        return {"variant": variant, "seed": seed, "aggregates": {"overall": {"hit@1": overall}},
+                "datasets": {"A": {"hit@1": overall / 2}}}
 
     records = [rec("lora", 0, 0.30), rec("lora", 1, 0.20), rec("moe", 0, 0.33), rec("moe", 1, 0.21),
                rec("moe", 2, 0.50)]  # seed 2 has no baseline: left out
@@ -50,6 +51,9 @@ def test_paired_differences_and_training_loss(tmp_path):
     assert diff["moe"]["overall"]["values"] == pytest.approx([3.0, 1.0])
     assert diff["moe"]["overall"]["mean"] == pytest.approx(2.0) and "lora" not in diff
     assert "| moe | – | – | – | – | – | – | +2.0 ± 1.4 |" in differences_table(diff)
+    per_dataset = paired_differences(records, key="datasets", groups=("A", "B"))
+    assert per_dataset["moe"]["A"]["values"] == pytest.approx([1.5, 0.5]) and "B" not in per_dataset["moe"]
+    assert "| moe | +1.0 ± 0.7 | – |" in differences_table(per_dataset, groups=("A", "B"))
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"step": 1, "contrastive": 4.0}, {"step": 2, "contrastive": 3.0, "infonce": 2.0},
             {"step": 3, "contrastive": 9.0, "infonce": 1.0}]

@@ -51,16 +51,20 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return table
 
 
-def paired_differences(records: list[dict[str, Any]], baseline: str = "lora") -> dict[str, dict[str, Any]]:
-    """variant -> group -> {mean, std, values} of (variant − baseline) hit@1 points over the shared seeds."""
+def paired_differences(records: list[dict[str, Any]], baseline: str = "lora", key: str = "aggregates",
+                       groups: tuple[str, ...] = GROUPS) -> dict[str, dict[str, Any]]:
+    """variant -> group -> {mean, std, values} of (variant − baseline) hit@1 points over the shared seeds.
+
+    ``key="datasets"`` with the dataset names as ``groups`` gives the same per dataset.
+    """
     by_key = {(r["variant"], r["seed"]): r for r in records}
     table: dict[str, dict[str, Any]] = {}
     for (variant, seed), rec in by_key.items():
         base = by_key.get((baseline, seed))
         if variant == baseline or base is None:
             continue
-        for group in GROUPS:
-            a, b = rec["aggregates"].get(group, {}).get(HIT1), base["aggregates"].get(group, {}).get(HIT1)
+        for group in groups:
+            a, b = rec[key].get(group, {}).get(HIT1), base[key].get(group, {}).get(HIT1)
             if a is not None and b is not None:
                 table.setdefault(variant, {}).setdefault(group, {"values": []})["values"].append(100 * (a - b))
     for row in table.values():
@@ -114,10 +118,11 @@ def markdown_table(table: dict[str, dict[str, Any]]) -> str:
     return header + "\n".join(rows) + "\n"
 
 
-def differences_table(table: dict[str, dict[str, Any]], baseline: str = "lora") -> str:
-    header = (f"| variant − {baseline} | " + " | ".join(GROUPS) + " |\n|---|" + "---:|" * len(GROUPS) + "\n")
+def differences_table(table: dict[str, dict[str, Any]], baseline: str = "lora",
+                      groups: tuple[str, ...] = GROUPS) -> str:
+    header = (f"| variant − {baseline} | " + " | ".join(groups) + " |\n|---|" + "---:|" * len(groups) + "\n")
     rows = [f"| {name} | " + " | ".join(
-        "–" if g not in row else f"{row[g]['mean']:+.1f} ± {row[g]['std']:.1f}" for g in GROUPS) + " |"
+        "–" if g not in row else f"{row[g]['mean']:+.1f} ± {row[g]['std']:.1f}" for g in groups) + " |"
         for name, row in table.items()]
     return header + "\n".join(rows) + "\n"
 
@@ -179,13 +184,18 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
                             **routing_nmi(run_dir, suite, cache_dir)})
     table = summarize(records)
     differences = paired_differences(records)
+    datasets = tuple(dict.fromkeys(name for r in records for name in r.get("datasets", {})))
+    per_dataset = paired_differences(records, key="datasets", groups=datasets)
     summary = {"seeds": seeds, "variants": table, "differences_vs_lora": differences,
+               "dataset_differences_vs_lora": per_dataset,
                "environment": environment(), "base_config": base,
                "per_seed": [{k: r[k] for k in ("variant", "seed", "train_seconds", "trainable_parameters",
                                                 "aggregates", "datasets")} | {k: r.get(k) for k in EXTRAS}
                             for r in records]}
     atomic_write(out_dir / "ablation.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     text = markdown_table(table) + ("\n" + differences_table(differences) if differences else "")
+    if per_dataset:
+        text += "\nPer dataset:\n\n" + differences_table(per_dataset, groups=datasets)
     atomic_write(out_dir / "ablation.md", lambda p: p.write_text(text))
     plot_summary(table, out_dir / "ablation.png")
     return summary
