@@ -139,3 +139,30 @@ def test_bad_knobs_and_missing_suites_are_reported(tmp_path: Path) -> None:
         build_suite(tmp_path / "x", eval_fraction=1.5, progress=False)
     with pytest.raises(DataError, match="not a tsembed suite"):
         load_suite(tmp_path)
+
+
+def test_dev_split_is_held_out_from_train_and_leaves_eval_unchanged(tiny_suite: Suite, tmp_path: Path) -> None:
+    from tsembed.evaluation import resolve_eval_sets
+
+    dev = build_suite(tmp_path / "dev", seed=0, dev_fraction=0.15, progress=False, **TINY)
+    ind, ood = dev.names(ood=False), dev.names(ood=True)
+    assert set(dev.names(split="dev")) == set(ind)
+    assert all(dev.datasets[n].splits == ("eval",) for n in ood)
+    for name in dev.names():  # adding dev takes bases from train only: eval is byte for byte the same
+        rel = dev.manifest["datasets"][name]["files"]["eval"]
+        assert (dev.root / rel).read_bytes() == (tiny_suite.root / rel).read_bytes()
+    dev_bases = set().union(*(_meta_bases(dev, n, "dev") for n in ind))
+    train_bases = set().union(*(_meta_bases(dev, n, "train") for n in ind))
+    eval_bases = set().union(*(_meta_bases(dev, n, "eval") for n in dev.names()))
+    assert dev_bases and not dev_bases & train_bases and not dev_bases & eval_bases
+    assert dev_bases <= set(json.loads((dev.root / "meta/splits.json").read_text())["dev_bases"])
+    rows = dev.eval(ind[0], split="dev").rows
+    assert rows and all(r.num_candidates >= 2 for r in rows)
+    assert "dev bases" in (dev.root / "README.md").read_text()
+    assert [s.name for s in resolve_eval_sets(dev.root, split="dev")] == ind
+    with pytest.raises(ConfigError, match="no 'dev' split; build one with"):
+        resolve_eval_sets(tiny_suite.root, split="dev")
+    with pytest.raises(ConfigError, match="split must be one of"):
+        resolve_eval_sets(dev.root, split="train")
+    with pytest.raises(ConfigError, match="dev_fraction must be in"):
+        build_suite(tmp_path / "x", dev_fraction=0.8, progress=False)

@@ -106,3 +106,28 @@ def test_summary_only_trains_nothing_and_names_missing_runs(tmp_path, caplog):
     assert summary["variants"]["lora"]["overall"]["mean"] == pytest.approx(25.0)
     assert not (tmp_path / "seed0" / "moe").exists() and not (tmp_path / "no-suite").exists()
     assert "moe seed 0: no" in caplog.text
+
+
+def test_ablation_on_the_dev_split_then_eval_trains_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    suite = tmp_path / "suite"
+    assert main(["data", "build-suite", "--out", str(suite), "--max-train", "16", "--max-eval", "4",
+                 "--pool-size", "8", "--dev-fraction", "0.15", "--no-progress"]) == 0
+    args = ["ablate", "--seeds", "0", "--variant", "lora", "--suite", str(suite), "--out", str(tmp_path / "abl"),
+            "--set", "schedule.steps=2", "--set", "schedule.stage1_steps=1", "--set", "data.batch_size=4",
+            "--set", "run.progress=false", "--set", "model.backbone.num_visual_tokens=4",
+            "--set", "model.backbone.image_size=64"]
+    assert main([*args, "--eval-split", "dev"]) == 0
+    run = tmp_path / "abl" / "seed0" / "lora"
+    dev = json.loads((run / "results-dev.json").read_text())
+    assert dev["split"] == "dev" and "OOD" not in dev["aggregates"] and not (run / "results.json").exists()
+    assert json.loads((tmp_path / "abl" / "ablation-dev.json").read_text())["split"] == "dev"
+    with caplog.at_level("INFO"):
+        assert main(args) == 0  # the eval split reuses the model trained for dev
+    assert "reusing the trained model" in caplog.text
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    record = json.loads((run / "results.json").read_text())
+    assert record["split"] == "eval" and "OOD" in record["aggregates"] and record["train_seconds"] is None
+    assert main(["eval", "--model", str(run / "model"), "--suite", str(suite), "--split", "dev", "--no-progress",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert "on the dev split" in (tmp_path / "ev" / "results.md").read_text()

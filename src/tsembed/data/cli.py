@@ -23,6 +23,9 @@ def build_suite_cmd(
     pool_size: Annotated[int, typer.Option(help="Candidates per retrieval/grounding eval query.")] = 200,
     vqa_choices: Annotated[int, typer.Option(help="Candidate answers of the name-answer VQA datasets.")] = 20,
     eval_fraction: Annotated[float, typer.Option(help="Share of base emoji held out for evaluation.")] = 0.25,
+    dev_fraction: Annotated[float, typer.Option(
+        help="Share of base emoji held out as a dev split of the IND datasets: compare configs there, not on eval "
+             "[default: 0, no dev split].")] = 0.0,
     tile_size: Annotated[int, typer.Option(help="Pixel size of single-emoji images.")] = 96,
     canvas_size: Annotated[int, typer.Option(help="Pixel size of multi-emoji canvases.")] = 128,
     file_format: Annotated[str, typer.Option("--format", help="Row file format: jsonl or parquet.")] = "jsonl",
@@ -47,6 +50,7 @@ def build_suite_cmd(
         pool_size=pool_size,
         vqa_choices=vqa_choices,
         eval_fraction=eval_fraction,
+        dev_fraction=dev_fraction,
         tile_size=tile_size,
         canvas_size=canvas_size,
         format=file_format,
@@ -60,6 +64,7 @@ def build_suite_cmd(
         typer.echo(
             f"  {name:<20} {d['meta_task']:<15} {'OOD' if d['ood'] else 'IND'}  "
             f"train {c['train']:>5}  eval {c['eval']:>4}  candidates {c['candidates_max']}"
+            + (f"  dev {c['dev']:>4}" if "dev" in c else "")
         )
     typer.echo(
         f"suite written to {suite.root} ({len(m['datasets'])} datasets, {m['images']['count']} images, "

@@ -16,7 +16,7 @@ from tsembed.data.inputs import IMAGE_PLACEHOLDER
 from tsembed.errors import ConfigError
 
 META_TASKS: tuple[str, ...] = ("classification", "vqa", "retrieval", "grounding")
-SPLITS: tuple[str, ...] = ("train", "eval")
+SPLITS: tuple[str, ...] = ("train", "dev", "eval")  # dev: held-out IND rows in eval format (optional)
 TEXT_SLOT = "{text}"
 
 IMAGE_TARGET = f"{IMAGE_PLACEHOLDER}\nRepresent the given image."
@@ -35,7 +35,7 @@ class DatasetInfo:
         ood: Out-of-distribution: evaluation only, never trained on.
         query_template: Instruction for queries; `{text}` is replaced by the row's content.
         target_template: Same for targets/candidates ("{text}" for plain text labels).
-        files: Split ("train"/"eval") -> file path relative to the suite root.
+        files: Split ("train"/"dev"/"eval") -> file path relative to the suite root.
         description: One line for the dataset card.
     """
 

@@ -45,6 +45,8 @@ _SKIP = typer.Option(False, "--skip-invalid", help="Drop malformed rows (counted
 _NO_IMG_CHECK = typer.Option(False, "--no-check-images", help="Skip opening every image before encoding.")
 _DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
 _QUIET = typer.Option(False, "--no-progress", help="Hide progress bars.")
+_SPLIT = typer.Option("eval", "--split", help="eval, or dev: a suite's development split (build-suite --dev-fraction). "
+                      "Compare configs on dev; report eval.")
 
 
 def eval_command(
@@ -64,6 +66,7 @@ def eval_command(
     no_check_images: bool = _NO_IMG_CHECK,
     device: str = _DEVICE,
     no_progress: bool = _QUIET,
+    split: str = _SPLIT,
 ) -> None:
     """Evaluate a model on an MMEB-format suite: hit@1 per dataset, meta-task, IND/OOD and overall."""
     from tsembed.evaluation.harness import evaluate
@@ -78,6 +81,7 @@ def eval_command(
         skip_invalid=skip_invalid,
         check_images=not no_check_images,
         progress=not no_progress,
+        split=split,
     )
     results.settings["model_dir"] = str(model)
     json_path, md_path = results.save(out)
@@ -105,6 +109,7 @@ def inspect_routing_command(
     no_check_images: bool = _NO_IMG_CHECK,
     device: str = _DEVICE,
     no_progress: bool = _QUIET,
+    split: str = _SPLIT,
 ) -> None:
     """Plot expert usage per dataset and layer, load balance, routing entropy and dataset/expert NMI."""
     from tsembed.evaluation.routing import analyze_routing
@@ -122,6 +127,7 @@ def inspect_routing_command(
         skip_invalid=skip_invalid,
         check_images=not no_check_images,
         progress=not no_progress,
+        split=split,
     )
     if not report.has_routing:
         typer.echo(f"nothing to analyse: {report.reason}; wrote {out / 'routing.json'}")

@@ -113,6 +113,7 @@ def evaluate(
     check_images: bool = True,
     progress: bool = True,
     encoder: CachedEncoder | None = None,
+    split: str = "eval",
 ) -> EvalResults:
     """Evaluate ``model`` on an MMEB-format suite.
 
@@ -129,6 +130,7 @@ def evaluate(
         check_images: Open every image once before encoding (catches missing/corrupt files early).
         progress: tqdm progress bars.
         encoder: Reuse an encoder (and its cache) across calls; ``cache_dir``/``batch_size`` then unused.
+        split: "eval", or "dev" for a suite's development split (compare configs there, report on eval).
 
     Returns:
         Per-dataset metrics with per-meta-task, IND, OOD and overall averages.
@@ -138,7 +140,7 @@ def evaluate(
         ConfigError: Unknown dataset names.
     """
     start = time.perf_counter()
-    specs = resolve_eval_sets(suite, datasets)
+    specs = resolve_eval_sets(suite, datasets, split)
     encoder = encoder_for(model, encoder, cache_dir, batch_size=batch_size, progress=progress)
     before = encoder.stats.to_dict()
     checkers: dict[Path, ImageChecker] = {}  # one per image root: each image is opened once per run
@@ -172,6 +174,7 @@ def evaluate(
         round(timing["encoded"] / timing["encode_seconds"], 2) if timing["encode_seconds"] > 0 else None
     )
     settings = {
+        "split": split,
         "batch_size": encoder.batch_size,
         "global_pool": global_pool,
         "ks": list(ks),

@@ -30,7 +30,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def results_markdown(results: EvalResults) -> str:
     """Summary table (meta-tasks, IND, OOD, overall) then one row per dataset."""
     cols = _columns(results)
-    lines = [f"# Evaluation of model `{results.model_id}`", ""]
+    split = results.settings.get("split", "eval")
+    lines = [f"# Evaluation of model `{results.model_id}`" + ("" if split == "eval" else f" on the {split} split"), ""]
     pool = (
         " Pool metrics rank each query against the union of its dataset's candidates."
         if any(c.startswith(GLOBAL_PREFIX) for c, _ in cols)

@@ -123,13 +123,14 @@ def collect_routing_data(
     max_per_dataset: int | None = None,
     skip_invalid: bool = False,
     check_images: bool = True,
+    split: str = "eval",
 ) -> RoutingData | None:
     """Router probabilities of the queries (and distinct candidates) of each eval set; None without adapters."""
     if not encoder.has_routing:
         return None
     probs, ds_labels, task_labels, layers = [], [], [], None
     checkers: dict[Path, ImageChecker] = {}
-    for spec in resolve_eval_sets(suite, datasets):
+    for spec in resolve_eval_sets(suite, datasets, split):
         checker = checkers.setdefault(spec.image_root, ImageChecker(spec.image_root)) if check_images else None
         loaded = load_eval_set(spec, skip_invalid=skip_invalid, check_images=check_images, checker=checker)
         rows = loaded.rows[:max_per_dataset]
@@ -230,6 +231,7 @@ def analyze_routing(
     check_images: bool = True,
     progress: bool = True,
     encoder: CachedEncoder | None = None,
+    split: str = "eval",
 ) -> RoutingReport:
     """Measure expert usage on the eval splits of ``suite``; write PNG plots and ``routing.json``.
 
@@ -244,7 +246,7 @@ def analyze_routing(
         max_heatmaps: Per-dataset × expert heat maps are drawn for this many evenly spaced layers.
         cache_dir, batch_size, progress, encoder: As for ``evaluate``; sharing a cache with a previous
             ``evaluate`` call re-encodes nothing (routing is cached beside the embeddings).
-        skip_invalid, check_images: As for ``evaluate``.
+        skip_invalid, check_images, split: As for ``evaluate``.
     """
     encoder = encoder_for(model, encoder, cache_dir, batch_size=batch_size, progress=progress)
     data = collect_routing_data(
@@ -255,6 +257,7 @@ def analyze_routing(
         max_per_dataset=max_per_dataset,
         skip_invalid=skip_invalid,
         check_images=check_images,
+        split=split,
     )
     report = (
         RoutingReport(has_routing=False, reason=NO_ADAPTERS)

@@ -22,6 +22,8 @@ from typing import Any
 
 from tsembed.errors import ConfigError, DataError
 
+RANKED_SPLITS = ("eval", "dev")  # splits in eval format: queries ranked against candidates
+
 MANIFEST_NAME = "suite.json"
 
 
@@ -47,17 +49,18 @@ def _entry_field(entry: Any, name: str, default: Any = None) -> Any:
     return entry.get(name, default) if isinstance(entry, Mapping) else getattr(entry, name, default)
 
 
-def _from_entries(entries: Iterable[tuple[str | None, Any]], root: Path, image_root: Path, where: str) -> list[EvalSet]:
+def _from_entries(entries: Iterable[tuple[str | None, Any]], root: Path, image_root: Path, where: str,
+                  split: str = "eval") -> list[EvalSet]:
     sets = []
     for key, entry in entries:
         name = _entry_field(entry, "name") or key
         if not name:
             raise DataError(f"{where}: a dataset entry has no `name`")
         files = _entry_field(entry, "files") or {}
-        eval_file = files.get("eval") if isinstance(files, Mapping) else None
-        eval_file = eval_file or _entry_field(entry, "eval")
+        eval_file = files.get(split) if isinstance(files, Mapping) else None
+        eval_file = eval_file or _entry_field(entry, split)
         if not eval_file:
-            continue  # e.g. a train-only entry
+            continue  # e.g. a train-only entry, or an OOD dataset (eval only) when asked for dev
         reg_task, reg_ood = _registry_info(name)
         meta_task = _entry_field(entry, "meta_task") or reg_task
         ood = _entry_field(entry, "ood")
@@ -66,20 +69,22 @@ def _from_entries(entries: Iterable[tuple[str | None, Any]], root: Path, image_r
     return sets
 
 
-def _from_suite(suite: Any) -> list[EvalSet]:
+def _from_suite(suite: Any, split: str = "eval") -> list[EvalSet]:
     """Eval sets of a loaded suite (``tsembed.data.Suite`` or any object with ``datasets`` and a root)."""
     entries = suite.datasets
     pairs = list(entries.items()) if isinstance(entries, Mapping) else [(None, e) for e in entries]
     root = Path(getattr(suite, "root", "."))
     image_root = Path(getattr(suite, "image_root", root))
-    return _from_entries(pairs, root, image_root, f"suite '{root}'")
+    return _from_entries(pairs, root, image_root, f"suite '{root}'", split)
 
 
-def _from_path(path: Path, name: str | None = None) -> list[EvalSet]:
+def _from_path(path: Path, name: str | None = None, split: str = "eval") -> list[EvalSet]:
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
         from tsembed.data.suite.load import load_suite
 
-        return _from_suite(load_suite(path))
+        return _from_suite(load_suite(path), split)
+    if split != "eval":
+        raise ConfigError(f"split {split!r} needs a suite directory (with {MANIFEST_NAME}); '{path}' is not one")
     if not path.exists():
         raise DataError(
             f"eval source '{path}' does not exist (expected a suite directory with {MANIFEST_NAME}, "
@@ -90,24 +95,28 @@ def _from_path(path: Path, name: str | None = None) -> list[EvalSet]:
     return [EvalSet(name, path, path if path.is_dir() else path.parent, meta_task, ood)]
 
 
-def resolve_eval_sets(suite: Any, datasets: Iterable[str] | None = None) -> list[EvalSet]:
+def resolve_eval_sets(suite: Any, datasets: Iterable[str] | None = None, split: str = "eval") -> list[EvalSet]:
     """Turn any accepted ``suite`` form into eval sets, optionally keeping only ``datasets`` (in suite order).
+
+    ``split="dev"`` reads a suite's dev files instead (IND datasets only; built with ``--dev-fraction``).
 
     Raises:
         ConfigError: A requested dataset is not in the suite (the valid names are listed), or the form of
             ``suite`` is not understood.
         DataError: A path does not exist or the manifest is malformed.
     """
+    if split not in RANKED_SPLITS:
+        raise ConfigError(f"split must be one of {list(RANKED_SPLITS)}, got {split!r}")
     if isinstance(suite, EvalSet):
         sets = [suite]
     elif isinstance(suite, str | Path):
-        sets = _from_path(Path(suite))
+        sets = _from_path(Path(suite), split=split)
     elif isinstance(suite, Mapping):
-        sets = [s for name, p in suite.items() for s in _from_path(Path(p), str(name))]
+        sets = [s for name, p in suite.items() for s in _from_path(Path(p), str(name), split)]
     elif hasattr(suite, "datasets"):  # a loaded suite object
-        sets = _from_suite(suite)
+        sets = _from_suite(suite, split)
     elif isinstance(suite, Iterable):
-        sets = [s for item in suite for s in resolve_eval_sets(item)]
+        sets = [s for item in suite for s in resolve_eval_sets(item, split=split)]
     else:
         raise ConfigError(
             f"cannot evaluate on {type(suite).__name__}: pass a suite directory, eval file(s) "
@@ -126,6 +135,9 @@ def resolve_eval_sets(suite: Any, datasets: Iterable[str] | None = None) -> list
             raise ConfigError(f"unknown dataset(s) {unknown}; this suite has: {', '.join(names)}")
         keep = {d.strip() for d in wanted}
         sets = [s for s in sets if s.name in keep]
+    if not sets and split != "eval":
+        raise ConfigError(f"the suite has no {split!r} split; build one with `tsembed data build-suite "
+                          "--dev-fraction 0.1` (the eval split stays as it was)")
     if not sets:
         raise ConfigError("no eval datasets to run (the suite lists no eval files)")
     return sets

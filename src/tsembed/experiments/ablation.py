@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from tsembed.evaluation.results import HIT1
-from tsembed.experiments.runner import RESULTS, load_base_config, run_variant
+from tsembed.experiments.runner import load_base_config, results_path, run_variant
 from tsembed.experiments.variants import ablation_variants, pick
 from tsembed.fileio import atomic_write
 
@@ -24,6 +24,11 @@ TRAIN_LOSS = "train_infonce"  # plain InfoNCE over the last steps of training: a
 NMI_TASK, NMI_DATASET = "routing_nmi_meta_task", "routing_nmi_dataset"  # best layer, top-1 expert, eval queries
 EXTRAS = {TRAIN_LOSS: ("train InfoNCE (last 100 steps)", ".3f"), NMI_TASK: ("NMI meta-task (best layer)", ".2f"),
           NMI_DATASET: ("NMI dataset (best layer)", ".2f")}
+
+
+def summary_stem(split: str) -> str:
+    """File stem of the summary (``ablation.md``, ``ablation-dev.md``, ...)."""
+    return "ablation" if split == "eval" else f"ablation-{split}"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -82,12 +87,14 @@ def final_train_loss(metrics_path: Path, window: int = 100) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def routing_nmi(run_dir: Path, suite: Path, cache_dir: Path | None) -> dict[str, float]:
+def routing_nmi(run_dir: Path, suite: Path, cache_dir: Path | None, split: str = "eval") -> dict[str, float]:
     """Best-layer NMI of meta-task and of dataset with the top-1 expert; {} for models without a router.
 
-    Computed once on every eval query and kept in ``<run>/routing/`` (plots included), so summaries re-read it.
+    Computed once on every query of ``split`` and kept in ``<run>/routing/`` (``routing-dev/`` for dev, plots
+    included), so summaries re-read it.
     """
-    path = run_dir / "routing" / "routing.json"
+    out = run_dir / ("routing" if split == "eval" else f"routing-{split}")
+    path = out / "routing.json"
     if not path.is_file():
         if not (run_dir / "model").is_dir() or not Path(suite).exists():
             return {}
@@ -95,7 +102,7 @@ def routing_nmi(run_dir: Path, suite: Path, cache_dir: Path | None) -> dict[str,
         from tsembed.model import TSEmbedModel
 
         model = TSEmbedModel.from_pretrained(run_dir / "model")
-        analyze_routing(model, suite, run_dir / "routing", cache_dir=cache_dir, progress=False)
+        analyze_routing(model, suite, out, cache_dir=cache_dir, progress=False, split=split)
     report = json.loads(path.read_text())
     if not report.get("has_routing"):
         return {}
@@ -127,7 +134,7 @@ def differences_table(table: dict[str, dict[str, Any]], baseline: str = "lora",
     return header + "\n".join(rows) + "\n"
 
 
-def plot_summary(table: dict[str, dict[str, Any]], path: Path) -> Path:
+def plot_summary(table: dict[str, dict[str, Any]], path: Path, split: str = "eval") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +148,7 @@ def plot_summary(table: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.bar([x + i * width for x in range(len(GROUPS))], means, width, yerr=stds, label=name, capsize=2)
     ax.set_xticks([x + width * (len(table) - 1) / 2 for x in range(len(GROUPS))], GROUPS)
     ax.set_ylabel("hit@1 (%)")
-    ax.set_title("Ablation on the offline suite (mean ± std over seeds)")
+    ax.set_title(f"Ablation on the offline suite, {split} split (mean ± std over seeds)")
     ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -163,8 +170,12 @@ def environment() -> dict[str, Any]:
 
 def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], variant_names: list[str] | None,
                  modes: tuple[str, ...], suite: Path, out_dir: Path, cache_dir: Path | None,
-                 summary_only: bool = False) -> dict[str, Any]:
-    """Train and evaluate what is missing (or, ``summary_only``, just summarise the finished runs)."""
+                 summary_only: bool = False, split: str = "eval") -> dict[str, Any]:
+    """Train and evaluate what is missing (or, ``summary_only``, just summarise the finished runs).
+
+    ``split="dev"`` evaluates on the suite's dev split (where configs are compared) and writes
+    ``ablation-dev.*``; the trained models are shared with an eval-split summary of the same directory.
+    """
     base = load_base_config(config, overrides)
     moe = base.get("model", {}).get("moe") or {}
     variants = pick(ablation_variants(int(moe.get("num_experts", 4)), int(moe.get("rank", 8)), modes), variant_names)
@@ -173,29 +184,31 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
         for variant in variants:
             logger.info("ablation: %s, seed %d", variant.name, seed)
             run_dir = out_dir / f"seed{seed}" / variant.name
+            path = results_path(run_dir, split)
             if summary_only:
-                if not (run_dir / RESULTS).is_file():
-                    logger.warning("%s seed %d: no %s, left out of the summary", variant.name, seed, run_dir / RESULTS)
+                if not path.is_file():
+                    logger.warning("%s seed %d: no %s, left out of the summary", variant.name, seed, path)
                     continue
-                record = json.loads((run_dir / RESULTS).read_text())
+                record = json.loads(path.read_text())
             else:
-                record = run_variant(base, variant, seed, run_dir, suite, cache_dir)
+                record = run_variant(base, variant, seed, run_dir, suite, cache_dir, split=split)
             records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / "metrics.jsonl"),
-                            **routing_nmi(run_dir, suite, cache_dir)})
+                            **routing_nmi(run_dir, suite, cache_dir, split)})
     table = summarize(records)
     differences = paired_differences(records)
     datasets = tuple(dict.fromkeys(name for r in records for name in r.get("datasets", {})))
     per_dataset = paired_differences(records, key="datasets", groups=datasets)
-    summary = {"seeds": seeds, "variants": table, "differences_vs_lora": differences,
+    summary = {"split": split, "seeds": seeds, "variants": table, "differences_vs_lora": differences,
                "dataset_differences_vs_lora": per_dataset,
                "environment": environment(), "base_config": base,
                "per_seed": [{k: r[k] for k in ("variant", "seed", "train_seconds", "trainable_parameters",
                                                 "aggregates", "datasets")} | {k: r.get(k) for k in EXTRAS}
                             for r in records]}
-    atomic_write(out_dir / "ablation.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    stem = summary_stem(split)
+    atomic_write(out_dir / f"{stem}.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     text = markdown_table(table) + ("\n" + differences_table(differences) if differences else "")
     if per_dataset:
         text += "\nPer dataset:\n\n" + differences_table(per_dataset, groups=datasets)
-    atomic_write(out_dir / "ablation.md", lambda p: p.write_text(text))
-    plot_summary(table, out_dir / "ablation.png")
+    atomic_write(out_dir / f"{stem}.md", lambda p: p.write_text(text))
+    plot_summary(table, out_dir / f"{stem}.png", split)
     return summary

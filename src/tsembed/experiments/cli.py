@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
         summary_only: bool = typer.Option(False, "--summary-only", help="Train nothing: summarise the runs that "
                                           "finished (missing ones are named and left out; routing NMI is measured "
                                           "where it was not yet)."),
+        split: str = typer.Option("eval", "--eval-split", help="eval, or dev: compare variants and settings on the "
+                                  "suite's dev split (build-suite --dev-fraction), report eval; models are shared."),
     ) -> None:
         """Train and evaluate every ablation variant for every seed; write mean ± std tables and a plot.
 
@@ -45,14 +47,14 @@ def register(app: typer.Typer) -> None:
         Finished runs are skipped, so an interrupted ablation resumes where it stopped. Each MoE run also gets
         its routing analysis (plots and NMI of meta-task and dataset with the top-1 expert) in <run>/routing/.
         """
-        from tsembed.experiments.ablation import run_ablation
+        from tsembed.experiments.ablation import run_ablation, summary_stem
         from tsembed.experiments.demo import ensure_suite
 
         if not summary_only:
             ensure_suite(suite, 0)
         run_ablation(config, overrides, seeds, variants or None, tuple(modes), suite, out, out / "eval-cache",
-                     summary_only=summary_only)
-        typer.echo((out / "ablation.md").read_text())
+                     summary_only=summary_only, split=split)
+        typer.echo((out / f"{summary_stem(split)}.md").read_text())
 
     @app.command("task-conflict")
     def task_conflict(

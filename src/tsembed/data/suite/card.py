@@ -58,6 +58,8 @@ def render_card(manifest: dict[str, Any]) -> str:
             f"{cands} | {d['description']} |"
         )
     split = manifest["split"]
+    dev = (f" and {split['dev_bases']} dev bases (dev fraction {split['dev_fraction']}: every IND dataset also has "
+           "a dev split in eval format, for comparing configs without touching eval)") if "dev_bases" in split else ""
     lines += [
         "",
         "IND datasets have a train and an eval split; OOD datasets are evaluation only and never trained on.",
@@ -70,7 +72,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         "",
         f"Emoji are split by **base emoji** (skin tones, genders, mirror images and family members stripped; "
         f"emoji that render identically merged): {split['train_bases']} train bases, {split['eval_bases']} "
-        f"eval bases (eval fraction {split['eval_fraction']}). Every eval dataset, IND or OOD, uses only eval "
+        f"eval bases (eval fraction {split['eval_fraction']}){dev}. Every eval dataset, IND or OOD, uses only eval "
         "bases, so no near-duplicate of an eval image is ever trained on. `meta/splits.json` lists the bases; "
         "`meta/<dataset>.<split>.jsonl` records the emoji behind each row.",
         "",

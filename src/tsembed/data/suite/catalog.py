@@ -186,7 +186,12 @@ def load_catalog() -> tuple[EmojiItem, ...]:
     return tuple(sorted(items, key=lambda it: it.code))
 
 
-def is_eval_base(base: str, seed: int, eval_fraction: float) -> bool:
-    """Hash split by base emoji: stable under catalogue changes, different for every seed."""
+def split_of_base(base: str, seed: int, eval_fraction: float, dev_fraction: float = 0.0) -> str:
+    """Hash split by base emoji: stable under catalogue changes, different for every seed.
+
+    One uniform draw per base: below ``eval_fraction`` is eval, the next ``dev_fraction`` is dev, the rest
+    train. So adding a dev split takes bases from train only and leaves the eval split exactly as it was.
+    """
     digest = hashlib.sha256(f"tsembed-suite:{seed}:{base}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "eval" if u < eval_fraction else "dev" if u < eval_fraction + dev_fraction else "train"

@@ -24,6 +24,9 @@ class SuiteConfig:
             200 keeps the build and an evaluation pass on CPU within minutes).
         vqa_choices: Candidate answers per query of the name-answer VQA datasets.
         eval_fraction: Share of base emoji held out for evaluation (IND eval and OOD datasets).
+        dev_fraction: Share of base emoji held out as a development split of the in-distribution datasets
+            (eval format, never trained on): where configs and methods are compared, so the eval split is
+            only ever used for the final report. 0: no dev split (the train split is then unchanged).
         tile_size: Side in pixels of single-emoji images.
         canvas_size: Side in pixels of multi-emoji canvases (3x3 grid).
         format: File format of the rows, "jsonl" or "parquet".
@@ -36,6 +39,7 @@ class SuiteConfig:
     pool_size: int = 200
     vqa_choices: int = 20
     eval_fraction: float = 0.25
+    dev_fraction: float = 0.0
     tile_size: int = 96
     canvas_size: int = 128
     format: str = "jsonl"
@@ -50,6 +54,9 @@ class SuiteConfig:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if not 0.0 <= self.dev_fraction < 1.0 - self.eval_fraction:
+            raise ConfigError(f"dev_fraction must be in [0, 1 - eval_fraction) = [0, {1 - self.eval_fraction:g}), "
+                              f"got {self.dev_fraction}: some bases must remain for training")
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {list(FORMATS)}, got {self.format!r}")
         if self.datasets is not None:
@@ -60,6 +67,11 @@ class SuiteConfig:
             if unknown:
                 raise ConfigError(f"unknown suite dataset(s) {unknown}; valid names: {', '.join(valid)}")
             object.__setattr__(self, "datasets", tuple(self.datasets))
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """Splits of the in-distribution datasets; out-of-distribution ones have eval only."""
+        return ("train", "dev", "eval") if self.dev_fraction > 0 else ("train", "eval")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

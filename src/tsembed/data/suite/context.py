@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from tsembed.data.suite.catalog import EmojiItem, is_eval_base, load_catalog
+from tsembed.data.suite.catalog import EmojiItem, load_catalog, split_of_base
 from tsembed.data.suite.config import SuiteConfig
 from tsembed.data.suite.render import EmojiRenderer, openmoji_font_path
 from tsembed.data.suite.scene import Scene, random_scene
@@ -63,6 +63,11 @@ def merge_identical_bases(items: Sequence[EmojiItem], prints: dict[str, str]) ->
     return [item if find(item.base) == item.base else replace(item, base=find(item.base)) for item in items]
 
 
+def ranked(split: str) -> bool:
+    """Eval-format splits (dev, eval): each query gets candidates, drawn from its own split's emoji."""
+    return split != "train"
+
+
 class BuildContext:
     """Everything a dataset builder needs; builders stay pure functions of (context, split, rng)."""
 
@@ -73,14 +78,9 @@ class BuildContext:
         self.fingerprint = fingerprints()
         catalog = [it for it in load_catalog() if it.code in self.fingerprint]
         self.catalog = merge_identical_bases(catalog, self.fingerprint)
-        self._split = {
-            split: [
-                it
-                for it in self.catalog
-                if is_eval_base(it.base, config.seed, config.eval_fraction) == (split == "eval")
-            ]
-            for split in ("train", "eval")
-        }
+        self._split: dict[str, list[EmojiItem]] = {split: [] for split in ("train", "dev", "eval")}
+        for it in self.catalog:
+            self._split[split_of_base(it.base, config.seed, config.eval_fraction, config.dev_fraction)].append(it)
         self.groups = sorted({it.group for it in self.catalog})
         self.subgroups = sorted({it.subgroup for it in self.catalog})
         self._bases = {split: self._group_by_base(items) for split, items in self._split.items()}
@@ -102,7 +102,7 @@ class BuildContext:
 
     # --- catalogue -------------------------------------------------------------------------------
     def items(self, split: str) -> list[EmojiItem]:
-        """Emoji whose base emoji belongs to `split` ("train" or "eval"), sorted by code."""
+        """Emoji whose base emoji belongs to `split` ("train", "dev" or "eval"), sorted by code."""
         return self._split[split]
 
     def rng(self, *parts: object) -> random.Random:
@@ -112,7 +112,7 @@ class BuildContext:
     def same_base(self, item: EmojiItem) -> list[EmojiItem]:
         """All variants (tones, genders, ...) sharing `item`'s base emoji, `item` included.
 
-        A base belongs to one split only, so these never cross train/eval.
+        A base belongs to one split only, so these never cross splits.
         """
         return self._by_base[item.base]
 

@@ -80,10 +80,11 @@ class Suite:
             checker=self._shared_checker(),
         )
 
-    def eval(self, name: str, *, skip_invalid: bool = False, check_images: bool = True) -> MMEBSplit[EvalRow]:
-        """Read and validate a dataset's eval split (see `read_eval`)."""
+    def eval(self, name: str, *, skip_invalid: bool = False, check_images: bool = True,
+             split: str = "eval") -> MMEBSplit[EvalRow]:
+        """Read and validate a dataset's eval split, or its dev split (see `read_eval`)."""
         return read_eval(
-            self.path(name, "eval"),
+            self.path(name, split),
             self.image_root,
             skip_invalid=skip_invalid,
             check_images=check_images,

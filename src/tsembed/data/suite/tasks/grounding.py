@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from tsembed.data.suite.context import BuildContext
+from tsembed.data.suite.context import BuildContext, ranked
 from tsembed.data.suite.example import Example
 from tsembed.data.suite.scene import Cell, Scene
 
@@ -22,7 +22,7 @@ def _finish(
     """chosen: (scene, referring text, target cell, hard cells); adds candidates and the train negative."""
     look = ctx.fingerprint  # emoji code -> rendering hash: equal hashes look the same
     gallery: dict[str, str] = {}  # crop path -> look of its emoji; identical crops are one file, kept once
-    if split == "eval":
+    if ranked(split):
         for scene, *_ in chosen:
             for r, c, it in scene.cells:
                 gallery.setdefault(ctx.crop(scene, r, c), look[it.code])
@@ -32,7 +32,7 @@ def _finish(
             dict.fromkeys(ctx.crop(scene, hr, hc) for hr, hc, it in hard if look[it.code] != look[target.code])
         )
         distractors: list[tuple[str, str]] = []
-        if split == "eval":
+        if ranked(split):
             pool = hard_crops[: ctx.config.pool_size - 1]
             in_pool = set(pool)
             # Crops showing the target or a look-alike (e.g. "person bald" for "man bald") are left out.

@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 
 from tsembed.data.suite.catalog import DEFAULT_TONE, EmojiItem, variant_key
-from tsembed.data.suite.context import BuildContext
+from tsembed.data.suite.context import BuildContext, ranked
 from tsembed.data.suite.example import Example
 
 _HARD = 5  # near-duplicates put in front of each pool
@@ -56,7 +56,7 @@ def name_to_image(ctx: BuildContext, split: str, rng: random.Random, n: int) -> 
                 it for it in ctx.same_subgroup(split, item) if ctx.fingerprint[it.code] != ctx.fingerprint[item.code]
             ]
             negative = rng.choice(options) if options else None
-        distractors = [("", ctx.single(it)) for it in _pool(ctx, split, rng, item, hard)] if split == "eval" else []
+        distractors = [("", ctx.single(it)) for it in _pool(ctx, split, rng, item, hard)] if ranked(split) else []
         yield Example(
             query=item.name,
             positive_image=ctx.single(item),
@@ -71,7 +71,7 @@ def image_to_name(ctx: BuildContext, split: str, rng: random.Random, n: int) -> 
     for item in ctx.balanced(ctx.items(split), rng):
         distractors = (
             [(it.name, "") for it in _pool(ctx, split, rng, item, _hard(ctx, split, rng, item))]
-            if split == "eval"
+            if ranked(split)
             else []
         )
         yield Example(query_image=ctx.single(item), positive=item.name, distractors=distractors, emoji=(item,))
@@ -79,7 +79,7 @@ def image_to_name(ctx: BuildContext, split: str, rng: random.Random, n: int) -> 
 
 def shortcode_to_image(ctx: BuildContext, split: str, rng: random.Random, n: int) -> Iterator[Example]:
     for item in ctx.balanced([it for it in ctx.items(split) if it.shortcode], rng):
-        distractors = [("", ctx.single(it)) for it in _pool(ctx, split, rng, item, [])] if split == "eval" else []
+        distractors = [("", ctx.single(it)) for it in _pool(ctx, split, rng, item, [])] if ranked(split) else []
         yield Example(
             query=item.shortcode or "", positive_image=ctx.single(item), distractors=distractors, emoji=(item,)
         )
@@ -112,7 +112,7 @@ def _edits(
             negative = rng.choice(negatives) if split == "train" and negatives else None
             distractors = (
                 [("", ctx.single(it)) for it in _pool(ctx, split, rng, target, hard, population)]
-                if split == "eval"
+                if ranked(split)
                 else []
             )
             yield Example(

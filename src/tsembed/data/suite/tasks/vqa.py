@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from tsembed.data.suite.context import BuildContext
+from tsembed.data.suite.context import BuildContext, ranked
 from tsembed.data.suite.example import Example
 from tsembed.data.suite.render import BACKGROUNDS
 from tsembed.data.suite.scene import Scene
@@ -67,7 +67,7 @@ def _relation_vqa(
         a, b = rng.choice(pairs)
         answer, others = a[2].name, [name for name in _names(scene) if name != a[2].name]
         distractors: list[tuple[str, str]] = []
-        if split == "eval":
+        if ranked(split):
             extra = ctx.random_items(split, rng, ctx.config.vqa_choices, exclude_bases=_bases(scene))
             distractors = [(name, "") for name in others] + [(it.name, "") for it in extra]
         yield Example(
