@@ -74,13 +74,16 @@ def test_resume_reproduces_uninterrupted_run(train_files, tmp_path, mode):
 
 
 def test_stage_switch_by_steps_and_router_lr(train_files, tmp_path):
-    cfg = make_config(train_files, tmp_path, schedule={"steps": 5, "stage1_steps": 2, "stage2_router_lr_scale": 0.0})
+    cfg = make_config(train_files, tmp_path, schedule={"steps": 5, "stage1_steps": 2, "stage1_router_lr_scale": 0.5,
+                                                       "stage2_router_lr_scale": 0.0})
     trainer = Trainer(cfg, model=toy_model())
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    trainer.train_step()
+    assert groups["router"]["lr"] == pytest.approx(0.5 * groups["adapters"]["lr"]) and groups["adapters"]["lr"] > 0
     trainer.fit()
     stages = [r["stage"] for r in trainer.history]
     assert stages == [1, 1, 2, 2, 2] and trainer.switch_step == 2
-    router_group = next(g for g in trainer.optimizer.param_groups if g["name"] == "router")
-    assert router_group["lr"] == 0.0
+    assert groups["router"]["lr"] == 0.0
 
 
 def test_stage_switch_by_stability(train_files, tmp_path):

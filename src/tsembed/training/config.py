@@ -78,6 +78,10 @@ class DataSection:
 class ScheduleSection:
     """Two stages. Stage 1: InfoNCE + aux losses. Stage 2: EANS on, router lr scaled.
 
+    stage1_router_lr_scale: router lr relative to the adapters' in stage 1 (and throughout when EANS is
+    off). Below 1 it slows routing churn: with a live top-1 router at the full lr, inputs can switch
+    experts every few steps early in training.
+
     switch: ``steps`` (after stage1_steps) or ``stability`` (when the mean change of banked
     target signatures over ``stability_interval`` steps falls below ``stability_threshold``, but not
     before ``min_stage1_steps`` and at the latest at stage1_steps).
@@ -89,6 +93,7 @@ class ScheduleSection:
     stability_threshold: float = 0.02
     stability_interval: int = 20
     min_stage1_steps: int = 50
+    stage1_router_lr_scale: float = 1.0
     stage2_router_lr_scale: float = 0.1
 
     def __post_init__(self) -> None:
@@ -98,8 +103,9 @@ class ScheduleSection:
             raise ConfigError(f"schedule.steps must be >= 1, got {self.steps}")
         if not 0 <= self.stage1_steps <= self.steps:
             raise ConfigError(f"schedule.stage1_steps must be in [0, steps={self.steps}], got {self.stage1_steps}")
-        if self.stage2_router_lr_scale < 0:
-            raise ConfigError("schedule.stage2_router_lr_scale must be >= 0 (0 freezes the router)")
+        for name in ("stage1_router_lr_scale", "stage2_router_lr_scale"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"schedule.{name} must be >= 0 (0 freezes the router), got {getattr(self, name)}")
 
 
 @dataclass

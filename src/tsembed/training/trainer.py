@@ -123,7 +123,8 @@ class Trainer:
 
     # ----- schedule ------------------------------------------------------------------------------------
     def _router_scale(self) -> float:
-        return 1.0 if self.stage == 1 else self.config.schedule.stage2_router_lr_scale
+        s = self.config.schedule
+        return s.stage1_router_lr_scale if self.stage == 1 else s.stage2_router_lr_scale
 
     def _set_lr(self) -> float:
         o = self.config.optim
