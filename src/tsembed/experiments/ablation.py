@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
 TRAIN_LOSS = "train_infonce"  # plain InfoNCE over the last steps of training: a training-side fit measure
-NMI_TASK, NMI_DATASET = "routing_nmi_meta_task", "routing_nmi_dataset"  # best layer, top-1 expert, eval queries
+NMI_TASK, NMI_DATASET = "routing_nmi_meta_task", "routing_nmi_dataset"  # best layer, top-1 expert, queries of the split
 EXTRAS = {TRAIN_LOSS: ("train InfoNCE (last 100 steps)", ".3f"), NMI_TASK: ("NMI meta-task (best layer)", ".2f"),
           NMI_DATASET: ("NMI dataset (best layer)", ".2f")}
 
