@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo-report"), help="Report directory."),
         suite: Path = typer.Option(Path("demo-suite"), help="Suite directory (built here if absent)."),
         work: Path = typer.Option(Path("demo-runs"), help="Training runs, models and the embedding cache."),
-        quick: bool = typer.Option(False, "--quick", help="60 steps instead of the default config's (< 5 min)."),
+        quick: bool = typer.Option(False, "--quick", help="40 steps per model instead of the default config's "
+                                   "(< 5 min on 2 CPU cores)."),
         seed: int = typer.Option(0, help="Seed of the suite and of training."),
         overrides: list[str] = typer.Option([], "--set", help="Override a training config key (repeatable)."),
     ) -> None:
