@@ -17,6 +17,7 @@ from tsembed.errors import ConfigError
 
 META_TASKS: tuple[str, ...] = ("classification", "vqa", "retrieval", "grounding")
 SPLITS: tuple[str, ...] = ("train", "dev", "eval")  # dev: held-out IND rows in eval format (optional)
+RANKED_SPLITS: tuple[str, ...] = ("eval", "dev")  # eval format: each query ranked against its own candidates
 TEXT_SLOT = "{text}"
 
 IMAGE_TARGET = f"{IMAGE_PLACEHOLDER}\nRepresent the given image."

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tsembed.data.registry import RANKED_SPLITS
 from tsembed.errors import ConfigError, DataError
-
-RANKED_SPLITS = ("eval", "dev")  # splits in eval format: queries ranked against candidates
 
 MANIFEST_NAME = "suite.json"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from tsembed.data.registry import RANKED_SPLITS
 from tsembed.data.suite.catalog import EmojiItem, load_catalog, split_of_base
 from tsembed.data.suite.config import SuiteConfig
 from tsembed.data.suite.render import EmojiRenderer, openmoji_font_path
@@ -65,7 +66,7 @@ def merge_identical_bases(items: Sequence[EmojiItem], prints: dict[str, str]) ->
 
 def ranked(split: str) -> bool:
     """Eval-format splits (dev, eval): each query gets candidates, drawn from its own split's emoji."""
-    return split != "train"
+    return split in RANKED_SPLITS
 
 
 class BuildContext:
