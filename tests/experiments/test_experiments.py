@@ -17,7 +17,7 @@ from tsembed.experiments.ablation import (
     routing_nmi,
     summarize,
 )
-from tsembed.experiments.variants import ablation_variants, pick
+from tsembed.experiments.variants import ablation_variants, pick, variants_for
 
 
 def test_lora_baseline_has_the_moe_budget():
@@ -26,6 +26,29 @@ def test_lora_baseline_has_the_moe_budget():
     assert set(variants) == {"base", "lora", "moe", "moe_eans_no_stage1", "tsembed_weight", "tsembed_mine"}
     with pytest.raises(ConfigError, match="unknown variants"):
         pick(variants, ["lora", "nope"])
+
+
+def _adapter_parameters(moe: dict) -> int:
+    from torch import nn
+
+    from tsembed.moe import MoELoRAConfig, attach
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    attach(model, MoELoRAConfig(target_modules=[r"\d"], level="sequence", **moe))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("shared", [0, 1])
+def test_lora_budget_counts_shared_experts(shared):
+    moe = {"num_experts": 3, "rank": 8, "top_k": 1, "num_shared_experts": shared}
+    lora = dict(moe)
+    for override in variants_for({"model": {"moe": moe}})["lora"].overrides:
+        key, value = override.split("=")
+        if key.startswith("model.moe."):
+            lora[key.removeprefix("model.moe.")] = int(value)
+    moe_params, lora_params = _adapter_parameters(moe), _adapter_parameters(lora)
+    routers = 2 * (3 - 1) * 64  # the only difference: the routers (E x d_in per layer; 1 x d_in for one expert)
+    assert moe_params - lora_params == routers
 
 
 def test_summary_mean_and_sample_std():

@@ -14,7 +14,7 @@ import torch
 
 from tsembed.evaluation.results import HIT1
 from tsembed.experiments.runner import load_base_config, results_path, run_variant
-from tsembed.experiments.variants import ablation_variants, pick
+from tsembed.experiments.variants import pick, variants_for
 from tsembed.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -177,8 +177,7 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
     ``ablation-dev.*``; the trained models are shared with an eval-split summary of the same directory.
     """
     base = load_base_config(config, overrides)
-    moe = base.get("model", {}).get("moe") or {}
-    variants = pick(ablation_variants(int(moe.get("num_experts", 4)), int(moe.get("rank", 8)), modes), variant_names)
+    variants = pick(variants_for(base, modes), variant_names)
     records = []
     for seed in seeds:
         for variant in variants:

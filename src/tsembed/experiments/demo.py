@@ -11,7 +11,7 @@ from typing import Any
 
 from tsembed.experiments.ablation import GROUPS, environment
 from tsembed.experiments.runner import load_base_config, run_variant
-from tsembed.experiments.variants import ablation_variants
+from tsembed.experiments.variants import variants_for
 from tsembed.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ def run_demo(out: Path, suite: Path, work: Path, quick: bool, seed: int, overrid
     ensure_suite(suite, seed)
     extra = [*(QUICK if quick else []), *overrides]
     base = load_base_config(None, extra)
-    moe = base["model"]["moe"]
-    variants = ablation_variants(int(moe["num_experts"]), int(moe["rank"]))
+    variants = variants_for(base)
     cache = work / "eval-cache"
     records = {}
     for name in ("tsembed_weight", "lora"):

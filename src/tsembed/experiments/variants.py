@@ -1,8 +1,9 @@
 """The ablation's variants, each a set of config overrides on one base config (DESIGN §7).
 
 All trained variants share the data, steps, batch size, optimiser and seed; only the adapters, EANS and
-the schedule differ. The single-LoRA baseline has the MoE's trainable budget: one expert of rank E·r
-(the routers' E·d_in weights per layer are the only difference, < 1 % of the adapter parameters).
+the schedule differ. The single-LoRA baseline has the MoE's trainable budget: one expert of rank (E + S)·r for
+E routed and S shared experts (the routers' E·d_in weights per layer are the only difference, < 1 % of the
+adapter parameters).
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ class Variant:
     trained: bool = True
 
 
-def lora_overrides(num_experts: int, rank: int) -> tuple[str, ...]:
-    return ("model.moe.num_experts=1", f"model.moe.rank={num_experts * rank}", "model.moe.top_k=1",
-            "eans.mode=off")
+def lora_overrides(num_experts: int, rank: int, num_shared: int = 0) -> tuple[str, ...]:
+    return ("model.moe.num_experts=1", "model.moe.num_shared_experts=0",
+            f"model.moe.rank={(num_experts + num_shared) * rank}", "model.moe.top_k=1", "eans.mode=off")
 
 
-def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("weight",)) -> dict[str, Variant]:
+def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("weight",),
+                      num_shared: int = 0) -> dict[str, Variant]:
+    lora_rank = (num_experts + num_shared) * rank
     variants = {
         "base": Variant("base", "untrained backbone, no adapters (projector at its random init)", trained=False),
-        "lora": Variant("lora", f"single LoRA of rank {num_experts * rank} (same trainable budget), InfoNCE",
-                        lora_overrides(num_experts, rank)),
+        "lora": Variant("lora", f"single LoRA of rank {lora_rank} (same trainable budget), InfoNCE",
+                        lora_overrides(num_experts, rank, num_shared)),
         "moe": Variant("moe", "MoE-LoRA, InfoNCE only (no EANS)", ("eans.mode=off",)),
         "moe_eans_no_stage1": Variant("moe_eans_no_stage1", "MoE-LoRA + EANS from step 0 (no stage 1)",
                                       ("schedule.stage1_steps=0",)),
@@ -47,3 +50,10 @@ def pick(variants: dict[str, Variant], names: list[str] | None) -> list[Variant]
     if unknown:
         raise ConfigError(f"unknown variants {unknown}; valid: {sorted(variants)}")
     return [variants[n] for n in names]
+
+
+def variants_for(base: dict, modes: tuple[str, ...] = ("weight",)) -> dict[str, Variant]:
+    """The variants of a resolved base config: the LoRA budget follows its MoE section."""
+    moe = base.get("model", {}).get("moe") or {}
+    return ablation_variants(int(moe.get("num_experts", 4)), int(moe.get("rank", 8)), modes,
+                             num_shared=int(moe.get("num_shared_experts", 0)))
