@@ -65,7 +65,8 @@ def test_eval_and_inspect_routing(saved, capsys):
         )
         == 0
     )
-    assert "NMI(dataset, top-1 expert)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "NMI(dataset, top-1 expert)" in printed and "query and positive share the top-1 expert" in printed
     assert len(list(out.glob("*.png"))) == 4 and (out / "routing.json").is_file()
 
 

@@ -36,6 +36,8 @@ def test_inspect_routing_writes_pngs_and_json(suite, tmp_path):
     for key in ("dataset", "meta_task"):
         assert all(0.0 <= v <= 1.0 for v in data["nmi"][key].values())
     assert all(0.0 <= e["per_input"] <= 1.0 for e in data["entropy"].values())
+    assert list(data["pair_agreement"]["datasets"]) == list(TOY_DATASETS)
+    assert all(0.0 <= v <= 1.0 for v in data["pair_agreement"]["per_layer"].values())
     assert data["datasets"]["ColorCls"]["num_inputs"] > TOY_DATASETS["ColorCls"][2]  # queries + candidates
 
 
@@ -88,8 +90,15 @@ def test_routing_report_numbers_on_known_probs():
     from tsembed.evaluation.routing import RoutingData, routing_report
 
     probs = np.array([[[0.9, 0.1]], [[0.8, 0.2]], [[0.1, 0.9]], [[0.3, 0.7]]])  # [N=4, L=1, E=2]
-    data = RoutingData(["layer"], probs, np.array(["A", "A", "B", "B"]), np.array(["vqa", "vqa", "vqa", "vqa"]))
+    positive = np.array([[[0.6, 0.4]], [[0.7, 0.3]], [[0.4, 0.6]], [[0.9, 0.1]]])  # top-1: 0, 0, 1, 0
+    data = RoutingData(["layer"], probs, np.array(["A", "A", "B", "B"]), np.array(["vqa", "vqa", "vqa", "vqa"]),
+                       np.array([True] * 4), positive)
     report = routing_report(data)
+    # queries' top-1 0, 0, 1, 1: three of four pairs agree; chance = [.5, .5]·[.75, .25] = .5
+    assert report.pair_agreement["mean"] == pytest.approx(0.75)
+    assert report.pair_agreement["chance_mean"] == pytest.approx(0.5)
+    assert report.pair_agreement["datasets"]["A"] == pytest.approx({"mean": 1.0, "chance_mean": 1.0})
+    assert report.pair_agreement["datasets"]["B"] == pytest.approx({"mean": 0.5, "chance_mean": 0.5})
     assert report.usage["A"]["layer"] == pytest.approx([0.85, 0.15])
     assert report.top1_share["B"]["layer"] == [0.0, 1.0]
     assert report.nmi["dataset"]["layer"] == pytest.approx(1.0)  # top-1 expert identifies the dataset

@@ -7,14 +7,16 @@ import pytest
 from tsembed.cli import main
 from tsembed.errors import ConfigError
 from tsembed.experiments.ablation import (
+    ENTROPY,
     NMI_DATASET,
     NMI_TASK,
+    PAIR_AGREEMENT,
     differences_table,
     final_train_loss,
     markdown_table,
     mean_std,
     paired_differences,
-    routing_nmi,
+    routing_columns,
     summarize,
 )
 from tsembed.experiments.variants import ablation_variants, pick, variants_for
@@ -60,7 +62,7 @@ def test_summary_mean_and_sample_std():
     assert table["lora"]["overall"]["mean"] == pytest.approx(42.0)
     assert table["lora"]["overall"]["std"] == pytest.approx(2.0)
     assert mean_std([5.0]) == (5.0, 0.0)
-    assert "| lora | – | – | – | – | – | – | 42.0 ± 2.0 | – | – | – |" in markdown_table(table)
+    assert "| lora | – | – | – | – | – | – | 42.0 ± 2.0 | – | – | – | – | – |" in markdown_table(table)
 
 
 def test_paired_differences_and_training_loss(tmp_path):
@@ -109,10 +111,10 @@ def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     # a rerun finds every result and re-trains nothing
     assert main(args) == 0
     # the ablation's routing column: measured once, kept on disk, none for the router-less baseline
-    nmi = routing_nmi(tmp_path / "work" / "tsembed_weight", suite, tmp_path / "work" / "eval-cache")
-    assert set(nmi) == {NMI_TASK, NMI_DATASET} and all(0.0 <= v <= 1.0 for v in nmi.values())
+    nmi = routing_columns(tmp_path / "work" / "tsembed_weight", suite, tmp_path / "work" / "eval-cache")
+    assert set(nmi) == {NMI_TASK, NMI_DATASET, ENTROPY, PAIR_AGREEMENT} and all(0.0 <= v <= 1.0 for v in nmi.values())
     assert (tmp_path / "work" / "tsembed_weight" / "routing" / "routing.json").is_file()
-    assert routing_nmi(tmp_path / "work" / "lora", suite, None) == {}
+    assert routing_columns(tmp_path / "work" / "lora", suite, None) == {}
 
 
 def test_summary_only_trains_nothing_and_names_missing_runs(tmp_path, caplog):

@@ -138,6 +138,9 @@ def inspect_routing_command(
         f"mean NMI(dataset, top-1 expert) = {nmi_d:.3f}"
         + (f", NMI(meta-task, top-1 expert) = {nmi_t:.3f}" if nmi_t is not None else "")
     )
+    pairs = report.pair_agreement
+    typer.echo(f"query and positive share the top-1 expert in {pairs['mean']:.1%} of pairs "
+               f"(chance from expert usage {pairs['chance_mean']:.1%}); per dataset in routing.json")
     typer.echo(f"wrote {out / 'routing.json'} and {', '.join(report.plots)}")
 
 

@@ -10,7 +10,11 @@ its argmax is the input's top-1 expert at that layer. From these:
 * entropy[dataset]: mean per-input routing entropy and entropy of the dataset's mean usage, both divided
   by log E (0 = one expert, 1 = uniform), averaged over layers;
 * nmi: normalised mutual information between dataset (and meta-task) and top-1 expert, per layer, with
-  the mean over layers and the most task-specific layer (``dataset_max`` / ``dataset_max_layer``, ...).
+  the mean over layers and the most task-specific layer (``dataset_max`` / ``dataset_max_layer``, ...);
+* pair_agreement: share of queries whose top-1 expert equals their positive target's, per dataset and layer,
+  beside the share expected by chance from the two sides' expert usage. With sequence-level routing a query
+  and its document embedded by different experts must still meet in one space; low agreement on a retrieval
+  set is where a single LoRA, which embeds both with the same weights, has it easier.
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ NO_ADAPTERS = ("the model has no MoE-LoRA router (a base model, or a single LoRA
 
 @dataclass
 class RoutingData:
-    """Router probabilities of the analysed inputs: probs [N, L, E], one dataset/meta-task label per input."""
+    """Router probabilities of the analysed inputs: probs [N, L, E], one dataset/meta-task label per input.
+
+    ``positive`` [Nq, L, E] holds the router probabilities of each query's positive target, aligned with
+    the rows of ``probs`` where ``is_query`` (included candidates are not queries).
+    """
 
     layers: list[str]
     probs: np.ndarray
     dataset: np.ndarray
     meta_task: np.ndarray  # "" where unknown
+    is_query: np.ndarray
+    positive: np.ndarray
 
 
 @dataclass
@@ -67,6 +77,7 @@ class RoutingReport:
     nmi: dict[str, Any] = field(default_factory=dict)
     heatmap_layers: list[str] = field(default_factory=list)
     include_targets: bool = False
+    pair_agreement: dict[str, Any] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,10 +136,11 @@ def collect_routing_data(
     check_images: bool = True,
     split: str = "eval",
 ) -> RoutingData | None:
-    """Router probabilities of the queries (and distinct candidates) of each eval set; None without adapters."""
+    """Router probabilities of the queries (and distinct candidates) of each eval set, and of each query's
+    positive target; None without adapters. After ``evaluate`` with the same cache nothing is re-encoded."""
     if not encoder.has_routing:
         return None
-    probs, ds_labels, task_labels, layers = [], [], [], None
+    probs, positives, is_query, ds_labels, task_labels, layers = [], [], [], [], [], None
     checkers: dict[Path, ImageChecker] = {}
     for spec in resolve_eval_sets(suite, datasets, split):
         checker = checkers.setdefault(spec.image_root, ImageChecker(spec.image_root)) if check_images else None
@@ -147,11 +159,15 @@ def collect_routing_data(
         out = encoder.encode(inputs, need_routing=True, desc=f"{spec.name} routing")
         layers = out.layers
         probs.append(out.routing)
+        positive = [row.target_inputs(spec.image_root)[0] for row in rows]
+        positives.append(encoder.encode(positive, need_routing=True, desc=f"{spec.name} positives").routing)
+        is_query += [True] * len(rows) + [False] * (len(inputs) - len(rows))
         ds_labels += [spec.name] * len(inputs)
         task_labels += [spec.meta_task or ""] * len(inputs)
     if not probs:
         raise ConfigError("routing analysis: the selected eval sets have no rows")
-    return RoutingData(list(layers or []), np.concatenate(probs), np.array(ds_labels), np.array(task_labels))
+    return RoutingData(list(layers or []), np.concatenate(probs), np.array(ds_labels), np.array(task_labels),
+                       np.array(is_query), np.concatenate(positives))
 
 
 def _layer_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +176,18 @@ def _layer_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     top1 = probs.argmax(axis=-1)  # [N, L]
     share = np.stack([np.bincount(top1[:, j], minlength=num_experts) for j in range(probs.shape[1])])  # [L, E]
     return probs.mean(axis=0), share / max(probs.shape[0], 1)
+
+
+def pair_agreement(query: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer: share of pairs with the same top-1 expert, and the share expected by chance.
+
+    Chance is Σ_e f_q(e) · f_t(e) with f the two sides' top-1 shares: what agreement would be if each
+    side kept its expert usage but pairs were matched at random.
+    """
+    q, t = query.argmax(axis=-1), positive.argmax(axis=-1)  # [N, L]
+    _, q_share = _layer_stats(query)
+    _, t_share = _layer_stats(positive)
+    return (q == t).mean(axis=0), (q_share * t_share).sum(axis=-1)
 
 
 def routing_report(
@@ -206,6 +234,20 @@ def routing_report(
         if known.any()
         else {},
     }
+    query_probs, query_dataset = probs[data.is_query], data.dataset[data.is_query]
+    positive = data.positive[:, cols, :]
+    agree, chance = pair_agreement(query_probs, positive)
+    report.pair_agreement = {
+        "per_layer": {layer: float(agree[i]) for i, layer in enumerate(chosen)},
+        "chance_per_layer": {layer: float(chance[i]) for i, layer in enumerate(chosen)},
+        "mean": float(agree.mean()),
+        "chance_mean": float(chance.mean()),
+        "datasets": {},
+    }
+    for name in dict.fromkeys(query_dataset.tolist()):
+        mask = query_dataset == name
+        agree, chance = pair_agreement(query_probs[mask], positive[mask])
+        report.pair_agreement["datasets"][name] = {"mean": float(agree.mean()), "chance_mean": float(chance.mean())}
     for key in ("dataset", "meta_task"):
         per_layer = report.nmi[key]
         best = max(per_layer, key=per_layer.get) if per_layer else None

@@ -22,8 +22,11 @@ logger = logging.getLogger(__name__)
 GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
 TRAIN_LOSS = "train_infonce"  # plain InfoNCE over the last steps of training: a training-side fit measure
 NMI_TASK, NMI_DATASET = "routing_nmi_meta_task", "routing_nmi_dataset"  # best layer, top-1 expert, queries of the split
+ENTROPY = "routing_entropy"  # per-input router entropy / log E, mean over datasets and layers (1 = uniform)
+PAIR_AGREEMENT = "routing_pair_agreement"  # query and positive share the top-1 expert, mean over layers
 EXTRAS = {TRAIN_LOSS: ("train InfoNCE (last 100 steps)", ".3f"), NMI_TASK: ("NMI meta-task (best layer)", ".2f"),
-          NMI_DATASET: ("NMI dataset (best layer)", ".2f")}
+          NMI_DATASET: ("NMI dataset (best layer)", ".2f"), ENTROPY: ("router entropy (per input)", ".3f"),
+          PAIR_AGREEMENT: ("query–positive same expert", ".2f")}
 
 
 def summary_stem(split: str) -> str:
@@ -87,28 +90,35 @@ def final_train_loss(metrics_path: Path, window: int = 100) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def routing_nmi(run_dir: Path, suite: Path, cache_dir: Path | None, split: str = "eval") -> dict[str, float]:
-    """Best-layer NMI of meta-task and of dataset with the top-1 expert; {} for models without a router.
+def routing_columns(run_dir: Path, suite: Path, cache_dir: Path | None, split: str = "eval") -> dict[str, float]:
+    """Best-layer NMI of meta-task and of dataset with the top-1 expert, router entropy and query–positive
+    expert agreement; {} for models without a router.
 
     Computed once on every query of ``split`` and kept in ``<run>/routing/`` (``routing-dev/`` for dev, plots
-    included), so summaries re-read it.
+    included), so summaries re-read it; a report written before a column existed is recomputed (from the
+    eval cache: no re-encoding).
     """
     out = run_dir / ("routing" if split == "eval" else f"routing-{split}")
     path = out / "routing.json"
-    if not path.is_file():
+    report = json.loads(path.read_text()) if path.is_file() else None
+    if report is None or (report.get("has_routing") and not report.get("pair_agreement")):
         if not (run_dir / "model").is_dir() or not Path(suite).exists():
             return {}
         from tsembed.evaluation import analyze_routing
         from tsembed.model import TSEmbedModel
 
         model = TSEmbedModel.from_pretrained(run_dir / "model")
-        analyze_routing(model, suite, out, cache_dir=cache_dir, progress=False, split=split)
-    report = json.loads(path.read_text())
+        report = analyze_routing(model, suite, out, cache_dir=cache_dir, progress=False, split=split).to_dict()
     if not report.get("has_routing"):
         return {}
     nmi = report["nmi"]
-    return {key: nmi[f"{name}_max"] for key, name in ((NMI_TASK, "meta_task"), (NMI_DATASET, "dataset"))
-            if nmi.get(f"{name}_max") is not None}
+    columns = {key: nmi[f"{name}_max"] for key, name in ((NMI_TASK, "meta_task"), (NMI_DATASET, "dataset"))
+               if nmi.get(f"{name}_max") is not None}
+    entropies = [e["per_input"] for e in report["entropy"].values()]
+    if entropies:
+        columns[ENTROPY] = float(sum(entropies) / len(entropies))
+    columns[PAIR_AGREEMENT] = report["pair_agreement"]["mean"]
+    return columns
 
 
 def _cell(cell: dict[str, Any] | None, fmt: str) -> str:
@@ -192,7 +202,7 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
             else:
                 record = run_variant(base, variant, seed, run_dir, suite, cache_dir, split=split)
             records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / "metrics.jsonl"),
-                            **routing_nmi(run_dir, suite, cache_dir, split)})
+                            **routing_columns(run_dir, suite, cache_dir, split)})
     table = summarize(records)
     differences = paired_differences(records)
     datasets = tuple(dict.fromkeys(name for r in records for name in r.get("datasets", {})))

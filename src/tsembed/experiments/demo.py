@@ -89,6 +89,10 @@ def render_report(records: dict[str, dict[str, Any]], routing: dict[str, Any], o
         if best:
             lines += [f"Normalised mutual information between dataset/meta-task and the top-1 expert: "
                       f"`{best[0]}` = {best[1]:.3f} (see `routing/routing.json`).", ""]
+    pairs = routing.get("pair_agreement") or {}
+    if pairs:
+        lines += [f"A query and its positive target take the same top-1 expert in {100 * pairs['mean']:.0f} % of pairs "
+                  f"(mean over layers; {100 * pairs['chance_mean']:.0f} % expected by chance from expert usage).", ""]
     for png in sorted((out / "routing").glob("*.png")):
         lines.append(f"![{png.stem}](routing/{png.name})")
     lines += ["", "## Training curves", "", "![TSEmbed](training_tsembed_weight.png)", "",
