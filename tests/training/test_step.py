@@ -3,8 +3,9 @@ import copy
 import pytest
 import torch
 
+from tsembed.errors import ConfigError
 from tsembed.training.eans import EANSConfig
-from tsembed.training.objective import ContrastiveObjective, LossConfig
+from tsembed.training.objective import ContrastiveObjective, ExpertUsage, LossConfig, aux_losses
 from tsembed.training.step import contrastive_step
 
 from .helpers import grads, toy_batch, toy_model
@@ -47,3 +48,60 @@ def test_eans_inactive_is_plain_info_nce():
     assert c.logs["infonce"] == pytest.approx(a.contrastive)  # the unweighted loss is logged during EANS
     assert a.logs["infonce"] == pytest.approx(a.contrastive)
     assert c.logs["false_negative_frac"] > 0  # the duplicated positive is masked
+
+
+def test_gradcache_equals_full_batch_with_running_expert_usage():
+    model = toy_model(level="sequence")
+    cached = copy.deepcopy(model)
+    objective = ContrastiveObjective(LossConfig(load_balance_weight=0.5), EANSConfig(mode="weight"))
+    usage_full, usage_cached = ExpertUsage(window=4), ExpertUsage(window=4)
+    first = toy_batch(n=8, hard=3, seed=1)
+    contrastive_step(model, objective, first, eans_active=False, usage=usage_full, backward=True)
+    contrastive_step(cached, objective, first, eans_active=False, usage=usage_cached, chunk_size=3)
+    assert usage_full.shares
+    assert all(torch.equal(usage_full.shares[k], usage_cached.shares[k]) for k in usage_full.shares)
+    model.zero_grad(), cached.zero_grad()
+    full = contrastive_step(model, objective, toy_batch(n=8, hard=3), eans_active=False, usage=usage_full)
+    chunked = contrastive_step(cached, objective, toy_batch(n=8, hard=3), eans_active=False, usage=usage_cached,
+                               chunk_size=3)
+    assert chunked.load_balance == pytest.approx(full.load_balance, rel=1e-5)
+    g_full, g_cached = grads(model), grads(cached)
+    for name in g_full:
+        torch.testing.assert_close(g_cached[name], g_full[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_expert_usage_running_mean_and_no_push_when_balanced_overall():
+    usage = ExpertUsage(window=4)  # decay 0.75
+    first = usage.update({"l": torch.tensor([1.0, 0.0])})
+    torch.testing.assert_close(first["l"], torch.tensor([1.0, 0.0]))  # the first batch starts the mean
+    peek = usage.update({"l": torch.tensor([0.0, 1.0])}, commit=False)
+    torch.testing.assert_close(peek["l"], torch.tensor([0.75, 0.25]))
+    torch.testing.assert_close(usage.shares["l"], torch.tensor([1.0, 0.0]))  # not committed
+    restored = ExpertUsage(window=2)
+    restored.load_state_dict(usage.state_dict())
+    assert restored.decay == 0.75 and torch.equal(restored.shares["l"], usage.shares["l"])
+
+    # one batch (one dataset) routed wholly to expert 0; its probabilities P_e carry the gradient
+    logits = torch.tensor([[2.0, 0.0]] * 4, requires_grad=True)
+    probs = torch.softmax(logits, dim=-1)
+
+    class Stats:
+        prob_sums = probs.sum(dim=0)
+        lse_sq_sum = torch.logsumexp(logits, dim=-1).pow(2).sum()
+
+    def balance_grad(shares):
+        logits.grad = None
+        lb, _ = aux_losses([{"l": Stats}], {"l": shares}, {"l": 4})
+        lb.backward(retain_graph=True)
+        return logits.grad.clone()
+
+    per_batch = balance_grad(torch.tensor([1.0, 0.0]))  # Switch: f from this batch alone
+    assert per_batch[0, 0] > 0  # pushes the batch off the expert it chose
+    overall = balance_grad(torch.tensor([0.5, 0.5]))  # running shares: other datasets use expert 1
+    torch.testing.assert_close(overall, torch.zeros_like(overall))  # E·Σ f P = Σ P = 1: no force
+
+
+@pytest.mark.parametrize("window", [0, 1.5, True])
+def test_load_balance_window_is_validated(window):
+    with pytest.raises(ConfigError, match="load_balance_window"):
+        LossConfig(load_balance_window=window)

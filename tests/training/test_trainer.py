@@ -50,13 +50,14 @@ def losses(run_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("mode", ["weight", "mine"])
-def test_resume_reproduces_uninterrupted_run(train_files, tmp_path, mode):
-    full_cfg = make_config(train_files, tmp_path / "a", eans={"mode": mode})
+@pytest.mark.parametrize(("mode", "window"), [("weight", 1), ("mine", 1), ("weight", 3)])
+def test_resume_reproduces_uninterrupted_run(train_files, tmp_path, mode, window):
+    sections = {"eans": {"mode": mode}, "loss": {"load_balance_window": window, "load_balance_weight": 0.5}}
+    full_cfg = make_config(train_files, tmp_path / "a", **sections)
     Trainer(full_cfg, model=toy_model()).fit()
     full = losses(tmp_path / "a" / "run")
 
-    killed = Trainer(make_config(train_files, tmp_path / "b", eans={"mode": mode}), model=toy_model())
+    killed = Trainer(make_config(train_files, tmp_path / "b", **sections), model=toy_model())
     original_step = killed.train_step
 
     def step_then_die():
@@ -67,7 +68,7 @@ def test_resume_reproduces_uninterrupted_run(train_files, tmp_path, mode):
     killed.train_step = step_then_die
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
-    resumed = Trainer(make_config(train_files, tmp_path / "b", eans={"mode": mode}), model=toy_model())
+    resumed = Trainer(make_config(train_files, tmp_path / "b", **sections), model=toy_model())
     resumed.fit(resume="auto")
     assert resumed.step == 6 and resumed.switch_step == 3
     assert losses(tmp_path / "b" / "run") == pytest.approx(full, rel=1e-5)

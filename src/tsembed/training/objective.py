@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,10 @@ class LossConfig:
     false_negative_margin: drop negatives scoring above the positive + margin (None: off).
     mask_same_content: drop negatives whose content equals the positive's.
     load_balance_weight / z_loss_weight: weights of the MoE auxiliary losses.
+    load_balance_window: steps over which the top-1 shares f_e of the balance loss are measured. 1: this
+        batch only (Switch). N > 1: a running mean over about N steps (decay 1 − 1/N), the "global-batch"
+        balance of Qiu et al. 2025. With homogeneous batches (one dataset each) a per-batch loss penalises
+        exactly the dataset specialisation the router should learn; a window balances usage across datasets.
     """
 
     tau: float = 0.02
@@ -35,12 +40,17 @@ class LossConfig:
     mask_same_content: bool = True
     load_balance_weight: float = 0.01
     z_loss_weight: float = 0.001
+    load_balance_window: int = 1
 
     def __post_init__(self) -> None:
         if self.tau <= 0:
             raise ConfigError(f"loss.tau must be > 0, got {self.tau!r}")
         if self.load_balance_weight < 0 or self.z_loss_weight < 0:
             raise ConfigError("loss.load_balance_weight and loss.z_loss_weight must be >= 0")
+        if isinstance(self.load_balance_window, bool) or not isinstance(self.load_balance_window, int) \
+                or self.load_balance_window < 1:
+            raise ConfigError(f"loss.load_balance_window must be an integer >= 1 (steps), got "
+                              f"{self.load_balance_window!r}")
 
 
 @dataclass
@@ -131,28 +141,54 @@ def _eans_logs(weights: torch.Tensor, affinity: torch.Tensor, negatives: torch.T
         }
 
 
+def top1_shares(top1_counts: dict[str, torch.Tensor], num_units: dict[str, int]) -> dict[str, torch.Tensor]:
+    """f_e = counts_e / n per layer (layers without units are left out)."""
+    return {name: counts.float() / num_units[name] for name, counts in top1_counts.items() if num_units[name]}
+
+
+class ExpertUsage:
+    """Running mean of the top-1 shares f_e per layer over about ``window`` steps (checkpointed)."""
+
+    def __init__(self, window: int) -> None:
+        self.decay = 1.0 - 1.0 / window
+        self.shares: dict[str, torch.Tensor] = {}
+
+    def update(self, batch_shares: dict[str, torch.Tensor], commit: bool = True) -> dict[str, torch.Tensor]:
+        """The running shares including this batch; ``commit=False`` computes them without storing."""
+        out = {name: share if name not in self.shares else self.decay * self.shares[name] + (1 - self.decay) * share
+               for name, share in batch_shares.items()}
+        if commit:
+            self.shares = {name: share.detach().clone() for name, share in out.items()}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shares": {k: v.cpu() for k, v in self.shares.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.shares = dict(state["shares"])
+
+
 def aux_losses(
     stats: list[dict[str, RoutingStats]],
-    top1_counts: dict[str, torch.Tensor],
+    shares: dict[str, torch.Tensor],
     num_units: dict[str, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load-balance and z-loss summed over layers, from additive stats of one or more forwards.
 
-    ``top1_counts`` and ``num_units`` are the totals over the whole step (all chunks, all ranks), so
-    the gradients of per-chunk calls add up to the full-batch gradient (GradCache, DDP).
-    L_bal = E · Σ_e f_e · P_e with f_e = counts_e / n and P_e = Σ prob_sums_e / n.
+    ``shares`` (the top-1 shares f_e: of the whole step, or a running mean, see ``ExpertUsage``) and
+    ``num_units`` cover the whole step (all chunks, all ranks), so the gradients of per-chunk calls add up
+    to the full-batch gradient (GradCache, DDP). L_bal = E · Σ_e f_e · P_e with P_e = Σ prob_sums_e / n.
     """
     balance, z = [], []
-    for name, total in top1_counts.items():
+    for name, share in shares.items():
         n = num_units[name]
-        if n == 0:
-            continue
         prob_sums = sum(s[name].prob_sums for s in stats)
         lse_sq = sum(s[name].lse_sq_sum for s in stats)
-        num_experts = total.shape[0]
-        balance.append(num_experts * (total.to(prob_sums.dtype) / n * prob_sums / n).sum())
+        num_experts = share.shape[0]
+        balance.append(num_experts * (share.to(prob_sums.dtype) * prob_sums / n).sum())
         z.append(lse_sq / n)
     if not balance:
-        zero = next(iter(top1_counts.values())).new_zeros((), dtype=torch.float32)
+        zero = torch.zeros((), dtype=torch.float32)
         return zero, zero
     return torch.stack(balance).sum(), torch.stack(z).sum()

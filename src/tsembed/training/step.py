@@ -17,7 +17,7 @@ import torch
 
 from tsembed.model import EmbeddingOutput, TSEmbedModel
 from tsembed.training.distributed import all_reduce_sum, world_size
-from tsembed.training.objective import ContrastiveObjective, aux_losses
+from tsembed.training.objective import ContrastiveObjective, ExpertUsage, aux_losses, top1_shares
 
 
 @dataclass
@@ -87,6 +87,14 @@ def _totals(outputs: list[EmbeddingOutput]) -> tuple[dict[str, torch.Tensor], di
     return {n: packed[i] for i, n in enumerate(names)}, {n: int(unit_tensor[i]) for i, n in enumerate(names)}
 
 
+def _shares(outputs: list[EmbeddingOutput], usage: ExpertUsage | None,
+            commit: bool) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The top-1 shares f_e the balance loss uses (this step's, or the running ones) and units per layer."""
+    counts, units = _totals(outputs)
+    shares = top1_shares(counts, units)
+    return (shares if usage is None else usage.update(shares, commit)), units
+
+
 def _output(total, contrastive, lb, z, q_sig, t_sig, logs) -> StepOutput:
     return StepOutput(total.item(), contrastive.item(), lb.detach().item(), z.detach().item(), q_sig, t_sig, logs)
 
@@ -98,10 +106,13 @@ def contrastive_step(
     eans_active: bool,
     chunk_size: int | None = None,
     backward: bool = True,
+    usage: ExpertUsage | None = None,
 ) -> StepOutput:
     """Compute the loss of ``batch`` and (if ``backward``) accumulate its gradients into the model.
 
-    ``chunk_size`` None embeds the batch in one pass with a graph; an integer uses GradCache.
+    ``chunk_size`` None embeds the batch in one pass with a graph; an integer uses GradCache. ``usage``
+    (``loss.load_balance_window`` > 1) supplies the running top-1 shares of the balance loss; a step that
+    does not train (``backward=False``) reads it without updating it.
     """
     device = next(model.parameters()).device
     q_prepared = [_to_device(model.prepare(c), device) for c in _chunks(batch.queries, chunk_size)]
@@ -122,8 +133,8 @@ def contrastive_step(
         result = objective(q, t, q_sig, t_sig, ids, owner, eans_active)
         lb = z = torch.zeros((), device=device)
         if model.has_adapters:
-            counts, units = _totals(q_out + t_out)
-            lb, z = aux_losses([o.routing.layer_stats for o in q_out + t_out], counts, units)
+            shares, units = _shares(q_out + t_out, usage, backward)
+            lb, z = aux_losses([o.routing.layer_stats for o in q_out + t_out], shares, units)
         total = (result.loss + lb_w * lb + z_w * z).detach()
         if backward:
             (result.loss + scale * (lb_w * lb + z_w * z)).backward()
@@ -142,11 +153,11 @@ def contrastive_step(
     q_leaf, t_leaf = q.detach().requires_grad_(True), t.detach().requires_grad_(True)
     result = objective(q_leaf, t_leaf, q_sig, t_sig, ids, owner, eans_active)
     lb = z = torch.zeros((), device=device)
-    counts: dict[str, torch.Tensor] = {}
+    shares: dict[str, torch.Tensor] = {}
     units: dict[str, int] = {}
     if model.has_adapters:
-        counts, units = _totals(outputs)
-        lb, z = aux_losses([o.routing.layer_stats for o in outputs], counts, units)
+        shares, units = _shares(outputs, usage, backward)
+        lb, z = aux_losses([o.routing.layer_stats for o in outputs], shares, units)
     total = (result.loss + lb_w * lb + z_w * z).detach()
     if backward:
         result.loss.backward()  # gradients w.r.t. the cached embeddings (and a learnable τ)
@@ -158,7 +169,7 @@ def contrastive_step(
                 out = model(**prepared)
             surrogate = (out.embeddings * grad).sum()
             if model.has_adapters:
-                chunk_lb, chunk_z = aux_losses([out.routing.layer_stats], counts, units)
+                chunk_lb, chunk_z = aux_losses([out.routing.layer_stats], shares, units)
                 surrogate = surrogate + scale * (lb_w * chunk_lb + z_w * chunk_z)
             surrogate.backward()
     return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)

@@ -27,7 +27,7 @@ from tsembed.training.config import TrainConfig
 from tsembed.training.data import BatchPlan, TrainingData, TrainSource
 from tsembed.training.distributed import is_distributed, rank, world_size
 from tsembed.training.eans import SignatureBank
-from tsembed.training.objective import ContrastiveObjective
+from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 from tsembed.training.step import StepOutput, contrastive_step
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class Trainer:
         sig_dim = self._signature_dim()
         self.target_bank = SignatureBank(self.data.num_targets, sig_dim) if sig_dim else None
         self.query_bank = SignatureBank(len(self.data), sig_dim) if sig_dim else None
+        window = config.loss.load_balance_window
+        self.expert_usage = ExpertUsage(window) if sig_dim and window > 1 else None
         self.step = 0
         self.stage = 1 if config.schedule.stage1_steps > 0 or config.eans.mode == "off" else 2
         self.switch_step: int | None = None if self.stage == 1 else 0
@@ -173,7 +175,7 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         out = contrastive_step(self.model, self.objective, batch, eans_active=self.stage == 2,
-                               chunk_size=self.config.run.chunk_size)
+                               chunk_size=self.config.run.chunk_size, usage=self.expert_usage)
         if not math.isfinite(out.loss):
             raise TrainingDiverged(
                 f"loss is {out.loss} at step {self.step} (stage {self.stage}, batch of dataset {batch.dataset!r}, "
@@ -216,6 +218,7 @@ class Trainer:
             "rng": ckpt.rng_state(), "config": asdict(self.config),
             "target_bank": self.target_bank.state_dict() if self.target_bank else None,
             "query_bank": self.query_bank.state_dict() if self.query_bank else None,
+            "expert_usage": self.expert_usage.state_dict() if self.expert_usage else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], model_dir: Path) -> None:
@@ -229,6 +232,8 @@ class Trainer:
         if self.target_bank is not None:
             self.target_bank.load_state_dict(state["target_bank"])
             self.query_bank.load_state_dict(state["query_bank"])
+        if self.expert_usage is not None and state.get("expert_usage"):  # none in checkpoints written before the option
+            self.expert_usage.load_state_dict(state["expert_usage"])
         self.step, self.stage, self.switch_step = state["step"], state["stage"], state["switch_step"]
         ckpt.set_rng_state(state["rng"])
 
