@@ -155,7 +155,8 @@ class ExpertUsage:
 
     def update(self, batch_shares: dict[str, torch.Tensor], commit: bool = True) -> dict[str, torch.Tensor]:
         """The running shares including this batch; ``commit=False`` computes them without storing."""
-        out = {name: share if name not in self.shares else self.decay * self.shares[name] + (1 - self.decay) * share
+        out = {name: share if name not in self.shares
+               else self.decay * self.shares[name].to(share.device) + (1 - self.decay) * share
                for name, share in batch_shares.items()}
         if commit:
             self.shares = {name: share.detach().clone() for name, share in out.items()}
