@@ -28,6 +28,7 @@ from tsembed.moe import (
     collect_routing,
     load_adapters,
     save_adapters,
+    set_routing_hints,
     summarize,
 )
 
@@ -37,6 +38,7 @@ MODEL_CONFIG_NAME = "tsembed_config.json"
 TRAINABLE_WEIGHTS_NAME = "backbone_trainable.safetensors"
 ADAPTER_DIR = "adapters"
 MERGED_WEIGHTS_NAME = "backbone_weights.safetensors"
+TASK_HINT_KEY = "task_hint_ids"  # rides in a prepared batch next to the backbone's tensors
 
 
 @dataclass
@@ -119,11 +121,22 @@ class TSEmbedModel(nn.Module):
         return self.config.moe is not None
 
     def prepare(self, inputs: list) -> dict[str, Any]:
-        """Tokenise and load images for a list of ``EmbedInput`` (CPU, no grad)."""
-        return self.backbone.prepare(inputs)
+        """Tokenise and load images for a list of ``EmbedInput`` (CPU, no grad), plus task-hint ids for hints."""
+        batch = self.backbone.prepare(inputs)
+        hints = self.config.moe.task_hints if self.config.moe is not None else []
+        if hints:
+            batch[TASK_HINT_KEY] = task_hint_ids(inputs, hints)
+        return batch
 
     def forward(self, **batch: Any) -> EmbeddingOutput:
-        out = self.backbone(**batch)
+        hint_ids = batch.pop(TASK_HINT_KEY, None)
+        if self.has_adapters:
+            set_routing_hints(self.backbone, hint_ids)
+        try:
+            out = self.backbone(**batch)
+        finally:
+            if self.has_adapters:
+                set_routing_hints(self.backbone, None)  # a later call without hints must not inherit these
         pooled = self._pool(out.hidden_states, out.attention_mask)  # [B, D]
         embeddings = F.normalize(pooled.float(), dim=-1) if self.config.normalize else pooled.float()
         routing = collect_routing(self.backbone) if self.has_adapters else None
@@ -136,10 +149,11 @@ class TSEmbedModel(nn.Module):
         return self(**batch)
 
     def router_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if p.requires_grad and n.endswith("router.weight")]
+        """Router weights and task-hint biases: the parameters the router learning-rate scale applies to."""
+        return [p for n, p in self.named_parameters() if p.requires_grad and _is_router_param(n)]
 
     def non_router_trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if p.requires_grad and not n.endswith("router.weight")]
+        return [p for n, p in self.named_parameters() if p.requires_grad and not _is_router_param(n)]
 
     # ----- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -186,6 +200,26 @@ class TSEmbedModel(nn.Module):
                 raise AdapterError(f"{path} not found; this backbone has trainable modules to restore")
             return
         self.backbone.load_trainable_state_dict(load_file(str(path)))
+
+
+def task_hint_ids(inputs: list, hints: list[str]) -> torch.Tensor:
+    """Index of each input's ``task`` in ``hints`` ([B] long); -1 for an input that declares no task.
+
+    Raises:
+        ConfigError: a task the model was not trained with (names the input and the known tasks).
+    """
+    index = {name: i for i, name in enumerate(hints)}
+    ids = []
+    for position, item in enumerate(inputs):
+        task = getattr(item, "task", None)
+        if task is not None and task not in index:
+            raise ConfigError(f"input {position} declares task {task!r}; this model knows the tasks {hints}")
+        ids.append(-1 if task is None else index[task])
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _is_router_param(name: str) -> bool:
+    return name.endswith(("router.weight", "router_hint"))
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:

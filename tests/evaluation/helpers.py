@@ -23,11 +23,12 @@ TOY_DATASETS = {
 }
 
 
-def toy_model(adapters: bool = True, seed: int = 0) -> TSEmbedModel:
+def toy_model(adapters: bool = True, seed: int = 0, task_hints: tuple[str, ...] = ()) -> TSEmbedModel:
     backbone = ToyBackbone(seed=0)
     moe = None
     if adapters:
-        moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2, router_init_std=0.5)
+        moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2, router_init_std=0.5,
+                            task_hints=list(task_hints))
     model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe))
     torch.manual_seed(seed + 1)
     for layer in model.modules():

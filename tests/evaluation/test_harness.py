@@ -116,3 +116,22 @@ def test_base_model_without_adapters(suite):
     assert model.config.moe is None
     results = evaluate(model, suite, progress=False)
     assert results.overall is not None
+
+
+@pytest.mark.parametrize("hinted", [True, False])
+def test_eval_inputs_declare_their_meta_task_only_for_hinted_models(suite, hinted):
+    model = toy_model(task_hints=("classification", "vqa", "retrieval", "grounding") if hinted else ())
+    seen: list[tuple[str | None, str]] = []
+    prepare = model.prepare
+
+    def spy(inputs):
+        seen.extend((x.task, x.text) for x in inputs)
+        return prepare(inputs)
+
+    model.prepare = spy
+    evaluate(model, suite, progress=False)
+    tasks = {text.split(" query")[0]: task for task, text in seen if " query " in text}
+    expected = {name: spec[0] if hinted else None for name, spec in TOY_DATASETS.items()}
+    assert tasks == expected
+    # without hints the label shared across datasets is one cache entry; with hints one per task
+    assert sum(text == "shared label" for _, text in seen) == (len(TOY_DATASETS) if hinted else 1)

@@ -37,10 +37,12 @@ class ImageToyBackbone(ToyBackbone):
         return {"kind": self.kind, "hidden": self.hidden_size}
 
 
-def build_model(level: str = "sequence", top_k: int = 1, shared: int = 1, seed: int = 0) -> TSEmbedModel:
+def build_model(level: str = "sequence", top_k: int = 1, shared: int = 1, seed: int = 0,
+                task_hints: tuple[str, ...] = ()) -> TSEmbedModel:
     backbone = ImageToyBackbone(seed=seed)
     moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2, level=level,
-                        routing="topk", top_k=top_k, num_shared_experts=shared, router_init_std=0.5)
+                        routing="topk", top_k=top_k, num_shared_experts=shared, router_init_std=0.5,
+                        task_hints=list(task_hints))
     config = ModelConfig(backbone=backbone.config(), moe=moe, query_instruction="query:",
                          document_instruction="passage:")
     model = TSEmbedModel(backbone, config)
@@ -48,6 +50,8 @@ def build_model(level: str = "sequence", top_k: int = 1, shared: int = 1, seed: 
     for layer in model.modules():
         if isinstance(layer, MoELoRALinear):
             torch.nn.init.normal_(layer.lora_B, std=0.1)
+            if layer.router_hint is not None:
+                torch.nn.init.normal_(layer.router_hint, std=3.0)
     return model.eval()
 
 

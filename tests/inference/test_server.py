@@ -217,3 +217,15 @@ def test_real_socket_raw_json_and_openai_client(model):
         assert result.usage.total_tokens == 5
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).embeddings.create(model="t", input="x")
+
+
+def test_task_reaches_the_router_and_unknown_tasks_are_4xx():
+    from .conftest import build_model
+
+    hinted = build_model(task_hints=("classification", "retrieval"))
+    with TestClient(create_app(hinted, ServerSettings(model_name="toy"))) as c:
+        got = _post(c, {"input": ["a red apple"], "task": "retrieval"}).json()["data"][0]["embedding"]
+        np.testing.assert_allclose(got, encode(hinted, "a red apple", task="retrieval"), atol=1e-5)
+        assert not np.allclose(got, encode(hinted, "a red apple"), atol=1e-3)
+        r = _post(c, {"input": "x", "task": "vqa"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "task"

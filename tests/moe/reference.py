@@ -33,8 +33,12 @@ def reference_gates(probs: torch.Tensor, mode: str, top_k: int, top_p: float) ->
     return torch.stack(rows).reshape(probs.shape)
 
 
-def reference_forward(layer: MoELoRALinear, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """y = W x + (α/r) Σ_e g_e B_e A_e x + (α/r) Σ_s B_s A_s x, one expert at a time."""
+def reference_forward(layer: MoELoRALinear, x: torch.Tensor, mask: torch.Tensor | None = None,
+                      hints: list[int] | None = None) -> torch.Tensor:
+    """y = W x + (α/r) Σ_e g_e B_e A_e x + (α/r) Σ_s B_s A_s x, one expert at a time.
+
+    hints: one task-hint id per input (-1: none); the hint's learned bias is added to that input's logits.
+    """
     x3 = x.unsqueeze(1) if x.dim() == 2 else x
     r = layer.rank
     if layer.level == "token":
@@ -47,6 +51,11 @@ def reference_forward(layer: MoELoRALinear, x: torch.Tensor, mask: torch.Tensor 
             means.append(x3[b][mask[b].bool()].mean(dim=0))
         router_in = torch.stack(means)
     logits = router_in @ layer.router.weight.T
+    if hints is not None:
+        rows = []
+        for b, h in enumerate(hints):
+            rows.append(logits[b] + layer.router_hint[h] if h >= 0 else logits[b])
+        logits = torch.stack(rows)
     probs = torch.softmax(logits / layer.temperature, dim=-1)
     gates = reference_gates(probs, layer.routing, layer.top_k, layer.top_p)
     if gates.dim() == 2:

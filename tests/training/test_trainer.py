@@ -126,3 +126,16 @@ def test_config_errors_name_the_key(tmp_path):
         load_train_config(None, ["data.suite=s", "schedule.steps=ten"])
     with pytest.raises(ConfigError, match="top_k=9 is larger"):
         load_train_config(None, ["data.suite=s", "model.moe={top_k: 9}"])
+
+
+def test_task_hints_reach_the_routers_and_train(train_files, tmp_path):
+    tasked = [{**f, "task": f"{f['name']}-task"} for f in train_files]
+    cfg = make_config(tasked, tmp_path, schedule={"stage1_router_lr_scale": 1.0, "stage2_router_lr_scale": 1.0})
+    trainer = Trainer(cfg, model=toy_model(level="sequence", task_hints=("colors-task", "animals-task")))
+    assert {trainer.data.query_input(i).task for i in range(len(trainer.data))} == {"colors-task", "animals-task"}
+    assert all(t.task in ("colors-task", "animals-task") for t in trainer.data.targets)
+    trainer.fit()
+    hints = [p for n, p in trainer.model.named_parameters() if n.endswith("router_hint")]
+    assert hints and all(float(h.detach().abs().sum()) > 0 for h in hints)  # zero at init, learned since
+    with pytest.raises(ConfigError, match="unknown keys"):
+        make_config([{**train_files[0], "tasks": "x"}], tmp_path)

@@ -23,7 +23,10 @@ class EmbedInput:
         text: Instruction plus content. When `image` is set it contains `<|image_1|>` where the image
             goes (MMEB convention); `None` for an image-only input.
         image: A path (absolute once resolved against an image root) or an already opened PIL image.
+        task: The task the input is embedded for (e.g. ``"retrieval"``), for models trained with task
+            hints (``moe.task_hints``); models without them ignore it.
     """
 
     text: str | None = None
     image: ImageLike | None = None
+    task: str | None = None

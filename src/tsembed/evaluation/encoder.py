@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +113,20 @@ class CachedEncoder:
     def keys(self, inputs: Sequence[EmbedInput]) -> list[str]:
         return [self.hasher.key(x) for x in inputs]
 
-    def encode(self, inputs: Sequence[EmbedInput], *, need_routing: bool = False, desc: str = "encoding") -> Encoded:
-        """Embeddings (and, if asked and available, routing) of ``inputs`` in their order."""
+    @property
+    def uses_task_hints(self) -> bool:
+        moe = getattr(getattr(self.model, "config", None), "moe", None)
+        return bool(getattr(moe, "task_hints", None))
+
+    def encode(self, inputs: Sequence[EmbedInput], *, need_routing: bool = False, desc: str = "encoding",
+               task: str | None = None) -> Encoded:
+        """Embeddings (and, if asked and available, routing) of ``inputs`` in their order.
+
+        ``task`` (an eval set's meta-task) is declared by every input when the model routes on task hints;
+        other models ignore it, so a candidate shared by datasets of different tasks stays one cache entry.
+        """
+        if task is not None and self.uses_task_hints:
+            inputs = [replace(x, task=task) for x in inputs]
         need_routing = need_routing and self.has_routing
         keys = self.keys(inputs)
         todo: dict[str, EmbedInput] = {}

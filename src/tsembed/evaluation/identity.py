@@ -69,7 +69,8 @@ class InputHasher:
         return hashlib.blake2b(buf.getvalue(), digest_size=16).hexdigest()
 
     def key(self, item: EmbedInput) -> str:
-        """32 hex characters identifying the text and the image content of ``item``."""
+        """32 hex characters identifying the text, the image content and the task of ``item``."""
         h = hashlib.blake2b(digest_size=16)
-        h.update(json.dumps([item.text, self.image_digest(item.image)]).encode())
+        fields = [item.text, self.image_digest(item.image)] + ([item.task] if item.task is not None else [])
+        h.update(json.dumps(fields).encode())
         return h.hexdigest()

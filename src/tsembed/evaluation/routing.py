@@ -156,11 +156,13 @@ def collect_routing_data(
                         inputs.append(x)
         if not inputs:
             continue
-        out = encoder.encode(inputs, need_routing=True, desc=f"{spec.name} routing")
+        out = encoder.encode(inputs, need_routing=True, desc=f"{spec.name} routing",
+                             task=spec.meta_task)
         layers = out.layers
         probs.append(out.routing)
         positive = [row.target_inputs(spec.image_root)[0] for row in rows]
-        positives.append(encoder.encode(positive, need_routing=True, desc=f"{spec.name} positives").routing)
+        positives.append(encoder.encode(positive, need_routing=True, desc=f"{spec.name} positives",
+                                        task=spec.meta_task).routing)
         is_query += [True] * len(rows) + [False] * (len(inputs) - len(rows))
         ds_labels += [spec.name] * len(inputs)
         task_labels += [spec.meta_task or ""] * len(inputs)

@@ -26,6 +26,10 @@ def _device(device: str, local_rank: int = 0) -> str:
     return device
 
 
+_TASK = typer.Option(None, "--task", help="Task the inputs are embedded for, for models trained with "
+                     "moe.task_hints (e.g. retrieval; use the same task for queries and corpus).")
+
+
 def _instruction(model: Any, role: str, instruction: str | None) -> str | None:
     if instruction is not None:
         return instruction
@@ -42,6 +46,7 @@ def embed_command(
     image_root: Path | None = _IMAGE_ROOT,
     role: str = typer.Option("document", "--role", help="Which model instruction to use: query | document | none."),
     instruction: str | None = typer.Option(None, "--instruction", help="Instruction overriding --role."),
+    task: str | None = _TASK,
     batch_size: int = _BATCH,
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Rows per resumable shard."),
     text_field: str = typer.Option("text", "--text-field"),
@@ -58,7 +63,7 @@ def embed_command(
     rank, world, local_rank = distributed_env()
     loaded = load_model(model, device=_device(device, local_rank))
     cfg = EmbedJobConfig(
-        input=input, out=out, image_root=image_root, instruction=_instruction(loaded, role, instruction),
+        input=input, out=out, image_root=image_root, instruction=_instruction(loaded, role, instruction), task=task,
         fields=CorpusFields(text_field, image_field, id_field), shard_size=shard_size, batch_size=batch_size,
         rank=rank, world_size=world, keep_shards=keep_shards, model_dir=str(model.resolve()),
         show_progress=not no_progress, extra_meta={"role": role},
@@ -110,6 +115,7 @@ def search_command(
                                       "that embedded the corpus, from the index]."),
     role: str = typer.Option("query", "--role", help="Which model instruction to use: query | document | none."),
     instruction: str | None = typer.Option(None, "--instruction", help="Instruction overriding --role."),
+    task: str | None = _TASK,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per hit."),
     device: str = _DEVICE,
 ) -> None:
@@ -127,7 +133,7 @@ def search_command(
         raise ConfigError(f"{index} does not say which model embedded it; pass --model")
     loaded = load_model(model_dir, device=_device(device))
     vector = encode(loaded, EmbedInput(text=query, image=image), instruction=_instruction(loaded, role, instruction),
-                    show_progress_bar=False)
+                    show_progress_bar=False, task=task)
     for hit in vindex.search(vector, k)[0]:
         if as_json:
             typer.echo(json.dumps(hit.to_dict(), default=str))

@@ -56,6 +56,7 @@ class EmbedJobConfig:
         out: the parquet file to write.
         image_root: root of relative image paths; default: the input file's directory.
         instruction: prepended to every row (``{text}`` marks the content slot).
+        task: the task every row is embedded for (models trained with ``moe.task_hints``).
         shard_size: rows per resumable shard.
         batch_size: rows per forward pass.
         rank, world_size: this process's shard share (from ``RANK``/``WORLD_SIZE`` under torchrun).
@@ -66,6 +67,7 @@ class EmbedJobConfig:
     out: Path
     image_root: Path | None = None
     instruction: str | None = None
+    task: str | None = None
     fields: CorpusFields = field(default_factory=CorpusFields)
     shard_size: int = 1024
     batch_size: int = 32
@@ -122,7 +124,7 @@ def _check_row(value: Any, rec_file: str, row: int, fields: CorpusFields, proble
 
 
 def read_corpus(path: str | Path, image_root: str | Path | None = None, fields: CorpusFields = CorpusFields(),
-                instruction: str | None = None) -> CorpusRows:
+                instruction: str | None = None, task: str | None = None) -> CorpusRows:
     """Read and check every row before any embedding starts; relative images resolve against ``image_root``
     (default: the file's directory).
 
@@ -163,7 +165,7 @@ def read_corpus(path: str | Path, image_root: str | Path | None = None, fields: 
         **{k: [v.get(k) for _, v in good] for k in extra},
     }
     inputs = [
-        apply_instruction(instruction, EmbedInput(text=t, image=resolve_image(im, root) if im else None))
+        apply_instruction(instruction, EmbedInput(text=t, image=resolve_image(im, root) if im else None, task=task))
         for t, im in zip(columns["text"], columns["image"], strict=True)
     ]
     return CorpusRows(inputs, columns)
@@ -178,6 +180,7 @@ def _fingerprint(cfg: EmbedJobConfig, num_rows: int) -> dict[str, Any]:
         "shard_size": cfg.shard_size,
         "model": cfg.model_dir,
         "instruction": cfg.instruction,
+        "task": cfg.task,
         "fields": [cfg.fields.text, cfg.fields.image, cfg.fields.id],
     }
 
@@ -249,7 +252,8 @@ def merge_shards(cfg: EmbedJobConfig, rows: CorpusRows) -> Path:
     if missing:
         raise DataError(f"{cfg.shard_dir}: shards {missing[:10]} are missing; rerun the embed command to finish them")
     vectors = np.concatenate([np.load(shard_path(cfg, s)) for s in range(num_shards)])
-    meta = {"model": cfg.model_dir, "instruction": cfg.instruction, "input": str(cfg.input), **cfg.extra_meta}
+    meta = {"model": cfg.model_dir, "instruction": cfg.instruction, "task": cfg.task,
+            "input": str(cfg.input), **cfg.extra_meta}
     write_table(cfg.out, embeddings_table(rows.columns, vectors, meta))
     if not cfg.keep_shards:
         shutil.rmtree(cfg.shard_dir, ignore_errors=True)
@@ -261,7 +265,7 @@ def run_embed_job(model: nn.Module, cfg: EmbedJobConfig, barrier: Callable[[], N
 
     Returns the output path on rank 0, None on other ranks.
     """
-    rows = read_corpus(cfg.input, cfg.image_root, cfg.fields, cfg.instruction)
+    rows = read_corpus(cfg.input, cfg.image_root, cfg.fields, cfg.instruction, cfg.task)
     written = embed_shards(model, cfg, rows)
     logger.info("rank %d: embedded %d shard(s)", cfg.rank, written)
     if cfg.world_size > 1 and barrier is not None:

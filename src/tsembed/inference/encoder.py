@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,7 @@ def encode(
     show_progress_bar: bool | None = None,
     return_routing: bool = False,
     truncate_dim: int | None = None,
+    task: str | None = None,
 ) -> Any:
     """Embed texts, images and text+image inputs.
 
@@ -166,6 +167,9 @@ def encode(
         show_progress_bar: tqdm bar; None shows it for multi-batch calls when logging is at INFO.
         return_routing: also return a ``Routing`` (signature and per-layer router probabilities).
         truncate_dim: keep only the first dimensions.
+        task: the task every input is embedded for (models trained with ``moe.task_hints``; e.g.
+            ``"retrieval"`` for both the queries and the documents of a search); an ``EmbedInput`` that
+            declares its own task keeps it.
 
     Returns:
         [N, D] embeddings for a list, [D] for a single input; with ``return_routing`` a tuple
@@ -176,6 +180,8 @@ def encode(
     """
     single = not isinstance(inputs, list | tuple)
     items = [apply_instruction(instruction, x) for x in to_embed_inputs([inputs] if single else list(inputs))]
+    if task is not None:
+        items = [x if x.task is not None else replace(x, task=task) for x in items]
     num_batches = -(-len(items) // max(batch_size, 1))
     out = embed_items(model, items, batch_size, _show_progress(show_progress_bar, num_batches))
     embeddings = truncate_embeddings(out.embeddings, truncate_dim, normalize)

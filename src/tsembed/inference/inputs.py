@@ -12,6 +12,7 @@ Accepted, as in sentence-transformers' multimodal ``encode``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tsembed.data.inputs import EmbedInput
 from tsembed.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-DICT_KEYS = ("text", "image")
+DICT_KEYS = ("text", "image", "task")
 #: Where a row's content goes inside an instruction template; without it the content follows the instruction.
 TEXT_SLOT = "{text}"
 
@@ -74,7 +75,10 @@ def to_embed_input(value: Any, index: int = 0) -> EmbedInput:
         image = _image(value.get("image"), where)
         if not text and image is None:
             raise DataError(f"{where}: an input dict needs `text`, `image` or both")
-        return EmbedInput(text=text or None, image=image)
+        task = value.get("task")
+        if task is not None and not isinstance(task, str):
+            raise DataError(f"{where}: `task` must be a string, got {type(task).__name__}")
+        return EmbedInput(text=text or None, image=image, task=task)
     raise DataError(
         f"{where}: unsupported input type {type(value).__name__}; pass a string, a PIL image, an image path, "
         "or a dict with `text` and/or `image`"
@@ -96,7 +100,7 @@ def apply_instruction(instruction: str | None, item: EmbedInput) -> EmbedInput:
         text = instruction.replace(TEXT_SLOT, content)
     else:
         text = f"{instruction} {content}" if content else instruction
-    return EmbedInput(text=text, image=item.image)
+    return replace(item, text=text)
 
 
 def length_key(item: EmbedInput) -> int:

@@ -54,6 +54,10 @@ def _slice_layer(layer: MoELoRALinear, keep: list[int]) -> None:
         router = nn.Linear(old.shape[1], len(keep), bias=False, device=old.device, dtype=old.dtype)
         router.weight.copy_(old[torch.tensor(keep, device=old.device)])
         router.weight.requires_grad_(old.requires_grad)
+        if layer.router_hint is not None:
+            hint = layer.router_hint
+            layer.router_hint = nn.Parameter(hint[:, torch.tensor(keep, device=hint.device)].clone(),
+                                              requires_grad=hint.requires_grad)
     layer.router = router
     layer.num_experts = len(keep)
     layer.top_k = min(layer.top_k, len(keep))

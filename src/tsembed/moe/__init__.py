@@ -14,6 +14,7 @@ from tsembed.moe.routing import (
     masked_mean,
     router_z_loss,
     routing_signature,
+    set_routing_hints,
     set_routing_mask,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "router_z_loss",
     "routing_signature",
     "save_adapters",
+    "set_routing_hints",
     "set_routing_mask",
     "summarize",
 ]

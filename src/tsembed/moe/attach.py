@@ -127,7 +127,7 @@ def replace_adapted(model: nn.Module, make: object) -> nn.Module:
 
 
 def _adapter_params(layer: MoELoRALinear) -> list[nn.Parameter]:
-    return [layer.lora_A, layer.lora_B, layer.router.weight]
+    return list(layer.adapter_parameters().values())
 
 
 def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -31,6 +31,10 @@ class MoELoRAConfig:
         jitter: multiplicative uniform noise (1 ± jitter) on the router input while training.
         num_shared_experts: always-on experts added with gate 1 (DeepSeekMoE-style).
         router_init_std: std of the router's normal initialisation.
+        task_hints: names of the tasks an input may declare (``EmbedInput.task``, e.g. the MMEB meta-tasks).
+            Each layer learns one logit bias per hint, added to the router's logits, so routing can depend
+            on the task and not only on the content, and a query and its target (same task) lean to the
+            same experts. Empty: routing sees content only. An input without a task gets no bias.
     """
 
     target_modules: list[str] = field(default_factory=list)
@@ -46,6 +50,7 @@ class MoELoRAConfig:
     jitter: float = 0.0
     num_shared_experts: int = 0
     router_init_std: float = 0.02
+    task_hints: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -79,6 +84,14 @@ class MoELoRAConfig:
             raise ConfigError(f"moe.dropout must be in [0, 1), got {self.dropout!r}")
         if not 0.0 <= float(self.jitter) < 1.0:
             raise ConfigError(f"moe.jitter must be in [0, 1), got {self.jitter!r}")
+        if isinstance(self.task_hints, str):
+            self.task_hints = [self.task_hints]
+        self.task_hints = list(self.task_hints)
+        bad = [h for h in self.task_hints if not isinstance(h, str) or not h.strip()]
+        if bad:
+            raise ConfigError(f"moe.task_hints: every hint must be a non-empty string, got {bad!r}")
+        if len(set(self.task_hints)) != len(self.task_hints):
+            raise ConfigError(f"moe.task_hints: names repeat in {self.task_hints!r}")
         if float(self.alpha) <= 0.0:
             raise ConfigError(f"moe.alpha must be > 0, got {self.alpha!r}")
 

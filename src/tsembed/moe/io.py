@@ -19,15 +19,14 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "tsembed-moe-lora"
 FORMAT_VERSION = 1
-PARAM_NAMES = ("lora_A", "lora_B", "router.weight")
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter and router tensors keyed ``<module path>.<param>`` (built from paths, never by replacement)."""
     state: dict[str, torch.Tensor] = {}
     for name, layer in adapter_layers(model).items():
-        for param in PARAM_NAMES:
-            state[f"{name}.{param}"] = layer.get_parameter(param)
+        for param, value in layer.adapter_parameters().items():
+            state[f"{name}.{param}"] = value
     return state
 
 

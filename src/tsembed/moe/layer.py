@@ -52,6 +52,9 @@ class MoELoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, total, **factory))
         self.router = nn.Linear(base_layer.in_features, self.num_experts, bias=False, **factory)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        # one learned logit bias per declared task; zero at init, so hints change nothing until trained
+        hint_shape = (len(config.task_hints), self.num_experts)
+        self.router_hint = nn.Parameter(torch.zeros(hint_shape, **factory)) if config.task_hints else None
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # fan_in = d_in, as in peft's LoRA
         nn.init.normal_(self.router.weight, std=config.router_init_std)
 
@@ -70,6 +73,10 @@ class MoELoRALinear(nn.Module):
             noise = torch.empty_like(router_in).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
             router_in = router_in * noise
         logits = self.router(router_in.to(self.router.weight.dtype))
+        hints = self._state.hints_for(x.shape[0], self.name)
+        if hints is not None and self.router_hint is not None:
+            bias = self.router_hint[hints.clamp_min(0)] * (hints >= 0).unsqueeze(-1).to(logits.dtype)  # [B, E]
+            logits = logits + (bias if logits.dim() == 2 else bias.unsqueeze(1))
         return logits, torch.softmax(logits / self.temperature, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +108,13 @@ class MoELoRALinear(nn.Module):
         # result + hidden @ B^T in one GEMM with the add fused in: [B·L, d_out]
         out = torch.addmm(result.reshape(batch * length, -1).to(hidden.dtype), hidden, self.lora_B.t())
         return out.view_as(result).to(result.dtype)
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """What the adapter adds to the base layer, keyed as in checkpoints (``router.weight``, ...)."""
+        params = {"lora_A": self.lora_A, "lora_B": self.lora_B, "router.weight": self.router.weight}
+        if self.router_hint is not None:
+            params["router_hint"] = self.router_hint
+        return params
 
     def expert_delta(self, expert: int) -> torch.Tensor:
         """ΔW of one routed expert (plus every shared expert): what merging it adds to W."""

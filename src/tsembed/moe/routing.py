@@ -4,7 +4,8 @@ Every MoE-LoRA layer of an attached model shares one ``RoutingState``. The state
 module's forward pre-hook: each forward starts with empty records and takes the ``attention_mask``
 keyword argument as the routing mask, so callers never thread the mask to each layer by hand. A
 backbone whose adapted layers see another sequence (e.g. visual tokens fused into text) calls
-``set_routing_mask`` with that sequence's mask before running those layers.
+``set_routing_mask`` with that sequence's mask before running those layers. Task hints (ids into
+``MoELoRAConfig.task_hints``, one per input) reach the layers the same way, through ``set_routing_hints``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class RoutingState:
 
     def __init__(self) -> None:
         self.mask: torch.Tensor | None = None
+        self.hints: torch.Tensor | None = None
         self.records: dict[str, LayerRouting] = {}
         self.hook_id: int | None = None
 
@@ -91,6 +93,17 @@ class RoutingState:
             )
         return self.mask.bool()
 
+    def hints_for(self, batch: int, layer: str) -> torch.Tensor | None:
+        """Task-hint ids [batch] (-1: no hint) for a layer input of ``batch`` inputs, checked against it."""
+        if self.hints is None:
+            return None
+        if self.hints.shape[0] != batch:
+            raise AdapterError(
+                f"{self.hints.shape[0]} task hints were set but MoE layer {layer!r} sees {batch} inputs; "
+                "set one hint id per input with tsembed.moe.set_routing_hints(model, ids)"
+            )
+        return self.hints
+
 
 def get_routing_state(model: nn.Module) -> RoutingState:
     state = getattr(model, "tsembed_routing_state", None)
@@ -107,6 +120,13 @@ def set_routing_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> N
     state = getattr(model, "tsembed_routing_state", None)
     if isinstance(state, RoutingState):  # a backbone without adapters has nothing to tell
         state.mask = attention_mask
+
+
+def set_routing_hints(model: nn.Module, hint_ids: torch.Tensor | None) -> None:
+    """Give every MoE layer of ``model`` one task-hint id per input ([B] long, -1 = none); None clears."""
+    state = getattr(model, "tsembed_routing_state", None)
+    if isinstance(state, RoutingState):
+        state.hints = hint_ids
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -45,7 +45,8 @@ class DataSection:
     """Where training rows come from and how batches are formed.
 
     suite: an offline-suite directory (its in-distribution train splits); or train_files:
-    a list of ``{name, path, image_root, weight}``. homogeneous: every batch from one dataset.
+    a list of ``{name, path, image_root, weight, task}`` (``task``: the hint its inputs declare, see
+    ``moe.task_hints``; a suite's datasets declare their meta-task). homogeneous: every batch from one dataset.
     """
 
     suite: str | None = None
@@ -64,7 +65,7 @@ class DataSection:
             raise ConfigError("data: give either data.suite (a suite directory) or data.train_files")
         for i, entry in enumerate(self.train_files):
             missing = {"name", "path"} - set(entry)
-            unknown = set(entry) - {"name", "path", "image_root", "weight"}
+            unknown = set(entry) - {"name", "path", "image_root", "weight", "task"}
             if missing or unknown:
                 raise ConfigError(
                     f"data.train_files[{i}]: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}"

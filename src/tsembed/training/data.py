@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,12 +28,13 @@ class TrainSource:
     path: Path
     image_root: Path | None = None
     weight: float = 1.0
+    task: str | None = None  # declared by every input of this dataset (task-hint routing)
 
 
 class TrainingData:
     """All training rows of all datasets, with a content id for every distinct target.
 
-    Equal content (same text and image) gets the same id, so the same-content false-negative guard and
+    Equal content (same text, image and task) gets the same id, so the same-content false-negative guard and
     the signature bank treat e.g. a class label shared by many queries as one target.
     """
 
@@ -55,14 +56,14 @@ class TrainingData:
                 index = len(self.rows)
                 self.rows.append((d, row))
                 self.by_dataset.setdefault(d, []).append(index)
-                self.positive_ids.append(self._target_id(row.positive_input(root)))
+                self.positive_ids.append(self._target_id(replace(row.positive_input(root), task=source.task)))
                 negative = row.negative_input(root)
-                self.negative_ids.append(self._target_id(negative) if negative else -1)
+                self.negative_ids.append(self._target_id(replace(negative, task=source.task)) if negative else -1)
             self._roots[d] = root
             logger.info("training data %s: %d rows from %s", source.name, len(split.rows), source.path)
 
     def _target_id(self, item: EmbedInput) -> int:
-        key = (item.text or "", str(item.image or ""))
+        key = (item.text or "", str(item.image or ""), item.task or "")
         if key not in self._target_index:
             self._target_index[key] = len(self.targets)
             self.targets.append(item)
@@ -80,7 +81,7 @@ class TrainingData:
 
     def query_input(self, row_index: int) -> EmbedInput:
         d, row = self.rows[row_index]
-        return row.query_input(self._roots[d])
+        return replace(row.query_input(self._roots[d]), task=self.sources[d].task)
 
     def make_batch(self, row_indices: list[int], hard_negatives: bool, mined: list[list[int]] | None = None
                    ) -> ContrastiveBatch:

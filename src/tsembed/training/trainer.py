@@ -42,13 +42,14 @@ def resolve_sources(config: TrainConfig) -> list[TrainSource]:
     section = config.data
     if section.train_files:
         sources = [TrainSource(e["name"], Path(e["path"]), Path(e["image_root"]) if e.get("image_root") else None,
-                               float(e.get("weight", 1.0))) for e in section.train_files]
+                               float(e.get("weight", 1.0)), e.get("task")) for e in section.train_files]
     else:
         from tsembed.data.suite import load_suite
 
         suite = load_suite(section.suite)
         names = suite.names(split="train")
-        sources = [TrainSource(name, suite.path(name, "train"), suite.image_root) for name in names]
+        sources = [TrainSource(name, suite.path(name, "train"), suite.image_root, task=suite.info(name).meta_task)
+                   for name in names]
     if section.datasets:
         known = {s.name for s in sources}
         unknown = sorted(set(section.datasets) - known)

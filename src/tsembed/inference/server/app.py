@@ -131,6 +131,10 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSett
     if len(items) > settings.max_inputs_per_request:
         raise APIError(400, f"{len(items)} inputs in one request; the limit is {settings.max_inputs_per_request}",
                        param="input", code="too_many_inputs")
+    hints = getattr(getattr(model.config, "moe", None), "task_hints", None) or []
+    if request.task is not None and hints and request.task not in hints:
+        raise APIError(400, f"unknown task {request.task!r}; this model knows the tasks {hints}", param="task",
+                       code="unknown_task")
     instruction = request.instruction
     if request.input_type is not None:
         instruction = getattr(model.config, f"{request.input_type}_instruction", "") or None
@@ -146,7 +150,7 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSett
         pil = None
         if isinstance(item, InputItem) and image:
             pil = decode_data_url(image, f"{where}.image", settings.max_image_bytes, settings.max_image_pixels)
-        inputs.append(apply_instruction(instruction, EmbedInput(text=text or None, image=pil)))
+        inputs.append(apply_instruction(instruction, EmbedInput(text=text or None, image=pil, task=request.task)))
     return inputs
 
 

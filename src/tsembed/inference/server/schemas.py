@@ -46,6 +46,7 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
     instruction: str | None = None
     input_type: Literal["query", "document"] | None = None
+    task: str | None = None  # for models trained with moe.task_hints (e.g. "retrieval")
 
     @field_validator("input", mode="before")
     @classmethod
