@@ -37,7 +37,8 @@ def test_records_round_trip_through_dataclasses() -> None:
     assert erow.to_record() == {"qry_text": "q", "qry_img_path": "", "tgt_text": ["a"], "tgt_img_path": [""]}
 
 
-def test_embed_input_contract_is_exactly_text_and_image() -> None:
+def test_embed_input_contract_is_text_image_and_task() -> None:
     from dataclasses import fields
 
-    assert [f.name for f in fields(EmbedInput)] == ["text", "image"]
+    assert [f.name for f in fields(EmbedInput)] == ["text", "image", "task"]
+    assert EmbedInput("x").task is None  # rows read from files declare no task until a dataset assigns one

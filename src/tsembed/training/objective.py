@@ -32,6 +32,8 @@ class LossConfig:
         batch only (Switch). N > 1: a running mean over about N steps (decay 1 − 1/N), the "global-batch"
         balance of Qiu et al. 2025. With homogeneous batches (one dataset each) a per-batch loss penalises
         exactly the dataset specialisation the router should learn; a window balances usage across datasets.
+        Default 20: with a router at the full lr it is what lets routing specialise (routing NMI 0.39 vs
+        0.23 on the dev split; docs/results/routing-diagnosis).
     """
 
     tau: float = 0.02
@@ -40,7 +42,7 @@ class LossConfig:
     mask_same_content: bool = True
     load_balance_weight: float = 0.01
     z_loss_weight: float = 0.001
-    load_balance_window: int = 1
+    load_balance_window: int = 20
 
     def __post_init__(self) -> None:
         if self.tau <= 0:
