@@ -120,12 +120,16 @@ class TSEmbedModel(nn.Module):
     def has_adapters(self) -> bool:
         return self.config.moe is not None
 
+    @property
+    def task_hints(self) -> list[str]:
+        """Tasks an input may declare to this model's routers (empty: routing sees content only)."""
+        return list(self.config.moe.task_hints) if self.config.moe is not None else []
+
     def prepare(self, inputs: list) -> dict[str, Any]:
         """Tokenise and load images for a list of ``EmbedInput`` (CPU, no grad), plus task-hint ids for hints."""
         batch = self.backbone.prepare(inputs)
-        hints = self.config.moe.task_hints if self.config.moe is not None else []
-        if hints:
-            batch[TASK_HINT_KEY] = task_hint_ids(inputs, hints)
+        if self.task_hints:
+            batch[TASK_HINT_KEY] = task_hint_ids(inputs, self.task_hints)
         return batch
 
     def forward(self, **batch: Any) -> EmbeddingOutput:

@@ -113,11 +113,6 @@ class CachedEncoder:
     def keys(self, inputs: Sequence[EmbedInput]) -> list[str]:
         return [self.hasher.key(x) for x in inputs]
 
-    @property
-    def uses_task_hints(self) -> bool:
-        moe = getattr(getattr(self.model, "config", None), "moe", None)
-        return bool(getattr(moe, "task_hints", None))
-
     def encode(self, inputs: Sequence[EmbedInput], *, need_routing: bool = False, desc: str = "encoding",
                task: str | None = None) -> Encoded:
         """Embeddings (and, if asked and available, routing) of ``inputs`` in their order.
@@ -125,7 +120,7 @@ class CachedEncoder:
         ``task`` (an eval set's meta-task) is declared by every input when the model routes on task hints;
         other models ignore it, so a candidate shared by datasets of different tasks stays one cache entry.
         """
-        if task is not None and self.uses_task_hints:
+        if task is not None and getattr(self.model, "task_hints", None):
             inputs = [replace(x, task=task) for x in inputs]
         need_routing = need_routing and self.has_routing
         keys = self.keys(inputs)

@@ -131,7 +131,7 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSett
     if len(items) > settings.max_inputs_per_request:
         raise APIError(400, f"{len(items)} inputs in one request; the limit is {settings.max_inputs_per_request}",
                        param="input", code="too_many_inputs")
-    hints = getattr(getattr(model.config, "moe", None), "task_hints", None) or []
+    hints = getattr(model, "task_hints", [])
     if request.task is not None and hints and request.task not in hints:
         raise APIError(400, f"unknown task {request.task!r}; this model knows the tasks {hints}", param="task",
                        code="unknown_task")
