@@ -34,7 +34,9 @@ class MoELoRAConfig:
         task_hints: names of the tasks an input may declare (``EmbedInput.task``, e.g. the MMEB meta-tasks).
             Each layer learns one logit bias per hint, added to the router's logits, so routing can depend
             on the task and not only on the content, and a query and its target (same task) lean to the
-            same experts. Empty: routing sees content only. An input without a task gets no bias.
+            same experts. Empty: routing sees content only. An input without a task gets no bias. Needs
+            adapted layers that see one row per input (minilm-effnet, text towers); a layer that sees another
+            batch (e.g. vision patches) raises an AdapterError naming it.
     """
 
     target_modules: list[str] = field(default_factory=list)
