@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 import shutil
@@ -19,9 +20,12 @@ MODEL_DIR = "model"
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state, in types ``torch.load(weights_only=True)`` accepts (no numpy arrays)."""
+    numpy_state = np.random.get_state(legacy=False)
+    key = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {**numpy_state, "state": {**numpy_state["state"], "key": key}},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -29,7 +33,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -62,4 +68,11 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    return torch.load(path / STATE_NAME, weights_only=False)
+    """Read the trainer state without running code: a crafted checkpoint must not execute on resume."""
+    try:
+        return torch.load(path / STATE_NAME, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(
+            f"{path / STATE_NAME}: refused, it holds objects other than tensors and plain values "
+            f"(crafted, or written by a tsembed before weights-only checkpoints): {str(exc).splitlines()[0]}"
+        ) from None
