@@ -1,9 +1,11 @@
-"""Every shipped config loads and validates (no model is built)."""
+"""Every shipped config loads and validates (no model is built); every numeric key is range-checked."""
 
+import re
 from pathlib import Path
 
 import pytest
 
+from tsembed.errors import ConfigError
 from tsembed.training.config import load_train_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "src" / "tsembed" / "configs").glob("*.yaml"))
@@ -14,3 +16,37 @@ def test_shipped_config_validates(path):
     config = load_train_config(path)
     assert config.schedule.steps > config.schedule.stage1_steps >= 0
     assert config.model.moe is not None
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("optim.grad_clip=-1.0", "optim.grad_clip"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio"),
+    ("optim.min_lr_ratio=-0.1", "optim.min_lr_ratio"),
+    ("optim.lr=.nan", "optim.lr"),
+    ("optim.lr=.inf", "optim.lr"),
+    ("optim.lr=nan", "optim.lr"),
+    ("optim.lr=1e999", "optim.lr"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps"),
+    ("run.keep_checkpoints=0", "run.keep_checkpoints"),
+    ("run.log_every=0", "run.log_every"),
+    ("run.num_threads=0", "run.num_threads"),
+    ("run.seed=-1", "run.seed"),
+    ("schedule.stability_interval=0", "schedule.stability_interval"),
+    ("schedule.stability_threshold=-1", "schedule.stability_threshold"),
+    ("schedule.min_stage1_steps=-1", "schedule.min_stage1_steps"),
+    ("schedule.stage1_router_lr_scale=.nan", "schedule.stage1_router_lr_scale"),
+    ("data={suite: s, weights: {a: .nan}}", "data.weights.a"),
+    ("data.train_files=[{name: a, path: a.jsonl, weight: -1}]", "data.train_files[0].weight"),
+    ("loss.tau=.nan", "loss.tau"),
+    ("eans.beta=.inf", "eans.beta"),
+    ("model.moe={alpha: .nan}", "model.moe.alpha"),
+])
+def test_out_of_range_values_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_train_config(overrides=[override])
+
+
+def test_zero_grad_clip_and_null_mean_no_clipping():
+    assert load_train_config(overrides=["optim.grad_clip=0"]).optim.grad_clip == 0
+    assert load_train_config(overrides=["optim.grad_clip=null"]).optim.grad_clip is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,26 @@ from tsembed.training.eans import EANSConfig
 from tsembed.training.objective import LossConfig
 
 SWITCH_RULES = ("steps", "stability")
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float: NaN passes every < / > comparison, so ranges alone let it through."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
+    """Raise a ConfigError naming ``key``, its value and the valid range unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+
+
+def _check_moe_numbers(moe: dict[str, Any]) -> None:
+    """NaN/Inf in ``model.moe``: its own checks compare with < and >, which NaN passes."""
+    for key, value in moe.items():
+        if isinstance(value, float):
+            _check(f"model.moe.{key}", value, math.isfinite(value), "a finite number")
 
 
 @dataclass
@@ -32,6 +53,7 @@ class ModelSection:
         if "kind" not in self.backbone:
             raise ConfigError("model.backbone.kind is required")
         if self.moe is not None:  # validate now, before any model is loaded
+            _check_moe_numbers(self.moe)
             MoELoRAConfig.from_dict({"target_modules": [".*"], **self.moe})
 
     def moe_config(self, default_targets: list[str]) -> MoELoRAConfig | None:
@@ -59,8 +81,7 @@ class DataSection:
     skip_invalid: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 2:
-            raise ConfigError(f"data.batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
+        _check("data.batch_size", self.batch_size, self.batch_size >= 2, ">= 2 (in-batch negatives)")
         if not self.suite and not self.train_files:
             raise ConfigError("data: give either data.suite (a suite directory) or data.train_files")
         for i, entry in enumerate(self.train_files):
@@ -70,9 +91,10 @@ class DataSection:
                 raise ConfigError(
                     f"data.train_files[{i}]: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}"
                 )
+            weight = entry.get("weight", 1.0)
+            _check(f"data.train_files[{i}].weight", weight, _number(weight) and weight > 0, "a positive number")
         for name, weight in self.weights.items():
-            if not isinstance(weight, int | float) or weight <= 0:
-                raise ConfigError(f"data.weights.{name} must be a positive number, got {weight!r}")
+            _check(f"data.weights.{name}", weight, _number(weight) and weight > 0, "a positive number")
 
 
 @dataclass
@@ -103,17 +125,22 @@ class ScheduleSection:
     def __post_init__(self) -> None:
         if self.switch not in SWITCH_RULES:
             raise ConfigError(f"schedule.switch must be one of {SWITCH_RULES}, got {self.switch!r}")
-        if self.steps < 1:
-            raise ConfigError(f"schedule.steps must be >= 1, got {self.steps}")
-        if not 0 <= self.stage1_steps <= self.steps:
-            raise ConfigError(f"schedule.stage1_steps must be in [0, steps={self.steps}], got {self.stage1_steps}")
+        _check("schedule.steps", self.steps, self.steps >= 1, ">= 1")
+        _check("schedule.stage1_steps", self.stage1_steps, 0 <= self.stage1_steps <= self.steps,
+               f"in [0, steps={self.steps}]")
+        _check("schedule.stability_threshold", self.stability_threshold,
+               _number(self.stability_threshold) and self.stability_threshold >= 0, "a number >= 0")
+        _check("schedule.stability_interval", self.stability_interval, self.stability_interval >= 1, ">= 1")
+        _check("schedule.min_stage1_steps", self.min_stage1_steps, self.min_stage1_steps >= 0, ">= 0")
         for name in ("stage1_router_lr_scale", "stage2_router_lr_scale"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"schedule.{name} must be >= 0 (0 freezes the router), got {getattr(self, name)}")
+            value = getattr(self, name)
+            _check(f"schedule.{name}", value, _number(value) and value >= 0, "a number >= 0 (0 freezes the router)")
 
 
 @dataclass
 class OptimSection:
+    """AdamW and its schedule. grad_clip: max gradient norm (0 or null: no clipping)."""
+
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 20
@@ -121,10 +148,15 @@ class OptimSection:
     min_lr_ratio: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ConfigError("optim.warmup_steps must be >= 0")
+        _check("optim.lr", self.lr, _number(self.lr) and self.lr > 0, "a number > 0")
+        _check("optim.weight_decay", self.weight_decay, _number(self.weight_decay) and self.weight_decay >= 0,
+               "a number >= 0")
+        _check("optim.warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0")
+        _check("optim.grad_clip", self.grad_clip,
+               self.grad_clip is None or (_number(self.grad_clip) and self.grad_clip >= 0),
+               "a number >= 0 or null (0 and null: no clipping; < 0 would flip the gradients)")
+        _check("optim.min_lr_ratio", self.min_lr_ratio, _number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+               "in [0, 1]")
 
 
 @dataclass
@@ -143,10 +175,12 @@ class RunSection:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ConfigError(f"run.chunk_size must be >= 1 or null, got {self.chunk_size}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ConfigError("run.checkpoint_every and run.log_every must be >= 1")
+        _check("run.seed", self.seed, 0 <= self.seed < 2**32, "in [0, 2**32)")
+        for name in ("chunk_size", "num_threads"):
+            value = getattr(self, name)
+            _check(f"run.{name}", value, value is None or value >= 1, ">= 1 or null")
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
+            _check(f"run.{name}", getattr(self, name), getattr(self, name) >= 1, ">= 1")
 
 
 @dataclass
