@@ -54,3 +54,13 @@ def test_validate_can_allow_extra_fields(image_root: Path) -> None:
     path = write_records(image_root / "e.jsonl", [eval_record(dataset="x")])
     assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 2
     assert main(["data", "validate", str(path), "--image-root", str(image_root), "--allow-extra-fields"]) == 0
+
+
+def test_validate_reports_a_non_utf8_byte_and_skips_it(image_root: Path, capsys) -> None:
+    path = write_records(image_root / "e.jsonl", [eval_record()] * 3)
+    path.write_bytes(path.read_bytes().replace(b'"qry_text": "', b'"qry_text": "\xff', 1))
+    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} row 1: not valid UTF-8: byte 0xff at byte offset" in err and "Traceback" not in err
+    assert main(["data", "validate", str(path), "--image-root", str(image_root), "--skip-invalid"]) == 0
+    assert "1 of 3 rows would be skipped" in capsys.readouterr().out

@@ -86,3 +86,29 @@ def test_missing_file_and_unknown_suffix_are_data_errors(tmp_path: Path) -> None
     (tmp_path / "rows.csv").write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type '.csv'"):
         read_records(tmp_path / "rows.csv")
+
+
+def _with_bad_byte(path: Path, records: list[dict]) -> tuple[Path, int]:
+    """Write records as jsonl with a Latin-1 'é' (0xe9, not UTF-8) inside row 2; return its byte offset."""
+    lines = [json.dumps(r).encode() + b"\n" for r in records]
+    lines[1] = lines[1].replace(b'"qry": "', b'"qry": "caf\xe9 ', 1)
+    path.write_bytes(b"".join(lines))
+    return path, len(lines[0]) + lines[1].index(b"\xe9")
+
+
+def test_non_utf8_byte_is_a_data_error_naming_file_row_and_offset(image_root: Path) -> None:
+    path, offset = _with_bad_byte(image_root / "t.jsonl", [train_record()] * 3)
+    records, problems = read_records(path)
+    assert [r.row for r in records] == [1, 3] and [p.row for p in problems] == [2]
+    with pytest.raises(DataError) as info:
+        read_train(path, image_root)
+    assert f"{path} row 2: not valid UTF-8: byte 0xe9 at byte offset {offset}" in str(info.value)
+    split = read_train(path, image_root, skip_invalid=True)  # what training does with data.skip_invalid
+    assert len(split) == 2 and split.report.num_skipped == 1 and split.report.bad_rows == [2]
+
+
+def test_non_utf8_byte_in_a_json_array_names_line_and_offset(image_root: Path) -> None:
+    path = image_root / "arr.json"
+    path.write_bytes(b'[\n{"qry": "a"},\n{"qry": "caf\xe9"}\n]')
+    records, problems = read_records(path)
+    assert not records and [p.row for p in problems] == [3] and "byte offset 28" in problems[0].message

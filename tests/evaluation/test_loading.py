@@ -69,3 +69,12 @@ def test_evaluate_rejects_before_encoding(tmp_path):
         evaluate(toy_model(adapters=False), path, progress=False)
     results = evaluate(toy_model(adapters=False), path, progress=False, skip_invalid=True)
     assert results.datasets[0].num_rows == 1 and results.datasets[0].num_skipped == 1
+
+
+def test_non_utf8_byte_is_a_data_error_and_skippable(tmp_path):
+    path = write_jsonl(tmp_path / "Toy.jsonl", [GOOD, GOOD, GOOD])
+    path.write_bytes(path.read_bytes().replace(b"find red", b"find r\xe9d", 2))  # rows 1 and 2
+    with pytest.raises(DataError, match=r"Toy.jsonl row 2: not valid UTF-8: byte 0xe9 at byte offset \d+"):
+        load_eval_set(resolve_eval_sets(path)[0])
+    loaded = load_eval_set(resolve_eval_sets(path)[0], skip_invalid=True)
+    assert len(loaded.rows) == 1 and loaded.report.num_skipped == 2 and loaded.report.bad_rows == [1, 2]

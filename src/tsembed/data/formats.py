@@ -45,25 +45,44 @@ def _files(path: Path) -> list[Path]:
 
 
 def _read_jsonl(path: Path, problems: list[Problem]) -> Iterator[RawRecord]:
-    with path.open("r", encoding="utf-8") as fh:
+    """Decode line by line so a non-UTF-8 byte is a Problem on its line, skippable like bad JSON."""
+    with path.open("rb") as fh:
         first = fh.read(1)
         fh.seek(0)
-        if first == "[":  # a .json file holding one array of records
+        if first == b"[":  # a .json file holding one array of records
+            raw = fh.read()
             try:
-                data = json.load(fh)
+                data = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                line = raw.count(b"\n", 0, exc.start) + 1
+                problems.append(_encoding_problem(path, line, raw, exc, exc.start))
+                return
             except json.JSONDecodeError as exc:
                 problems.append(Problem(str(path), exc.lineno, None, None, f"invalid JSON: {exc.msg}"))
                 return
             for i, value in enumerate(data, start=1):
                 yield RawRecord(str(path), i, value)
             return
-        for lineno, line in enumerate(fh, start=1):
+        offset = 0  # of the current line's first byte in the file
+        for lineno, raw_line in enumerate(fh, start=1):
+            start, offset = offset, offset + len(raw_line)
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(_encoding_problem(path, lineno, raw_line, exc, start + exc.start))
+                continue
             if not line.strip():
                 continue
             try:
                 yield RawRecord(str(path), lineno, json.loads(line))
             except json.JSONDecodeError as exc:
                 problems.append(Problem(str(path), lineno, None, _clip(line), f"invalid JSON: {exc.msg}"))
+
+
+def _encoding_problem(path: Path, lineno: int, raw: bytes, exc: UnicodeDecodeError, offset: int) -> Problem:
+    byte = raw[exc.start]
+    return Problem(str(path), lineno, None, None,
+                   f"not valid UTF-8: byte 0x{byte:02x} at byte offset {offset} of the file ({exc.reason})")
 
 
 def _clip(line: str) -> str:
