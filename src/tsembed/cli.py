@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
+import traceback
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError  # typer is pinned; it exports no public name
 
 from tsembed.errors import TsembedError
 
@@ -15,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # rich markup would eat help texts' [default: ...]
 )
 
 
@@ -46,24 +50,41 @@ _register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status so tests can call `main([...])`."""
+    """Entry point; returns the exit status so tests can call `main([...])`.
+
+    Every error is one line on stderr, never a traceback (``-v`` adds it): exit 2 for usage errors
+    (unknown command or option, a missing path), 1 for runtime errors (bad config, data or weights).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    root_options = itertools.takewhile(lambda a: a.startswith("-"), args)  # options before the sub-command
+    verbose = any(a in ("-v", "--verbose") for a in root_options)
     try:
-        app(args=argv, standalone_mode=False)
-    except TsembedError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        return 2
+        app(args=args, standalone_mode=False, prog_name="tsembed")
     except SystemExit as exc:  # typer/click exit inside standalone_mode=False
         return int(exc.code or 0)
     except typer.Exit as exc:
         return exc.exit_code
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except typer.Abort:
+        return _fail("aborted", 1, verbose)
+    except NoArgsIsHelpError as exc:  # `tsembed data`: the help is the message
+        exc.show()
+        return exc.exit_code
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click: not click.ClickException)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return _fail(exc.format_message() + hint, getattr(exc, "exit_code", 2), verbose)
+    except TsembedError as exc:
+        return _fail(str(exc), 1, verbose)
+    except Exception as exc:  # a library's error, e.g. a truncated weights file: still one line
+        return _fail(f"{type(exc).__name__}: {exc} (run 'tsembed -v ...' for the traceback)", 1, verbose)
     return 0
+
+
+def _fail(message: str, code: int, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -31,6 +32,7 @@ from tsembed.moe import (
     set_routing_hints,
     summarize,
 )
+from tsembed.moe.io import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +191,10 @@ class TSEmbedModel(nn.Module):
         model = cls(backbone, ModelConfig(**{**config.__dict__, "moe": None}))
         model.config = config
         if config.moe is not None:
-            load_adapters(backbone, directory / ADAPTER_DIR, strict=strict)
+            try:
+                load_adapters(backbone, directory / ADAPTER_DIR, strict=strict)
+            except SafetensorError as exc:
+                raise _unreadable(directory / ADAPTER_DIR / ADAPTER_WEIGHTS_NAME, exc) from None
             backbone.unfreeze_trainable_modules()
             model.attach_summary = summarize(backbone)
         model.load_trainable_backbone_state(directory / TRAINABLE_WEIGHTS_NAME, strict=strict)
@@ -203,7 +208,7 @@ class TSEmbedModel(nn.Module):
             if self.backbone.trainable_state_dict() and strict:
                 raise AdapterError(f"{path} not found; this backbone has trainable modules to restore")
             return
-        self.backbone.load_trainable_state_dict(load_file(str(path)))
+        self.backbone.load_trainable_state_dict(read_safetensors(path))
 
 
 def task_hint_ids(inputs: list, hints: list[str]) -> torch.Tensor:
@@ -226,13 +231,25 @@ def _is_router_param(name: str) -> bool:
     return name.endswith(("router.weight", "router_hint"))
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``load_file`` whose error names the file: safetensors' own says only e.g. "invalid header length"."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: str | Path, exc: Exception) -> AdapterError:
+    return AdapterError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}")
+
+
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     """Overwrite backbone tensors from a safetensors file keyed by backbone state-dict names.
 
     Raises:
         AdapterError: a key the backbone lacks, or a shape mismatch (all listed, nothing copied).
     """
-    tensors = load_file(str(path))
+    tensors = read_safetensors(path)
     state = backbone.state_dict()
     unknown = sorted(k for k in tensors if k not in state)
     shapes = sorted(

@@ -31,13 +31,13 @@ def test_build_suite_command_writes_a_loadable_suite(tmp_path: Path, capsys) -> 
     assert main(argv) == 0
     assert "suite written to" in capsys.readouterr().out
     assert main(["data", "validate", str(out / "eval/NameToImage.jsonl")]) == 0  # image root: the suite root
-    assert main(argv) == 2  # exists, no --overwrite
+    assert main(argv) == 1  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err
 
 
 def test_validate_command_reports_problems_and_skip_invalid(image_root: Path, capsys) -> None:
     path = write_records(image_root / "e.jsonl", [eval_record(), eval_record(tgt_img_path=["img/a.png"])])
-    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 2
+    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 1
     err = capsys.readouterr().err
     assert f"{path} row 2: `tgt_img_path`" in err
     assert main(["data", "validate", str(path), "--image-root", str(image_root), "--skip-invalid"]) == 0
@@ -47,19 +47,19 @@ def test_validate_command_reports_problems_and_skip_invalid(image_root: Path, ca
 def test_validate_suite_split_with_kind(tiny_suite: Suite) -> None:
     path = tiny_suite.root / "train/CountVQA.jsonl"
     assert main(["data", "validate", str(path), "--image-root", str(tiny_suite.root), "--kind", "train"]) == 0
-    assert main(["data", "validate", str(path), "--kind", "eval"]) == 2  # train rows read as eval rows
+    assert main(["data", "validate", str(path), "--kind", "eval"]) == 1  # train rows read as eval rows
 
 
 def test_validate_can_allow_extra_fields(image_root: Path) -> None:
     path = write_records(image_root / "e.jsonl", [eval_record(dataset="x")])
-    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 2
+    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 1
     assert main(["data", "validate", str(path), "--image-root", str(image_root), "--allow-extra-fields"]) == 0
 
 
 def test_validate_reports_a_non_utf8_byte_and_skips_it(image_root: Path, capsys) -> None:
     path = write_records(image_root / "e.jsonl", [eval_record()] * 3)
     path.write_bytes(path.read_bytes().replace(b'"qry_text": "', b'"qry_text": "\xff', 1))
-    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 2
+    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 1
     err = capsys.readouterr().err
     assert f"{path} row 1: not valid UTF-8: byte 0xff at byte offset" in err and "Traceback" not in err
     assert main(["data", "validate", str(path), "--image-root", str(image_root), "--skip-invalid"]) == 0

@@ -101,6 +101,21 @@ def test_malformed_file_fails_with_a_clear_error(saved, capsys):
     tmp, _ = saved
     row = {"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"], "tgt_img_path": ["", ""]}
     bad = write_jsonl(tmp / "Bad.jsonl", [row, {**row, "pos_index": 1}])
-    assert main(["eval", "-m", str(tmp / "model"), "-s", str(bad), "-o", str(tmp / "eval"), "--no-progress"]) == 2
+    assert main(["eval", "-m", str(tmp / "model"), "-s", str(bad), "-o", str(tmp / "eval"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "Bad.jsonl row 2" in err and "pos_index" in err
+
+
+def test_truncated_weights_and_a_missing_suite_file_are_one_line_naming_the_file(saved, capsys):
+    tmp, suite = saved
+    weights = tmp / "model" / "adapters" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["eval", "-m", str(tmp / "model"), "-s", str(suite), "-o", str(tmp / "e"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{weights}: not a readable safetensors file" in err
+
+    missing = next((suite / "eval").iterdir())
+    missing.unlink()
+    assert main(["eval", "-m", str(tmp / "base"), "-s", str(suite), "-o", str(tmp / "e"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and missing.name in err and "Traceback" not in err

@@ -71,8 +71,8 @@ def test_merge_needs_sequence_routing_and_a_valid_expert(tmp_path, model):
     with pytest.raises(AdapterError, match="sequence-level"):
         export_merged_expert(token, tmp_path / "x", 0)
     src = model.save_pretrained(tmp_path / "src")
-    assert main(["export", "--model", str(src), "--out", str(tmp_path / "y"), "--expert", "9"]) == 2
-    assert main(["export", "--model", str(src), "--out", str(tmp_path / "y")]) == 2  # no mode chosen
+    assert main(["export", "--model", str(src), "--out", str(tmp_path / "y"), "--expert", "9"]) == 1
+    assert main(["export", "--model", str(src), "--out", str(tmp_path / "y")]) == 1  # no mode chosen
 
 
 def test_peft_adapter_files(model, tmp_path):

@@ -64,4 +64,4 @@ def test_cli_embed_index_search(model_dir, tmp_path, capsys):
                  "--json"]) == 0
     hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(hits) == 2 and hits[0]["meta"]["id"] == "d0" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert main(["search", "--index", str(idx)]) == 2  # neither --query nor --image
+    assert main(["search", "--index", str(idx)]) == 1  # neither --query nor --image
