@@ -128,6 +128,24 @@ def test_malformed_json_and_size_and_routes(client):
     assert client.get("/v1/embeddings").status_code == 405
 
 
+HOSTILE_BODIES = [
+    (b'{"input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", None, "too deeply"),
+    (b'{"input": "x", "dimensions": ' + b"9" * 5000 + b"}", None, "too many digits"),
+    (b'{"input": "a\\ud800b"}', "input", "lone UTF-16 surrogate"),
+    (b'{"input": ["ok", {"text": "\\udfff"}]}', "input[1].text", "lone UTF-16 surrogate"),
+    (b'{"input": "x", "instruction": "\\ud800 {text}"}', "instruction", "lone UTF-16 surrogate"),
+]
+
+
+@pytest.mark.parametrize("content, param, message", HOSTILE_BODIES)
+def test_hostile_json_gets_4xx_not_500(client, content, param, message):
+    r = client.post("/v1/embeddings", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert message in error["message"] and error["param"] == param
+    assert _post(client, {"input": "still fine"}).status_code == 200
+
+
 def test_model_errors_are_isolated(model):
     real = model.prepare
 

@@ -119,10 +119,33 @@ async def parse_request(raw: Request) -> EmbeddingRequest:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON ({exc})", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body nests JSON too deeply", code="invalid_json") from None
+    except ValueError:  # an integer past Python's digit limit (sys.get_int_max_str_digits)
+        raise APIError(400, "request body holds a number with too many digits", code="invalid_json") from None
+    _reject_lone_surrogates(data)
     try:
         return EmbeddingRequest.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _reject_lone_surrogates(data: Any) -> None:
+    """JSON may escape half a UTF-16 pair ("\\ud800"); such a str cannot be tokenized or echoed back as UTF-8."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:  # iterative: the body may nest as deep as json.loads allows
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+            stack.extend((path or "body", k) for k in value)  # keys are text too
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise APIError(400, f"text contains a lone UTF-16 surrogate ({value[exc.start]!a}) at character "
+                               f"{exc.start}; send valid Unicode", param=path or None, code="invalid_text") from None
 
 
 def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSettings) -> list[EmbedInput]:
