@@ -247,3 +247,21 @@ def test_task_reaches_the_router_and_unknown_tasks_are_4xx():
         assert not np.allclose(got, encode(hinted, "a red apple"), atol=1e-3)
         r = _post(c, {"input": "x", "task": "vqa"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "task"
+
+
+def test_serving_beyond_loopback_without_a_key_warns(model, monkeypatch, caplog):
+    import uvicorn
+
+    from tsembed.inference.server import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.delenv("TSEMBED_API_KEY", raising=False)
+    open_app = create_app(model, ServerSettings())
+    for host, warns in (("0.0.0.0", True), ("::", True), ("example.org", True), ("127.0.0.1", False),
+                        ("localhost", False), ("::1", False)):
+        caplog.clear()
+        serve(open_app, host=host)
+        assert ("TSEMBED_API_KEY" in caplog.text) == warns, host
+    caplog.clear()
+    serve(create_app(model, ServerSettings(api_key="k")), host="0.0.0.0")
+    assert "without an API key" not in caplog.text

@@ -147,7 +147,9 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     model_name: str | None = typer.Option(None, "--model-name", help="Id in responses [default: folder name]."),
-    api_key: str | None = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer <key>' on /v1/* "
+    api_key: str | None = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer <key>' on /v1/*. "
+                                       "Pass it as the TSEMBED_API_KEY environment variable instead: a key on the "
+                                       "command line is visible to every user in the process list "
                                        "[default: $TSEMBED_API_KEY]."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="Inputs per forward."),
     max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", min=0.0, help="How long an idle model waits for "
@@ -161,7 +163,10 @@ def serve_command(
     num_threads: int | None = typer.Option(None, "--num-threads", min=1, help="torch CPU threads [default: torch's]."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
-    """Serve the model with an OpenAI-compatible POST /v1/embeddings (plus /health, /metrics, /v1/models)."""
+    """Serve the model with an OpenAI-compatible POST /v1/embeddings (plus /health, /metrics, /v1/models).
+
+    Set TSEMBED_API_KEY in the environment to require a key; serving beyond loopback without one logs a warning.
+    """
     import torch
 
     from tsembed.inference.loading import load_model

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import socket
 import threading
 import time
 from typing import Any
 
 from tsembed.errors import TsembedError
+from tsembed.inference.server.settings import API_KEY_ENV
+
+logger = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -20,7 +25,27 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = 
     """Serve until interrupted (one process: the model is loaded once, in this process)."""
     import uvicorn
 
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    warn_if_exposed(host, getattr(settings, "api_key", None))
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+
+
+def warn_if_exposed(host: str, api_key: str | None) -> bool:
+    """Warn when other machines can reach the server and no key guards ``/v1/*``; True if it warned."""
+    if api_key or _is_loopback(host):
+        return False
+    logger.warning("serving on %s without an API key: anyone who can reach this port can use the model; "
+                   "set the %s environment variable to require one", host, API_KEY_ENV)
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: assume it is reachable
+        return False
 
 
 class ServerThread:

@@ -1,0 +1,30 @@
+"""Saved files appear whole, and readable like any file the user creates (safetensors alone makes 0600)."""
+
+import os
+import stat
+
+import torch
+from safetensors.torch import save_file
+
+from tests.training.helpers import toy_model
+from tsembed import fileio
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_new_file_mode_follows_the_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert fileio.NEW_FILE_MODE == 0o666 & ~mask
+
+
+def test_every_file_of_a_saved_model_gets_the_new_file_mode(tmp_path, monkeypatch):
+    monkeypatch.setattr(fileio, "NEW_FILE_MODE", 0o644)  # as under the usual umask 022
+    path = fileio.atomic_write(tmp_path / "w.safetensors", lambda p: save_file({"a": torch.zeros(2)}, str(p)))
+    assert _mode(path) == 0o644  # safetensors itself creates 0600
+    directory = toy_model().save_pretrained(tmp_path / "model")
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: _mode(p) for p in files} == {p.name: 0o644 for p in files}
