@@ -106,7 +106,7 @@ def test_cli_reports_bad_rows_without_traceback(model_dir, tmp_path, capsys):
     path, _ = _rows(tmp_path, n=4)
     path.write_text(path.read_text() + '{"text": 1}\n')
     assert main(["embed", "--model", str(model_dir), "--input", str(path), "--out", str(tmp_path / "o.parquet"),
-                 "--no-progress"]) == 2
+                 "--no-progress"]) == 1
     assert "row 5: `text` 1 must be a string" in capsys.readouterr().err
 
 
