@@ -20,7 +20,9 @@ def build_suite_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the base-emoji split and all sampling.")] = 0,
     max_train: Annotated[int, typer.Option("--max-train", help="Train pairs per in-distribution dataset.")] = 1000,
     max_eval: Annotated[int, typer.Option("--max-eval", help="Eval queries per dataset.")] = 200,
-    pool_size: Annotated[int, typer.Option(help="Candidates per retrieval/grounding eval query.")] = 200,
+    pool_size: Annotated[int | None, typer.Option(
+        help="Candidates per retrieval/grounding eval query [default: 200]; gallery size per query of the "
+             "conflict suite [default: 20].")] = None,
     vqa_choices: Annotated[int, typer.Option(help="Candidate answers of the name-answer VQA datasets.")] = 20,
     eval_fraction: Annotated[float, typer.Option(help="Share of base emoji held out for evaluation.")] = 0.25,
     dev_fraction: Annotated[float, typer.Option(
@@ -30,15 +32,23 @@ def build_suite_cmd(
     canvas_size: Annotated[int, typer.Option(help="Pixel size of multi-emoji canvases.")] = 128,
     file_format: Annotated[str, typer.Option("--format", help="Row file format: jsonl or parquet.")] = "jsonl",
     dataset: Annotated[
-        list[str] | None, typer.Option("--dataset", help="Build only this dataset (repeatable); default: all 15.")
+        list[str] | None, typer.Option("--dataset", help="Build only this dataset (repeatable); default: all.")
     ] = None,
+    kind: Annotated[Literal["standard", "conflict"], typer.Option(
+        help="standard: 15 datasets over four meta-tasks (breadth); conflict: conditional similarity, the same "
+             "query under opposite instructions against one shared gallery (task conflict).")] = "standard",
+    instructions: Annotated[bool, typer.Option(
+        help="Conflict suite: --no-instructions words every condition alike (the control that shows the "
+             "conditions conflict).")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing suite at --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Build the offline OpenMoji benchmark suite in MMEB format.
 
-    15 datasets over classification, VQA, retrieval and grounding: 10 in-distribution (train + eval) and
-    5 out-of-distribution (eval only). Same seed and options give byte-identical files.
+    --kind standard: 15 datasets over classification, VQA, retrieval and grounding, 10 in-distribution
+    (train + eval) and 5 out-of-distribution (eval only). --kind conflict: 3 pairs of conditions (identity vs
+    skin tone, shape vs colour, object vs colour word) where each condition's positive is the other's hardest
+    distractor, plus 4 out-of-distribution checks. Same seed and options give byte-identical files.
     """
     from tsembed.data.suite import build_suite
 
@@ -55,6 +65,8 @@ def build_suite_cmd(
         canvas_size=canvas_size,
         format=file_format,
         datasets=dataset or None,
+        kind=kind,
+        instructions=instructions,
         overwrite=overwrite,
         progress=progress,
     )
@@ -62,7 +74,7 @@ def build_suite_cmd(
     for name, d in m["datasets"].items():
         c = d["counts"]
         typer.echo(
-            f"  {name:<20} {d['meta_task']:<15} {'OOD' if d['ood'] else 'IND'}  "
+            f"  {name:<22} {d.get('condition') or d['meta_task']:<15} {'OOD' if d['ood'] else 'IND'}  "
             f"train {c['train']:>5}  eval {c['eval']:>4}  candidates {c['candidates_max']}"
             + (f"  dev {c['dev']:>4}" if "dev" in c else "")
         )
@@ -96,7 +108,7 @@ def validate_cmd(
     """Check an MMEB train or eval file before a run.
 
     Checks fields, empty queries, candidate lists, <|image_1|> placeholders and images, and lists every
-    problem with file, row, field and value. Exit status 2 when there are problems (0 with --skip-invalid).
+    problem with file, row, field and value. Exit status 1 when there are problems (0 with --skip-invalid).
     """
     from tsembed.data.mmeb import validate_file
 

@@ -38,6 +38,8 @@ class DatasetInfo:
         target_template: Same for targets/candidates ("{text}" for plain text labels).
         files: Split ("train"/"dev"/"eval") -> file path relative to the suite root.
         description: One line for the dataset card.
+        condition: For conditional-similarity datasets (the conflict suite): which notion of similarity the
+            instruction asks for, e.g. "tone"; "" for ordinary datasets.
     """
 
     name: str
@@ -47,6 +49,7 @@ class DatasetInfo:
     target_template: str
     files: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    condition: str = ""
 
     def __post_init__(self) -> None:
         if self.meta_task not in META_TASKS:
@@ -73,6 +76,11 @@ class DatasetInfo:
 
     def format_target(self, text: str = "") -> str:
         return self.target_template.replace(TEXT_SLOT, text)
+
+    @property
+    def task(self) -> str:
+        """What its inputs declare to a task-hinted router: the condition where there is one, else the meta-task."""
+        return self.condition or self.meta_task
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -206,8 +214,52 @@ SUITE_DATASETS: tuple[DatasetInfo, ...] = (
     ),
 )
 
+
+def _conflict(name: str, condition: str, ood: bool, query: str, target: str, description: str) -> DatasetInfo:
+    return DatasetInfo(name, "retrieval", ood, query, target, description=description, condition=condition)
+
+
+SHAPE_TARGET = f"{_P}\nRepresent the emoji itself, ignoring its colour and skin tone."
+COLOUR_TARGET = f"{_P}\nRepresent the colour of the emoji, ignoring which emoji it is."
+#: Condition pairs of the conflict suite: in each, the positive of one condition is the other's hardest distractor.
+CONFLICT_PAIRS: dict[str, tuple[str, str]] = {
+    "identity-vs-tone": ("ToneSameEmoji", "ToneSameTone"),
+    "shape-vs-colour": ("TintSameEmoji", "TintSameColour"),
+    "object-vs-colour-word": ("TextSameObject", "TextSameColour"),
+}
+#: The conflict suite (`build-suite --kind conflict`): conditional similarity over one shared gallery per query.
+CONFLICT_DATASETS: tuple[DatasetInfo, ...] = (
+    _conflict("ToneSameEmoji", "identity", False, f"{_P}\nFind the same emoji in any skin tone.", SHAPE_TARGET,
+              "emoji image -> the same emoji in another skin tone (the same-tone emoji is the trap)"),
+    _conflict("ToneSameTone", "tone", False, f"{_P}\nFind a different emoji with the same skin tone.", COLOUR_TARGET,
+              "emoji image -> another emoji in the same skin tone (the same emoji in another tone is the trap)"),
+    _conflict("TintSameEmoji", "shape", False, f"{_P}\nFind the same emoji in any colour.", SHAPE_TARGET,
+              "tinted emoji image -> the same emoji in another tint (the same-tint emoji is the trap)"),
+    _conflict("TintSameColour", "colour", False, f"{_P}\nFind any emoji of the same colour.", COLOUR_TARGET,
+              "tinted emoji image -> another emoji in the same tint (the same emoji in another tint is the trap)"),
+    _conflict("TextSameObject", "object", False, f"Find this emoji in any colour: {TEXT_SLOT}", SHAPE_TARGET,
+              "'green apple' -> the apple in another tint (a green emoji is the trap)"),
+    _conflict("TextSameColour", "colour-word", False, f"Find any emoji of the colour named here: {TEXT_SLOT}",
+              COLOUR_TARGET, "'green apple' -> another emoji in green (the apple in another tint is the trap)"),
+    _conflict("ToneSameEmojiReworded", "identity", True, f"{_P}\nRetrieve this emoji, whatever its skin colour.",
+              SHAPE_TARGET, "ToneSameEmoji's eval queries under an unseen instruction wording"),
+    _conflict("TintSameColourReworded", "colour", True, f"{_P}\nWhich other emoji is painted in this colour?",
+              COLOUR_TARGET, "TintSameColour's eval queries under an unseen instruction wording"),
+    _conflict("TextToneSameObject", "object", True, f"Find this emoji in any skin tone: {TEXT_SLOT}", SHAPE_TARGET,
+              "'man running with dark skin tone' -> the same emoji in another tone (unseen combination)"),
+    _conflict("TextToneSameTone", "tone", True, f"Find any emoji with the skin tone named here: {TEXT_SLOT}",
+              COLOUR_TARGET, "'man running with dark skin tone' -> another emoji in that tone (unseen combination)"),
+)
+#: Templates of `build-suite --kind conflict --no-instructions`: every condition worded alike, so only the
+#: data says which similarity is wanted (the INSTRUCTOR §4.1 control: near chance on one side of each pair).
+NEUTRAL_IMAGE_QUERY = f"{_P}\nFind the matching emoji."
+NEUTRAL_TEXT_QUERY = f"Find the matching emoji: {TEXT_SLOT}"
+
+#: Suite kind -> its datasets.
+SUITE_KINDS: dict[str, tuple[DatasetInfo, ...]] = {"standard": SUITE_DATASETS, "conflict": CONFLICT_DATASETS}
+
 #: name -> DatasetInfo; the one registry of datasets known to tsembed.
-DATASETS: dict[str, DatasetInfo] = {info.name: info for info in SUITE_DATASETS}
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (*SUITE_DATASETS, *CONFLICT_DATASETS)}
 
 
 def get_dataset(name: str) -> DatasetInfo:

@@ -151,12 +151,12 @@ def evaluate(
         interned, queries, candidates, valid = _index_rows(loaded)
         if not loaded.rows:
             logger.warning("%s: no valid eval rows in %s", spec.name, spec.path)
-        embeddings = torch.from_numpy(encoder.encode(interned.inputs, desc=spec.name, task=spec.meta_task).embeddings)
+        embeddings = torch.from_numpy(encoder.encode(interned.inputs, desc=spec.name, task=spec.task).embeddings)
         metrics, pool_size = score_dataset(embeddings, queries, candidates, valid, global_pool, ks)
         results.append(
             DatasetResult(
                 name=spec.name,
-                meta_task=spec.meta_task,
+                meta_task=spec.task,
                 ood=spec.ood,
                 file=str(spec.path),
                 num_rows=len(loaded.rows),

@@ -157,15 +157,15 @@ def collect_routing_data(
         if not inputs:
             continue
         out = encoder.encode(inputs, need_routing=True, desc=f"{spec.name} routing",
-                             task=spec.meta_task)
+                             task=spec.task)
         layers = out.layers
         probs.append(out.routing)
         positive = [row.target_inputs(spec.image_root)[0] for row in rows]
         positives.append(encoder.encode(positive, need_routing=True, desc=f"{spec.name} positives",
-                                        task=spec.meta_task).routing)
+                                        task=spec.task).routing)
         is_query += [True] * len(rows) + [False] * (len(inputs) - len(rows))
         ds_labels += [spec.name] * len(inputs)
-        task_labels += [spec.meta_task or ""] * len(inputs)
+        task_labels += [spec.task or ""] * len(inputs)
     if not probs:
         raise ConfigError("routing analysis: the selected eval sets have no rows")
     return RoutingData(list(layers or []), np.concatenate(probs), np.array(ds_labels), np.array(task_labels),

@@ -35,6 +35,12 @@ class EvalSet:
     image_root: Path
     meta_task: str | None = None
     ood: bool | None = None
+    condition: str | None = None
+
+    @property
+    def task(self) -> str | None:
+        """The task its inputs declare to a task-hinted router: the condition where there is one."""
+        return self.condition or self.meta_task
 
 
 def _registry_info(name: str) -> tuple[str | None, bool | None]:
@@ -64,7 +70,8 @@ def _from_entries(entries: Iterable[tuple[str | None, Any]], root: Path, image_r
         meta_task = _entry_field(entry, "meta_task") or reg_task
         ood = _entry_field(entry, "ood")
         path = Path(eval_file) if Path(eval_file).is_absolute() else root / eval_file
-        sets.append(EvalSet(name, path, image_root, meta_task, reg_ood if ood is None else bool(ood)))
+        sets.append(EvalSet(name, path, image_root, meta_task, reg_ood if ood is None else bool(ood),
+                            _entry_field(entry, "condition") or None))
     return sets
 
 

@@ -48,7 +48,7 @@ def resolve_sources(config: TrainConfig) -> list[TrainSource]:
 
         suite = load_suite(section.suite)
         names = suite.names(split="train")
-        sources = [TrainSource(name, suite.path(name, "train"), suite.image_root, task=suite.info(name).meta_task)
+        sources = [TrainSource(name, suite.path(name, "train"), suite.image_root, task=suite.info(name).task)
                    for name in names]
     if section.datasets:
         known = {s.name for s in sources}

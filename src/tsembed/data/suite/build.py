@@ -16,7 +16,7 @@ from typing import Any
 
 from tsembed.data.formats import write_records
 from tsembed.data.mmeb import write_eval, write_train
-from tsembed.data.registry import SUITE_DATASETS, DatasetInfo
+from tsembed.data.registry import CONFLICT_PAIRS, DatasetInfo
 from tsembed.data.suite.card import render_card
 from tsembed.data.suite.config import GENERATOR_VERSION, SuiteConfig
 from tsembed.data.suite.context import BuildContext
@@ -32,7 +32,7 @@ _FIXED_CANDIDATES = {"classification", "vqa"}  # label/answer sets: every label 
 def _max_candidates(info: DatasetInfo, cfg: SuiteConfig) -> int:
     if info.name in ("LeftOfVQA", "AboveVQA"):
         return cfg.vqa_choices
-    return 10**6 if info.meta_task in _FIXED_CANDIDATES else cfg.pool_size
+    return 10**6 if info.meta_task in _FIXED_CANDIDATES and not info.condition else cfg.pool_size
 
 
 def _provenance(ex: Example) -> dict[str, list[str]]:
@@ -80,7 +80,7 @@ def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     ctx = BuildContext(cfg, root)
-    infos = [d for d in SUITE_DATASETS if cfg.datasets is None or d.name in cfg.datasets]
+    infos = cfg.dataset_infos()
     plan = [(info, split) for info in infos for split in (("eval",) if info.ood else cfg.splits)]
     total = sum(cfg.max_train_per_dataset if s == "train" else cfg.max_eval_per_dataset for _, s in plan)
     datasets: dict[str, Any] = {}
@@ -111,6 +111,8 @@ def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "generator_version": GENERATOR_VERSION,
+        "kind": cfg.kind,
+        **({"pairs": {k: list(v) for k, v in CONFLICT_PAIRS.items()}} if cfg.kind == "conflict" else {}),
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "image_root": ".",
@@ -145,7 +147,7 @@ def build_suite(
     *,
     max_train_per_dataset: int = 1000,
     max_eval_per_dataset: int = 200,
-    pool_size: int = 200,
+    pool_size: int | None = None,
     vqa_choices: int = 20,
     eval_fraction: float = 0.25,
     dev_fraction: float = 0.0,
@@ -153,6 +155,8 @@ def build_suite(
     canvas_size: int = 128,
     format: str = "jsonl",
     datasets: list[str] | None = None,
+    kind: str = "standard",
+    instructions: bool = True,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Suite:
@@ -163,14 +167,17 @@ def build_suite(
         seed: Seeds the base-emoji split and every sample; same seed + options -> byte-identical files.
         max_train_per_dataset: Train pairs per IND dataset.
         max_eval_per_dataset: Eval queries per dataset.
-        pool_size: Candidates per retrieval/grounding eval query.
+        pool_size: Candidates per retrieval/grounding eval query (default 200), or the gallery size of a
+            conflict-suite query (default 20).
         vqa_choices: Candidate answers of the name-answer VQA datasets.
         eval_fraction: Share of base emoji held out for evaluation.
         dev_fraction: Share of base emoji held out as a dev split of the IND datasets (0: none).
         tile_size: Pixel size of single-emoji images.
         canvas_size: Pixel size of canvases.
         format: "jsonl" or "parquet".
-        datasets: Subset of suite dataset names (default: all 15).
+        datasets: Subset of the kind's dataset names (default: all).
+        kind: "standard" (breadth: 15 datasets, four meta-tasks) or "conflict" (conditional similarity).
+        instructions: Conflict suite: False words every condition alike (the no-instruction control).
         overwrite: Replace an existing suite at `out_dir`.
         progress: Show a tqdm progress bar.
 
@@ -184,7 +191,7 @@ def build_suite(
         seed=seed,
         max_train_per_dataset=max_train_per_dataset,
         max_eval_per_dataset=max_eval_per_dataset,
-        pool_size=pool_size,
+        pool_size=pool_size if pool_size is not None else 20 if kind == "conflict" else 200,
         vqa_choices=vqa_choices,
         eval_fraction=eval_fraction,
         dev_fraction=dev_fraction,
@@ -192,6 +199,8 @@ def build_suite(
         canvas_size=canvas_size,
         format=format,
         datasets=None if datasets is None else tuple(datasets),
+        kind=kind,
+        instructions=instructions,
     )
     out = Path(out_dir)
     _prepare_target(out, overwrite)

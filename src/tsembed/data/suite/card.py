@@ -23,11 +23,33 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.0f} KiB"
 
 
+def _conflict_intro(manifest: dict[str, Any]) -> list[str]:
+    pairs = "; ".join(f"{name}: {' vs '.join(sets)}" for name, sets in manifest["pairs"].items())
+    wording = ("Every condition is worded alike here (`--no-instructions`): only the data says which similarity "
+               "a row wants." if not manifest["config"]["instructions"] else
+               "Queries and targets carry condition-specific instructions (targets: 'Represent the emoji itself, "
+               "ignoring its colour and skin tone' or 'Represent the colour of the emoji').")
+    return [
+        "## Conditional similarity",
+        "",
+        "The same query is asked for two opposite notions of similarity. Each query is ranked against one "
+        "gallery shared by both conditions of its pair, holding exactly one candidate that is the same emoji "
+        "(in another colour or skin tone) and exactly one other emoji in the query's colour or skin tone; each "
+        "is the other condition's hardest distractor, and every other candidate matches in neither respect. "
+        "In training, the other condition's positive is the explicit hard negative. Colours are exact: each "
+        "emoji is re-tinted (its luminance mapped onto one of six tints). " + wording,
+        "",
+        f"Pairs: {pairs}.",
+        "",
+    ]
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     """Markdown dataset card: what the suite is, one table row per dataset, split rule, licences."""
     cfg, src, images = manifest["config"], manifest["sources"], manifest["images"]
+    conflict = manifest.get("kind") == "conflict"
     lines = [
-        "# tsembed offline benchmark suite (OpenMoji)",
+        "# tsembed offline benchmark suite (OpenMoji)" + (", conflict kind" if conflict else ""),
         "",
         "A synthetic, licence-clean benchmark in MMEB format for universal multimodal embeddings, generated "
         "offline by `tsembed data build-suite` (generator version "
@@ -40,6 +62,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         "- Image paths are relative to this directory; images are PNG, named by content hash "
         f"({images['count']} files, {_size(images['bytes'])}).",
         "",
+        *(_conflict_intro(manifest) if conflict else []),
         "## Datasets",
         "",
         "| dataset | meta-task | split | train pairs (with hard neg.) | eval queries | candidates | task |",
@@ -53,8 +76,9 @@ def render_card(manifest: dict[str, Any]) -> str:
             if c["candidates_min"] == c["candidates_max"]
             else f"{c['candidates_min']}-{c['candidates_max']}"
         )
+        task = f"{d['meta_task']} ({d['condition']})" if d.get("condition") else d["meta_task"]
         lines.append(
-            f"| {name} | {d['meta_task']} | {'OOD' if d['ood'] else 'IND'} | {train} | {c['eval']} | "
+            f"| {name} | {task} | {'OOD' if d['ood'] else 'IND'} | {train} | {c['eval']} | "
             f"{cands} | {d['description']} |"
         )
     split = manifest["split"]

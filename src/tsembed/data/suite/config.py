@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from tsembed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tsembed.data.registry import DatasetInfo
 
 #: Bumped whenever the generator would produce different files for the same seed and knobs.
 GENERATOR_VERSION = "1"
 FORMATS = ("jsonl", "parquet")
+KINDS = ("standard", "conflict")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class SuiteConfig:
         canvas_size: Side in pixels of multi-emoji canvases (3x3 grid).
         format: File format of the rows, "jsonl" or "parquet".
         datasets: Build only these datasets (None: all).
+        kind: "standard" (15 datasets over four meta-tasks: breadth) or "conflict" (conditional similarity:
+            the same query, opposite notions of similarity, one shared gallery; DESIGN §5.2).
+        instructions: Conflict suite only. False words every condition alike, so nothing but the data says
+            which similarity a row wants: the control that shows the conditions conflict.
     """
 
     seed: int = 0
@@ -44,8 +52,14 @@ class SuiteConfig:
     canvas_size: int = 128
     format: str = "jsonl"
     datasets: tuple[str, ...] | None = None
+    kind: str = "standard"
+    instructions: bool = True
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if not self.instructions and self.kind != "conflict":
+            raise ConfigError("instructions=False (--no-instructions) applies to the conflict suite only")
         for name in ("max_train_per_dataset", "max_eval_per_dataset"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -60,12 +74,11 @@ class SuiteConfig:
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {list(FORMATS)}, got {self.format!r}")
         if self.datasets is not None:
-            from tsembed.data.registry import SUITE_DATASETS
-
-            valid = [d.name for d in SUITE_DATASETS]
+            valid = [d.name for d in self.dataset_infos(all_datasets=True)]
             unknown = [d for d in self.datasets if d not in valid]
             if unknown:
-                raise ConfigError(f"unknown suite dataset(s) {unknown}; valid names: {', '.join(valid)}")
+                raise ConfigError(f"unknown suite dataset(s) {unknown} for kind {self.kind!r}; "
+                                  f"valid names: {', '.join(valid)}")
             object.__setattr__(self, "datasets", tuple(self.datasets))
 
     @property
@@ -73,7 +86,23 @@ class SuiteConfig:
         """Splits of the in-distribution datasets; out-of-distribution ones have eval only."""
         return ("train", "dev", "eval") if self.dev_fraction > 0 else ("train", "eval")
 
+    def dataset_infos(self, all_datasets: bool = False) -> list[DatasetInfo]:
+        """The kind's datasets (those picked by `datasets` unless `all_datasets`), templates as built."""
+        from tsembed.data.registry import SUITE_KINDS
+
+        infos = [d for d in SUITE_KINDS[self.kind] if all_datasets or self.datasets is None or d.name in self.datasets]
+        return infos if self.instructions else [neutral(d) for d in infos]
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["datasets"] = None if self.datasets is None else list(self.datasets)
         return data
+
+
+def neutral(info: DatasetInfo) -> DatasetInfo:
+    """`info` with the condition-free wording of the no-instruction control (queries and targets alike)."""
+    from tsembed.data.inputs import IMAGE_PLACEHOLDER
+    from tsembed.data.registry import IMAGE_TARGET, NEUTRAL_IMAGE_QUERY, NEUTRAL_TEXT_QUERY
+
+    query = NEUTRAL_IMAGE_QUERY if IMAGE_PLACEHOLDER in info.query_template else NEUTRAL_TEXT_QUERY
+    return replace(info, query_template=query, target_template=IMAGE_TARGET)

@@ -15,6 +15,7 @@ from tsembed.errors import ConfigError, DataError
 
 MANIFEST = "suite.json"
 _INFO_KEYS = ("name", "meta_task", "ood", "query_template", "target_template", "files", "description")
+_OPTIONAL_INFO_KEYS = ("condition",)  # absent from suites built before the conflict suite existed
 
 
 @dataclass
@@ -119,5 +120,6 @@ def load_suite(root: str | Path) -> Suite:
         missing = [k for k in _INFO_KEYS if k not in entry]
         if missing:
             raise DataError(f"{path}: dataset {name!r} lacks {missing}")
-        datasets[name] = DatasetInfo.from_dict({k: entry[k] for k in _INFO_KEYS})
+        datasets[name] = DatasetInfo.from_dict({k: entry[k] for k in (*_INFO_KEYS, *_OPTIONAL_INFO_KEYS)
+                                                if k in entry})
     return Suite(root=root, manifest=manifest, datasets=datasets)

@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 
 from tsembed.data.suite.context import BuildContext
 from tsembed.data.suite.example import Example
-from tsembed.data.suite.tasks import classification, grounding, retrieval, vqa
+from tsembed.data.suite.tasks import classification, conflict, grounding, retrieval, vqa
 
 Builder = Callable[[BuildContext, str, random.Random, int], Iterator[Example]]
 
-#: Suite dataset name -> builder; the names match `tsembed.data.registry.SUITE_DATASETS`.
+#: Suite dataset name -> builder; the names match `tsembed.data.registry.SUITE_KINDS`.
 BUILDERS: dict[str, Builder] = {
     "EmojiGroup": classification.emoji_group,
     "EmojiSubgroup": classification.emoji_subgroup,
@@ -28,4 +28,5 @@ BUILDERS: dict[str, Builder] = {
     "ShortcodeToImage": retrieval.shortcode_to_image,
     "EmojiGrounding": grounding.emoji_grounding,
     "RelationalGrounding": grounding.relational_grounding,
+    **conflict.BUILDERS,
 }

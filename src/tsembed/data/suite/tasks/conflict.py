@@ -1,0 +1,253 @@
+"""Conditional-similarity datasets of the conflict suite: the same query, two opposite notions of "similar".
+
+Every query comes with one shared gallery holding exactly two "right" answers: the positive of condition X
+(the same emoji under another colour or skin tone) and the positive of condition Y (another emoji under the
+same colour or skin tone). Each is the other's hardest distractor; every other candidate matches the query in
+neither respect. Both datasets of a pair walk the same episodes (same seed stream), so a query is ranked
+against the same gallery under both conditions, and in training each condition's positive is the other's
+explicit hard negative — the "instruction negative" of Promptriever and InF-IR. One shared adapter is thus
+asked to pull the same pair of images together and push it apart, depending on the instruction only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tsembed.data.suite.catalog import DEFAULT_TONE, EmojiItem, variant_key
+from tsembed.data.suite.context import BuildContext, ranked
+from tsembed.data.suite.example import Example
+from tsembed.data.suite.render import EmojiRenderer
+
+#: Tint name -> RGB of the mid-tones: far apart in hue, so "the same colour" is unambiguous from pixels.
+TINTS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 35, 35),
+    "yellow": (235, 195, 0),
+    "green": (30, 165, 60),
+    "cyan": (0, 185, 205),
+    "blue": (40, 75, 230),
+    "purple": (150, 45, 200),
+}
+_TONE_WORDS = {DEFAULT_TONE: "no skin tone (default yellow)"}
+#: Skin tones of the tone pair: every other Fitzpatrick step, so "the same tone" is visible at 128 px
+#: (neighbouring steps differ by a few grey levels; a condition no model can see tests the backbone).
+TONE_LEVELS = (DEFAULT_TONE, "light", "medium", "dark")
+
+
+@dataclass(frozen=True)
+class Look:
+    """One gallery entry: an emoji and the attribute it is shown with (a tint, or its own skin tone)."""
+
+    item: EmojiItem
+    attribute: str
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A query, the positive of each condition, and distractors that match the query in neither respect."""
+
+    query: Look
+    same_identity: Look  # same emoji, another attribute
+    same_attribute: Look  # another emoji, same attribute
+    distractors: tuple[Look, ...]
+
+
+def tinted(ctx: BuildContext, item: EmojiItem, tint: str) -> str:
+    """The emoji's luminance mapped onto one tint (black stays black, white becomes the tint), on white.
+
+    Mapping white to the tint (not to white) colours the light fills too, so even a line-art emoji such as
+    a clock face shows its colour.
+    """
+
+    def render() -> Image.Image:
+        tile = ctx.renderer.tile(item.char)
+        gray = ImageOps.grayscale(tile.convert("RGB"))
+        colour = ImageOps.colorize(gray, black=(0, 0, 0), white=TINTS[tint]).convert("RGBA")
+        colour.putalpha(tile.getchannel("A"))
+        canvas = Image.new("RGBA", tile.size, (255, 255, 255, 255))
+        canvas.alpha_composite(colour)
+        return canvas.convert("RGB")
+
+    return ctx.store.get(("tint", item.code, tint), render)
+
+
+@cache
+def _light_share(renderer: EmojiRenderer, char: str) -> float:
+    """Share of the glyph's ink that is light (grey level > 128): the part a tint shows on."""
+    tile = renderer.tile(char)
+    gray = np.asarray(ImageOps.grayscale(tile.convert("RGB")))
+    ink = np.asarray(tile.getchannel("A")) > 128
+    return float((gray[ink] > 128).mean()) if ink.any() else 0.0
+
+
+def _tint_population(ctx: BuildContext, split: str) -> list[EmojiItem]:
+    """Emoji without skin tones whose names hold no tint word ("green heart" would name two colours) and
+    whose ink is at least 40 % light: a mostly black glyph stays black under any tint, and a colour no one
+    can see would test the backbone, not conflict."""
+    return [it for it in ctx.items(split) if not it.has_tone and not set(it.name.lower().split()) & set(TINTS)
+            and _light_share(ctx.renderer, it.char) >= 0.4]
+
+
+def _tone_identity(item: EmojiItem) -> str:
+    return variant_key(item.code, tone=True, gender=False)  # same emoji and gender, any tone
+
+
+def _episodes(
+    ctx: BuildContext,
+    split: str,
+    rng: random.Random,
+    items: Sequence[EmojiItem],
+    looks_of: Callable[[EmojiItem], list[Look]],
+) -> Iterator[Episode]:
+    """Episodes over `items` (each emoji once per pass, bases interleaved), each with a `pool_size` gallery.
+
+    `looks_of(item)` are the ways one emoji can be shown (its tints, or its skin-tone variants). Distractors
+    exclude the query's base emoji (so only one candidate is "the same emoji") and the query's attribute (so
+    only one is "the same colour"); the hardest come first: other emoji in the identity positive's attribute,
+    and the attribute positive's emoji in other attributes.
+    """
+    by_attribute: dict[str, list[Look]] = {}
+    for it in items:
+        for look in looks_of(it):
+            by_attribute.setdefault(look.attribute, []).append(look)
+    everything = [look for looks in by_attribute.values() for look in looks]
+    size = ctx.config.pool_size
+    passes = max((len(looks_of(it)) for it in items), default=0)  # each pass shows every emoji once more
+    asked: set[tuple[str, str]] = set()  # each look is a query once, so both sides keep every episode
+    for item in (it for _ in range(passes) for it in ctx.balanced(items, rng)):
+        own = looks_of(item)
+        fresh = [look for look in own if (look.item.code, look.attribute) not in asked]
+        if not fresh:
+            continue
+        query = rng.choice(fresh)
+        asked.add((query.item.code, query.attribute))
+        others = [look for look in own if look.attribute != query.attribute]
+        partners = [look for look in by_attribute[query.attribute] if look.item.base != item.base]
+        if not others or not partners:
+            continue
+        same_identity, same_attribute = rng.choice(others), rng.choice(partners)
+        distractors: list[Look] = []
+        if ranked(split):
+            near = by_attribute[same_identity.attribute]
+            pool = [
+                *rng.sample(near, min(4, len(near))),
+                *(look for look in looks_of(same_attribute.item) if look.attribute != query.attribute),
+                *rng.sample(everything, min(len(everything), 4 * size)),
+            ]
+            seen = {_look_key(ctx, same_identity), _look_key(ctx, same_attribute)}
+            for look in pool:
+                if len(distractors) >= size - 2:
+                    break
+                key = _look_key(ctx, look)
+                if look.item.base == item.base or look.attribute == query.attribute or key in seen:
+                    continue
+                seen.add(key)
+                distractors.append(look)
+        yield Episode(query, same_identity, same_attribute, tuple(distractors))
+
+
+def _look_key(ctx: BuildContext, look: Look) -> tuple[str, str]:
+    return ctx.fingerprint[look.item.code], look.attribute  # identical-looking emoji give one image
+
+
+def _tint_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterator[Episode]:
+    """Tint pair: every emoji without skin tones, shown in each of the TINTS."""
+    return _episodes(ctx, split, rng, _tint_population(ctx, split), lambda it: [Look(it, t) for t in TINTS])
+
+
+def _tone_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterator[Episode]:
+    """Tone pair: one entry per emoji (and gender) with skin tones; its looks are its six tone variants."""
+    variants: dict[str, list[Look]] = {}
+    for it in ctx.items(split):
+        if it.tone in TONE_LEVELS:
+            variants.setdefault(_tone_identity(it), []).append(Look(it, it.tone or ""))
+    unique = [looks[0].item for _, looks in sorted(variants.items())]
+    return _episodes(ctx, split, rng, unique, lambda it: variants[_tone_identity(it)])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dataset builders. `_side` turns an episode into the Example of one condition.
+
+
+def _side(
+    ctx: BuildContext,
+    split: str,
+    episode: Episode,
+    image: Callable[[Look], str],
+    positive_is_identity: bool,
+    query_text: str = "",
+    query_image: bool = True,
+) -> Example:
+    positive, other = (
+        (episode.same_identity, episode.same_attribute)
+        if positive_is_identity
+        else (episode.same_attribute, episode.same_identity)
+    )
+    train = split == "train"
+    gallery = [other, *episode.distractors]
+    return Example(
+        query=query_text,
+        query_image=image(episode.query) if query_image else "",
+        positive_image=image(positive),
+        negative="" if train else None,
+        negative_image=image(other) if train else "",
+        distractors=[("", image(look)) for look in gallery] if ranked(split) else [],
+        emoji=(episode.query.item, positive.item, other.item, *(look.item for look in episode.distractors)),
+    )
+
+
+def _tint_image(ctx: BuildContext) -> Callable[[Look], str]:
+    return lambda look: tinted(ctx, look.item, look.attribute)
+
+
+def _tone_image(ctx: BuildContext) -> Callable[[Look], str]:
+    return lambda look: ctx.single(look.item)
+
+
+def _tone_phrase(look: Look) -> str:
+    return _TONE_WORDS.get(look.attribute, f"{look.attribute} skin tone")
+
+
+def _identity_name(ctx: BuildContext, item: EmojiItem) -> str:
+    """The name without its skin-tone part ('man running: dark skin tone' -> 'man running')."""
+    return item.name.split(":")[0].strip() if item.tone not in (None, DEFAULT_TONE) else item.name
+
+
+def _builder(episodes: Callable[[BuildContext, str, random.Random], Iterator[Episode]], identity_side: bool,
+             kind: str) -> Callable[[BuildContext, str, random.Random, int], Iterator[Example]]:
+    """A dataset builder for one side of a pair; `kind`: image (image query), text-tint or text-tone."""
+
+    def build(ctx: BuildContext, split: str, rng: random.Random, n: int) -> Iterator[Example]:
+        image = _tone_image(ctx) if kind in ("tone", "text-tone") else _tint_image(ctx)
+        # Both sides of a pair draw from one stream (not `rng`), so they share queries and galleries.
+        stream = ctx.rng("conflict", episodes.__name__, split)
+        for ep in episodes(ctx, split, stream):
+            if kind == "text-tint":
+                text = f"{ep.query.attribute} {ep.query.item.name}"
+            elif kind == "text-tone":
+                text = f"{_identity_name(ctx, ep.query.item)} with {_tone_phrase(ep.query)}"
+            else:
+                text = ""
+            yield _side(ctx, split, ep, image, identity_side, text, query_image=not kind.startswith("text"))
+
+    return build
+
+
+BUILDERS = {
+    "ToneSameEmoji": _builder(_tone_episodes, True, "tone"),
+    "ToneSameTone": _builder(_tone_episodes, False, "tone"),
+    "TintSameEmoji": _builder(_tint_episodes, True, "tint"),
+    "TintSameColour": _builder(_tint_episodes, False, "tint"),
+    "TextSameObject": _builder(_tint_episodes, True, "text-tint"),
+    "TextSameColour": _builder(_tint_episodes, False, "text-tint"),
+    # out-of-distribution: unseen instruction wording, and an unseen combination (text queries about tones)
+    "ToneSameEmojiReworded": _builder(_tone_episodes, True, "tone"),
+    "TintSameColourReworded": _builder(_tint_episodes, False, "tint"),
+    "TextToneSameObject": _builder(_tone_episodes, True, "text-tone"),
+    "TextToneSameTone": _builder(_tone_episodes, False, "text-tone"),
+}
