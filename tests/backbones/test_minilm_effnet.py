@@ -214,3 +214,19 @@ def test_real_default_backbone_loads_offline_and_matches_minilm(default_backbone
     summary = attach(b, MoELoRAConfig(target_modules=b.default_target_modules, num_experts=4, rank=8))
     assert summary.num_modules == 6 * 6
     torch.testing.assert_close(embed(b, [EmbedInput(texts[0])]), ours[:1])
+
+
+def test_text_router_ignores_the_picture(tiny_default_backbone, backbone_test_images) -> None:
+    """moe.router_input='text': an image query routes on its instruction, so the first adapted layer (whose
+    input is the token embeddings) routes two pictures under one instruction identically."""
+    b = tiny_default_backbone
+    attach(b, MoELoRAConfig(target_modules=b.default_target_modules, num_experts=4, rank=2, level="sequence",
+                            router_input="text", router_init_std=1.0))
+    inputs = [EmbedInput("<|image_1|> find the same emoji", backbone_test_images[0]),
+              EmbedInput("<|image_1|> find the same emoji", backbone_test_images[3]),
+              EmbedInput("<|image_1|> find any emoji of the same colour", backbone_test_images[0])]
+    with torch.no_grad():
+        b(**b.prepare(inputs))
+    first = next(iter(collect_routing(b).layer_probs.values()))  # [3, E]
+    torch.testing.assert_close(first[0], first[1])
+    assert not torch.allclose(first[0], first[2])

@@ -30,6 +30,15 @@ def test_lora_baseline_has_the_moe_budget():
         pick(variants, ["lora", "nope"])
 
 
+def test_a_weighting_without_routing_also_gets_a_lora_variant():
+    variants = ablation_variants(num_experts=4, rank=8, modes=("weight", "hardness"))
+    assert {"tsembed_hardness", "lora_hardness"} <= set(variants) and "lora_weight" not in variants
+    lora = variants["lora_hardness"].overrides
+    assert "model.moe.rank=32" in lora and lora[-1] == "eans.mode=hardness" and "eans.mode=off" not in lora
+    with pytest.raises(ConfigError, match="unknown EANS mode"):
+        ablation_variants(num_experts=4, rank=8, modes=("bogus",))
+
+
 def _adapter_parameters(moe: dict) -> int:
     from torch import nn
 

@@ -11,7 +11,7 @@ from tsembed.training.step import contrastive_step
 from .helpers import grads, toy_batch, toy_model
 
 
-@pytest.mark.parametrize("mode", ["off", "weight", "select"])
+@pytest.mark.parametrize("mode", ["off", "weight", "select", "hardness"])
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_gradcache_equals_full_batch(mode, level):
     model = toy_model(level=level)
@@ -105,3 +105,36 @@ def test_expert_usage_running_mean_and_no_push_when_balanced_overall():
 def test_load_balance_window_is_validated(window):
     with pytest.raises(ConfigError, match="load_balance_window"):
         LossConfig(load_balance_window=window)
+
+
+def test_hardness_mode_weights_negatives_by_their_score_like_llave():
+    """Reference: ℓ_i = −log e^{c_ii/τ} / (e^{c_ii/τ} + Σ_j w_ij e^{c_ij/τ}), w_i· = M · softmax_j(β c_ij)."""
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)  # 4 positives, 2 explicit hard negatives
+    tau, beta = 0.1, 3.0
+    objective = ContrastiveObjective(LossConfig(tau=tau, false_negative_margin=None, mask_same_content=False),
+                                     EANSConfig(mode="hardness", hardness_beta=beta))
+    owner = torch.tensor([-1, -1, -1, -1, 0, 1])
+    out = objective(q, t, None, None, torch.arange(6), owner, eans_active=True)  # no routing needed
+    scores = q @ t.T
+    expected = []
+    for i in range(4):
+        neg = [j for j in range(6) if j != i]
+        w = torch.softmax(beta * scores[i, neg], dim=0) * len(neg)
+        denom = torch.exp(scores[i, i] / tau) + (w * torch.exp(scores[i, neg] / tau)).sum()
+        expected.append(-torch.log(torch.exp(scores[i, i] / tau) / denom))
+    assert float(out.loss) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    plain = objective(q, t, None, None, torch.arange(6), owner, eans_active=False)
+    assert out.logs["infonce"] == pytest.approx(float(plain.loss), rel=1e-6) and float(out.loss) > float(plain.loss)
+
+
+def test_eans_modes_are_one_registry():
+    from tsembed.training.eans import EANS_MODES
+
+    assert {"off", "weight", "select", "mine", "hardness"} <= set(EANS_MODES)
+    assert not EANS_MODES["hardness"].uses_routing and EANS_MODES["weight"].uses_routing
+    with pytest.raises(ConfigError, match="eans.mode must be one of"):
+        EANSConfig(mode="bogus")
+    with pytest.raises(ConfigError, match="hardness_beta"):
+        EANSConfig(hardness_beta=float("nan"))

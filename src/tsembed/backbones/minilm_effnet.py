@@ -273,6 +273,8 @@ class MiniLMEfficientNetBackbone(Backbone):
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens)
         else:  # keep the projector in the graph so DDP sees every trainable parameter used
             embeds = embeds + 0.0 * self.projector(embeds.new_zeros(1, self.num_visual_tokens, FEATURE_CHANNELS)).sum()
-        set_routing_mask(self, attention_mask)  # MiniLM's layers see exactly the prepared sequence
+        # MiniLM's layers see exactly the prepared sequence; its text is every token but [CLS], [SEP], image slots
+        text = ~slots & (input_ids != self.cls_id) & (input_ids != self.sep_id)
+        set_routing_mask(self, attention_mask, text_mask=text)
         out = self.text(inputs_embeds=embeds, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return BackboneOutput(hidden_states=out.last_hidden_state, attention_mask=attention_mask)

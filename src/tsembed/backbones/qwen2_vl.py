@@ -174,7 +174,8 @@ class Qwen2VLBackbone(Backbone):
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
     ) -> BackboneOutput:
-        set_routing_mask(self, attention_mask)  # image pads are already in the sequence
+        # image pads are already in the sequence; everything else is text (moe.router_input="text")
+        set_routing_mask(self, attention_mask, text_mask=mm_token_type_ids == 0)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

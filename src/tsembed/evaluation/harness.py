@@ -156,7 +156,7 @@ def evaluate(
         results.append(
             DatasetResult(
                 name=spec.name,
-                meta_task=spec.task,
+                meta_task=spec.meta_task,
                 ood=spec.ood,
                 file=str(spec.path),
                 num_rows=len(loaded.rows),

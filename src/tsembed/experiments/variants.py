@@ -37,9 +37,17 @@ def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("we
         "moe_eans_no_stage1": Variant("moe_eans_no_stage1", "MoE-LoRA + EANS from step 0 (no stage 1)",
                                       ("schedule.stage1_steps=0",)),
     }
+    from tsembed.training.eans import EANS_MODES
+
     for mode in modes:
+        if mode not in EANS_MODES:
+            raise ConfigError(f"unknown EANS mode {mode!r}; valid: {sorted(EANS_MODES)}")
         variants[f"tsembed_{mode}"] = Variant(f"tsembed_{mode}", f"TSEmbed: MoE-LoRA, stage 1 then EANS {mode}",
                                               (f"eans.mode={mode}",))
+        if not EANS_MODES[mode].uses_routing and mode != "off":  # a weighting one adapter can use as well
+            variants[f"lora_{mode}"] = Variant(f"lora_{mode}", f"single LoRA of rank {lora_rank}, stage 1 then {mode}",
+                                               (*lora_overrides(num_experts, rank, num_shared)[:-1],
+                                                f"eans.mode={mode}"))
     return variants
 
 

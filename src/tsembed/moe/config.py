@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -10,6 +11,7 @@ from tsembed.errors import ConfigError
 
 ROUTING_MODES = ("topk", "topp", "dense")
 ROUTING_LEVELS = ("token", "sequence")
+ROUTER_INPUTS = ("all", "text")
 
 
 @dataclass
@@ -37,6 +39,13 @@ class MoELoRAConfig:
             same experts. Empty: routing sees content only. An input without a task gets no bias. Needs
             adapted layers that see one row per input (minilm-effnet, text towers); a layer that sees another
             batch (e.g. vision patches) raises an AdapterError naming it.
+        task_hint_init: initial logit bias of hint i towards expert ``i mod E`` (0: no preference). A large
+            value (e.g. 8) routes each declared task to its own expert from the first step: the "MoE routed
+            by the true task id" upper bound; the biases stay trainable.
+        router_input: what a sequence-level router pools: ``all`` tokens, or only the ``text`` tokens (not
+            the image tokens) where the backbone marks them (minilm-effnet, Qwen2-VL). For an image input the
+            text is its instruction, so a query and a target of the same task meet in the same expert instead
+            of being routed by picture content; an input with no text tokens routes on all of them.
     """
 
     target_modules: list[str] = field(default_factory=list)
@@ -53,6 +62,8 @@ class MoELoRAConfig:
     num_shared_experts: int = 0
     router_init_std: float = 0.02
     task_hints: list[str] = field(default_factory=list)
+    task_hint_init: float = 0.0
+    router_input: str = "all"
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -94,6 +105,15 @@ class MoELoRAConfig:
             raise ConfigError(f"moe.task_hints: every hint must be a non-empty string, got {bad!r}")
         if len(set(self.task_hints)) != len(self.task_hints):
             raise ConfigError(f"moe.task_hints: names repeat in {self.task_hints!r}")
+        if self.router_input not in ROUTER_INPUTS:
+            raise ConfigError(f"moe.router_input must be one of {ROUTER_INPUTS}, got {self.router_input!r}")
+        if self.router_input != "all" and self.level != "sequence":
+            raise ConfigError("moe.router_input='text' needs moe.level='sequence' (a token router reads its token)")
+        if isinstance(self.task_hint_init, bool) or not isinstance(self.task_hint_init, int | float) or not (
+                math.isfinite(self.task_hint_init)):
+            raise ConfigError(f"moe.task_hint_init must be a finite number, got {self.task_hint_init!r}")
+        if self.task_hint_init and not self.task_hints:
+            raise ConfigError("moe.task_hint_init needs moe.task_hints (the tasks whose bias it initialises)")
         if float(self.alpha) <= 0.0:
             raise ConfigError(f"moe.alpha must be > 0, got {self.alpha!r}")
 

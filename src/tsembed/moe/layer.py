@@ -42,6 +42,7 @@ class MoELoRALinear(nn.Module):
         self.top_p = float(config.top_p)
         self.temperature = float(config.temperature)
         self.jitter = float(config.jitter)
+        self.router_input = config.router_input
         self._gate_fn = get_gate_fn(config.routing)
         object.__setattr__(self, "_state", state)  # shared, so not a submodule
 
@@ -55,6 +56,10 @@ class MoELoRALinear(nn.Module):
         # one learned logit bias per declared task; zero at init, so hints change nothing until trained
         hint_shape = (len(config.task_hints), self.num_experts)
         self.router_hint = nn.Parameter(torch.zeros(hint_shape, **factory)) if config.task_hints else None
+        if self.router_hint is not None and config.task_hint_init:
+            with torch.no_grad():  # hint i leans towards expert i mod E
+                hints = torch.arange(hint_shape[0])
+                self.router_hint[hints, hints % self.num_experts] = float(config.task_hint_init)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # fan_in = d_in, as in peft's LoRA
         nn.init.normal_(self.router.weight, std=config.router_init_std)
 
@@ -68,7 +73,11 @@ class MoELoRALinear(nn.Module):
 
     def route(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Router logits and probabilities for x [B, L, d]: [B, L, E] (token) or [B, E] (sequence)."""
-        router_in = x if self.level == "token" else masked_mean(x, mask)
+        if self.level == "token":
+            router_in = x
+        else:
+            text = self._state.text_mask if self.router_input == "text" else None
+            router_in = masked_mean(x, text if text is not None and text.shape == x.shape[:2] else mask)
         if self.training and self.jitter > 0:
             noise = torch.empty_like(router_in).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
             router_in = router_in * noise

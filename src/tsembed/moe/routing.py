@@ -72,6 +72,7 @@ class RoutingState:
 
     def __init__(self) -> None:
         self.mask: torch.Tensor | None = None
+        self.text_mask: torch.Tensor | None = None  # [B, L] text tokens, for moe.router_input="text"
         self.hints: torch.Tensor | None = None
         self.records: dict[str, LayerRouting] = {}
         self.hook_id: int | None = None
@@ -115,11 +116,20 @@ def get_routing_state(model: nn.Module) -> RoutingState:
     return state
 
 
-def set_routing_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> None:
-    """Tell every MoE layer of ``model`` which tokens are real ([B, L], 1 = token, 0 = pad)."""
+def set_routing_mask(model: nn.Module, attention_mask: torch.Tensor | None,
+                     text_mask: torch.Tensor | None = None) -> None:
+    """Tell every MoE layer of ``model`` which tokens are real ([B, L], 1 = token, 0 = pad) and, optionally,
+    which are text (not image) tokens, for routers that read the instruction only (``moe.router_input``).
+
+    A row without text tokens routes on all its tokens.
+    """
     state = getattr(model, "tsembed_routing_state", None)
     if isinstance(state, RoutingState):  # a backbone without adapters has nothing to tell
         state.mask = attention_mask
+        if text_mask is not None and attention_mask is not None:
+            text_mask = text_mask.bool() & attention_mask.bool()
+            text_mask = torch.where(text_mask.any(dim=1, keepdim=True), text_mask, attention_mask.bool())
+        state.text_mask = text_mask
 
 
 def set_routing_hints(model: nn.Module, hint_ids: torch.Tensor | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,39 +11,75 @@ import torch
 from tsembed.errors import ConfigError
 from tsembed.training.losses import eans_select, eans_weights
 
-EANS_MODES = ("off", "weight", "select", "mine")
-
 
 @dataclass
 class EANSConfig:
-    """EANS settings. ``mode``: off | weight (β) | select (k) | mine (m extra negatives per query)."""
+    """EANS settings. ``mode``: off | weight (β) | select (k) | mine (m extra negatives per query) |
+    hardness (β_h: negatives weighted by their embedding score, LLaVE's hardness weighting, the control that
+    asks whether routing similarity adds anything over the similarity the loss already computes)."""
 
     mode: str = "weight"
     beta: float = 5.0
     select_k: int = 8
     mine_m: int = 2
+    hardness_beta: float = 9.0  # LLaVE's α for cosine scores
 
     def __post_init__(self) -> None:
         if self.mode not in EANS_MODES:
-            raise ConfigError(f"eans.mode must be one of {EANS_MODES}, got {self.mode!r}")
-        if self.beta < 0:
-            raise ConfigError(f"eans.beta must be >= 0, got {self.beta!r}")
+            raise ConfigError(f"eans.mode must be one of {sorted(EANS_MODES)}, got {self.mode!r}")
+        for name in ("beta", "hardness_beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"eans.{name} must be a finite number >= 0, got {value!r}")
         if self.select_k < 1:
             raise ConfigError(f"eans.select_k must be >= 1, got {self.select_k!r}")
         if self.mine_m < 1:
             raise ConfigError(f"eans.mine_m must be >= 1, got {self.mine_m!r}")
 
 
-def negative_weights(
-    mode: str, affinity: torch.Tensor, negatives: torch.Tensor, config: EANSConfig, keep: torch.Tensor | None
-) -> torch.Tensor:
-    """Weights w [N, M] for the loss; ``negatives`` already excludes positives and false negatives."""
-    if mode == "weight":
-        return eans_weights(affinity, negatives, config.beta)
-    if mode == "select":
-        return eans_select(affinity, negatives, config.select_k, keep=keep)
-    # off, and mine (whose effect is the extra negatives in the batch): plain InfoNCE weights
+@dataclass(frozen=True)
+class EANSMode:
+    """One way of weighting negatives: ``weights(affinity, scores, negatives, config, keep)`` -> [N, M].
+
+    Attributes:
+        uses_routing: Needs routing signatures (the affinity); False for modes any adapter can use.
+        reweights: The loss differs from plain InfoNCE over the same negatives, so the unweighted InfoNCE
+            is logged beside it (comparable across stages and variants).
+        mines: Adds negatives to the batch from the signature bank.
+    """
+
+    weights: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, EANSConfig, torch.Tensor | None], torch.Tensor]
+    uses_routing: bool
+    reweights: bool
+    mines: bool = False
+
+
+def _uniform(affinity: torch.Tensor, scores: torch.Tensor, negatives: torch.Tensor, config: EANSConfig,
+             keep: torch.Tensor | None) -> torch.Tensor:
     return negatives.to(affinity.dtype)
+
+
+#: The one registry of EANS modes; config validation, the objective and the trainer all dispatch through it.
+EANS_MODES: dict[str, EANSMode] = {
+    "off": EANSMode(_uniform, uses_routing=False, reweights=False),
+    "weight": EANSMode(lambda a, s, n, c, k: eans_weights(a, n, c.beta), uses_routing=True, reweights=True),
+    "select": EANSMode(lambda a, s, n, c, k: eans_select(a, n, c.select_k, keep=k), uses_routing=True,
+                       reweights=True),
+    # the effect of mine is the extra negatives it puts in the batch; their weights are plain InfoNCE's
+    "mine": EANSMode(_uniform, uses_routing=True, reweights=False, mines=True),
+    # LLaVE: w ∝ exp(β_h · sg(score)), normalised like `weight` so the mean weight is 1
+    "hardness": EANSMode(lambda a, s, n, c, k: eans_weights(s, n, c.hardness_beta), uses_routing=False,
+                         reweights=True),
+}
+
+
+def negative_weights(mode: str, affinity: torch.Tensor, scores: torch.Tensor, negatives: torch.Tensor,
+                     config: EANSConfig, keep: torch.Tensor | None) -> torch.Tensor:
+    """Weights w [N, M] for the loss; ``negatives`` already excludes positives and false negatives.
+
+    ``affinity`` is the routing affinity, ``scores`` the embedding similarities (both treated as constants).
+    """
+    return EANS_MODES[mode].weights(affinity, scores.detach(), negatives, config, keep)
 
 
 class SignatureBank:

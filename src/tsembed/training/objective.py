@@ -16,7 +16,7 @@ from torch import nn
 from tsembed.errors import ConfigError
 from tsembed.moe import RoutingStats
 from tsembed.training.distributed import gather_no_grad, gather_with_grad, rank
-from tsembed.training.eans import EANSConfig, negative_weights
+from tsembed.training.eans import EANS_MODES, EANSConfig, negative_weights
 from tsembed.training.losses import false_negative_mask, info_nce, negative_mask
 
 
@@ -114,10 +114,10 @@ class ContrastiveObjective(nn.Module):
             affinity = torch.zeros_like(scores)
         mode = self.eans_config.mode if eans_active else "off"
         keep = owner[None, :] == query_global[:, None]  # explicit hard negatives of each query
-        weights = negative_weights(mode, affinity, usable, self.eans_config, keep)
+        weights = negative_weights(mode, affinity, scores, usable, self.eans_config, keep)
         loss = info_nce(scores, positive, self.tau, weights)
         logs = _eans_logs(weights, affinity, negatives, usable)
-        if mode in ("weight", "select"):  # the unweighted loss, comparable across stages and variants
+        if EANS_MODES[mode].reweights:  # the unweighted loss, comparable across stages and variants
             with torch.no_grad():
                 logs["infonce"] = float(info_nce(scores, positive, self.tau, usable.to(scores.dtype)))
         else:

@@ -26,7 +26,7 @@ from tsembed.training import checkpoint as ckpt
 from tsembed.training.config import TrainConfig
 from tsembed.training.data import BatchPlan, TrainingData, TrainSource
 from tsembed.training.distributed import is_distributed, rank, world_size
-from tsembed.training.eans import SignatureBank
+from tsembed.training.eans import EANS_MODES, SignatureBank
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 from tsembed.training.step import StepOutput, contrastive_step
 
@@ -150,7 +150,7 @@ class Trainer:
 
     # ----- one step ------------------------------------------------------------------------------------
     def _mined(self, rows: list[int]) -> list[list[int]] | None:
-        if self.stage != 2 or self.config.eans.mode != "mine" or self.query_bank is None:
+        if self.stage != 2 or not EANS_MODES[self.config.eans.mode].mines or self.query_bank is None:
             return None
         banked = self.query_bank.filled[torch.tensor(rows)]
         query_sigs = self.query_bank.signatures[torch.tensor(rows)]
