@@ -11,7 +11,13 @@ from tests.toy_backbone import ToyBackbone
 from tests.training.helpers import WORDS, toy_model
 from tsembed.backbones import BACKBONES
 from tsembed.cli import main
-from tsembed.experiments.conflict import cosine_matrix, dataset_gradients, group_cosines, split_half_cosine
+from tsembed.experiments.conflict import (
+    ConflictReport,
+    cosine_matrix,
+    dataset_gradients,
+    group_cosines,
+    split_half_cosine,
+)
 from tsembed.training.data import TrainingData, TrainSource
 from tsembed.training.losses import info_nce
 from tsembed.training.objective import LossConfig
@@ -30,6 +36,16 @@ def test_cosines_and_group_means_by_hand():
     assert split_half_cosine(torch.ones(1, 3)) is None
     assert group_cosines(["a", "c"], cosine_matrix({"a": grads["a"], "c": grads["c"]}),
                          {"a": "X", "c": "Y"})["within_mean"] is None
+
+
+def test_declared_condition_pairs_are_reported_with_their_minimum():
+    grads = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([-1.0, 1.0]), "c": torch.tensor([0.0, 1.0])}
+    report = ConflictReport(list(grads), {n: n for n in grads}, cosine_matrix(grads), {}, 1, 2, {},
+                            pairs={"ab": ("a", "b"), "bc": ("b", "c"), "gone": ("a", "z")})
+    out = report.to_dict()
+    assert out["pairs"] == pytest.approx({"ab": -0.7071, "bc": 0.7071}, abs=1e-4)
+    assert out["pair_cosine_min"] == pytest.approx(-0.7071, abs=1e-4)
+    assert "paired conditions" in report.markdown() and "ab -0.707" in report.markdown()
 
 
 @pytest.fixture(scope="module")

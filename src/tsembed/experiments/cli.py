@@ -67,7 +67,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, help="Write conflict.json and conflict.md here."),
         overrides: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
     ) -> None:
-        """Cosine between the training datasets' loss gradients: do the tasks conflict? (training data only)"""
+        """Cosine between the training datasets' loss gradients: do the tasks conflict? (training data only)
+
+        On a conflict suite (build-suite --kind conflict) it also reports the cosine of each condition pair.
+        """
         import json
 
         import torch
@@ -85,11 +88,13 @@ def register(app: typer.Typer) -> None:
         torch.manual_seed(cfg.run.seed)
         net = TSEmbedModel.from_pretrained(model) if model else build_model(cfg)
         data = TrainingData(resolve_sources(cfg), skip_invalid=cfg.data.skip_invalid)
-        groups = {}
+        groups, pairs = {}, {}
         if not cfg.data.train_files:
             suite = load_suite(cfg.data.suite)
             groups = {name: suite.info(name).meta_task for name in suite.names()}
-        report = measure_conflict(net, data, groups, cfg.loss, batches, cfg.data.batch_size, seed=cfg.run.seed)
+            pairs = {name: tuple(sets) for name, sets in suite.manifest.get("pairs", {}).items()}
+        report = measure_conflict(net, data, groups, cfg.loss, batches, cfg.data.batch_size, seed=cfg.run.seed,
+                                  pairs=pairs)
         text = report.markdown()
         if out:
             out.mkdir(parents=True, exist_ok=True)

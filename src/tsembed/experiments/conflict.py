@@ -62,13 +62,23 @@ class ConflictReport:
     batches: int
     batch_size: int
     split_half: dict[str, float | None]
+    pairs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # conflict suite: name -> (x, y)
+
+    def pair_cosines(self) -> dict[str, float]:
+        """Cosine between the two conditions of each declared pair (pairs with a dataset not measured are left out)."""
+        index = {n: i for i, n in enumerate(self.datasets)}
+        return {name: float(self.cosines[index[x], index[y]]) for name, (x, y) in self.pairs.items()
+                if x in index and y in index}
 
     def to_dict(self) -> dict[str, Any]:
+        pairs = self.pair_cosines()
         return {
             "datasets": self.datasets, "groups": self.groups, "batches": self.batches,
             "batch_size": self.batch_size, "gradient_norms": self.gradient_norms, "split_half": self.split_half,
             "cosines": [[round(float(x), 4) for x in row] for row in self.cosines],
             "summary": group_cosines(self.datasets, self.cosines, self.groups),
+            "pairs": {name: round(value, 4) for name, value in pairs.items()},
+            "pair_cosine_min": round(min(pairs.values()), 4) if pairs else None,
         }
 
     def markdown(self) -> str:
@@ -82,6 +92,8 @@ class ConflictReport:
             "- split-half cosine of each dataset with itself (the noise floor; cross-dataset cosines mean something "
             "only where these are well above 0): " + ", ".join(f"{n} {_fmt(v)}" for n, v in self.split_half.items()),
             "",
+            *(["- paired conditions (the positive of one is the other's hardest distractor): " + ", ".join(
+                f"{name} {value:+.3f}" for name, value in self.pair_cosines().items()), ""] if self.pairs else []),
             "| meta-task pair | mean cosine |", "|---|---:|",
             *[f"| {k} | {v:+.3f} |" for k, v in s["pairs"].items()], "",
             "| | " + " | ".join(short) + " |", "|---|" + "---:|" * len(short),
@@ -135,10 +147,12 @@ def split_half_cosine(per_batch: torch.Tensor) -> float | None:
 
 
 def measure_conflict(model: TSEmbedModel, data: TrainingData, groups: dict[str, str], loss: LossConfig,
-                     batches: int = 4, batch_size: int = 32, seed: int = 0) -> ConflictReport:
+                     batches: int = 4, batch_size: int = 32, seed: int = 0,
+                     pairs: dict[str, tuple[str, str]] | None = None) -> ConflictReport:
+    """``groups``: dataset -> group (meta-task, or condition); ``pairs``: declared pairs of conditions."""
     per_batch = dataset_gradients(model, data, loss, batches, batch_size, seed=seed)
     means = {n: g.double().mean(0).float() for n, g in per_batch.items()}
     names = list(means)
     return ConflictReport(names, {n: groups.get(n, n) for n in names}, cosine_matrix(means),
                           {n: float(g.norm()) for n, g in means.items()}, batches, batch_size,
-                          {n: split_half_cosine(g) for n, g in per_batch.items()})
+                          {n: split_half_cosine(g) for n, g in per_batch.items()}, dict(pairs or {}))
