@@ -187,7 +187,7 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
     ``ablation-dev.*``; the trained models are shared with an eval-split summary of the same directory.
     """
     base = load_base_config(config, overrides)
-    variants = pick(variants_for(base, modes), variant_names)
+    variants = pick(variants_for(base, modes, extra=bool(variant_names)), variant_names)
     records = []
     for seed in seeds:
         for variant in variants:

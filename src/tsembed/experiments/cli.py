@@ -57,6 +57,31 @@ def register(app: typer.Typer) -> None:
                      summary_only=summary_only, split=split)
         typer.echo((out / f"{summary_stem(split)}.md").read_text())
 
+    @app.command("task-scaling")
+    def task_scaling(
+        suite: Path = typer.Option(..., help="Suite directory (e.g. build-suite --kind conflict)."),
+        out: Path = typer.Option(Path("runs/task-scaling"), help="Where runs and task-scaling.{json,md,png} go."),
+        config: Path = typer.Option(None, "--config", "-c", help="Base training config (default: packaged)."),
+        seeds: list[int] = typer.Option([0], "--seeds", help="Seeds (repeat the option); each fixes a task order."),
+        variants: list[str] = typer.Option([], "--variant", help="Models (repeatable) [default: lora, moe, "
+                                           "tsembed_weight, tsembed_equal_active]."),
+        sizes: list[int] = typer.Option([], "--size", help="Task-set sizes (repeatable) [default: 1, 2, 4, … all]."),
+        steps_per_task: int = typer.Option(50, min=1, help="Training steps per task in the set."),
+        min_steps: int = typer.Option(150, min=1, help="At least this many steps (specialists included)."),
+        split: str = typer.Option("eval", "--eval-split", help="eval, or dev (compare settings there)."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a base config key (repeatable)."),
+    ) -> None:
+        """Train on nested task sets of growing size; each task's hit@1 relative to its specialist LoRA.
+
+        Writes a table, task-scaling.json and a plot (tasks on the x axis, relative hit@1 on the y axis, one
+        line per model). Finished runs are kept and skipped, so an interrupted grid resumes.
+        """
+        from tsembed.experiments.scaling import Budget, run_task_scaling
+
+        run_task_scaling(config, overrides, suite, out, seeds, variants or None, sizes or None,
+                         Budget(steps_per_task, min_steps), split)
+        typer.echo((out / "task-scaling.md").read_text())
+
     @app.command("task-conflict")
     def task_conflict(
         config: Path = typer.Option(None, "--config", "-c", help="Training config (YAML, or a run's config.json); "

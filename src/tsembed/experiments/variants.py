@@ -27,7 +27,8 @@ def lora_overrides(num_experts: int, rank: int, num_shared: int = 0) -> tuple[st
 
 
 def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("weight",),
-                      num_shared: int = 0) -> dict[str, Variant]:
+                      num_shared: int = 0, extra: bool = False) -> dict[str, Variant]:
+    """The ablation's variants; ``extra`` adds the equal-active-parameter ones (run only when named)."""
     lora_rank = (num_experts + num_shared) * rank
     variants = {
         "base": Variant("base", "untrained backbone, no adapters (projector at its random init)", trained=False),
@@ -37,6 +38,13 @@ def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("we
         "moe_eans_no_stage1": Variant("moe_eans_no_stage1", "MoE-LoRA + EANS from step 0 (no stage 1)",
                                       ("schedule.stage1_steps=0",)),
     }
+    if extra:  # equal *active* parameters: every expert has the LoRA's rank, one is active per input
+        variants["moe_equal_active"] = Variant(
+            "moe_equal_active", f"MoE-LoRA, experts of rank {lora_rank} (the LoRA's active size), InfoNCE only",
+            (f"model.moe.rank={lora_rank}", "eans.mode=off"))
+        variants["tsembed_equal_active"] = Variant(
+            "tsembed_equal_active", f"TSEmbed with experts of rank {lora_rank} (the LoRA's active size)",
+            (f"model.moe.rank={lora_rank}", "eans.mode=weight"))
     from tsembed.training.eans import EANS_MODES
 
     for mode in modes:
@@ -60,8 +68,8 @@ def pick(variants: dict[str, Variant], names: list[str] | None) -> list[Variant]
     return [variants[n] for n in names]
 
 
-def variants_for(base: dict, modes: tuple[str, ...] = ("weight",)) -> dict[str, Variant]:
+def variants_for(base: dict, modes: tuple[str, ...] = ("weight",), extra: bool = False) -> dict[str, Variant]:
     """The variants of a resolved base config: the LoRA budget follows its MoE section."""
     moe = base.get("model", {}).get("moe") or {}
     return ablation_variants(int(moe.get("num_experts", 4)), int(moe.get("rank", 8)), modes,
-                             num_shared=int(moe.get("num_shared_experts", 0)))
+                             num_shared=int(moe.get("num_shared_experts", 0)), extra=extra)

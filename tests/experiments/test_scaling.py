@@ -1,0 +1,60 @@
+"""Task scaling: nested task sets, relative hit@1 against specialists, and a tiny end-to-end grid."""
+
+import json
+
+import pytest
+
+from tsembed.cli import main
+from tsembed.errors import ConfigError
+from tsembed.experiments.scaling import Budget, drop_from_first_to_last, nested_sizes, relative_table, task_order
+
+
+def test_sizes_orders_and_budget():
+    assert nested_sizes(6) == [1, 2, 4, 6] and nested_sizes(4) == [1, 2, 4] and nested_sizes(1) == [1]
+    tasks = ["a", "b", "c", "d"]
+    assert sorted(task_order(tasks, 0)) == tasks and task_order(tasks, 0) == task_order(list(reversed(tasks)), 0)
+    assert any(task_order(tasks, s) != task_order(tasks, 0) for s in range(1, 5))
+    assert Budget(50, 150).overrides(["a", "b", "c", "d"]) == [
+        "data.datasets=[a,b,c,d]", "schedule.steps=200", "schedule.stage1_steps=100"]
+    assert Budget(50, 150).overrides(["a"])[1] == "schedule.steps=150"
+    with pytest.raises(ConfigError):
+        Budget(0, 10)
+
+
+def test_relative_hit1_by_hand():
+    def rec(variant, seed, size, tasks, hits):
+        return {"variant": variant, "seed": seed, "size": size, "tasks": tasks,
+                "datasets": {t: {"hit@1": h} for t, h in hits.items()}}
+
+    specialists = {(0, "a"): 80.0, (0, "b"): 40.0, (1, "a"): 50.0, (1, "b"): 0.0}
+    records = [rec("lora", 0, 1, ["a"], {"a": 0.8}), rec("lora", 0, 2, ["a", "b"], {"a": 0.4, "b": 0.4}),
+               rec("lora", 1, 1, ["a"], {"a": 0.5}), rec("lora", 1, 2, ["a", "b"], {"a": 0.25, "b": 0.3})]
+    table = relative_table(records, specialists)
+    # seed 0, two tasks: (0.5 + 1.0) / 2; seed 1: b's specialist scored 0, so only a counts: 0.5
+    assert table["lora"]["2"]["values"] == pytest.approx([0.75, 0.5])
+    assert table["lora"]["2"]["mean"] == pytest.approx(0.625) and table["lora"]["1"]["mean"] == pytest.approx(1.0)
+    assert drop_from_first_to_last(table) == {"lora": pytest.approx(0.375)}
+
+
+def test_task_scaling_end_to_end_and_resumes(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    suite = tmp_path / "suite"
+    assert main(["data", "build-suite", "--kind", "conflict", "--out", str(suite), "--max-train", "8",
+                 "--max-eval", "3", "--pool-size", "6", "--no-progress", "--dataset", "TintSameEmoji",
+                 "--dataset", "TintSameColour"]) == 0
+    args = ["task-scaling", "--suite", str(suite), "--out", str(tmp_path / "ts"), "--variant", "lora",
+            "--variant", "tsembed_weight", "--steps-per-task", "1", "--min-steps", "2",
+            "--set", "data.batch_size=4", "--set", "run.progress=false", "--set", "model.backbone.num_visual_tokens=4",
+            "--set", "model.backbone.image_size=64"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "ts" / "task-scaling.json").read_text())
+    assert summary["sizes"] == [1, 2] and set(summary["relative_hit1"]) == {"lora", "tsembed_weight"}
+    assert len(summary["specialists"]) == 2 and (tmp_path / "ts" / "task-scaling.png").is_file()
+    assert {(r["variant"], r["size"]) for r in summary["runs"]} == {
+        ("lora", 1), ("lora", 2), ("tsembed_weight", 1), ("tsembed_weight", 2)}
+    config = json.loads((tmp_path / "ts" / "seed0" / "tasks2" / "tsembed_weight" / "config.json").read_text())
+    assert sorted(config["data"]["datasets"]) == ["TintSameColour", "TintSameEmoji"]
+    assert not (tmp_path / "ts" / "seed0" / "tasks1" / "lora").exists()  # the first task's specialist serves
+    with caplog.at_level("INFO"):
+        assert main(args) == 0  # everything is found on disk
+    assert "results exist, skipping" in caplog.text and "saved model" not in caplog.text
