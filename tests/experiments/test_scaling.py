@@ -58,3 +58,28 @@ def test_task_scaling_end_to_end_and_resumes(tmp_path, monkeypatch, caplog):
     with caplog.at_level("INFO"):
         assert main(args) == 0  # everything is found on disk
     assert "results exist, skipping" in caplog.text and "saved model" not in caplog.text
+
+
+def test_conflict_summary_pairs_seeds_and_conditions(tmp_path):
+    from tsembed.experiments.conflict_summary import conflict_summary
+
+    def rec(variant, seed, overall, tone, tone_ood):
+        return {"variant": variant, "seed": seed, "aggregates": {"overall": {"hit@1": overall}},
+                "datasets": {"ToneSameTone": {"hit@1": tone}, "TextToneSameTone": {"hit@1": tone_ood}}}
+
+    ablation = {"split": "eval", "environment": {"commit": "abc"}, "per_seed": [
+        rec("lora", 0, 0.30, 0.10, 0.0), rec("tsembed_weight", 0, 0.35, 0.20, 0.1),
+        rec("lora", 1, 0.40, 0.10, 0.0), rec("tsembed_weight", 1, 0.41, 0.30, 0.1),
+        rec("lora", 2, 0.50, 0.10, 0.0)]}  # seed 2 has no TSEmbed run: left out of the pairs
+    out = conflict_summary(ablation, {"pair_cosine_min": -0.44, "pairs": {"x": -0.44}}, "tsembed_weight", "lora")
+    assert out["seeds"] == [0, 1] and out["commit"] == "abc" and out["conflict_cosine_min"] == -0.44
+    assert out["paired_diff_overall"]["mean"] == pytest.approx(3.0)
+    assert out["lora_overall"]["mean"] == pytest.approx(35.0)
+    assert out["per_condition_diff"] == {"tone": pytest.approx(15.0)}  # IND datasets only (no OOD TextToneSameTone)
+    assert out["per_dataset_diff"]["TextToneSameTone"]["mean"] == pytest.approx(10.0)
+    with pytest.raises(ConfigError, match="no seed with both"):
+        conflict_summary(ablation, None, "moe", "lora")
+    path = tmp_path / "ablation.json"
+    path.write_text(json.dumps(ablation))
+    assert main(["conflict-summary", "--ablation", str(path), "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["seeds"] == [0, 1]

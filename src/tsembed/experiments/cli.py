@@ -82,6 +82,32 @@ def register(app: typer.Typer) -> None:
                          Budget(steps_per_task, min_steps), split)
         typer.echo((out / "task-scaling.md").read_text())
 
+    @app.command("conflict-summary")
+    def conflict_summary_cmd(
+        ablation: Path = typer.Option(..., help="An ablation summary (ablation.json) with both variants."),
+        conflict: Path = typer.Option(None, help="A task-conflict report (conflict.json) of the same suite."),
+        tsembed: str = typer.Option("tsembed_weight", help="The routed model's variant name."),
+        lora: str = typer.Option("lora", help="The same-total-parameters single LoRA's variant name."),
+        out: Path = typer.Option(..., help="Where to write summary.json."),
+    ) -> None:
+        """Headline numbers of a conflict study: paired TSEmbed − LoRA overall and per condition, conflict cosine."""
+        import json
+
+        from tsembed.errors import DataError
+        from tsembed.experiments.conflict_summary import conflict_summary
+        from tsembed.fileio import atomic_write
+
+        def read(path: Path) -> dict:
+            try:
+                return json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise DataError(f"cannot read '{path}': {exc}") from None
+
+        summary = conflict_summary(read(ablation), read(conflict) if conflict else None, tsembed, lora)
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(out, lambda p: p.write_text(text))
+        typer.echo(text)
+
     @app.command("task-conflict")
     def task_conflict(
         config: Path = typer.Option(None, "--config", "-c", help="Training config (YAML, or a run's config.json); "
