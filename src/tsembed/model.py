@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from tsembed.errors import AdapterError, ConfigError
@@ -33,6 +32,7 @@ from tsembed.moe import (
     summarize,
 )
 from tsembed.moe.io import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
+from tsembed.weights import read_safetensors, verify_checksums, write_checksums
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ TRAINABLE_WEIGHTS_NAME = "backbone_trainable.safetensors"
 ADAPTER_DIR = "adapters"
 MERGED_WEIGHTS_NAME = "backbone_weights.safetensors"
 TASK_HINT_KEY = "task_hint_ids"  # rides in a prepared batch next to the backbone's tensors
+#: Every weight file a model directory may hold, relative to it: what ``checksums.json`` covers.
+WEIGHT_FILES = (f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}", TRAINABLE_WEIGHTS_NAME, MERGED_WEIGHTS_NAME)
 
 
 @dataclass
@@ -163,7 +165,7 @@ class TSEmbedModel(nn.Module):
 
     # ----- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config, adapters and the backbone's trainable weights; every file lands atomically."""
+        """Write config, adapters, the backbone's trainable weights and their checksums, each file atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.has_adapters:
@@ -173,6 +175,7 @@ class TSEmbedModel(nn.Module):
             atomic_write(directory / TRAINABLE_WEIGHTS_NAME, lambda p: save_file(state, str(p)))
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
         atomic_write(directory / MODEL_CONFIG_NAME, lambda p: p.write_text(text))
+        write_checksums(directory, list(WEIGHT_FILES))
         return directory
 
     @classmethod
@@ -185,16 +188,14 @@ class TSEmbedModel(nn.Module):
             config = ModelConfig.from_dict(json.loads(config_path.read_text()))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
+        verify_checksums(directory, list(WEIGHT_FILES))  # before building: a corrupt file fails fast
         from tsembed.backbones import build_backbone
 
         backbone = build_backbone(config.backbone)
         model = cls(backbone, ModelConfig(**{**config.__dict__, "moe": None}))
         model.config = config
         if config.moe is not None:
-            try:
-                load_adapters(backbone, directory / ADAPTER_DIR, strict=strict)
-            except SafetensorError as exc:
-                raise _unreadable(directory / ADAPTER_DIR / ADAPTER_WEIGHTS_NAME, exc) from None
+            load_adapters(backbone, directory / ADAPTER_DIR, strict=strict)
             backbone.unfreeze_trainable_modules()
             model.attach_summary = summarize(backbone)
         model.load_trainable_backbone_state(directory / TRAINABLE_WEIGHTS_NAME, strict=strict)
@@ -229,18 +230,6 @@ def task_hint_ids(inputs: list, hints: list[str]) -> torch.Tensor:
 
 def _is_router_param(name: str) -> bool:
     return name.endswith(("router.weight", "router_hint"))
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """``load_file`` whose error names the file: safetensors' own says only e.g. "invalid header length"."""
-    try:
-        return load_file(str(path))
-    except SafetensorError as exc:
-        raise _unreadable(path, exc) from None
-
-
-def _unreadable(path: str | Path, exc: Exception) -> AdapterError:
-    return AdapterError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}")
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:

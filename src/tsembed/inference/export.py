@@ -24,7 +24,9 @@ from tsembed.errors import AdapterError
 from tsembed.fileio import atomic_write
 from tsembed.inference.card import write_model_card
 from tsembed.inference.loading import BACKBONE_WEIGHTS_NAME, load_model
+from tsembed.model import WEIGHT_FILES
 from tsembed.moe import adapter_layers, merge_expert
+from tsembed.weights import write_checksums
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def export_merged_expert(model_dir: str | Path, out_dir: str | Path, expert: int
     model.config.extra["exported_from"] = str(model_dir)
     out = Path(model.save_pretrained(out_dir))
     atomic_write(out / BACKBONE_WEIGHTS_NAME, lambda p: save_file(merged, str(p), metadata={"expert": str(expert)}))
+    write_checksums(out, list(WEIGHT_FILES))  # again: the merged weights came after save_pretrained's listing
     write_model_card(out, model, title=f"tsembed expert {expert} (merged)")
     return out
 

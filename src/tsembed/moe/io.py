@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from tsembed.errors import AdapterError
@@ -14,6 +14,7 @@ from tsembed.fileio import atomic_write
 from tsembed.moe.attach import adapter_layers, attach, get_moe_config
 from tsembed.moe.config import MoELoRAConfig
 from tsembed.moe.routing import RoutingState
+from tsembed.weights import read_safetensors
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -85,7 +86,7 @@ def load_adapters(model: nn.Module, directory: str | Path, strict: bool = True) 
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
         raise AdapterError(f"no adapter weights at {weights_path}")
-    loaded = load_file(str(weights_path))
+    loaded = read_safetensors(weights_path)  # names the file if truncated, corrupt or non-finite
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))

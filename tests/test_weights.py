@@ -1,0 +1,84 @@
+"""Saved models list sha256 checksums of their weight files; corrupt, swapped or non-finite weights are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.evaluation.helpers import toy_model
+from tests.toy_backbone import ToyBackbone
+from tsembed.backbones import BACKBONES
+from tsembed.errors import AdapterError, ConfigError
+from tsembed.model import TSEmbedModel
+from tsembed.weights import CHECKSUMS_NAME, read_safetensors
+
+ADAPTERS = "adapters/adapter_model.safetensors"
+TRAINABLE = "backbone_trainable.safetensors"
+
+
+@pytest.fixture
+def saved(tmp_path, monkeypatch):
+    monkeypatch.setitem(BACKBONES, ToyBackbone.kind, ToyBackbone)
+    return toy_model().save_pretrained(tmp_path / "model")
+
+
+def test_save_lists_every_weight_file_and_load_verifies_it(saved):
+    sums = json.loads((saved / CHECKSUMS_NAME).read_text())["sha256"]
+    assert sorted(sums) == [ADAPTERS, TRAINABLE] and all(len(v) == 64 for v in sums.values())
+    TSEmbedModel.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("name", [ADAPTERS, TRAINABLE])
+def test_a_changed_weight_file_is_refused_naming_it(saved, name):
+    path = saved / name
+    tensors = load_file(str(path))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1e-3  # still a valid, finite safetensors file: only the checksum can tell
+    save_file(tensors, str(path))
+    with pytest.raises(AdapterError, match=rf"{path}: sha256 .* differs .*{CHECKSUMS_NAME}: the file is truncated"):
+        TSEmbedModel.from_pretrained(saved)
+
+
+def test_missing_or_unlisted_weight_files_are_refused(saved):
+    extra = saved / "backbone_weights.safetensors"
+    save_file({"proj.weight": torch.zeros(32, 32)}, str(extra))
+    with pytest.raises(AdapterError, match=rf"{extra}: weight file not listed"):
+        TSEmbedModel.from_pretrained(saved)
+    extra.unlink()
+    (saved / TRAINABLE).unlink()
+    with pytest.raises(AdapterError, match=rf"{saved / TRAINABLE}: listed in .* but missing"):
+        TSEmbedModel.from_pretrained(saved)
+
+
+def test_non_finite_weights_are_refused_even_without_checksums(saved, caplog):
+    path = saved / ADAPTERS
+    tensors = load_file(str(path))
+    key = sorted(tensors)[-1]
+    tensors[key][0] = float("nan")
+    save_file(tensors, str(path))
+    (saved / CHECKSUMS_NAME).unlink()  # a directory saved before checksums existed: loads with a warning
+    with pytest.raises(AdapterError, match=rf"{path}: tensors \['{key}'\] hold NaN or Inf"):
+        TSEmbedModel.from_pretrained(saved)
+    assert "not verified" in caplog.text
+    inf = saved / "inf.safetensors"
+    save_file({"w": torch.tensor([1.0, float("inf")]), "ids": torch.tensor([1, 2])}, str(inf))
+    with pytest.raises(AdapterError, match=r"\['w'\] hold NaN or Inf"):
+        read_safetensors(inf)
+
+
+def test_garbled_checksum_file_is_an_error(saved):
+    (saved / CHECKSUMS_NAME).write_text('{"format": "other"}')
+    with pytest.raises(AdapterError, match=CHECKSUMS_NAME):
+        TSEmbedModel.from_pretrained(saved)
+    assert not issubclass(AdapterError, ConfigError)
+
+
+def test_truncated_file_without_checksums_names_the_file(saved):
+    (saved / CHECKSUMS_NAME).unlink()
+    path = saved / TRAINABLE
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(AdapterError, match=rf"{path}: not a readable safetensors file"):
+        TSEmbedModel.from_pretrained(saved)
