@@ -11,9 +11,11 @@ import json
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tsembed.data.inputs import EmbedInput
 from tsembed.errors import DataError
 from tsembed.inference import encode, encode_query
 from tsembed.inference.server import ServerSettings, ServerThread, create_app
@@ -265,3 +267,36 @@ def test_serving_beyond_loopback_without_a_key_warns(model, monkeypatch, caplog)
     caplog.clear()
     serve(create_app(model, ServerSettings(api_key="k")), host="0.0.0.0")
     assert "without an API key" not in caplog.text
+
+
+def test_non_finite_embeddings_are_a_500_never_a_vector(model):
+    real = model.forward
+    poison = model.prepare([EmbedInput(text="poison")])["input_ids"][0, 0]
+
+    def forward(**batch):  # e.g. an fp16 overflow on one input
+        out = real(**batch)
+        out.embeddings[batch["input_ids"][:, 0] == poison] = float("nan")
+        return out
+
+    model.forward = forward
+    with TestClient(create_app(model, ServerSettings())) as c:
+        for fmt in ("float", "base64"):
+            r = _post(c, {"input": ["fine", "poison"], "encoding_format": fmt})
+            assert r.status_code == 500 and r.json()["error"]["code"] == "nonfinite_embedding", r.text
+            assert "[1]" in r.json()["error"]["message"]
+        assert _post(c, {"input": "fine"}).status_code == 200
+        assert c.get("/health").json() == {"status": "ok"}
+
+
+def test_health_reports_a_model_that_fails_its_self_check(model, caplog):
+    with torch.no_grad():
+        model.backbone.proj.weight[0, 0] = float("nan")
+    with TestClient(create_app(model, ServerSettings())) as c:
+        health = c.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert "backbone.proj.weight" in health.json()["error"]
+        r = _post(c, {"input": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_unhealthy"
+    assert "self-check" in caplog.text
+    with TestClient(create_app(model, ServerSettings(self_check=False))) as c:  # opt-out: health says ok
+        assert c.get("/health").status_code == 200

@@ -32,6 +32,11 @@ def embeddings_table(columns: dict[str, list[Any]], embeddings: np.ndarray, meta
     return table.replace_schema_metadata({META_KEY: json.dumps({**meta, "dim": dim}).encode()})
 
 
+def nonfinite_rows(vectors: np.ndarray) -> list[int]:
+    """Rows [N, D] holding NaN or Inf: never handed out or stored as embeddings (they poison every score)."""
+    return np.flatnonzero(~np.isfinite(vectors).all(axis=1)).tolist()
+
+
 def write_table(path: str | Path, table: Any) -> Path:
     import pyarrow.parquet as pq
 

@@ -10,11 +10,13 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -23,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
 from tsembed.data.inputs import EmbedInput
+from tsembed.inference.encoder import embed_items
 from tsembed.inference.inputs import apply_instruction
 from tsembed.inference.server.batcher import MicroBatcher
 from tsembed.inference.server.errors import APIError, error_body, install_error_handlers
@@ -30,6 +33,9 @@ from tsembed.inference.server.images import decode_data_url
 from tsembed.inference.server.metrics import Metrics
 from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
 from tsembed.inference.server.settings import ServerSettings
+from tsembed.inference.vectors import nonfinite_rows
+
+logger = logging.getLogger(__name__)
 
 KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/info", "/metrics")
 
@@ -187,6 +193,23 @@ def _encode_vectors(vectors: np.ndarray, dimensions: int | None, fmt: str) -> li
     return vectors.tolist()
 
 
+def self_check(model: nn.Module, dimensions: int) -> str | None:
+    """Why ``model`` must not serve, or None: weights with NaN/Inf, or a probe input that fails to embed or
+    embeds to a non-finite or wrongly sized vector (what a corrupt or mis-converted checkpoint shows)."""
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        return f"parameters {bad[:5]} hold NaN or Inf"
+    try:
+        vectors = embed_items(model, [EmbedInput(text="tsembed self-check")], batch_size=1).embeddings.numpy()
+    except Exception as exc:  # whatever breaks the probe would break every request
+        return f"a probe input failed to embed ({type(exc).__name__}: {exc})"
+    if dimensions and vectors.shape != (1, dimensions):
+        return f"a probe input embedded to shape {tuple(vectors.shape)}, expected (1, {dimensions})"
+    if nonfinite_rows(vectors):
+        return "a probe input embedded to a vector holding NaN or Inf"
+    return None
+
+
 def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
     config = model.config
     return {
@@ -214,6 +237,9 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
                            settings.max_queue_inputs, metrics)
     created = int(time.time())
     info = model_info(model, settings)
+    unhealthy = self_check(model, info["dimensions"]) if settings.self_check else None
+    if unhealthy:
+        logger.error("the model failed its self-check (%s): /health and /v1/embeddings answer 503", unhealthy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -230,12 +256,20 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
 
     @app.post("/v1/embeddings", openapi_extra=schema)
     async def embeddings(raw: Request) -> JSONResponse:
+        if unhealthy:
+            raise APIError(503, f"the model failed its self-check at start ({unhealthy}); see /health",
+                           type="server_error", code="model_unhealthy")
         request = await parse_request(raw)
         if request.dimensions is not None and request.dimensions > info["dimensions"]:
             raise APIError(400, f"dimensions must be at most {info['dimensions']}, got {request.dimensions}",
                            param="dimensions", code="invalid_dimensions")
         inputs = await asyncio.to_thread(_to_inputs, request, model, settings)
         result = await batcher.submit(inputs)
+        bad = nonfinite_rows(result.embeddings)
+        if bad:  # never answer 200 with NaN: clients would index them and every score would be NaN
+            logger.error("the model produced non-finite embeddings for inputs %s of a request", bad[:10])
+            raise APIError(500, f"the model produced a non-finite embedding for input(s) {bad[:10]}",
+                           type="server_error", code="nonfinite_embedding")
         vectors = _encode_vectors(result.embeddings, request.dimensions, request.encoding_format)
         tokens = int(sum(result.token_counts))
         return JSONResponse({
@@ -252,8 +286,10 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
         return {"object": "list", "data": [card]}
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        if unhealthy:
+            return JSONResponse({"status": "unhealthy", "error": unhealthy}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/info")
     async def get_info() -> dict[str, Any]:

@@ -26,6 +26,8 @@ class ServerSettings:
         max_inputs_per_request, max_text_chars, max_image_bytes, max_image_pixels, max_request_bytes:
             request limits; over them the request gets a 4xx, never the server a crash.
         max_queue_inputs: inputs waiting for the model before new requests get 503.
+        self_check: at start, check the weights are finite and a probe input embeds to a finite vector;
+            a model that fails answers 503 on ``/health`` and ``/v1/embeddings``.
     """
 
     model_name: str = "tsembed"
@@ -39,13 +41,14 @@ class ServerSettings:
     max_image_pixels: int = 25_000_000
     max_request_bytes: int = 64 * 1024 * 1024
     max_queue_inputs: int = 8192
+    self_check: bool = True
 
     def __post_init__(self) -> None:
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("model_name", "api_key", "batching"):
+            if f.name in ("model_name", "api_key", "batching", "self_check"):
                 continue
             minimum_ok = value >= 0 if f.name == "max_wait_ms" else value > 0
             if value is None or not minimum_ok:
