@@ -8,6 +8,7 @@ it offline: the backbone reference, the adapters and routers, the backbone's own
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -31,8 +32,9 @@ from tsembed.moe import (
     set_routing_hints,
     summarize,
 )
+from tsembed.moe.io import CONFIG_NAME as ADAPTER_CONFIG_NAME
 from tsembed.moe.io import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
-from tsembed.weights import read_safetensors, verify_checksums, write_checksums
+from tsembed.weights import read_safetensors, sha256_file, verify_checksums, write_checksums
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class TSEmbedModel(nn.Module):
         self.pooling = config.pooling or backbone.default_pooling
         self._pool = get_pool_fn(self.pooling)
         self.attach_summary = None
+        self.fingerprint: str | None = None  # content hash of the directory it was loaded from
         if config.moe is not None:
             self.attach_summary = attach(backbone, config.moe)
             logger.info("%s", self.attach_summary)
@@ -188,7 +191,7 @@ class TSEmbedModel(nn.Module):
             config = ModelConfig.from_dict(json.loads(config_path.read_text()))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
-        verify_checksums(directory, list(WEIGHT_FILES))  # before building: a corrupt file fails fast
+        sums = verify_checksums(directory, list(WEIGHT_FILES))  # before building: a corrupt file fails fast
         from tsembed.backbones import build_backbone
 
         backbone = build_backbone(config.backbone)
@@ -202,6 +205,7 @@ class TSEmbedModel(nn.Module):
         merged = directory / MERGED_WEIGHTS_NAME  # written by `tsembed export --expert`
         if merged.is_file():
             load_backbone_weights(backbone, merged)
+        model.fingerprint = model_fingerprint(directory, sums)
         return model.eval()
 
     def load_trainable_backbone_state(self, path: Path, strict: bool = True) -> None:
@@ -210,6 +214,24 @@ class TSEmbedModel(nn.Module):
                 raise AdapterError(f"{path} not found; this backbone has trainable modules to restore")
             return
         self.backbone.load_trainable_state_dict(read_safetensors(path))
+
+
+def model_fingerprint(directory: str | Path, sums: dict[str, str] | None = None) -> str:
+    """sha256 over a saved model's content: its config files and each weight file's sha256 (not its path).
+
+    ``sums``: the weight files' checksums already verified (``checksums.json``); None hashes the files.
+    The pretrained backbone the config names is part of the fingerprint by reference only.
+    """
+    directory = Path(directory)
+    if sums is None:
+        sums = {n: sha256_file(directory / n) for n in WEIGHT_FILES if (directory / n).is_file()}
+    digest = hashlib.sha256()
+    for name in (MODEL_CONFIG_NAME, f"{ADAPTER_DIR}/{ADAPTER_CONFIG_NAME}"):
+        if (directory / name).is_file():
+            digest.update(name.encode() + b"\0" + (directory / name).read_bytes() + b"\0")
+    for name in sorted(sums):
+        digest.update(f"{name}\0{sums[name]}\0".encode())
+    return digest.hexdigest()
 
 
 def task_hint_ids(inputs: list, hints: list[str]) -> torch.Tensor:

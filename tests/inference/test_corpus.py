@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tsembed.cli import main
-from tsembed.errors import ConfigError, DataError
+from tsembed.errors import ConfigError, DataError, TsembedError
 from tsembed.inference import corpus as corpus_mod
 from tsembed.inference import encode_document
 from tsembed.inference.corpus import CorpusFields, EmbedJobConfig, read_corpus, run_embed_job, shard_path
@@ -68,6 +69,78 @@ def test_shards_of_another_run_are_refused(model, tmp_path):
         run_embed_job(model, other)
 
 
+def _embed_cli(model_dir, path, out, *extra):
+    return main(["embed", "--model", str(model_dir), "--input", str(path), "--out", str(out), "--shard-size", "2",
+                 "--keep-shards", "--no-progress", *extra])
+
+
+def test_a_changed_model_is_refused_or_restarted(model, tmp_path, capsys):
+    path, _ = _rows(tmp_path)
+    model_dir = model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "o.parquet"
+    assert _embed_cli(model_dir, path, out) == 0
+    first = read_embeddings(out)[0]
+    assert len(read_embeddings(out)[2]["model_sha256"]) == 64
+    with torch.no_grad():  # same path, other weights: e.g. a newer checkpoint copied over the old one
+        model.backbone.proj.weight.mul_(-1)
+    model.save_pretrained(model_dir)
+    assert _embed_cli(model_dir, path, out) == 1
+    err = capsys.readouterr().err
+    assert "holds shards embedded by another model (weights sha256" in err and "--restart" in err
+    assert _embed_cli(model_dir, path, out, "--restart") == 0
+    assert not np.allclose(read_embeddings(out)[0], first, atol=1e-3)
+    np.testing.assert_allclose(read_embeddings(out)[0], encode_document(model, read_corpus(path).inputs,
+                                                                        show_progress_bar=False), atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "nan", "no checksum"])
+def test_damaged_shards_are_embedded_again_never_merged(model, tmp_path, monkeypatch, damage):
+    path, _ = _rows(tmp_path)
+    cfg = EmbedJobConfig(input=path, out=tmp_path / "o.parquet", shard_size=2, keep_shards=True, show_progress=False)
+    run_embed_job(model, cfg)
+    good = read_embeddings(cfg.out)[0]
+    shard = shard_path(cfg, 1)
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-40])
+    elif damage == "garble":  # same size, still a valid .npy: only the checksum can tell
+        vectors = np.load(shard)
+        vectors[0, :4] = 0.5
+        np.save(shard, vectors)
+    elif damage == "nan":
+        vectors = np.load(shard)
+        vectors[:] = np.nan
+        np.save(shard, vectors)
+    else:
+        shard.with_name(shard.name + ".sha256").unlink()
+    calls = []
+    real = corpus_mod.embed_items
+    monkeypatch.setattr(corpus_mod, "embed_items", lambda m, items, *a, **k: calls.append(len(items)) or real(
+        m, items, *a, **k))
+    run_embed_job(model, cfg)
+    assert calls == [2]  # only the damaged shard ran again
+    np.testing.assert_allclose(read_embeddings(cfg.out)[0], good, atol=1e-6)
+    calls.clear()
+    np.save(shard, np.full((2, 32), np.nan, dtype=np.float32))  # damaged after this rank's pass: the merge re-embeds
+    corpus_mod.merge_shards(cfg, read_corpus(path), model)
+    assert calls == [2] and np.isfinite(read_embeddings(cfg.out)[0]).all()
+
+
+def test_a_model_that_produces_nan_writes_no_shard(model, tmp_path, monkeypatch):
+    path, _ = _rows(tmp_path)
+    cfg = EmbedJobConfig(input=path, out=tmp_path / "o.parquet", shard_size=2, show_progress=False)
+    real = corpus_mod.embed_items
+
+    def nan_on_doc5(m, items, *a, **k):
+        out = real(m, items, *a, **k)
+        out.embeddings[[i for i, x in enumerate(items) if "number 5" in (x.text or "")]] = float("nan")
+        return out
+
+    monkeypatch.setattr(corpus_mod, "embed_items", nan_on_doc5)
+    with pytest.raises(TsembedError, match=r"NaN/Inf embeddings for rows with ids \['doc5'\]"):
+        run_embed_job(model, cfg)
+    assert not shard_path(cfg, 2).exists() and not cfg.out.exists()
+
+
 def test_two_ranks_split_the_shards(model, tmp_path):
     path, _ = _rows(tmp_path)
     whole = EmbedJobConfig(input=path, out=tmp_path / "whole.parquet", shard_size=2, show_progress=False)
@@ -76,7 +149,7 @@ def test_two_ranks_split_the_shards(model, tmp_path):
                             show_progress=False) for r in (0, 1)]
     rows = read_corpus(path)
     corpus_mod.embed_shards(model, ranks[0], rows)
-    assert sorted(p.name for p in ranks[0].shard_dir.glob("shard-*")) == ["shard-00000.npy", "shard-00002.npy"]
+    assert sorted(p.name for p in ranks[0].shard_dir.glob("shard-*.npy")) == ["shard-00000.npy", "shard-00002.npy"]
     with pytest.raises(DataError, match="missing"):
         corpus_mod.merge_shards(ranks[0], rows)
     assert run_embed_job(model, ranks[1]) is None  # rank 1 embeds its shards and leaves the merge to rank 0

@@ -53,6 +53,8 @@ def embed_command(
     image_field: str = typer.Option("image", "--image-field"),
     id_field: str = typer.Option("id", "--id-field"),
     keep_shards: bool = typer.Option(False, "--keep-shards", help="Keep <out>.shards/ after merging."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the shards of an earlier run (e.g. by another "
+                                 "model) and embed everything again."),
     device: str = _DEVICE,
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
@@ -66,6 +68,7 @@ def embed_command(
         input=input, out=out, image_root=image_root, instruction=_instruction(loaded, role, instruction), task=task,
         fields=CorpusFields(text_field, image_field, id_field), shard_size=shard_size, batch_size=batch_size,
         rank=rank, world_size=world, keep_shards=keep_shards, model_dir=str(model.resolve()),
+        model_fingerprint=loaded.fingerprint or "", restart=restart,
         show_progress=not no_progress, extra_meta={"role": role},
     )
     try:

@@ -1,9 +1,11 @@
 """``tsembed embed``: embed a corpus file into one parquet table, resumably and across ranks.
 
-Rows are split into fixed shards. Each finished shard is written atomically under ``<out>.shards/``,
-so a rerun skips it; under ``torchrun`` rank r takes shards r, r + world, ... . When every shard
-exists, rank 0 merges them into ``<out>`` (atomically) and removes the shard folder. A manifest pins
-the input file, model and settings, so shards of another run are never mixed in.
+Rows are split into fixed shards. Each finished shard is written atomically under ``<out>.shards/``
+with its sha256 beside it (``shard-00000.npy.sha256``, ``sha256sum -c`` format), so a rerun skips it;
+under ``torchrun`` rank r takes shards r, r + world, ... . When every shard exists, rank 0 merges them
+into ``<out>`` (atomically) and removes the shard folder. A manifest pins the input file, the model's
+content hash (not only its path) and the settings, so shards of another run or another model are never
+mixed in; a shard whose checksum or shape is wrong (truncated, garbled) is embedded again, never merged.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from tsembed.data.images import ImageChecker
 from tsembed.data.inputs import EmbedInput
 from tsembed.data.problems import Problem, ValidationReport
 from tsembed.data.rows import resolve_image
-from tsembed.errors import ConfigError, DataError
+from tsembed.errors import ConfigError, DataError, TsembedError
 from tsembed.fileio import atomic_write
 from tsembed.inference.encoder import embed_items
 from tsembed.inference.inputs import apply_instruction
-from tsembed.inference.vectors import EMBEDDING_COLUMN, embeddings_table, write_table
+from tsembed.inference.vectors import EMBEDDING_COLUMN, embeddings_table, nonfinite_rows, write_table
+from tsembed.weights import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,10 @@ class EmbedJobConfig:
         batch_size: rows per forward pass.
         rank, world_size: this process's shard share (from ``RANK``/``WORLD_SIZE`` under torchrun).
         keep_shards: leave ``<out>.shards/`` in place after merging.
+        model_dir: the model's directory (recorded in the output's metadata).
+        model_fingerprint: the model's content hash (``TSEmbedModel.fingerprint``); shards embedded by a
+            model with another fingerprint are refused. Empty: the model is pinned by ``model_dir`` only.
+        restart: discard the shards of an earlier run instead of resuming or refusing them.
     """
 
     input: Path
@@ -75,6 +82,8 @@ class EmbedJobConfig:
     world_size: int = 1
     keep_shards: bool = False
     model_dir: str = ""
+    model_fingerprint: str = ""
+    restart: bool = False
     show_progress: bool = True
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
@@ -178,7 +187,7 @@ def _fingerprint(cfg: EmbedJobConfig, num_rows: int) -> dict[str, Any]:
                   for f in files],
         "num_rows": num_rows,
         "shard_size": cfg.shard_size,
-        "model": cfg.model_dir,
+        "model": {"sha256": cfg.model_fingerprint} if cfg.model_fingerprint else {"path": cfg.model_dir},
         "instruction": cfg.instruction,
         "task": cfg.task,
         "fields": [cfg.fields.text, cfg.fields.image, cfg.fields.id],
@@ -190,12 +199,21 @@ def _check_manifest(cfg: EmbedJobConfig, num_rows: int) -> None:
     path = cfg.shard_dir / MANIFEST_NAME
     expected = _fingerprint(cfg, num_rows)
     if path.is_file():
-        found = json.loads(path.read_text())
+        try:
+            found = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            found = None
+        found = found if isinstance(found, dict) else {}
         if found != expected:
             diff = sorted(k for k in expected if found.get(k) != expected[k])
-            raise ConfigError(
-                f"{cfg.shard_dir} holds shards of another run (differs in {diff}); delete that folder to start over"
-            )
+            was, now = found.get("model"), expected["model"]
+            what = f"of another run (differs in {diff})"
+            if "sha256" in now and was != now:
+                then = was.get("sha256", "unrecorded") if isinstance(was, dict) else "unrecorded"
+                what = (f"embedded by another model (weights sha256 {then[:12]}… then, "
+                        f"{now['sha256'][:12]}… now)")
+            raise ConfigError(f"{cfg.shard_dir} holds shards {what}; rerun with --restart to discard them "
+                              "and start over")
         return
     text = json.dumps(expected, indent=2)
     atomic_write(path, lambda p: p.write_text(text))
@@ -205,35 +223,84 @@ def shard_path(cfg: EmbedJobConfig, shard: int) -> Path:
     return cfg.shard_dir / f"shard-{shard:05d}.npy"
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _shard_rows(cfg: EmbedJobConfig, shard: int, num_rows: int) -> int:
+    return min((shard + 1) * cfg.shard_size, num_rows) - shard * cfg.shard_size
+
+
+def load_shard(cfg: EmbedJobConfig, shard: int, num_rows: int) -> np.ndarray | None:
+    """The shard's vectors if it is complete and intact; None if it is missing or must be embedded again.
+
+    Intact: its sha256 matches the one written beside it and it holds one finite float32 row per input.
+    """
+    path = shard_path(cfg, shard)
+    if not path.is_file():
+        return None
+    listed = _checksum_path(path)
+    problem = None
+    if not listed.is_file():
+        problem = f"no checksum file {listed.name}"
+    elif listed.read_text().split(" ", 1)[0] != sha256_file(path):
+        problem = "its sha256 differs from the one written with it (truncated or garbled)"
+    else:
+        vectors = np.load(path)
+        if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != _shard_rows(cfg, shard, num_rows):
+            problem = f"it holds {vectors.dtype} {vectors.shape}, expected {_shard_rows(cfg, shard, num_rows)} rows"
+        elif nonfinite_rows(vectors):
+            problem = "it holds NaN or Inf"
+        else:
+            return vectors
+    logger.warning("%s: %s; embedding it again", path, problem)
+    return None
+
+
 def my_shards(cfg: EmbedJobConfig, num_rows: int) -> list[int]:
     num_shards = -(-num_rows // cfg.shard_size)
     return [s for s in range(num_shards) if s % cfg.world_size == cfg.rank]
 
 
 def embed_shards(model: nn.Module, cfg: EmbedJobConfig, rows: CorpusRows) -> int:
-    """Embed this rank's unfinished shards; returns how many were written now."""
+    """Embed this rank's unfinished (missing or damaged) shards; returns how many were written now."""
     _check_manifest(cfg, len(rows))
-    todo = [s for s in my_shards(cfg, len(rows)) if not shard_path(cfg, s).is_file()]
+    todo = [s for s in my_shards(cfg, len(rows)) if load_shard(cfg, s, len(rows)) is None]
     done_before = len(my_shards(cfg, len(rows))) - len(todo)
     if done_before:
         logger.info("resuming: %d shard(s) of rank %d already done", done_before, cfg.rank)
-    total = sum(len(range(s * cfg.shard_size, min((s + 1) * cfg.shard_size, len(rows)))) for s in todo)
-    bar = _progress(total, cfg)
-    try:
-        for s in todo:
-            batch = rows.inputs[s * cfg.shard_size : (s + 1) * cfg.shard_size]
-            out = embed_items(model, batch, cfg.batch_size, on_batch=bar.update if bar else None)
-            vectors = out.embeddings.numpy().astype(np.float32)
-            atomic_write(shard_path(cfg, s), lambda p, v=vectors: _save_npy(p, v))
-    finally:
-        if bar is not None:
-            bar.close()
+    _embed(model, cfg, rows, todo)
     return len(todo)
 
 
-def _save_npy(path: Path, vectors: np.ndarray) -> None:
-    with path.open("wb") as fh:
-        np.save(fh, vectors)
+def _embed(model: nn.Module, cfg: EmbedJobConfig, rows: CorpusRows, shards: list[int]) -> None:
+    bar = _progress(sum(_shard_rows(cfg, s, len(rows)) for s in shards), cfg)
+    try:
+        for s in shards:
+            batch = rows.inputs[s * cfg.shard_size : (s + 1) * cfg.shard_size]
+            out = embed_items(model, batch, cfg.batch_size, on_batch=bar.update if bar else None)
+            vectors = out.embeddings.numpy().astype(np.float32)
+            bad = nonfinite_rows(vectors)
+            if bad:  # never store them: a NaN row scores NaN against every query
+                ids = [rows.columns["id"][s * cfg.shard_size + i] for i in bad[:10]]
+                raise TsembedError(f"the model produced NaN/Inf embeddings for rows with ids {ids}; nothing of "
+                                   f"shard {s} was written")
+            _write_shard(shard_path(cfg, s), vectors)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _write_shard(path: Path, vectors: np.ndarray) -> None:
+    """The shard, then its checksum: a shard without a matching checksum is never taken as done."""
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
+            np.save(fh, vectors)
+
+    _checksum_path(path).unlink(missing_ok=True)
+    atomic_write(path, save)
+    line = f"{sha256_file(path)}  {path.name}\n"
+    atomic_write(_checksum_path(path), lambda p: p.write_text(line))
 
 
 def _progress(total: int, cfg: EmbedJobConfig) -> Any:
@@ -245,14 +312,25 @@ def _progress(total: int, cfg: EmbedJobConfig) -> Any:
     return tqdm(total=total, desc=desc, unit="row")
 
 
-def merge_shards(cfg: EmbedJobConfig, rows: CorpusRows) -> Path:
-    """Concatenate all shards (every rank's) into ``cfg.out``, atomically; then drop the shard folder."""
+def merge_shards(cfg: EmbedJobConfig, rows: CorpusRows, model: nn.Module | None = None) -> Path:
+    """Concatenate all shards (every rank's) into ``cfg.out``, atomically; then drop the shard folder.
+
+    A damaged shard (wrong checksum or shape) is embedded again with ``model`` first, never merged.
+    """
     num_shards = -(-len(rows) // cfg.shard_size)
     missing = [s for s in range(num_shards) if not shard_path(cfg, s).is_file()]
     if missing:
         raise DataError(f"{cfg.shard_dir}: shards {missing[:10]} are missing; rerun the embed command to finish them")
-    vectors = np.concatenate([np.load(shard_path(cfg, s)) for s in range(num_shards)])
-    meta = {"model": cfg.model_dir, "instruction": cfg.instruction, "task": cfg.task,
+    shards = [load_shard(cfg, s, len(rows)) for s in range(num_shards)]
+    damaged = [s for s, v in enumerate(shards) if v is None]
+    if damaged:
+        if model is None:
+            raise DataError(f"{cfg.shard_dir}: shards {damaged[:10]} are damaged; rerun the embed command")
+        _embed(model, cfg, rows, damaged)
+        shards = [v if v is not None else load_shard(cfg, s, len(rows)) for s, v in enumerate(shards)]
+    vectors = np.concatenate(shards)
+    meta = {"model": cfg.model_dir, "model_sha256": cfg.model_fingerprint or None, "instruction": cfg.instruction,
+            "task": cfg.task,
             "input": str(cfg.input), **cfg.extra_meta}
     write_table(cfg.out, embeddings_table(rows.columns, vectors, meta))
     if not cfg.keep_shards:
@@ -266,13 +344,19 @@ def run_embed_job(model: nn.Module, cfg: EmbedJobConfig, barrier: Callable[[], N
     Returns the output path on rank 0, None on other ranks.
     """
     rows = read_corpus(cfg.input, cfg.image_root, cfg.fields, cfg.instruction, cfg.task)
+    if cfg.restart:
+        if cfg.rank == 0 and cfg.shard_dir.exists():
+            logger.info("--restart: discarding %s", cfg.shard_dir)
+            shutil.rmtree(cfg.shard_dir)
+        if cfg.world_size > 1 and barrier is not None:
+            barrier()  # no rank writes a shard before the old folder is gone
     written = embed_shards(model, cfg, rows)
     logger.info("rank %d: embedded %d shard(s)", cfg.rank, written)
     if cfg.world_size > 1 and barrier is not None:
         barrier()
     if cfg.rank != 0:
         return None
-    out = merge_shards(cfg, rows)
+    out = merge_shards(cfg, rows, model)
     logger.info("wrote %d embeddings to %s", len(rows), out)
     return out
 
