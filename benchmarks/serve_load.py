@@ -82,7 +82,7 @@ async def run_load(url: str, requests: int, concurrency: int, offset: int) -> di
         for i in counter:
             start = time.perf_counter()
             try:
-                r = await http.post("/v1/embeddings", json={"input": sentence(offset + i), "model": "bench"})
+                r = await http.post("/v1/embeddings", json={"input": sentence(offset + i)})
                 ok = r.status_code == 200 and len(r.json()["data"]) == 1
             except httpx.HTTPError:
                 ok = False

@@ -23,6 +23,7 @@ class ToyBackbone(Backbone):
     default_target_modules = TARGETS
     image_token = None
     trainable_modules = ("proj",)
+    max_length = 16  # words per input; longer text is cut
 
     def __init__(self, hidden: int = 32, seed: int = 0) -> None:
         super().__init__()
@@ -36,7 +37,8 @@ class ToyBackbone(Backbone):
         self.keep_in_eval([self.bert])
 
     def prepare(self, inputs: Sequence[EmbedInput]) -> dict[str, torch.Tensor]:
-        ids = [[1 + zlib.crc32(w.encode()) % (VOCAB - 1) for w in (x.text or "").split()][:16] or [1] for x in inputs]
+        words = [(x.text or "").split()[: self.max_length] for x in inputs]
+        ids = [[1 + zlib.crc32(w.encode()) % (VOCAB - 1) for w in ws] or [1] for ws in words]
         length = max(len(i) for i in ids)
         input_ids = torch.zeros(len(ids), length, dtype=torch.long)
         mask = torch.zeros(len(ids), length, dtype=torch.long)

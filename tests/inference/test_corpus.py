@@ -216,3 +216,9 @@ def test_two_gloo_processes_like_torchrun(model_dir, model, tmp_path):
     run_embed_job(model, single)
     np.testing.assert_allclose(read_embeddings(out)[0], read_embeddings(single.out)[0], atol=1e-5)
     assert not (tmp_path / "dist.parquet.shards").exists()
+
+
+def test_task_for_a_model_without_task_hints_is_refused(model_dir, tmp_path, capsys):
+    path, _ = _rows(tmp_path)
+    assert _embed_cli(model_dir, path, tmp_path / "o.parquet", "--task", "retrieval") == 1
+    assert "trained without task hints" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def _post(client, body, **kw):
 
 
 def test_openai_shape_and_values(client, model):
-    r = _post(client, {"model": "whatever", "input": ["a red apple", "two words"]})
+    r = _post(client, {"model": "toy", "input": ["a red apple", "two words"]})
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "list" and body["model"] == "toy"
@@ -116,6 +116,7 @@ def test_bad_requests_get_json_4xx(client, body, param, message):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert message in error["message"] and error["type"] == "invalid_request_error"
+    assert "Value error" not in error["message"] and not error["message"].startswith("body")  # no pydantic words
     if param is not None:
         assert error["param"] == param
     assert client.get("/health").status_code == 200  # the server lives on
@@ -300,3 +301,34 @@ def test_health_reports_a_model_that_fails_its_self_check(model, caplog):
     assert "self-check" in caplog.text
     with TestClient(create_app(model, ServerSettings(self_check=False))) as c:  # opt-out: health says ok
         assert c.get("/health").status_code == 200
+
+
+def test_unknown_model_is_404_model_not_found_like_openai(client):
+    r = _post(client, {"model": "text-embedding-3-small", "input": "x"})
+    assert r.status_code == 404
+    assert r.json()["error"] == {"message": "The model `text-embedding-3-small` does not exist; this server serves "
+                                 "`toy`", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    card = client.get("/v1/models/toy")
+    assert card.status_code == 200 and card.json()["id"] == "toy" and card.json()["object"] == "model"
+    missing = client.get("/v1/models/org/other")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_task_on_a_model_without_task_hints_is_a_400(client):
+    r = _post(client, {"input": "x", "task": "retrieval"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "task_not_supported"
+    assert r.json()["error"]["param"] == "task"
+
+
+def test_truncation_is_reported_or_refused(client, model):
+    long = " ".join(f"w{i}" for i in range(40))  # the toy backbone keeps 16 words
+    r = _post(client, {"input": ["short text", long]})
+    assert r.status_code == 200 and r.json()["truncated"] == 1 and r.headers["X-Truncated-Inputs"] == "1"
+    np.testing.assert_allclose(r.json()["data"][1]["embedding"], encode(model, long), atol=1e-6)
+    short = _post(client, {"input": ["short text"]})
+    assert short.json()["truncated"] == 0 and "X-Truncated-Inputs" not in short.headers
+    refused = _post(client, {"input": ["short text", long], "truncate": False})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "input_too_long"
+    assert refused.json()["error"]["param"] == "input[1]" and "limit of 16 tokens" in refused.json()["error"]["message"]
+    assert _post(client, {"input": "short text", "truncate": False}).status_code == 200
+    assert client.get("/info").json()["max_tokens"] == 16

@@ -30,6 +30,13 @@ _TASK = typer.Option(None, "--task", help="Task the inputs are embedded for, for
                      "moe.task_hints (e.g. retrieval; use the same task for queries and corpus).")
 
 
+def _check_task(model: Any, task: str | None) -> None:
+    """``--task`` must name a task the model's routers know; a model without task hints takes none."""
+    if task is not None and not getattr(model, "task_hints", []):
+        raise ConfigError(f"--task {task}: this model was trained without task hints (moe.task_hints), so a task "
+                          "cannot steer it; leave --task out")
+
+
 def _instruction(model: Any, role: str, instruction: str | None) -> str | None:
     if instruction is not None:
         return instruction
@@ -64,6 +71,7 @@ def embed_command(
 
     rank, world, local_rank = distributed_env()
     loaded = load_model(model, device=_device(device, local_rank))
+    _check_task(loaded, task)
     cfg = EmbedJobConfig(
         input=input, out=out, image_root=image_root, instruction=_instruction(loaded, role, instruction), task=task,
         fields=CorpusFields(text_field, image_field, id_field), shard_size=shard_size, batch_size=batch_size,
@@ -135,6 +143,7 @@ def search_command(
     if model_dir is None:
         raise ConfigError(f"{index} does not say which model embedded it; pass --model")
     loaded = load_model(model_dir, device=_device(device))
+    _check_task(loaded, task)
     vector = encode(loaded, EmbedInput(text=query, image=image), instruction=_instruction(loaded, role, instruction),
                     show_progress_bar=False, task=task)
     for hit in vindex.search(vector, k)[0]:

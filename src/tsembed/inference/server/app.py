@@ -38,6 +38,7 @@ from tsembed.inference.vectors import nonfinite_rows
 logger = logging.getLogger(__name__)
 
 KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/info", "/metrics")
+TRUNCATED_HEADER = "X-Truncated-Inputs"
 
 
 class _BodyTooLarge(Exception):
@@ -161,7 +162,10 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSett
         raise APIError(400, f"{len(items)} inputs in one request; the limit is {settings.max_inputs_per_request}",
                        param="input", code="too_many_inputs")
     hints = getattr(model, "task_hints", [])
-    if request.task is not None and hints and request.task not in hints:
+    if request.task is not None and not hints:
+        raise APIError(400, "this model was trained without task hints (moe.task_hints), so `task` cannot steer "
+                       "it; leave `task` out", param="task", code="task_not_supported")
+    if request.task is not None and request.task not in hints:
         raise APIError(400, f"unknown task {request.task!r}; this model knows the tasks {hints}", param="task",
                        code="unknown_task")
     instruction = request.instruction
@@ -181,6 +185,17 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSett
             pil = decode_data_url(image, f"{where}.image", settings.max_image_bytes, settings.max_image_pixels)
         inputs.append(apply_instruction(instruction, EmbedInput(text=text or None, image=pil, task=request.task)))
     return inputs
+
+
+def truncated_inputs(token_counts: list[int], max_tokens: int | None) -> list[int]:
+    """Inputs whose tokens reached the backbone's ``max_length``: their text was cut (or filled it exactly;
+    the backbone keeps no record of which, so a limit reached counts as a cut)."""
+    return [i for i, n in enumerate(token_counts) if max_tokens and n >= max_tokens]
+
+
+def _model_not_found(name: str, served: str) -> APIError:
+    return APIError(404, f"The model `{name}` does not exist; this server serves `{served}`", param="model",
+                    code="model_not_found")
 
 
 def _encode_vectors(vectors: np.ndarray, dimensions: int | None, fmt: str) -> list[Any]:
@@ -215,6 +230,7 @@ def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
     return {
         "model": settings.model_name,
         "dimensions": int(getattr(model.backbone, "hidden_size", 0)),
+        "max_tokens": getattr(model.backbone, "max_length", None),
         "backbone": config.backbone.get("kind"),
         "pooling": model.pooling,
         "num_experts": config.moe.num_experts if config.moe else 0,
@@ -260,6 +276,8 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
             raise APIError(503, f"the model failed its self-check at start ({unhealthy}); see /health",
                            type="server_error", code="model_unhealthy")
         request = await parse_request(raw)
+        if request.model is not None and request.model != settings.model_name:
+            raise _model_not_found(request.model, settings.model_name)
         if request.dimensions is not None and request.dimensions > info["dimensions"]:
             raise APIError(400, f"dimensions must be at most {info['dimensions']}, got {request.dimensions}",
                            param="dimensions", code="invalid_dimensions")
@@ -270,6 +288,12 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
             logger.error("the model produced non-finite embeddings for inputs %s of a request", bad[:10])
             raise APIError(500, f"the model produced a non-finite embedding for input(s) {bad[:10]}",
                            type="server_error", code="nonfinite_embedding")
+        cut = truncated_inputs(result.token_counts, info["max_tokens"])
+        if cut and not request.truncate:
+            where = "input" if isinstance(request.input, str) else f"input[{cut[0]}]"
+            raise APIError(400, f"{len(cut)} input(s) {cut[:10]} reach the model's limit of {info['max_tokens']} "
+                           "tokens and would be cut; shorten them or send truncate: true", param=where,
+                           code="input_too_long")
         vectors = _encode_vectors(result.embeddings, request.dimensions, request.encoding_format)
         tokens = int(sum(result.token_counts))
         return JSONResponse({
@@ -277,13 +301,21 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
             "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
             "model": settings.model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        })
+            "truncated": len(cut),
+        }, headers={TRUNCATED_HEADER: ",".join(map(str, cut))} if cut else None)
+
+    card = {"id": settings.model_name, "object": "model", "created": created, "owned_by": "tsembed",
+            "dimensions": info["dimensions"], "num_experts": info["num_experts"]}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": settings.model_name, "object": "model", "created": created, "owned_by": "tsembed",
-                "dimensions": info["dimensions"], "num_experts": info["num_experts"]}
         return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}")  # :path: ids like "org/name" hold a slash
+    async def model_card(model_id: str) -> dict[str, Any]:
+        if model_id != settings.model_name:
+            raise _model_not_found(model_id, settings.model_name)
+        return card
 
     @app.get("/health")
     async def health() -> JSONResponse:

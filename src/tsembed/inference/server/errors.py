@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,6 +35,7 @@ def error_response(exc: APIError) -> JSONResponse:
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -69,7 +71,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         err = best[loc]
         msg = "unknown field (not part of the request schema)" if err.get("type") == "extra_forbidden" else err.get(
             "msg", "invalid")
-        listed.append(f"{_param(loc) or 'body'}: {msg}")
+        msg = _PYDANTIC_PREFIX.sub("", msg)  # our validators' own words, without pydantic's "Value error, "
+        listed.append(f"{_param(loc)}: {msg}" if loc else msg)
     more = f" (and {len(kept) - 5} more)" if len(kept) > 5 else ""
     return "; ".join(listed) + more, _param(kept[0]) or None
 

@@ -3,7 +3,10 @@
 ``input`` is a string, a list of strings, or a list whose items are strings or objects
 ``{"text": ..., "image": "data:image/png;base64,..."}`` (either or both). Extra fields:
 ``instruction`` (prepended to every input; ``{text}`` marks the content slot) or ``input_type``
-(``query``/``document``: the model's own instruction). Unknown fields are rejected.
+(``query``/``document``: the model's own instruction); ``task`` (models trained with task hints);
+``truncate`` (default true: text beyond the model's token limit is cut and the response says which inputs
+were; false: such a request is refused). ``model``, when given, must name the served model.
+Unknown fields are rejected.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _is_int_list(value: Any) -> bool:
 
 
 class EmbeddingRequest(BaseModel):
-    """OpenAI ``/v1/embeddings`` request (``model`` is accepted and echoed as the served model)."""
+    """OpenAI ``/v1/embeddings`` request (``model``: the served model's id, or left out)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +50,7 @@ class EmbeddingRequest(BaseModel):
     instruction: str | None = None
     input_type: Literal["query", "document"] | None = None
     task: str | None = None  # for models trained with moe.task_hints (e.g. "retrieval")
+    truncate: bool = True
 
     @field_validator("input", mode="before")
     @classmethod
