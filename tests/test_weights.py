@@ -1,4 +1,4 @@
-"""Saved models list sha256 checksums of their weight files; corrupt, swapped or non-finite weights are refused."""
+"""Saved models: sha256 checksums of the weight files, finite tensors, and model and adapter configs that agree."""
 
 from __future__ import annotations
 
@@ -81,4 +81,23 @@ def test_truncated_file_without_checksums_names_the_file(saved):
     path = saved / TRAINABLE
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(AdapterError, match=rf"{path}: not a readable safetensors file"):
+        TSEmbedModel.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("edited", ["tsembed_config.json", "adapters/adapter_config.json"])
+def test_model_and_adapter_configs_must_agree(saved, edited):
+    path = saved / edited
+    data = json.loads(path.read_text())
+    moe = data["moe"] if "moe" in data else data["config"]
+    moe["num_experts"] = 8
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"tsembed_config.json \(moe\) and .*adapter_config.json \(config\) "
+                                          r"disagree: num_experts: [48] vs [48]"):
+        TSEmbedModel.from_pretrained(saved)
+
+
+def test_adapters_beside_a_model_config_without_them_are_an_error(saved):
+    path = saved / "tsembed_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "moe": None}))
+    with pytest.raises(ConfigError, match=r"no adapters \(moe: null\) but .*adapter_config.json holds some"):
         TSEmbedModel.from_pretrained(saved)

@@ -28,6 +28,7 @@ from tsembed.moe import (
     attach,
     collect_routing,
     load_adapters,
+    read_adapter_config,
     save_adapters,
     set_routing_hints,
     summarize,
@@ -192,6 +193,7 @@ class TSEmbedModel(nn.Module):
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
         sums = verify_checksums(directory, list(WEIGHT_FILES))  # before building: a corrupt file fails fast
+        _check_adapter_config(directory, config)
         from tsembed.backbones import build_backbone
 
         backbone = build_backbone(config.backbone)
@@ -214,6 +216,24 @@ class TSEmbedModel(nn.Module):
                 raise AdapterError(f"{path} not found; this backbone has trainable modules to restore")
             return
         self.backbone.load_trainable_state_dict(read_safetensors(path))
+
+
+def _check_adapter_config(directory: Path, config: ModelConfig) -> None:
+    """The model config and the adapter config describe one model: a key edited in one of them is an error
+    (loading would attach the adapter config's adapters while ``/info`` reports the model config's)."""
+    adapter_dir, model_path = directory / ADAPTER_DIR, directory / MODEL_CONFIG_NAME
+    if config.moe is None:
+        if (adapter_dir / ADAPTER_CONFIG_NAME).is_file():
+            raise ConfigError(f"{model_path} says the model has no adapters (moe: null) but "
+                              f"{adapter_dir / ADAPTER_CONFIG_NAME} holds some; remove one of them")
+        return
+    adapter = read_adapter_config(adapter_dir)[0].to_dict()
+    ours = config.moe.to_dict()
+    diffs = [f"{k}: {ours.get(k)!r} vs {adapter.get(k)!r}" for k in sorted(set(ours) | set(adapter))
+             if ours.get(k) != adapter.get(k)]
+    if diffs:
+        raise ConfigError(f"{model_path} (moe) and {adapter_dir / ADAPTER_CONFIG_NAME} (config) disagree: "
+                          f"{'; '.join(diffs)}; they must describe the same adapters")
 
 
 def model_fingerprint(directory: str | Path, sums: dict[str, str] | None = None) -> str:
