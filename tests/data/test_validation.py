@@ -142,3 +142,41 @@ def test_kind_is_inferred_and_structure_checked_without_images(image_root: Path)
     assert not validate_file(path, image_root).ok
     with pytest.raises(DataError, match="cannot tell train from eval"):
         validate_file(_write(image_root, "x.jsonl", [{"foo": 1}]), image_root)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("../outside.png", "leaves the image root through '..'"),
+        ("img/../../outside.png", "leaves the image root through '..'"),
+        ("/etc/passwd", "is an absolute path"),
+        ("C:\\data\\x.png", "is an absolute path"),
+    ],
+)
+def test_image_paths_that_leave_the_root_are_flagged(image_root: Path, path: str, message: str) -> None:
+    (image_root.parent / "outside.png").write_bytes((image_root / "img" / "a.png").read_bytes())  # exists, readable
+    records = [train_record(pos_image_path=path, pos_text="<|image_1|>"), eval_record(qry_img_path=path,
+                                                                                       qry_text="<|image_1|> q")]
+    for kind, record in zip(("train", "eval"), records, strict=True):
+        report = validate_file(_write(image_root, f"{kind}.jsonl", [record]), image_root, kind, check_images=False)
+        assert len(report.problems) == 1 and message in report.problems[0].message and report.kept == []
+    assert validate_file(_write(image_root, "ok.jsonl", [train_record(pos_image_path="img/../img/a.png",
+                                                                      pos_text="<|image_1|>")]), image_root).ok
+
+
+def test_validate_rejects_every_row_eval_would_and_accepts_its_label_fields(image_root: Path) -> None:
+    from tsembed.evaluation import load_eval_set, resolve_eval_sets
+
+    good = eval_record(tgt_text=["<|image_1|> a", "<|image_1|> b"])
+    rows = [
+        {**good, "pos_index": 0},  # a label eval accepts: not an unknown field
+        {**good, "tgt_img_path": ["img/a.png", "img/a.png"], "tgt_text": ["<|image_1|> a", "<|image_1|> a"]},
+        {**good, "label": 1},
+        {**good, "tgt_label": "<|image_1|> b"},
+    ]
+    path = _write(image_root, "e.jsonl", rows)
+    report = validate_file(path, image_root, "eval")
+    assert report.kept == [0]
+    assert [(p.row, p.field) for p in report.problems] == [(2, "tgt_text[0]"), (3, "label"), (4, "tgt_label")]
+    evaluated = load_eval_set(resolve_eval_sets(path)[0], skip_invalid=True).report
+    assert evaluated.kept == report.kept and evaluated.problems == report.problems

@@ -1,13 +1,28 @@
 """Check MMEB records before a run starts and report every problem at once.
 
-Structural checks (fields, types, empty text, candidate lists, `<|image_1|>` placeholders) run per
-record; image checks run afterwards over the distinct paths, so a suite with 40k candidate references
-to a few hundred images opens each image once.
+Structural checks (fields, types, empty text, candidate lists, `<|image_1|>` placeholders, image paths
+that stay under the image root) run per record; image checks run afterwards over the distinct paths, so
+a suite with 40k candidate references to a few hundred images opens each image once.
+
+Eval rows get the checks scoring needs too, so `tsembed data validate` rejects exactly the rows `eval`
+rejects. MMEB files say which candidate is the positive only by position (the first), so a list written
+in another order cannot be detected in general. What can be checked is checked, per row:
+
+* an explicit label, when the row carries one: an integer ``pos_index`` / ``positive_index`` /
+  ``label`` / ``tgt_label`` must be 0; a string ``label`` / ``tgt_label`` that equals the text of
+  candidate j must have j = 0 (a string matching no candidate, e.g. a bare class name beside
+  instruction-wrapped candidates, says nothing and is accepted);
+* candidate 0 must not repeat another candidate (same text and image path): the positive would tie
+  with a distractor, and a file built with a shuffled list often shows exactly this;
+* candidate 0 must not be empty ("neither text nor image").
+
+These label fields are the only extra fields an eval row may carry.
 """
 
 from __future__ import annotations
 
 import difflib
+import posixpath
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +39,22 @@ Kind = Literal["train", "eval"]
 _ANY_PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>")
 # A path to check: (record index, field label, path).
 _ImageRef = tuple[int, str, str]
+LABEL_FIELDS: tuple[str, ...] = ("pos_index", "positive_index", "label", "tgt_label")
+_REORDER = "the MMEB protocol scores candidate 0 as the positive; put the positive first in `tgt_text`/`tgt_img_path`"
+
+
+def outside_root(path: str) -> str | None:
+    """Why an image path leaves the image root (absolute, or climbing out with '..'), or None.
+
+    A data file names images relative to its root; one that reaches elsewhere (``/etc/…``, ``../../x``)
+    is a broken or hostile file, and runs on another machine would not find it anyway.
+    """
+    if path.startswith(("/", "\\")) or Path(path).is_absolute() or re.match(r"^[A-Za-z]:", path):
+        return "is an absolute path; image paths must be relative to the image root"
+    parts = posixpath.normpath(path.replace("\\", "/")).split("/")
+    if parts[0] == "..":
+        return "leaves the image root through '..'; image paths must stay under the image root"
+    return None
 
 
 def infer_kind(records: Sequence[RawRecord], file: str) -> Kind:
@@ -120,7 +151,9 @@ class _RecordChecker:
             self.add(
                 text_field, text, f"contains {count} {IMAGE_PLACEHOLDER} placeholder(s) but `{image_field}` is empty"
             )
-        if image:
+        if image and (reason := outside_root(image)) is not None:
+            self.add(image_field, image, reason)
+        elif image:
             self.refs.append((self.index, image_field, image))
 
 
@@ -134,8 +167,12 @@ def _check_train(c: _RecordChecker, strict: bool) -> None:
 
 
 def _check_eval(c: _RecordChecker, strict: bool) -> None:
-    if not c.fields(EVAL_FIELDS, EVAL_REQUIRED, strict):
+    if not c.fields(EVAL_FIELDS + LABEL_FIELDS, EVAL_REQUIRED, strict):
         return
+    value = c.rec.value
+    for name in LABEL_FIELDS:
+        if name in value:
+            _check_label(c, name, value[name])
     qry_text, qry_img = c.text("qry_text"), c.text("qry_img_path")
     c.side("qry_text", qry_text, "qry_img_path", qry_img, "query")
     texts, paths = c.str_list("tgt_text"), c.str_list("tgt_img_path")
@@ -153,6 +190,22 @@ def _check_eval(c: _RecordChecker, strict: bool) -> None:
         return
     for i, (text, path) in enumerate(zip(texts, paths, strict=True)):
         c.side(f"tgt_text[{i}]", text, f"tgt_img_path[{i}]", path, f"candidate {i}")
+    first = (texts[0], paths[0])
+    if first != ("", "") and first in zip(texts[1:], paths[1:], strict=True):
+        j = 1 + list(zip(texts[1:], paths[1:], strict=True)).index(first)
+        c.add("tgt_text[0]", texts[0], f"(the positive, image {paths[0]!r}) is repeated as candidate {j}: it would "
+              f"tie with a distractor; {_REORDER}, once")
+
+
+def _check_label(c: _RecordChecker, name: str, value: object) -> None:
+    """An explicit label must point at candidate 0 (see the module docstring)."""
+    texts = c.rec.value.get("tgt_text")
+    if isinstance(value, bool):
+        c.add(name, value, "must be an integer index or a label text, got a boolean")
+    elif isinstance(value, int) and value != 0:
+        c.add(name, value, f"says the positive is candidate {value}; {_REORDER}")
+    elif isinstance(value, str) and isinstance(texts, list) and value in texts and texts[0] != value:
+        c.add(name, value, f"matches candidate {texts.index(value)}, not candidate 0; {_REORDER}")
 
 
 def validate_records(
