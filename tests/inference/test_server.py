@@ -32,8 +32,8 @@ RED = Image.new("RGB", (16, 16), (250, 0, 0))
 
 @pytest.fixture
 def client(model):
-    settings = ServerSettings(model_name="toy", max_inputs_per_request=8, max_text_chars=200, max_image_bytes=20_000,
-                              max_image_pixels=128 * 128, max_request_bytes=200_000)
+    settings = ServerSettings(model_name="toy", max_inputs_per_request=8, max_text_chars=200, max_instruction_chars=64,
+                              max_image_bytes=20_000, max_image_pixels=128 * 128, max_request_bytes=200_000)
     with TestClient(create_app(model, settings)) as c:
         yield c
 
@@ -97,6 +97,7 @@ BAD_CASES = [
     ({"input": ["x"] * 9}, "input", "limit is 8"),
     ({"input": ["y" * 201]}, "input[0]", "limit is 200"),
     ({"input": [{"text": "y" * 201}]}, "input[0].text", "limit is 200"),
+    ({"input": ["y"] * 8, "instruction": "z" * 65}, "instruction", "limit is 64"),
     ({"input": []}, "input", "empty list"),
     ({"input": ""}, "input", "must not be empty"),
     ({"input": [{}]}, "input[0]", "needs `text`"),

@@ -169,6 +169,7 @@ def serve_command(
     no_batching: bool = typer.Option(False, "--no-batching", help="One request per forward."),
     max_inputs: int = typer.Option(256, "--max-inputs-per-request", min=1),
     max_text_chars: int = typer.Option(16_384, "--max-text-chars", min=1),
+    max_instruction_chars: int = typer.Option(2048, "--max-instruction-chars", min=1),
     max_image_bytes: int = typer.Option(10 * 1024 * 1024, "--max-image-bytes", min=1),
     max_image_pixels: int = typer.Option(25_000_000, "--max-image-pixels", min=1),
     device: str = _DEVICE,
@@ -189,7 +190,8 @@ def serve_command(
     settings = ServerSettings(
         model_name=model_name or model.resolve().name, api_key=api_key, batching=not no_batching,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_inputs_per_request=max_inputs,
-        max_text_chars=max_text_chars, max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels,
+        max_text_chars=max_text_chars, max_instruction_chars=max_instruction_chars, max_image_bytes=max_image_bytes,
+        max_image_pixels=max_image_pixels,
     )
     app = create_app(load_model(model, device=_device(device)), settings)
     serve(app, host=host, port=port, log_level=log_level)

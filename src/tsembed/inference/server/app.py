@@ -169,6 +169,9 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSett
         raise APIError(400, f"unknown task {request.task!r}; this model knows the tasks {hints}", param="task",
                        code="unknown_task")
     instruction = request.instruction
+    if instruction is not None and len(instruction) > settings.max_instruction_chars:
+        raise APIError(400, f"instruction has {len(instruction)} characters; the limit is "
+                       f"{settings.max_instruction_chars}", param="instruction", code="instruction_too_long")
     if request.input_type is not None:
         instruction = getattr(model.config, f"{request.input_type}_instruction", "") or None
     inputs = []
@@ -238,8 +241,9 @@ def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
         if config.moe else None,
         "query_instruction": config.query_instruction,
         "document_instruction": config.document_instruction,
-        "limits": {k: getattr(settings, k) for k in ("max_inputs_per_request", "max_text_chars", "max_image_bytes",
-                                                     "max_image_pixels", "max_request_bytes", "max_batch_size")},
+        "limits": {k: getattr(settings, k) for k in (
+            "max_inputs_per_request", "max_text_chars", "max_instruction_chars", "max_image_bytes", "max_image_pixels",
+            "max_request_bytes", "max_batch_size")},
         "batching": settings.batching,
     }
 

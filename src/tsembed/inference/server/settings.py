@@ -25,6 +25,8 @@ class ServerSettings:
             lone requests.
         max_inputs_per_request, max_text_chars, max_image_bytes, max_image_pixels, max_request_bytes:
             request limits; over them the request gets a 4xx, never the server a crash.
+        max_instruction_chars: limit of a request's ``instruction``; it is prepended to every input, so
+            without a bound one request could make the model tokenise megabytes per input.
         max_queue_inputs: inputs waiting for the model before new requests get 503.
         self_check: at start, check the weights are finite and a probe input embeds to a finite vector;
             a model that fails answers 503 on ``/health`` and ``/v1/embeddings``.
@@ -37,6 +39,7 @@ class ServerSettings:
     max_wait_ms: float = 0.0
     max_inputs_per_request: int = 256
     max_text_chars: int = 16_384
+    max_instruction_chars: int = 2048
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 25_000_000
     max_request_bytes: int = 64 * 1024 * 1024
