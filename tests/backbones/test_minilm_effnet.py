@@ -230,3 +230,15 @@ def test_text_router_ignores_the_picture(tiny_default_backbone, backbone_test_im
     first = next(iter(collect_routing(b).layer_probs.values()))  # [3, E]
     torch.testing.assert_close(first[0], first[1])
     assert not torch.allclose(first[0], first[2])
+
+
+def test_frozen_projector_stays_frozen_and_is_still_saved(tiny_default_backbone) -> None:
+    cfg = {**tiny_default_backbone.config(), "train_projector": False}
+    b = build_backbone(cfg)
+    assert not any(p.requires_grad for p in b.parameters())
+    attach(b, MoELoRAConfig(target_modules=b.default_target_modules, num_experts=2, rank=2))
+    b.unfreeze_trainable_modules()
+    names = {n for n, p in b.named_parameters() if p.requires_grad}
+    assert names and all(".lora_" in n or ".router." in n for n in names)
+    assert set(b.trainable_state_dict()) == {f"projector.{k}" for k in b.projector.state_dict()}  # saved anyway
+    assert build_backbone(b.config()).config()["train_projector"] is False

@@ -66,6 +66,8 @@ class MiniLMEfficientNetBackbone(Backbone):
         max_length: tokens per input including [CLS], [SEP] and visual tokens; text is truncated
             from the right, visual tokens are never cut.
         projector: ``"mlp"`` (LayerNorm, Linear, GELU, Linear) or ``"linear"``.
+        train_projector: False keeps the projector at its seeded initialisation (still saved with the model),
+            so adapters are the only trained part: every trained path then sits behind the router.
         image_mean, image_std: per-channel normalisation; the default is what the Lite weights
             were trained with (see ``tsembed.backbones.efficientnet``).
         cache_dir: vision feature cache root; None means ``$TSEMBED_CACHE_DIR/vision`` or
@@ -92,6 +94,7 @@ class MiniLMEfficientNetBackbone(Backbone):
         cache_dir: str | None = None,
         disk_cache: bool = True,
         memory_cache_items: int = 1024,
+        train_projector: bool = True,
     ) -> None:
         super().__init__()
         grid = math.isqrt(num_visual_tokens)
@@ -118,6 +121,7 @@ class MiniLMEfficientNetBackbone(Backbone):
             "cache_dir": cache_dir,
             "disk_cache": disk_cache,
             "memory_cache_items": memory_cache_items,
+            "train_projector": bool(train_projector),
         }
         text_path = local_dir(text_model, "text_model") if text_model else packaged_text_model_path()
         self.tokenizer = load_component(AutoTokenizer, text_path, "text_model")
@@ -145,6 +149,7 @@ class MiniLMEfficientNetBackbone(Backbone):
             "format": 1,
         }
         self.cache = VisionFeatureCache(cache_dir, namespace_for(identity), memory_cache_items, disk_cache)
+        self.train_projector = bool(train_projector)
         self.freeze_pretrained()
         self.keep_in_eval([self.text, self.vision])
 
@@ -221,6 +226,11 @@ class MiniLMEfficientNetBackbone(Backbone):
             "image_features": torch.stack(features) if features else empty.new_zeros(0, *empty.shape),
             "pixel_values": torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size),
         }
+
+    def unfreeze_trainable_modules(self) -> None:
+        super().unfreeze_trainable_modules()
+        if not self.train_projector:
+            self.projector.requires_grad_(False)
 
     # --- forward --------------------------------------------------------------------------------
 
