@@ -161,7 +161,7 @@ def _tint_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterato
 
 
 def _tone_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterator[Episode]:
-    """Tone pair: one entry per emoji (and gender) with skin tones; its looks are its six tone variants."""
+    """Tone pair: one entry per emoji (and gender) with skin tones; its looks are its TONE_LEVELS variants."""
     variants: dict[str, list[Look]] = {}
     for it in ctx.items(split):
         if it.tone in TONE_LEVELS:
@@ -175,7 +175,6 @@ def _tone_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterato
 
 
 def _side(
-    ctx: BuildContext,
     split: str,
     episode: Episode,
     image: Callable[[Look], str],
@@ -213,7 +212,7 @@ def _tone_phrase(look: Look) -> str:
     return _TONE_WORDS.get(look.attribute, f"{look.attribute} skin tone")
 
 
-def _identity_name(ctx: BuildContext, item: EmojiItem) -> str:
+def _identity_name(item: EmojiItem) -> str:
     """The name without its skin-tone part ('man running: dark skin tone' -> 'man running')."""
     return item.name.split(":")[0].strip() if item.tone not in (None, DEFAULT_TONE) else item.name
 
@@ -230,10 +229,10 @@ def _builder(episodes: Callable[[BuildContext, str, random.Random], Iterator[Epi
             if kind == "text-tint":
                 text = f"{ep.query.attribute} {ep.query.item.name}"
             elif kind == "text-tone":
-                text = f"{_identity_name(ctx, ep.query.item)} with {_tone_phrase(ep.query)}"
+                text = f"{_identity_name(ep.query.item)} with {_tone_phrase(ep.query)}"
             else:
                 text = ""
-            yield _side(ctx, split, ep, image, identity_side, text, query_image=not kind.startswith("text"))
+            yield _side(split, ep, image, identity_side, text, query_image=not kind.startswith("text"))
 
     return build
 
