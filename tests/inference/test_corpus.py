@@ -28,6 +28,15 @@ def _rows(tmp_path, n=7):
     return path, rows
 
 
+
+def _count_embed_calls(monkeypatch) -> list[int]:
+    """Spy on the corpus embedder: the returned list gets the item count of every call."""
+    calls: list[int] = []
+    real = corpus_mod.embed_items
+    monkeypatch.setattr(corpus_mod, "embed_items", lambda m, items, *a, **k: calls.append(len(items)) or real(
+        m, items, *a, **k))
+    return calls
+
 def test_cli_embed_writes_parquet_with_metadata(model_dir, model, tmp_path):
     path, rows = _rows(tmp_path)
     out = tmp_path / "emb.parquet"
@@ -51,10 +60,7 @@ def test_resume_skips_finished_shards(model, tmp_path, monkeypatch):
     first = read_embeddings(cfg.out)[0]
     shard_path(cfg, 1).unlink()
     cfg.out.unlink()
-    calls = []
-    real = corpus_mod.embed_items
-    monkeypatch.setattr(corpus_mod, "embed_items", lambda m, items, *a, **k: calls.append(len(items)) or real(
-        m, items, *a, **k))
+    calls = _count_embed_calls(monkeypatch)
     run_embed_job(model, cfg)
     assert calls == [2]  # only the missing shard ran again
     np.testing.assert_allclose(read_embeddings(cfg.out)[0], first)
@@ -112,10 +118,7 @@ def test_damaged_shards_are_embedded_again_never_merged(model, tmp_path, monkeyp
         np.save(shard, vectors)
     else:
         shard.with_name(shard.name + ".sha256").unlink()
-    calls = []
-    real = corpus_mod.embed_items
-    monkeypatch.setattr(corpus_mod, "embed_items", lambda m, items, *a, **k: calls.append(len(items)) or real(
-        m, items, *a, **k))
+    calls = _count_embed_calls(monkeypatch)
     run_embed_job(model, cfg)
     assert calls == [2]  # only the damaged shard ran again
     np.testing.assert_allclose(read_embeddings(cfg.out)[0], good, atol=1e-6)

@@ -21,9 +21,9 @@ class Variant:
     trained: bool = True
 
 
-def lora_overrides(num_experts: int, rank: int, num_shared: int = 0) -> tuple[str, ...]:
+def lora_overrides(num_experts: int, rank: int, num_shared: int = 0, eans_mode: str = "off") -> tuple[str, ...]:
     return ("model.moe.num_experts=1", "model.moe.num_shared_experts=0",
-            f"model.moe.rank={(num_experts + num_shared) * rank}", "model.moe.top_k=1", "eans.mode=off")
+            f"model.moe.rank={(num_experts + num_shared) * rank}", "model.moe.top_k=1", f"eans.mode={eans_mode}")
 
 
 def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("weight",),
@@ -54,8 +54,7 @@ def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("we
                                               (f"eans.mode={mode}",))
         if not EANS_MODES[mode].uses_routing and mode != "off":  # a weighting one adapter can use as well
             variants[f"lora_{mode}"] = Variant(f"lora_{mode}", f"single LoRA of rank {lora_rank}, stage 1 then {mode}",
-                                               (*lora_overrides(num_experts, rank, num_shared)[:-1],
-                                                f"eans.mode={mode}"))
+                                               lora_overrides(num_experts, rank, num_shared, mode))
     return variants
 
 
