@@ -7,4 +7,4 @@ python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[all,dev]"
+python -m pip install -q -e ".[all,dev,mteb]"  # mteb: so the mteb integration test runs

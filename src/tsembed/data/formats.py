@@ -31,7 +31,13 @@ class RawRecord:
 
 
 def _files(path: Path) -> list[Path]:
-    """A file, or the data files of a directory (e.g. HF parquet shards), sorted by name."""
+    """A file, the data files of a directory, or the files a glob in the last part names (Hub shards such as
+    ``test-*.parquet``), sorted by name."""
+    if any(ch in path.name for ch in "*?["):
+        found = sorted(p for p in path.parent.glob(path.name) if p.is_file())
+        if not found:
+            raise DataError(f"no data file matches '{path}'")
+        return [f for p in found for f in _files(p)]
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES)
         if not found:
@@ -103,7 +109,7 @@ def _read_parquet(path: Path, problems: list[Problem]) -> Iterator[RawRecord]:
 
 
 def read_records(path: str | Path) -> tuple[list[RawRecord], list[Problem]]:
-    """Read every record of a jsonl/json/parquet file (or a directory of them).
+    """Read every record of a jsonl/json/parquet file, a directory of them, or a glob (``<dir>/test-*.parquet``).
 
     Returns:
         The records, and the problems met while decoding (bad JSON lines, unreadable parquet).

@@ -2,14 +2,15 @@
 
 Templates follow MMEB: a query is `instruction + content`, an image side carries `<|image_1|>`, and
 image targets read "<|image_1|>\\nRepresent the given image.". `{text}` marks where a row's content goes.
-The built-in entries describe the offline OpenMoji suite; `register_dataset` adds others (e.g. real MMEB
-datasets on disk). `files` is empty here and filled from a built suite's manifest (`load_suite`).
+The built-in entries describe the offline OpenMoji suites and the real MMEB-V1 benchmark (its 36 eval and
+20 train datasets, so a downloaded MMEB is grouped by meta-task and IND/OOD as in the paper); `register_dataset`
+adds others. `files` is empty here and filled from a built suite's manifest (`load_suite`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tsembed.data.inputs import IMAGE_PLACEHOLDER
@@ -258,8 +259,73 @@ NEUTRAL_TEXT_QUERY = f"Find the matching emoji: {TEXT_SLOT}"
 #: Suite kind -> its datasets.
 SUITE_KINDS: dict[str, tuple[DatasetInfo, ...]] = {"standard": SUITE_DATASETS, "conflict": CONFLICT_DATASETS}
 
+_C, _V, _R, _G = META_TASKS
+#: MMEB-V1 (VLM2Vec, Jiang et al., ICLR 2025, Table 1): (name, meta-task, OOD, modality and what it asks). Names are
+#: the folder names of the Hub dataset TIGER-Lab/MMEB-eval; 20 in-distribution, 16 out-of-distribution.
+_MMEB_EVAL: tuple[tuple[str, str, bool, str], ...] = (
+    ("ImageNet-1K", _C, False, "I -> T: one of 1,000 ImageNet classes"),
+    ("N24News", _C, False, "I+T -> T: news image and text -> one of 24 categories"),
+    ("HatefulMemes", _C, False, "I -> T: is the meme hateful (yes/no)"),
+    ("VOC2007", _C, False, "I -> T: one of 20 PASCAL VOC object classes"),
+    ("SUN397", _C, False, "I -> T: one of 397 scene categories"),
+    ("Place365", _C, True, "I -> T: one of 365 scene categories"),
+    ("ImageNet-A", _C, True, "I -> T: adversarially filtered ImageNet images"),
+    ("ImageNet-R", _C, True, "I -> T: renditions (art, cartoons, ...) of ImageNet classes"),
+    ("ObjectNet", _C, True, "I -> T: objects in unusual poses and backgrounds"),
+    ("Country211", _C, True, "I -> T: the country a photo was taken in"),
+    ("OK-VQA", _V, False, "I+T -> T: questions needing outside knowledge"),
+    ("A-OKVQA", _V, False, "I+T -> T: augmented OK-VQA"),
+    ("DocVQA", _V, False, "I+T -> T: questions about document images"),
+    ("InfographicsVQA", _V, False, "I+T -> T: questions about infographics"),
+    ("ChartQA", _V, False, "I+T -> T: questions about charts"),
+    ("Visual7W", _V, False, "I+T -> T: 7W questions about everyday images"),
+    ("ScienceQA", _V, True, "I+T -> T: science questions with diagrams"),
+    ("VizWiz", _V, True, "I+T -> T: questions from blind users' photos"),
+    ("GQA", _V, True, "I+T -> T: compositional questions about scenes"),
+    ("TextVQA", _V, True, "I+T -> T: questions about text in images"),
+    ("VisDial", _R, False, "T -> I: a dialogue about an image -> the image"),
+    ("CIRR", _R, False, "I+T -> I: composed image retrieval (image + modification)"),
+    ("VisualNews_t2i", _R, False, "T -> I: news caption -> news image"),
+    ("VisualNews_i2t", _R, False, "I -> T: news image -> caption"),
+    ("MSCOCO_t2i", _R, False, "T -> I: caption -> COCO image"),
+    ("MSCOCO_i2t", _R, False, "I -> T: COCO image -> caption"),
+    ("NIGHTS", _R, False, "I -> I: the perceptually most similar image"),
+    ("WebQA", _R, False, "T -> I+T: question -> web image with its text"),
+    ("FashionIQ", _R, True, "I+T -> I: fashion item + requested change -> item"),
+    ("Wiki-SS-NQ", _R, True, "T -> I: question -> Wikipedia screenshot"),
+    ("OVEN", _R, True, "I+T -> I+T: image + question -> Wikipedia entity"),
+    ("EDIS", _R, True, "T -> I+T: news query -> image with headline"),
+    ("MSCOCO", _G, False, "I+T -> I: image + object name -> the crop showing it"),
+    ("RefCOCO", _G, True, "I+T -> I: image + referring expression -> the crop"),
+    ("RefCOCO-Matching", _G, True, "I+T -> I+T: referring expression matched against crops with expressions"),
+    ("Visual7W-Pointing", _G, True, "I+T -> I: image + question -> the crop that answers it"),
+)
+#: MMEB-train: the 20 in-distribution datasets, named as the Hub dataset TIGER-Lab/MMEB-train names its folders
+#: (ImageNet_1K there, ImageNet-1K in MMEB-eval); each has an `original` and a `diverse_instruction` split.
+MMEB_TRAIN_NAMES: tuple[str, ...] = (
+    "ImageNet_1K", "N24News", "HatefulMemes", "VOC2007", "SUN397", "OK-VQA", "A-OKVQA", "DocVQA", "InfographicsVQA",
+    "ChartQA", "Visual7W", "VisDial", "CIRR", "VisualNews_t2i", "VisualNews_i2t", "MSCOCO_t2i", "MSCOCO_i2t",
+    "NIGHTS", "WebQA", "MSCOCO",
+)
+
+
+def _mmeb(name: str, meta_task: str, ood: bool, description: str) -> DatasetInfo:
+    # MMEB rows carry their instructions (`qry_text` = instruction + content), so the templates pass content through.
+    return DatasetInfo(name, meta_task, ood, TEXT_SLOT, TEXT_SLOT, description=f"MMEB: {description}")
+
+
+#: The 36 MMEB-V1 evaluation datasets, in the paper's order (classification, VQA, retrieval, grounding).
+MMEB_EVAL_DATASETS: tuple[DatasetInfo, ...] = tuple(_mmeb(*entry) for entry in _MMEB_EVAL)
+_MMEB_BY_NAME = {info.name: info for info in MMEB_EVAL_DATASETS}
+#: The 20 MMEB-train datasets: the in-distribution eval datasets under their train folder names.
+MMEB_TRAIN_DATASETS: tuple[DatasetInfo, ...] = tuple(
+    _MMEB_BY_NAME.get(name) or replace(_MMEB_BY_NAME[name.replace("_", "-")], name=name) for name in MMEB_TRAIN_NAMES
+)
+
 #: name -> DatasetInfo; the one registry of datasets known to tsembed.
-DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (*SUITE_DATASETS, *CONFLICT_DATASETS)}
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info for info in (*SUITE_DATASETS, *CONFLICT_DATASETS, *MMEB_EVAL_DATASETS, *MMEB_TRAIN_DATASETS)
+}
 
 
 def get_dataset(name: str) -> DatasetInfo:

@@ -11,12 +11,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsembed.data.inputs import EmbedInput
+from tsembed.data.inputs import IMAGE_PLACEHOLDER, EmbedInput
 
 TRAIN_FIELDS: tuple[str, ...] = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 TRAIN_REQUIRED: tuple[str, ...] = TRAIN_FIELDS[:4]
 EVAL_FIELDS: tuple[str, ...] = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 EVAL_REQUIRED: tuple[str, ...] = EVAL_FIELDS
+#: MMEB-V2's image tasks (VLM2Vec's `MMEB_Test_Instruct`) keep the instructions apart from the content.
+INSTRUCTION_FIELDS: tuple[str, ...] = ("qry_inst", "tgt_inst")
+
+
+def join_instruction(instruction: str, content: str, has_image: bool) -> str:
+    """One input's text from a separate instruction and content, as VLM2Vec joins them for MMEB-V2's image tasks:
+    the image first (``<|image_1|>``, wherever the instruction had it), then the instruction, then the content."""
+    body = " ".join(part for part in (instruction.replace(IMAGE_PLACEHOLDER, "").strip(), content.strip()) if part)
+    return f"{IMAGE_PLACEHOLDER}\n{body}" if has_image else body
+
+
+def merge_instructions(record: dict[str, Any]) -> dict[str, Any]:
+    """An eval record with `qry_inst`/`tgt_inst` turned into the one-text-per-input form every reader uses.
+
+    The query is ``qry_inst`` + ``qry_text``; a candidate with an image is ``tgt_inst`` + its text, and a text-only
+    candidate keeps its text (a class name or a caption), which is how VLM2Vec scores these files. A record without
+    the two fields comes back unchanged; fields must already be strings / lists of strings (validation checks).
+    """
+    if not any(name in record for name in INSTRUCTION_FIELDS):
+        return record
+    merged = {k: v for k, v in record.items() if k not in INSTRUCTION_FIELDS}
+    qry_inst, tgt_inst = record.get("qry_inst") or "", record.get("tgt_inst") or ""
+    if qry_inst:
+        merged["qry_text"] = join_instruction(qry_inst, record.get("qry_text") or "", bool(record.get("qry_img_path")))
+    if tgt_inst and isinstance(record.get("tgt_text"), list | tuple):
+        paths = list(record.get("tgt_img_path") or [])
+        merged["tgt_text"] = [
+            join_instruction(tgt_inst, text or "", True) if i < len(paths) and paths[i] else text
+            for i, text in enumerate(record["tgt_text"])
+        ]
+    return merged
 
 
 def resolve_image(path: str, image_root: str | Path | None) -> Path | None:
@@ -108,7 +139,8 @@ class EvalRow:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> EvalRow:
-        """Build from a validated record; None image paths become ''."""
+        """Build from a validated record (`qry_inst`/`tgt_inst` merged in); None image paths become ''."""
+        record = merge_instructions(record)
         return cls(
             qry_text=record.get("qry_text") or "",
             qry_img_path=record.get("qry_img_path") or "",

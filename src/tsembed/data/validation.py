@@ -16,7 +16,8 @@ in another order cannot be detected in general. What can be checked is checked, 
   with a distractor, and a file built with a shuffled list often shows exactly this;
 * candidate 0 must not be empty ("neither text nor image").
 
-These label fields are the only extra fields an eval row may carry.
+These label fields, and MMEB-V2's separate instructions `qry_inst`/`tgt_inst` (merged into the texts before any
+check, see `tsembed.data.rows.merge_instructions`), are the only extra fields an eval row may carry.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import difflib
 import posixpath
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +34,14 @@ from tsembed.data.formats import RawRecord
 from tsembed.data.images import ImageChecker
 from tsembed.data.inputs import IMAGE_PLACEHOLDER
 from tsembed.data.problems import Problem, ValidationReport
-from tsembed.data.rows import EVAL_FIELDS, EVAL_REQUIRED, TRAIN_FIELDS, TRAIN_REQUIRED
+from tsembed.data.rows import (
+    EVAL_FIELDS,
+    EVAL_REQUIRED,
+    INSTRUCTION_FIELDS,
+    TRAIN_FIELDS,
+    TRAIN_REQUIRED,
+    merge_instructions,
+)
 from tsembed.errors import DataError
 
 Kind = Literal["train", "eval"]
@@ -167,8 +176,11 @@ def _check_train(c: _RecordChecker, strict: bool) -> None:
 
 
 def _check_eval(c: _RecordChecker, strict: bool) -> None:
-    if not c.fields(EVAL_FIELDS + LABEL_FIELDS, EVAL_REQUIRED, strict):
+    if not c.fields(EVAL_FIELDS + LABEL_FIELDS + INSTRUCTION_FIELDS, EVAL_REQUIRED, strict):
         return
+    if any(c.text(name) is None for name in INSTRUCTION_FIELDS if name in c.rec.value):
+        return
+    c.rec = replace(c.rec, value=merge_instructions(c.rec.value))  # checks run on the texts the model will see
     value = c.rec.value
     for name in LABEL_FIELDS:
         if name in value:
@@ -206,6 +218,21 @@ def _check_label(c: _RecordChecker, name: str, value: object) -> None:
         c.add(name, value, f"says the positive is candidate {value}; {_REORDER}")
     elif isinstance(value, str) and isinstance(texts, list) and value in texts and texts[0] != value:
         c.add(name, value, f"matches candidate {texts.index(value)}, not candidate 0; {_REORDER}")
+
+
+def _missing_columns(records: Sequence[RawRecord], required: tuple[str, ...]) -> list[str]:
+    """One line per required column that no record of a file has (a wrong file or an old export, not a bad row)."""
+    by_file: dict[str, list[dict]] = {}
+    for rec in records:
+        if isinstance(rec.value, dict):
+            by_file.setdefault(rec.file, []).append(rec.value)
+    hints = []
+    for file, values in by_file.items():
+        missing = [name for name in required if all(name not in v for v in values)]
+        if missing:
+            hints.append(f"{file}: column(s) {missing} missing from all {len(values)} rows; "
+                         f"its columns are {sorted(set().union(*values))}")
+    return hints
 
 
 def validate_records(
@@ -249,9 +276,12 @@ def validate_records(
                 rec = records[index]
                 per_record[index].append(Problem(rec.file, rec.row, field, path, status[path]))
         if len(status) > 1 and all(s is not None and s.startswith("not found") for s in status.values()):
+            inner = Path(image_root or ".") / "images"
             hints.append(
                 f"none of the {len(status)} images was found under image root '{image_root}'; is the image root right?"
+                + (f" (it has an images/ folder: try '{inner}')" if inner.is_dir() else "")
             )
+    hints += _missing_columns(records, TRAIN_REQUIRED if kind == "train" else EVAL_REQUIRED)
     problems = sorted([*read_problems, *(p for ps in per_record for p in ps)], key=lambda p: (p.file, p.row or 0))
     kept = [i for i, ps in enumerate(per_record) if not ps]
     return ValidationReport(

@@ -33,8 +33,16 @@ _MODEL = typer.Option(
     ..., "--model", "-m", help="Model directory (save_pretrained output).", exists=True, file_okay=False
 )
 _SUITE = typer.Option(
-    ..., "--suite", "-s", help="Suite directory with suite.json, or an eval .jsonl/.parquet file.", exists=True
+    ..., "--suite", "-s", exists=True,
+    help="Suite directory with suite.json, MMEB-eval as downloaded (a folder per dataset), or an eval "
+    ".jsonl/.parquet file.",
 )
+_IMAGE_ROOT = typer.Option(
+    None, "--image-root", exists=True, file_okay=False,
+    help="Where image paths resolve [default: the suite's own root; for MMEB-eval the clone]: e.g. the folder "
+    "MMEB-eval's images.zip was unpacked into.",
+)
+FORMATS = ("tsembed", "mmeb")
 _DATASETS = typer.Option(None, "--datasets", "-d", help="Only these datasets (repeat or comma-separate).")
 _BATCH = typer.Option(32, "--batch-size", "-b", min=1, help="Inputs per forward pass.")
 _CACHE_DIR = typer.Option(
@@ -67,10 +75,20 @@ def eval_command(
     device: str = _DEVICE,
     no_progress: bool = _QUIET,
     split: str = _SPLIT,
+    image_root: Path | None = _IMAGE_ROOT,
+    output_format: str = typer.Option(
+        "tsembed", "--format", help="tsembed: results.json + results.md; mmeb: also the MMEB leaderboard's files "
+        "(<Dataset>_score.json per dataset and <model-name>.json) in OUT/mmeb.",
+    ),
+    model_name: str | None = typer.Option(
+        None, "--model-name", help="Model name in the MMEB leaderboard file [default: the model folder's name]."
+    ),
 ) -> None:
     """Evaluate a model on an MMEB-format suite: hit@1 per dataset, meta-task, IND/OOD and overall."""
     from tsembed.evaluation.harness import evaluate
 
+    if output_format not in FORMATS:
+        raise typer.BadParameter(f"must be one of {list(FORMATS)}, got {output_format!r}", param_hint="--format")
     results = evaluate(
         _load_model(model, device),
         suite,
@@ -82,11 +100,17 @@ def eval_command(
         check_images=not no_check_images,
         progress=not no_progress,
         split=split,
+        image_root=image_root,
     )
     results.settings["model_dir"] = str(model)
     json_path, md_path = results.save(out)
     typer.echo(results.to_markdown())
     typer.echo(f"wrote {json_path} and {md_path}")
+    if output_format == "mmeb":
+        from tsembed.evaluation.leaderboard import write_mmeb
+
+        written = write_mmeb(results, out / "mmeb", model_name or model.resolve().name)
+        typer.echo(f"wrote {len(written) - 1} MMEB score files and {written[-1]}")
 
 
 def inspect_routing_command(

@@ -114,13 +114,14 @@ def evaluate(
     progress: bool = True,
     encoder: CachedEncoder | None = None,
     split: str = "eval",
+    image_root: str | Path | None = None,
 ) -> EvalResults:
     """Evaluate ``model`` on an MMEB-format suite.
 
     Args:
         model: A ``TSEmbedModel`` (with or without adapters), on any device.
-        suite: A suite directory (``suite.json``), eval file(s), a ``{name: path}`` mapping or a loaded
-            suite (see ``tsembed.evaluation.sources``).
+        suite: A suite directory (``suite.json``), MMEB-eval as downloaded (a folder per dataset), eval file(s),
+            a ``{name: path}`` mapping or a loaded suite (see ``tsembed.evaluation.sources``).
         datasets: Only these dataset names (comma-separated items allowed); None: all.
         cache_dir: Embedding cache root (sub-folder per model identity); None: no disk cache.
         batch_size: Inputs per forward.
@@ -131,6 +132,8 @@ def evaluate(
         progress: tqdm progress bars.
         encoder: Reuse an encoder (and its cache) across calls; ``cache_dir``/``batch_size`` then unused.
         split: "eval", or "dev" for a suite's development split (compare configs there, report on eval).
+        image_root: Where relative image paths resolve, replacing the suite's own root (e.g. the folder
+            MMEB-eval's ``images.zip`` was unpacked into).
 
     Returns:
         Per-dataset metrics with per-meta-task, IND, OOD and overall averages.
@@ -140,7 +143,7 @@ def evaluate(
         ConfigError: Unknown dataset names.
     """
     start = time.perf_counter()
-    specs = resolve_eval_sets(suite, datasets, split)
+    specs = resolve_eval_sets(suite, datasets, split, image_root=image_root)
     encoder = encoder_for(model, encoder, cache_dir, batch_size=batch_size, progress=progress)
     before = encoder.stats.to_dict()
     checkers: dict[Path, ImageChecker] = {}  # one per image root: each image is opened once per run
@@ -181,6 +184,7 @@ def evaluate(
         "skip_invalid": skip_invalid,
         "cache_dir": None if encoder.cache.directory is None else str(encoder.cache.directory),
         "datasets": [s.name for s in specs],
+        "image_root": None if image_root is None else str(image_root),
     }
     return EvalResults(model_id=encoder.model_id, datasets=results, settings=settings, timing=timing)
 

@@ -66,12 +66,16 @@ class ModelSection:
 class DataSection:
     """Where training rows come from and how batches are formed.
 
-    suite: an offline-suite directory (its in-distribution train splits); or train_files:
+    suite: an offline-suite directory (its in-distribution train splits), or MMEB-train as downloaded from the
+    Hub (a folder per dataset; ``train_split`` picks its ``original`` or ``diverse_instruction`` shards and
+    ``image_root`` is where its image paths resolve, default the clone itself); or train_files:
     a list of ``{name, path, image_root, weight, task}`` (``task``: the hint its inputs declare, see
     ``moe.task_hints``; a suite's datasets declare their meta-task). homogeneous: every batch from one dataset.
     """
 
     suite: str | None = None
+    image_root: str | None = None
+    train_split: str = "original"
     datasets: list[str] | None = None
     train_files: list[dict[str, Any]] = field(default_factory=list)
     batch_size: int = 32
@@ -84,6 +88,8 @@ class DataSection:
         _check("data.batch_size", self.batch_size, self.batch_size >= 2, ">= 2 (in-batch negatives)")
         if not self.suite and not self.train_files:
             raise ConfigError("data: give either data.suite (a suite directory) or data.train_files")
+        _check("data.train_split", self.train_split, isinstance(self.train_split, str) and bool(self.train_split),
+               "a split name such as 'original' or 'diverse_instruction'")
         for i, entry in enumerate(self.train_files):
             missing = {"name", "path"} - set(entry)
             unknown = set(entry) - {"name", "path", "image_root", "weight", "task"}

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from tsembed.data.mmeb_layout import discover, is_layout
 from tsembed.errors import ConfigError, TsembedError
 from tsembed.model import ModelConfig, TSEmbedModel
 from tsembed.training import checkpoint as ckpt
@@ -37,19 +38,40 @@ class TrainingDiverged(TsembedError):
     """The loss became NaN or infinite; the message names the step and the batch."""
 
 
+def _root(image_root: str | None) -> Path | None:
+    return None if image_root is None else Path(image_root)
+
+
+def _layout_sources(root: Path, split: str, image_root: str | None) -> list[TrainSource]:
+    """MMEB-train as downloaded: one source per dataset folder holding ``split``; tasks from the registry."""
+    from tsembed.data.registry import DATASETS
+
+    sources = []
+    for found in discover(root, split):
+        info = DATASETS.get(found.name)
+        if info is None:
+            logger.warning("%s: training folder '%s' is not a registered dataset; it declares no task",
+                           root, found.name)
+        sources.append(TrainSource(found.name, found.path, _root(image_root) or root,
+                                   task=info.task if info is not None else None))
+    return sources
+
+
 def resolve_sources(config: TrainConfig) -> list[TrainSource]:
-    """Training files from ``data.train_files`` or a suite's in-distribution train splits."""
+    """Training files from ``data.train_files``, a suite's in-distribution train splits, or MMEB-train as downloaded."""
     section = config.data
     if section.train_files:
         sources = [TrainSource(e["name"], Path(e["path"]), Path(e["image_root"]) if e.get("image_root") else None,
                                float(e.get("weight", 1.0)), e.get("task")) for e in section.train_files]
+    elif is_layout(Path(section.suite)):
+        sources = _layout_sources(Path(section.suite), section.train_split, section.image_root)
     else:
         from tsembed.data.suite import load_suite
 
         suite = load_suite(section.suite)
         names = suite.names(split="train")
-        sources = [TrainSource(name, suite.path(name, "train"), suite.image_root, task=suite.info(name).task)
-                   for name in names]
+        sources = [TrainSource(name, suite.path(name, "train"), _root(section.image_root) or suite.image_root,
+                               task=suite.info(name).task) for name in names]
     if section.datasets:
         known = {s.name for s in sources}
         unknown = sorted(set(section.datasets) - known)
