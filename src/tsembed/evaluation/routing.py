@@ -38,6 +38,7 @@ from tsembed.evaluation.information import distribution_entropy, normalized_mutu
 from tsembed.evaluation.loading import load_eval_set
 from tsembed.evaluation.sources import resolve_eval_sets
 from tsembed.fileio import atomic_write
+from tsembed.inputs import input_key
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +149,11 @@ def collect_routing_data(
         rows = loaded.rows[:max_per_dataset]
         inputs = [row.query_input(spec.image_root) for row in rows]
         if include_targets:
-            seen = {(x.text, str(x.image)) for x in inputs}
+            seen = {input_key(x) for x in inputs}
             for row in rows:
                 for x in row.target_inputs(spec.image_root):
-                    if (x.text, str(x.image)) not in seen:
-                        seen.add((x.text, str(x.image)))
+                    if input_key(x) not in seen:
+                        seen.add(input_key(x))
                         inputs.append(x)
         if not inputs:
             continue

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsembed.data.inputs import EmbedInput
+from tsembed.encoding import embed_items
 from tsembed.errors import AdapterError, ConfigError
 from tsembed.fileio import atomic_write
 from tsembed.inference.card import write_model_card
-from tsembed.inference.encoder import embed_items
 from tsembed.inference.loading import load_model
+from tsembed.inputs import EmbedInput
 from tsembed.moe import MoELoRALinear, adapter_layers
 from tsembed.moe.attach import CONFIG_ATTR
 
