@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from tsembed.model import EmbeddingOutput, TSEmbedModel, move_batch
+from tsembed.moe import aux_losses, top1_shares
 from tsembed.training.distributed import all_reduce_sum, world_size
-from tsembed.training.objective import ContrastiveObjective, ExpertUsage, aux_losses, top1_shares
+from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 
 
 @dataclass
