@@ -32,7 +32,7 @@ import torch
 
 from tsembed.backbones import MiniLMEfficientNetBackbone
 from tsembed.backbones.testing import render_emoji
-from tsembed.data.inputs import EmbedInput
+from tsembed.inputs import EmbedInput
 
 # Ranges OpenMoji covers densely (plants, food, animals, objects); blank or repeated glyphs are skipped.
 CODEPOINT_RANGES = ((0x1F330, 0x1F4FF), (0x1F950, 0x1F9FF))

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from tsembed.data.suite import build_suite, load_suite
+from tsembed.moe import signature_size
 from tsembed.training.config import load_train_config
 from tsembed.training.data import BatchPlan, TrainingData, TrainSource
 from tsembed.training.eans import EANSConfig, SignatureBank
@@ -105,7 +106,7 @@ def main() -> None:
     model = build_model(config).train()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    sig_dim = model.config.moe.num_experts * model.attach_summary.num_modules
+    sig_dim = signature_size(model.backbone)
     bank = SignatureBank(data.num_targets, sig_dim)
     random_sigs = torch.nn.functional.normalize(torch.rand(data.num_targets, sig_dim), dim=-1)
     bank.update(torch.arange(data.num_targets), random_sigs)

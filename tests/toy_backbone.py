@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from tsembed.backbones.base import Backbone, BackboneOutput
-from tsembed.data.inputs import EmbedInput
+from tsembed.inputs import EmbedInput
 from tsembed.moe import set_routing_mask
 
 VOCAB = 97

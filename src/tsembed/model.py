@@ -156,9 +156,7 @@ class TSEmbedModel(nn.Module):
 
     def embed(self, inputs: list) -> EmbeddingOutput:
         """prepare + forward, moving the batch to the model's device."""
-        device = next(self.parameters()).device
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.prepare(inputs).items()}
-        return self(**batch)
+        return self(**move_batch(self.prepare(inputs), next(self.parameters()).device))
 
     def router_parameters(self) -> list[nn.Parameter]:
         """Router weights and task-hint biases: the parameters the router learning-rate scale applies to."""
@@ -252,6 +250,11 @@ def model_fingerprint(directory: str | Path, sums: dict[str, str] | None = None)
     for name in sorted(sums):
         digest.update(f"{name}\0{sums[name]}\0".encode())
     return digest.hexdigest()
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A prepared batch with its tensors on ``device`` (what ``prepare`` returns is on the CPU)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def task_hint_ids(inputs: list, hints: list[str]) -> torch.Tensor:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from tsembed.backbones import DualEncoderBackbone, build_backbone, fuse_embeddings, pool
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import ConfigError
+from tsembed.inputs import EmbedInput
 from tsembed.moe import MoELoRAConfig, attach, collect_routing
 
 

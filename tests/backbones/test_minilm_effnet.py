@@ -10,8 +10,8 @@ from PIL import Image
 
 from tsembed.backbones import BACKBONES, MiniLMEfficientNetBackbone, VisionCacheWarning, build_backbone, pool
 from tsembed.backbones.testing import build_tiny_minilm_effnet
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import ConfigError, DataError
+from tsembed.inputs import EmbedInput
 from tsembed.moe import MoELoRAConfig, attach, collect_routing
 
 T = 4  # visual tokens of the tiny configuration

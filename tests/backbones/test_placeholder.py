@@ -2,8 +2,8 @@ import pytest
 from PIL import Image
 
 from tsembed.backbones.placeholder import IMAGE_PLACEHOLDER, split_input, split_inputs
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import DataError
+from tsembed.inputs import EmbedInput
 
 IMG = Image.new("RGB", (8, 8))
 

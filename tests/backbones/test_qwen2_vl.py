@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from tsembed.backbones import Qwen2VLBackbone, build_backbone, pool
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import ConfigError, DataError
+from tsembed.inputs import EmbedInput
 from tsembed.moe import MoELoRAConfig, attach, collect_routing
 
 

@@ -2,11 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from tsembed.errors import ConfigError
 from tsembed.evaluation import CachedEncoder, EvalResults, evaluate, score_dataset
+from tsembed.inference import encode
+from tsembed.inputs import EmbedInput
 from tsembed.moe import MoELoRALinear
 
 from .helpers import TOY_DATASETS, ForwardCounter, toy_model, write_toy_suite
@@ -135,3 +138,15 @@ def test_eval_inputs_declare_their_meta_task_only_for_hinted_models(suite, hinte
     assert tasks == expected
     # without hints the label shared across datasets is one cache entry; with hints one per task
     assert sum(text == "shared label" for _, text in seen) == (len(TOY_DATASETS) if hinted else 1)
+
+
+def test_an_input_s_own_task_wins_over_the_eval_set_s_as_in_encode():
+    model = toy_model(task_hints=("classification", "vqa", "retrieval", "grounding"))
+    for layer in model.modules():
+        if isinstance(layer, MoELoRALinear):
+            torch.nn.init.normal_(layer.router_hint, std=3.0)  # zero at init: give the tasks an effect
+    own = EmbedInput(text="a red apple", task="vqa")
+    got = CachedEncoder(model, progress=False).encode([own, EmbedInput(text="a red apple")], task="retrieval")
+    expected = encode(model, [own, "a red apple"], task="retrieval")
+    np.testing.assert_allclose(got.embeddings, expected, atol=1e-6)
+    assert not np.allclose(got.embeddings[0], got.embeddings[1], atol=1e-4)

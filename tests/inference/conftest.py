@@ -12,7 +12,7 @@ from PIL import Image, ImageStat
 from tests.toy_backbone import ToyBackbone
 from tsembed.backbones import BACKBONES
 from tsembed.backbones.images import load_image
-from tsembed.data.inputs import IMAGE_PLACEHOLDER, EmbedInput
+from tsembed.inputs import IMAGE_PLACEHOLDER, EmbedInput
 from tsembed.model import ModelConfig, TSEmbedModel
 from tsembed.moe import MoELoRAConfig, MoELoRALinear
 

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from tsembed.cli import main
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import AdapterError
 from tsembed.inference import encode, load_model
 from tsembed.inference.export import export_merged_expert, export_peft
 from tsembed.inference.prune import expert_usage, export_pruned, prune_experts
+from tsembed.inputs import EmbedInput
 from tsembed.moe import MoELoRALinear, masked_mean
 
 from .conftest import ImageToyBackbone, build_model

@@ -15,10 +15,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import DataError
 from tsembed.inference import encode, encode_query
 from tsembed.inference.server import ServerSettings, ServerThread, create_app
+from tsembed.inputs import EmbedInput
 
 
 def data_url(image: Image.Image, fmt: str = "PNG") -> str:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import ConfigError
 from tsembed.inference import encode, load_model
 from tsembed.inference.prune import prune_experts
+from tsembed.inputs import EmbedInput
 from tsembed.model import TASK_HINT_KEY
 from tsembed.moe.routing import get_routing_state
 

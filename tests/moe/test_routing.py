@@ -8,12 +8,17 @@ from tsembed.errors import AdapterError
 from tsembed.moe import (
     MoELoRAConfig,
     attach,
+    aux_losses,
+    balance,
     collect_routing,
     load_balance_loss,
     router_z_loss,
     routing_signature,
     set_routing_mask,
+    signature_size,
+    top1_shares,
 )
+from tsembed.moe import routing as routing_module
 
 
 class TinyEncoder(nn.Module):
@@ -117,3 +122,48 @@ def test_layer_without_real_tokens_adds_no_nan():
     model(torch.randn(2, 3, 6), attention_mask=torch.zeros(2, 3))
     out = collect_routing(model)
     assert torch.isfinite(out.load_balance_loss) and torch.isfinite(out.z_loss)
+
+
+def test_balance_hand_computed_and_batched_over_layers():
+    # f = (1, 0), P = (0.65, 0.35): 2 * 0.65 = 1.3; f = P = (0.5, 0.5): 1 (balanced)
+    share = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    mean = torch.tensor([[0.65, 0.35], [0.5, 0.5]])
+    torch.testing.assert_close(balance(share, mean), torch.tensor([1.3, 1.0]))
+
+
+def test_aux_losses_from_stats_equal_the_pure_losses_on_the_units():
+    """The additive-stats path (training, GradCache, DDP) against load_balance_loss / router_z_loss."""
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    attach(model, MoELoRAConfig(target_modules=["a", "b"], num_experts=3, rank=2, level="token", router_init_std=1.0))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    model(torch.randn(2, 4, 6), attention_mask=mask)
+    records = routing_module.get_routing_state(model).records
+    stats = collect_routing(model).layer_stats
+    units = {name: s.num_units for name, s in stats.items()}
+    balance_loss, z = aux_losses([stats], top1_shares({n: s.top1_counts for n, s in stats.items()}, units), units)
+    expected_bal = sum(load_balance_loss(r.probs[r.mask]) for r in records.values())
+    expected_z = sum(router_z_loss(r.logits[r.mask]) for r in records.values())
+    assert units == {"a": 5, "b": 5}
+    torch.testing.assert_close(balance_loss, expected_bal)
+    torch.testing.assert_close(z, expected_z)
+
+
+def test_aux_losses_are_computed_only_when_read(monkeypatch):
+    calls = []
+    real = routing_module.layer_stats
+    monkeypatch.setattr(routing_module, "layer_stats", lambda record: calls.append(1) or real(record))
+    model = TinyEncoder()
+    attach(model, MoELoRAConfig(target_modules=["a", "b"]))
+    model(torch.randn(2, 4, 6))
+    out = collect_routing(model)
+    assert calls == [] and out.signature.shape == (2, 8)  # an inference forward pays for no statistics
+    out.load_balance_loss, out.z_loss, out.layer_stats  # noqa: B018 - read them
+    assert len(calls) == 2  # once per layer, then cached
+
+
+def test_signature_size_is_the_signature_length():
+    model = TinyEncoder()
+    attach(model, MoELoRAConfig(target_modules=["a", "b"], num_experts=3))
+    model(torch.randn(2, 4, 6))
+    assert signature_size(model) == collect_routing(model).signature.shape[1] == 6

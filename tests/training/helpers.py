@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tests.toy_backbone import ToyBackbone
-from tsembed.data.inputs import EmbedInput
+from tsembed.inputs import EmbedInput
 from tsembed.model import ModelConfig, TSEmbedModel
 from tsembed.moe import MoELoRAConfig, MoELoRALinear
 from tsembed.training.step import ContrastiveBatch

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from tsembed.errors import ConfigError
+from tsembed.moe import aux_losses
 from tsembed.training.eans import EANSConfig
-from tsembed.training.objective import ContrastiveObjective, ExpertUsage, LossConfig, aux_losses
+from tsembed.training.objective import ContrastiveObjective, ExpertUsage, LossConfig
 from tsembed.training.step import contrastive_step
 
 from .helpers import grads, toy_batch, toy_model

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import AdapterError
+from tsembed.inputs import EmbedInput
 
 
 @dataclass

@@ -30,8 +30,8 @@ from tsembed.backbones.base import Backbone, BackboneOutput
 from tsembed.backbones.hf import load_component, load_model, local_dir, parse_dtype, quiet_transformers
 from tsembed.backbones.images import load_image
 from tsembed.backbones.placeholder import split_inputs
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import ConfigError
+from tsembed.inputs import EmbedInput
 from tsembed.moe.routing import set_routing_mask
 
 DUAL_TARGET_MODULES = [

@@ -36,8 +36,8 @@ from tsembed.backbones.images import DIGEST_BYTES, image_digest, image_to_tensor
 from tsembed.backbones.placeholder import Segments, split_inputs
 from tsembed.backbones.projector import VisualProjector
 from tsembed.backbones.vision_cache import VisionFeatureCache, namespace_for
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import ConfigError, DataError
+from tsembed.inputs import EmbedInput
 from tsembed.moe.routing import set_routing_mask
 
 # Every MiniLM linear inside the transformer layers: q/k/v, attention output, FFN in and out.

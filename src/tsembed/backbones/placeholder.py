@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tsembed.data.inputs import IMAGE_PLACEHOLDER, EmbedInput
 from tsembed.errors import DataError
+from tsembed.inputs import IMAGE_PLACEHOLDER, EmbedInput
 
 ImageLike = str | Path | Image.Image
 

@@ -25,8 +25,8 @@ from tsembed.backbones.base import Backbone, BackboneOutput
 from tsembed.backbones.hf import load_component, load_model, local_dir, parse_dtype, quiet_transformers
 from tsembed.backbones.images import load_image
 from tsembed.backbones.placeholder import Segments, split_inputs
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import ConfigError, DataError
+from tsembed.inputs import EmbedInput
 from tsembed.moe.routing import set_routing_mask
 
 QWEN_CHAT_TEMPLATE = "<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n<|endoftext|>"

@@ -6,11 +6,13 @@ importing `tsembed.data` alone stays light.
 
 from typing import Any
 
-from tsembed.data.inputs import IMAGE_PLACEHOLDER, EmbedInput
 from tsembed.data.mmeb import MMEBSplit, read_eval, read_train, validate_file, write_eval, write_train
 from tsembed.data.problems import Problem, ValidationReport
 from tsembed.data.registry import DATASETS, META_TASKS, DatasetInfo, get_dataset, register_dataset
 from tsembed.data.rows import EvalRow, TrainRow
+
+# re-exported: `from tsembed.data import EmbedInput` is a public path (its home is now tsembed.inputs)
+from tsembed.inputs import IMAGE_PLACEHOLDER, EmbedInput
 
 _LAZY = {"build_suite", "load_suite", "Suite", "SuiteConfig"}
 

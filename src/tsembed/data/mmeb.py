@@ -41,7 +41,7 @@ class MMEBSplit(Generic[RowT]):
         return self.rows[index]
 
 
-def _default_root(path: Path, image_root: str | Path | None) -> Path:
+def default_image_root(path: Path, image_root: str | Path | None) -> Path:
     """`image_root` if given; else the suite root when the file sits in a built suite; else its directory."""
     if image_root is not None:
         return Path(image_root)
@@ -90,7 +90,7 @@ def _load(
         records,
         kind,
         file=str(path),
-        image_root=_default_root(path, image_root),
+        image_root=default_image_root(path, image_root),
         check_images=check_images,
         strict_fields=strict_fields,
         checker=checker,
@@ -116,7 +116,7 @@ def _read(
         report.raise_if_problems()
     row_type = TrainRow if kind == "train" else EvalRow
     rows = [row_type.from_record(v) for v in values]
-    return MMEBSplit(path=path, kind=kind, image_root=_default_root(path, image_root), rows=rows, report=report)
+    return MMEBSplit(path=path, kind=kind, image_root=default_image_root(path, image_root), rows=rows, report=report)
 
 
 def read_train(

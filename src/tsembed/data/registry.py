@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from tsembed.data.inputs import IMAGE_PLACEHOLDER
 from tsembed.errors import ConfigError
+from tsembed.inputs import IMAGE_PLACEHOLDER
 
 META_TASKS: tuple[str, ...] = ("classification", "vqa", "retrieval", "grounding")
 SPLITS: tuple[str, ...] = ("train", "dev", "eval")  # dev: held-out IND rows in eval format (optional)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsembed.data.inputs import IMAGE_PLACEHOLDER, EmbedInput
+from tsembed.inputs import IMAGE_PLACEHOLDER, EmbedInput
 
 TRAIN_FIELDS: tuple[str, ...] = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 TRAIN_REQUIRED: tuple[str, ...] = TRAIN_FIELDS[:4]

@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 from tsembed.data.formats import RawRecord
 from tsembed.data.images import ImageChecker
-from tsembed.data.inputs import IMAGE_PLACEHOLDER
 from tsembed.data.problems import Problem, ValidationReport
 from tsembed.data.rows import (
     EVAL_FIELDS,
@@ -43,6 +42,7 @@ from tsembed.data.rows import (
     merge_instructions,
 )
 from tsembed.errors import DataError
+from tsembed.inputs import IMAGE_PLACEHOLDER
 
 Kind = Literal["train", "eval"]
 _ANY_PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>")

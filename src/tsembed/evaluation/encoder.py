@@ -1,7 +1,7 @@
 """Encode inputs through the model's one forward, reusing cached results and caching new ones.
 
-Only inputs missing from the cache reach the model. They are encoded longest first (little padding
-per batch; an out-of-memory error shows up in the first batch, not the last), and the cache is flushed
+Only inputs missing from the cache reach the model, through the one batched encode
+(``tsembed.encoding.encode_batches``). Each batch is cached as soon as it is done and the cache is flushed
 even when a batch fails or the run is interrupted, so the next run resumes where this one stopped.
 """
 
@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from tsembed.data.inputs import EmbedInput
+from tsembed.encoding import EncodedBatch, encode_batches
 from tsembed.evaluation.cache import EmbeddingCache
 from tsembed.evaluation.identity import InputHasher, model_identity
+from tsembed.inputs import EmbedInput, with_task
 
 
 @dataclass
@@ -53,20 +53,6 @@ class EncodeStats:
             "encode_seconds": round(self.seconds, 3),
             "inputs_per_second": round(self.inputs_per_second, 2),
         }
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _length(item: EmbedInput) -> int:
-    return len(item.text or "") + (256 if item.image is not None else 0)
 
 
 class CachedEncoder:
@@ -117,11 +103,12 @@ class CachedEncoder:
                task: str | None = None) -> Encoded:
         """Embeddings (and, if asked and available, routing) of ``inputs`` in their order.
 
-        ``task`` (an eval set's meta-task) is declared by every input when the model routes on task hints;
-        other models ignore it, so a candidate shared by datasets of different tasks stays one cache entry.
+        ``task`` (an eval set's meta-task) is declared by every input that declares none, as ``encode`` does
+        (``tsembed.inputs.with_task``), when the model routes on task hints; other models ignore it, so a
+        candidate shared by datasets of different tasks stays one cache entry.
         """
-        if task is not None and getattr(self.model, "task_hints", None):
-            inputs = [replace(x, task=task) for x in inputs]
+        if getattr(self.model, "task_hints", None):
+            inputs = with_task(inputs, task)
         need_routing = need_routing and self.has_routing
         keys = self.keys(inputs)
         todo: dict[str, EmbedInput] = {}
@@ -140,23 +127,21 @@ class CachedEncoder:
     def _run(self, todo: dict[str, EmbedInput], desc: str) -> None:
         from tqdm.auto import tqdm
 
-        order = sorted(todo, key=lambda k: -_length(todo[k]))
+        keys, items = list(todo), list(todo.values())
         start = time.perf_counter()
-        bar = tqdm(total=len(order), desc=desc, unit="input", disable=not self.progress, leave=False)
-        try:
-            with _eval_mode(self.model), torch.inference_mode():
-                for i in range(0, len(order), self.batch_size):
-                    batch = order[i : i + self.batch_size]
-                    out = self.model.embed([todo[k] for k in batch])
-                    emb = out.embeddings.float().cpu().numpy()  # [b, D]
-                    routing, layers = None, None
-                    if out.routing is not None:
-                        layers = list(out.routing.layer_probs)
-                        routing = torch.stack([p.float() for p in out.routing.layer_probs.values()], dim=1)
-                        routing = routing.cpu().numpy()  # [b, L, E]
-                    self.cache.add(batch, emb, routing, layers)
-                    self.stats.encoded += len(batch)
-                    bar.update(len(batch))
+        bar = tqdm(total=len(items), desc=desc, unit="input", disable=not self.progress, leave=False)
+
+        def store(batch: EncodedBatch) -> None:
+            routing, layers = None, None
+            if batch.layer_probs is not None:
+                layers = list(batch.layer_probs)
+                routing = torch.stack(list(batch.layer_probs.values()), dim=1).numpy()  # [b, L, E]
+            self.cache.add([keys[i] for i in batch.indices], batch.embeddings.numpy(), routing, layers)
+            self.stats.encoded += len(batch.indices)
+            bar.update(len(batch.indices))
+
+        try:  # routing is cached whenever the model has it, so a later routing analysis re-encodes nothing
+            encode_batches(self.model, items, store, self.batch_size, with_routing=True)
         finally:
             bar.close()
             self.cache.flush()

@@ -2,7 +2,7 @@
 
 Each eval row's query is ranked against its own candidates (candidate 0 is the positive) and hit@1 is
 reported per dataset (MMEB's precision@1). With ``global_pool`` each query is also ranked against the
-union of all candidates of its dataset, de-duplicated by (text, image path), for recall@k, MRR and
+union of all candidates of its dataset, de-duplicated by ``tsembed.inputs.input_key``, for recall@k, MRR and
 nDCG@10. Queries and candidates are embedded by the model's one forward, exactly as given in the file
 (MMEB rows already carry their instructions).
 """
@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from tsembed.data.images import ImageChecker
-from tsembed.data.inputs import EmbedInput
 from tsembed.evaluation.encoder import CachedEncoder, encoder_for
 from tsembed.evaluation.loading import LoadedEvalSet, load_eval_set
 from tsembed.evaluation.metrics import DEFAULT_KS, hit_at_k, positive_rank, ranking_metrics
 from tsembed.evaluation.results import GLOBAL_PREFIX, HIT1, DatasetResult, EvalResults
 from tsembed.evaluation.sources import resolve_eval_sets
+from tsembed.inputs import EmbedInput, InputKey, input_key
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +33,14 @@ SCORE_CHUNK = 256
 
 
 class _Interned:
-    """Distinct inputs of one dataset by (text, image path), with the index of each occurrence."""
+    """Distinct inputs of one dataset (``input_key``), with the index of each occurrence."""
 
     def __init__(self) -> None:
-        self.index: dict[tuple[str | None, str], int] = {}
+        self.index: dict[InputKey, int] = {}
         self.inputs: list[EmbedInput] = []
 
     def add(self, item: EmbedInput) -> int:
-        key = (item.text, "" if item.image is None else str(item.image))
+        key = input_key(item)
         if key not in self.index:
             self.index[key] = len(self.inputs)
             self.inputs.append(item)

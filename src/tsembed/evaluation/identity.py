@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import DataError
+from tsembed.inputs import EmbedInput, input_key
 
 #: Bumped when what a cached vector means changes (e.g. a new pooling convention).
 CACHE_FORMAT = "tsembed-embeddings-v1"
@@ -53,8 +53,6 @@ class InputHasher:
         self._files: dict[str, str] = {}
 
     def image_digest(self, image: Any) -> str:
-        if image is None:
-            return ""
         if isinstance(image, str | Path):
             key = str(image)
             if key not in self._files:
@@ -69,8 +67,10 @@ class InputHasher:
         return hashlib.blake2b(buf.getvalue(), digest_size=16).hexdigest()
 
     def key(self, item: EmbedInput) -> str:
-        """32 hex characters identifying the text, the image content and the task of ``item``."""
+        """32 hex characters hashing ``input_key`` of ``item``, its image named by content."""
+        text, image, task = input_key(item, self.image_digest)
+        # a task-less input hashes [text, image], as before tasks existed: existing caches stay valid
+        fields = [text, image] + ([task] if task is not None else [])
         h = hashlib.blake2b(digest_size=16)
-        fields = [item.text, self.image_digest(item.image)] + ([item.task] if item.task is not None else [])
         h.update(json.dumps(fields).encode())
         return h.hexdigest()

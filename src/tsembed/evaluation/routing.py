@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from tsembed.data.images import ImageChecker
@@ -38,6 +39,8 @@ from tsembed.evaluation.information import distribution_entropy, normalized_mutu
 from tsembed.evaluation.loading import load_eval_set
 from tsembed.evaluation.sources import resolve_eval_sets
 from tsembed.fileio import atomic_write
+from tsembed.inputs import input_key
+from tsembed.moe import balance
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +151,11 @@ def collect_routing_data(
         rows = loaded.rows[:max_per_dataset]
         inputs = [row.query_input(spec.image_root) for row in rows]
         if include_targets:
-            seen = {(x.text, str(x.image)) for x in inputs}
+            seen = {input_key(x) for x in inputs}
             for row in rows:
                 for x in row.target_inputs(spec.image_root):
-                    if (x.text, str(x.image)) not in seen:
-                        seen.add((x.text, str(x.image)))
+                    if input_key(x) not in seen:
+                        seen.add(input_key(x))
                         inputs.append(x)
         if not inputs:
             continue
@@ -220,11 +223,12 @@ def routing_report(
             "marginal": float(distribution_entropy(mean).mean() / log_e),
         }
     mean, share = _layer_stats(probs)
+    loads = balance(torch.from_numpy(share), torch.from_numpy(mean).double())  # [L']
     for i, layer in enumerate(chosen):
         report.layer_load[layer] = {
             "top1_share": share[i].round(6).tolist(),
             "mean_prob": mean[i].round(6).tolist(),
-            "load_balance": float(num_experts * (share[i] * mean[i]).sum()),
+            "load_balance": float(loads[i]),
         }
     top1 = probs.argmax(axis=-1)  # [N, L']
     known = data.meta_task != ""

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tsembed.encoding import eval_mode
 from tsembed.model import TSEmbedModel
 from tsembed.training.data import TrainingData
 from tsembed.training.eans import EANSConfig
@@ -117,10 +118,8 @@ def dataset_gradients(model: TSEmbedModel, data: TrainingData, loss: LossConfig,
                                      EANSConfig(mode="off"))
     params = [p for p in model.parameters() if p.requires_grad]
     rng = random.Random(seed)
-    was_training = model.training
-    model.eval()
     out: dict[str, torch.Tensor] = {}
-    try:
+    with eval_mode(model):
         for d, rows in sorted(data.by_dataset.items()):
             per_batch = []
             for _ in range(batches):
@@ -131,8 +130,6 @@ def dataset_gradients(model: TSEmbedModel, data: TrainingData, loss: LossConfig,
                                             for p in params]))
             out[data.sources[d].name] = torch.stack(per_batch)
         model.zero_grad(set_to_none=True)
-    finally:
-        model.train(was_training)
     return out
 
 

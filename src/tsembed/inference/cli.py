@@ -131,10 +131,10 @@ def search_command(
     device: str = _DEVICE,
 ) -> None:
     """Embed a query (text, image or both) and print the nearest corpus rows."""
-    from tsembed.data.inputs import EmbedInput
     from tsembed.inference.encoder import encode
     from tsembed.inference.index import VectorIndex
     from tsembed.inference.loading import load_model
+    from tsembed.inputs import EmbedInput
 
     if query is None and image is None:
         raise ConfigError("give --query, --image or both")

@@ -24,14 +24,14 @@ from torch import nn
 
 from tsembed.data.formats import read_records
 from tsembed.data.images import ImageChecker
-from tsembed.data.inputs import EmbedInput
 from tsembed.data.problems import Problem, ValidationReport
 from tsembed.data.rows import resolve_image
+from tsembed.encoding import embed_items
 from tsembed.errors import ConfigError, DataError, TsembedError
 from tsembed.fileio import atomic_write
-from tsembed.inference.encoder import embed_items
 from tsembed.inference.inputs import apply_instruction
 from tsembed.inference.vectors import EMBEDDING_COLUMN, embeddings_table, nonfinite_rows, write_table
+from tsembed.inputs import EmbedInput
 from tsembed.weights import sha256_file
 
 logger = logging.getLogger(__name__)

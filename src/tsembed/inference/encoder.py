@@ -1,8 +1,8 @@
 """``encode``: the sentence-transformers-shaped inference API over the one model object.
 
-Inputs are sorted by length so each batch pads little, run through ``TSEmbedModel.forward`` (the
-forward training uses, so serve-time routing is trained routing) under ``no_grad`` in eval mode, and
-returned in the caller's order.
+Inputs go through ``tsembed.encoding.embed_items``: length-sorted batches through ``TSEmbedModel.forward``
+(the forward training uses, so serve-time routing is trained routing) in inference and eval mode, returned
+in the caller's order.
 
 >>> model = load_model("runs/tsembed/final")
 >>> q = encode_query(model, ["a red apple", {"text": "same but green", "image": "apple.png"}])
@@ -13,8 +13,7 @@ returned in the caller's order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tsembed.data.inputs import EmbedInput
+from tsembed.encoding import embed_items
 from tsembed.errors import ConfigError
-from tsembed.inference.inputs import apply_instruction, length_key, to_embed_inputs
+from tsembed.inference.inputs import apply_instruction, to_embed_inputs
+from tsembed.inputs import with_task
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EncodeBatchOutput:
-    """Everything one pass over a list of inputs produced, in input order.
-
-    embeddings [N, D]; token_counts [N] (real tokens incl. visual ones; 0 when the backbone does not
-    say); signature [N, L·E] and layer_probs {layer: [N, E]} when the model has adapters.
-    """
-
-    embeddings: torch.Tensor
-    token_counts: list[int]
-    signature: torch.Tensor | None = None
-    layer_probs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,77 +40,6 @@ class Routing:
     def top1(self) -> dict[str, Any]:
         """Per layer, the top-1 expert of each input [N]."""
         return {name: probs.argmax(-1) for name, probs in self.layer_probs.items()}
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _token_counts(prepared: dict[str, Any], n: int) -> list[int]:
-    mask = prepared.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == n:
-        return [int(c) for c in mask.sum(dim=1).tolist()]
-    return [0] * n
-
-
-def embed_items(
-    model: nn.Module,
-    items: Sequence[EmbedInput],
-    batch_size: int = 32,
-    show_progress_bar: bool = False,
-    on_batch: Callable[[int], None] | None = None,
-) -> EncodeBatchOutput:
-    """Embed ``EmbedInput``s in length-sorted batches; results come back in input order.
-
-    ``on_batch(n)`` is called after each forward with its batch size (outer progress bars).
-    """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(items)), key=lambda i: -length_key(items[i]))
-    device = model_device(model)
-    chunks: list[torch.Tensor] = []
-    signatures: list[torch.Tensor] = []
-    layer_chunks: dict[str, list[torch.Tensor]] = {}
-    tokens = [0] * len(items)
-    starts = range(0, len(items), batch_size)
-    if show_progress_bar:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="Batches", unit="batch")
-    was_training = model.training
-    if was_training:  # eval() walks every module: skip it when the model is already in eval mode
-        model.eval()
-    try:
-        with torch.no_grad():
-            for start in starts:
-                idx = order[start : start + batch_size]
-                prepared = model.prepare([items[i] for i in idx])
-                for i, count in zip(idx, _token_counts(prepared, len(idx)), strict=True):
-                    tokens[i] = count
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared.items()}
-                out = model(**batch)
-                chunks.append(out.embeddings.detach().cpu())
-                if on_batch is not None:
-                    on_batch(len(idx))
-                if out.routing is not None:
-                    signatures.append(out.routing.signature.detach().cpu())
-                    for name, probs in out.routing.layer_probs.items():
-                        layer_chunks.setdefault(name, []).append(probs.detach().float().cpu())
-    finally:
-        if was_training:
-            model.train()
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    if chunks:
-        embeddings = torch.cat(chunks)[inverse]
-    else:
-        embeddings = torch.empty(0, getattr(model.backbone, "hidden_size", 0))
-    return EncodeBatchOutput(
-        embeddings=embeddings,
-        token_counts=tokens,
-        signature=torch.cat(signatures)[inverse] if signatures else None,
-        layer_probs={name: torch.cat(parts)[inverse] for name, parts in layer_chunks.items()},
-    )
 
 
 def truncate_embeddings(embeddings: torch.Tensor, dim: int | None, normalize: bool) -> torch.Tensor:
@@ -169,7 +84,7 @@ def encode(
         truncate_dim: keep only the first dimensions.
         task: the task every input is embedded for (models trained with ``moe.task_hints``; e.g.
             ``"retrieval"`` for both the queries and the documents of a search); an ``EmbedInput`` that
-            declares its own task keeps it.
+            declares its own task keeps it (``tsembed.inputs.with_task``, the rule evaluation follows too).
 
     Returns:
         [N, D] embeddings for a list, [D] for a single input; with ``return_routing`` a tuple
@@ -180,10 +95,18 @@ def encode(
     """
     single = not isinstance(inputs, list | tuple)
     items = [apply_instruction(instruction, x) for x in to_embed_inputs([inputs] if single else list(inputs))]
-    if task is not None:
-        items = [x if x.task is not None else replace(x, task=task) for x in items]
+    items = with_task(items, task)
     num_batches = -(-len(items) // max(batch_size, 1))
-    out = embed_items(model, items, batch_size, _show_progress(show_progress_bar, num_batches))
+    bar = None
+    if _show_progress(show_progress_bar, num_batches):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc="Encoding", unit="input")
+    try:
+        out = embed_items(model, items, batch_size, return_routing, on_batch=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
     embeddings = truncate_embeddings(out.embeddings, truncate_dim, normalize)
     routing = None
     if out.signature is not None:

@@ -74,14 +74,6 @@ def export_merged_expert(model_dir: str | Path, out_dir: str | Path, expert: int
     return out
 
 
-def _expert_rows(layer: nn.Module, expert: int) -> torch.Tensor:
-    """Rows of lora_A (columns of lora_B) of routed expert ``expert`` followed by every shared expert."""
-    r = layer.rank
-    rows = list(range(expert * r, (expert + 1) * r))
-    rows += list(range(layer.num_experts * r, (layer.num_experts + layer.num_shared) * r))
-    return torch.tensor(rows, dtype=torch.long)
-
-
 def _peft_base(backbone: nn.Module, names: list[str]) -> tuple[str, str | None]:
     """(path prefix to strip, base model name) when all adapters sit in one Hugging Face model.
 
@@ -133,10 +125,10 @@ def peft_adapter(model: nn.Module, expert: int) -> tuple[dict[str, torch.Tensor]
     moe = model.config.moe
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
-        rows = _expert_rows(layer, expert)
+        a, b = layer.expert_factors(expert)
         path = name[len(prefix):]
-        tensors[f"base_model.model.{path}.lora_A.weight"] = layer.lora_A.detach()[rows].contiguous().cpu()
-        tensors[f"base_model.model.{path}.lora_B.weight"] = layer.lora_B.detach()[:, rows].contiguous().cpu()
+        tensors[f"base_model.model.{path}.lora_A.weight"] = a.detach().contiguous().cpu()
+        tensors[f"base_model.model.{path}.lora_B.weight"] = b.detach().contiguous().cpu()
     rank = moe.rank * (1 + moe.num_shared_experts)
     # peft scales by lora_alpha / r; keep tsembed's alpha / rank for the wider concatenated rank.
     config = peft_lora_config([n[len(prefix):] for n in layers], rank, moe.scaling * rank, base)

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import DataError
+from tsembed.inputs import EmbedInput
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DICT_KEYS = ("text", "image", "task")
@@ -102,7 +102,3 @@ def apply_instruction(instruction: str | None, item: EmbedInput) -> EmbedInput:
         text = f"{instruction} {content}" if content else instruction
     return replace(item, text=text)
 
-
-def length_key(item: EmbedInput) -> int:
-    """Sort key for batching similar inputs together: text length, images counted as a long text."""
-    return len(item.text or "") + (512 if item.image is not None else 0)

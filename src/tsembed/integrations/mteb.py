@@ -35,9 +35,9 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "tsembed.integrations.mteb needs the mteb package: pip install 'tsembed[mteb]'"
     ) from exc
 
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import DataError
 from tsembed.inference.encoder import Encoder
+from tsembed.inputs import EmbedInput
 
 if TYPE_CHECKING:
     from torch import nn

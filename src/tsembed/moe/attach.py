@@ -99,6 +99,11 @@ def adapter_layers(model: nn.Module) -> dict[str, MoELoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, MoELoRALinear)}
 
 
+def signature_size(model: nn.Module) -> int:
+    """Length of the routing signature of ``model``: E router probabilities per adapted layer (L·E)."""
+    return sum(layer.num_experts for layer in adapter_layers(model).values())
+
+
 def get_moe_config(model: nn.Module) -> MoELoRAConfig:
     config = getattr(model, CONFIG_ATTR, None)
     if config is None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tsembed.errors import AdapterError
 from tsembed.moe.config import MoELoRAConfig
 from tsembed.moe.routers import get_gate_fn
 from tsembed.moe.routing import LayerRouting, RoutingState, masked_mean
@@ -125,19 +126,68 @@ class MoELoRALinear(nn.Module):
             params["router_hint"] = self.router_hint
         return params
 
+    # ----- the wide-LoRA row layout: routed expert e owns rows [e·r, (e+1)·r) of lora_A (columns of
+    # lora_B); the shared experts follow the E routed ones. Only these methods spell that out.
+    def _rows(self, experts: list[int]) -> torch.Tensor:
+        """Rows of ``experts`` (in that order) followed by every shared expert's rows."""
+        r = self.rank
+        rows = [i for e in experts for i in range(e * r, (e + 1) * r)]
+        rows += range(self.num_experts * r, (self.num_experts + self.num_shared) * r)
+        return torch.tensor(rows, dtype=torch.long, device=self.lora_A.device)
+
+    def _check_expert(self, expert: int) -> None:
+        if not 0 <= expert < self.num_experts:
+            raise AdapterError(f"MoE layer {self.name!r}: expert must be in [0, {self.num_experts - 1}], got {expert}")
+
+    def expert_factors(self, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Routed expert ``expert`` plus every shared expert as one plain LoRA: A [(1+S)·r, d_in] and
+        B [d_out, (1+S)·r], so that B @ A · scaling is what the layer adds when the router gives it gate 1."""
+        self._check_expert(expert)
+        rows = self._rows([expert])
+        return self.lora_A[rows], self.lora_B[:, rows]
+
     def expert_delta(self, expert: int) -> torch.Tensor:
         """ΔW of one routed expert (plus every shared expert): what merging it adds to W."""
-        r = self.rank
-        rows = [slice(expert * r, (expert + 1) * r)]
-        if self.num_shared:
-            rows.append(slice(self.num_experts * r, (self.num_experts + self.num_shared) * r))
-        delta = torch.zeros_like(self.base_layer.weight)
-        for sl in rows:
-            delta = delta + self.lora_B[:, sl] @ self.lora_A[sl]
-        return delta * self.scaling
+        a, b = self.expert_factors(expert)
+        return (b @ a) * self.scaling  # [d_out, d_in]
+
+    def keep_experts(self, keep: list[int]) -> None:
+        """Drop every routed expert not in ``keep``; the kept ones are renumbered in ``keep``'s order.
+
+        The LoRA rows, router rows and task-hint columns of the dropped experts go; shared experts stay;
+        ``top_k`` shrinks to the number of experts left. On inputs whose chosen experts are all kept,
+        the layer computes what it computed before.
+
+        Raises:
+            AdapterError: ``keep`` is empty, repeats an expert or names one the layer does not have.
+        """
+        if not keep or len(set(keep)) != len(keep):
+            raise AdapterError(f"MoE layer {self.name!r}: experts to keep must be distinct and not empty, got {keep}")
+        for e in keep:
+            self._check_expert(e)
+        rows = self._rows(keep)
+        experts = torch.tensor(keep, dtype=torch.long, device=self.router.weight.device)
+        old = self.router.weight
+        router = nn.Linear(old.shape[1], len(keep), bias=False, device=old.device, dtype=old.dtype)
+        with torch.no_grad():
+            router.weight.copy_(old[experts])
+        router.weight.requires_grad_(old.requires_grad)
+        self.lora_A = _sliced(self.lora_A, rows, dim=0)
+        self.lora_B = _sliced(self.lora_B, rows, dim=1)
+        if self.router_hint is not None:
+            self.router_hint = _sliced(self.router_hint, experts, dim=1)
+        self.router = router
+        self.num_experts = len(keep)
+        self.top_k = min(self.top_k, len(keep))
 
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, experts={self.num_experts}, shared={self.num_shared}, "
             f"rank={self.rank}, routing={self.routing}, level={self.level}"
         )
+
+
+def _sliced(param: nn.Parameter, index: torch.Tensor, dim: int) -> nn.Parameter:
+    """A new parameter holding ``param``'s entries at ``index`` along ``dim`` (same requires_grad)."""
+    with torch.no_grad():
+        return nn.Parameter(param.index_select(dim, index), requires_grad=param.requires_grad)

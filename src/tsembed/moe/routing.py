@@ -48,23 +48,50 @@ class RoutingStats:
     num_units: int
 
 
-@dataclass
 class RoutingOutput:
-    """Routing of one forward pass, summarised for losses, EANS and inspection.
+    """Routing of one forward pass, summarised for EANS and inspection; auxiliary losses on request.
 
     layer_probs: per adapted layer (module order), probabilities per input [B, E]
         (token level: the mean over the input's real tokens).
     signature: s(x) = normalize(concat_l (m_l(x) − 1/E)), [B, L·E], detached (EANS uses it with
         stop-gradient); see ``routing_signature`` for why it is centred.
-    load_balance_loss: sum over layers of E · Σ_e f_e · P_e (differentiable through P_e).
-    z_loss: sum over layers of mean(logsumexp(logits)²).
+
+    The training-only statistics are computed when first read, so an inference forward pays nothing
+    for them: ``layer_stats`` (additive per-layer sums, see ``RoutingStats``), ``load_balance_loss``
+    (sum over layers of E · Σ_e f_e · P_e, differentiable through P_e) and ``z_loss`` (sum over layers
+    of mean(logsumexp(logits)²)).
     """
 
-    layer_probs: dict[str, torch.Tensor]
-    signature: torch.Tensor
-    load_balance_loss: torch.Tensor
-    z_loss: torch.Tensor
-    layer_stats: dict[str, RoutingStats]
+    def __init__(self, layer_probs: dict[str, torch.Tensor], signature: torch.Tensor,
+                 records: dict[str, LayerRouting]) -> None:
+        self.layer_probs = layer_probs
+        self.signature = signature
+        self._records = records
+        self._stats: dict[str, RoutingStats] | None = None
+        self._aux: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def layer_stats(self) -> dict[str, RoutingStats]:
+        if self._stats is None:
+            self._stats = {name: layer_stats(record) for name, record in self._records.items()}
+        return self._stats
+
+    def _aux_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._aux is None:
+            stats = self.layer_stats
+            units = {name: s.num_units for name, s in stats.items()}
+            shares = top1_shares({name: s.top1_counts for name, s in stats.items()}, units)
+            balance, z = aux_losses([stats], shares, units)
+            self._aux = balance.to(self.signature.device), z.to(self.signature.device)
+        return self._aux
+
+    @property
+    def load_balance_loss(self) -> torch.Tensor:
+        return self._aux_losses()[0]
+
+    @property
+    def z_loss(self) -> torch.Tensor:
+        return self._aux_losses()[1]
 
 
 class RoutingState:
@@ -147,16 +174,28 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def top1_counts(probs: torch.Tensor) -> torch.Tensor:
+    """How many routing units (rows of probs [N, E]) pick each expert first: [E] long, no gradient."""
+    return torch.bincount(probs.detach().argmax(dim=-1), minlength=probs.shape[-1])
+
+
+def balance(top1_share: torch.Tensor, mean_prob: torch.Tensor) -> torch.Tensor:
+    """The Switch balance term E · Σ_e f_e · P_e over the last dim (f_e: top-1 share, P_e: mean probability).
+
+    The one formula behind the training loss, ``load_balance_loss`` and the routing report; 1 for a
+    perfectly balanced router, E for a collapsed one. [..., E] inputs give [...].
+    """
+    return mean_prob.shape[-1] * (top1_share.to(mean_prob.dtype) * mean_prob).sum(dim=-1)
+
+
 def load_balance_loss(probs: torch.Tensor) -> torch.Tensor:
     """Switch-style balance loss E · Σ_e f_e · P_e over routing units (rows of probs [N, E]).
 
     f_e is the share of units whose top-1 expert is e, P_e the mean probability of e; a perfectly
     balanced router gives 1, a collapsed one gives E.
     """
-    num_experts = probs.shape[-1]
-    top1 = probs.argmax(dim=-1)  # [N]
-    share = torch.bincount(top1, minlength=num_experts).to(probs.dtype) / max(probs.shape[0], 1)  # f_e
-    return num_experts * (share * probs.mean(dim=0)).sum()
+    share = top1_counts(probs).to(probs.dtype) / max(probs.shape[0], 1)  # f_e [E]
+    return balance(share, probs.mean(dim=0))
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -188,33 +227,49 @@ def _units(record: LayerRouting) -> tuple[torch.Tensor, torch.Tensor]:
 
 def layer_stats(record: LayerRouting) -> RoutingStats:
     probs, logits = _units(record)
-    counts = torch.bincount(probs.detach().argmax(dim=-1), minlength=probs.shape[-1])
     lse = torch.logsumexp(logits, dim=-1)
-    return RoutingStats(counts, probs.sum(dim=0), lse.pow(2).sum(), probs.shape[0])
+    return RoutingStats(top1_counts(probs), probs.sum(dim=0), lse.pow(2).sum(), probs.shape[0])
+
+
+def top1_shares(top1_counts: dict[str, torch.Tensor], num_units: dict[str, int]) -> dict[str, torch.Tensor]:
+    """f_e = counts_e / n per layer (layers without units are left out)."""
+    return {name: counts.float() / num_units[name] for name, counts in top1_counts.items() if num_units[name]}
+
+
+def aux_losses(
+    stats: list[dict[str, RoutingStats]],
+    shares: dict[str, torch.Tensor],
+    num_units: dict[str, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load-balance and z-loss summed over layers, from additive stats of one or more forwards.
+
+    ``shares`` (the top-1 shares f_e: of the whole step, or a running mean) and ``num_units`` cover the
+    whole step (all chunks, all ranks), so the gradients of per-chunk calls add up to the full-batch
+    gradient (GradCache, DDP). L_bal = E · Σ_e f_e · P_e with P_e = Σ prob_sums_e / n.
+    """
+    balances, z = [], []
+    for name, share in shares.items():
+        n = num_units[name]
+        prob_sums = sum(s[name].prob_sums for s in stats)
+        lse_sq = sum(s[name].lse_sq_sum for s in stats)
+        balances.append(balance(share, prob_sums / n))
+        z.append(lse_sq / n)
+    if not balances:
+        zero = torch.zeros((), dtype=torch.float32)
+        return zero, zero
+    return torch.stack(balances).sum(), torch.stack(z).sum()
 
 
 def collect_routing(model: nn.Module) -> RoutingOutput:
-    """Summarise the routing of ``model``'s last forward (same pass, no extra compute on the model)."""
+    """Summarise the routing of ``model``'s last forward (same pass, no extra compute on the model).
+
+    Only the per-input probabilities and the signature are computed here; the auxiliary losses wait
+    until training reads them.
+    """
     state = get_routing_state(model)
     if not state.records:
         raise AdapterError("no routing recorded: run a forward pass of the attached model first")
-    layer_probs: dict[str, torch.Tensor] = {}
-    stats: dict[str, RoutingStats] = {}
-    balance, z = [], []
-    for name, record in state.records.items():
-        probs = record.probs
-        layer_probs[name] = probs if probs.dim() == 2 else masked_mean(probs, record.mask)
-        unit_probs, unit_logits = _units(record)
-        stats[name] = layer_stats(record)
-        if unit_probs.shape[0] == 0:  # no real token in this layer (e.g. an absent tower): nothing to balance
-            continue
-        balance.append(load_balance_loss(unit_probs))
-        z.append(router_z_loss(unit_logits))
+    records = dict(state.records)
+    layer_probs = {name: r.probs if r.probs.dim() == 2 else masked_mean(r.probs, r.mask) for name, r in records.items()}
     signature = routing_signature([p.detach() for p in layer_probs.values()])
-    return RoutingOutput(
-        layer_probs=layer_probs,
-        signature=signature,
-        load_balance_loss=torch.stack(balance).sum() if balance else signature.new_zeros(()),
-        z_loss=torch.stack(z).sum() if z else signature.new_zeros(()),
-        layer_stats=stats,
-    )
+    return RoutingOutput(layer_probs=layer_probs, signature=signature, records=records)

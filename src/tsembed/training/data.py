@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tsembed.data.inputs import EmbedInput
 from tsembed.data.mmeb import read_train
 from tsembed.data.rows import TrainRow
 from tsembed.errors import ConfigError
+from tsembed.inputs import EmbedInput, InputKey, input_key, with_task
 from tsembed.training.step import ContrastiveBatch
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,9 @@ class TrainSource:
 class TrainingData:
     """All training rows of all datasets, with a content id for every distinct target.
 
-    Equal content (same text, image and task) gets the same id, so the same-content false-negative guard and
-    the signature bank treat e.g. a class label shared by many queries as one target.
+    Equal inputs (``tsembed.inputs.input_key``: same text, image and task) get the same id, so the
+    same-content false-negative guard and the signature bank treat e.g. a class label shared by many queries
+    as one target. A dataset's ``task`` is declared by every input that declares none (``with_task``).
     """
 
     def __init__(self, sources: list[TrainSource], skip_invalid: bool = False) -> None:
@@ -45,7 +46,7 @@ class TrainingData:
         self.rows: list[tuple[int, TrainRow]] = []
         self.by_dataset: dict[int, list[int]] = {}
         self.targets: list[EmbedInput] = []
-        self._target_index: dict[tuple[str, str], int] = {}
+        self._target_index: dict[InputKey, int] = {}
         self.positive_ids: list[int] = []
         self.negative_ids: list[int] = []
         self._roots: dict[int, Path] = {}
@@ -56,14 +57,15 @@ class TrainingData:
                 index = len(self.rows)
                 self.rows.append((d, row))
                 self.by_dataset.setdefault(d, []).append(index)
-                self.positive_ids.append(self._target_id(replace(row.positive_input(root), task=source.task)))
+                self.positive_ids.append(self._target_id(row.positive_input(root), source.task))
                 negative = row.negative_input(root)
-                self.negative_ids.append(self._target_id(replace(negative, task=source.task)) if negative else -1)
+                self.negative_ids.append(self._target_id(negative, source.task) if negative else -1)
             self._roots[d] = root
             logger.info("training data %s: %d rows from %s", source.name, len(split.rows), source.path)
 
-    def _target_id(self, item: EmbedInput) -> int:
-        key = (item.text or "", str(item.image or ""), item.task or "")
+    def _target_id(self, item: EmbedInput, task: str | None) -> int:
+        (item,) = with_task([item], task)
+        key = input_key(item)
         if key not in self._target_index:
             self._target_index[key] = len(self.targets)
             self.targets.append(item)
@@ -81,7 +83,7 @@ class TrainingData:
 
     def query_input(self, row_index: int) -> EmbedInput:
         d, row = self.rows[row_index]
-        return replace(row.query_input(self._roots[d]), task=self.sources[d].task)
+        return with_task([row.query_input(self._roots[d])], self.sources[d].task)[0]
 
     def make_batch(self, row_indices: list[int], hard_negatives: bool, mined: list[list[int]] | None = None
                    ) -> ContrastiveBatch:

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from tsembed.errors import ConfigError
-from tsembed.moe import RoutingStats
 from tsembed.training.distributed import gather_no_grad, gather_with_grad, rank
 from tsembed.training.eans import EANS_MODES, EANSConfig, negative_weights
 from tsembed.training.losses import false_negative_mask, info_nce, negative_mask
@@ -143,11 +142,6 @@ def _eans_logs(weights: torch.Tensor, affinity: torch.Tensor, negatives: torch.T
         }
 
 
-def top1_shares(top1_counts: dict[str, torch.Tensor], num_units: dict[str, int]) -> dict[str, torch.Tensor]:
-    """f_e = counts_e / n per layer (layers without units are left out)."""
-    return {name: counts.float() / num_units[name] for name, counts in top1_counts.items() if num_units[name]}
-
-
 class ExpertUsage:
     """Running mean of the top-1 shares f_e per layer over about ``window`` steps (checkpointed)."""
 
@@ -171,27 +165,3 @@ class ExpertUsage:
         self.decay = state["decay"]
         self.shares = dict(state["shares"])
 
-
-def aux_losses(
-    stats: list[dict[str, RoutingStats]],
-    shares: dict[str, torch.Tensor],
-    num_units: dict[str, int],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load-balance and z-loss summed over layers, from additive stats of one or more forwards.
-
-    ``shares`` (the top-1 shares f_e: of the whole step, or a running mean, see ``ExpertUsage``) and
-    ``num_units`` cover the whole step (all chunks, all ranks), so the gradients of per-chunk calls add up
-    to the full-batch gradient (GradCache, DDP). L_bal = E · Σ_e f_e · P_e with P_e = Σ prob_sums_e / n.
-    """
-    balance, z = [], []
-    for name, share in shares.items():
-        n = num_units[name]
-        prob_sums = sum(s[name].prob_sums for s in stats)
-        lse_sq = sum(s[name].lse_sq_sum for s in stats)
-        num_experts = share.shape[0]
-        balance.append(num_experts * (share.to(prob_sums.dtype) * prob_sums / n).sum())
-        z.append(lse_sq / n)
-    if not balance:
-        zero = torch.zeros((), dtype=torch.float32)
-        return zero, zero
-    return torch.stack(balance).sum(), torch.stack(z).sum()

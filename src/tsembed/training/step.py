@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tsembed.model import EmbeddingOutput, TSEmbedModel
+from tsembed.model import EmbeddingOutput, TSEmbedModel, move_batch
+from tsembed.moe import aux_losses, top1_shares
 from tsembed.training.distributed import all_reduce_sum, world_size
-from tsembed.training.objective import ContrastiveObjective, ExpertUsage, aux_losses, top1_shares
+from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 
 
 @dataclass
@@ -68,10 +69,6 @@ def _rng_replay(state: dict | None) -> Iterator[dict]:
             torch.cuda.set_rng_state_all(saved["cuda"])
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def _totals(outputs: list[EmbeddingOutput]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Top-1 counts and unit counts per layer over all chunks and all ranks."""
     counts: dict[str, torch.Tensor] = {}
@@ -115,8 +112,8 @@ def contrastive_step(
     does not train (``backward=False``) reads it without updating it.
     """
     device = next(model.parameters()).device
-    q_prepared = [_to_device(model.prepare(c), device) for c in _chunks(batch.queries, chunk_size)]
-    t_prepared = [_to_device(model.prepare(c), device) for c in _chunks(batch.targets, chunk_size)]
+    q_prepared = [move_batch(model.prepare(c), device) for c in _chunks(batch.queries, chunk_size)]
+    t_prepared = [move_batch(model.prepare(c), device) for c in _chunks(batch.targets, chunk_size)]
     ids, owner = batch.target_ids.to(device), batch.target_owner.to(device)
     lb_w, z_w = objective.loss_config.load_balance_weight, objective.loss_config.z_loss_weight
     scale = world_size()  # DDP averages gradients over ranks; the aux surrogate is a sum over ranks

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from tsembed.data.mmeb_layout import discover, is_layout
 from tsembed.errors import ConfigError, TsembedError
 from tsembed.model import ModelConfig, TSEmbedModel
+from tsembed.moe import signature_size
 from tsembed.training import checkpoint as ckpt
 from tsembed.training.config import TrainConfig
 from tsembed.training.data import BatchPlan, TrainingData, TrainSource
@@ -141,10 +142,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     def _signature_dim(self) -> int:
-        moe = self.model.config.moe
-        if moe is None:
-            return 0
-        return moe.num_experts * (self.model.attach_summary.num_modules if self.model.attach_summary else 0)
+        return signature_size(self.model.backbone) if self.model.has_adapters else 0
 
     # ----- schedule ------------------------------------------------------------------------------------
     def _router_scale(self) -> float:

@@ -101,8 +101,8 @@ class SuiteConfig:
 
 def neutral(info: DatasetInfo) -> DatasetInfo:
     """`info` with the condition-free wording of the no-instruction control (queries and targets alike)."""
-    from tsembed.data.inputs import IMAGE_PLACEHOLDER
     from tsembed.data.registry import IMAGE_TARGET, NEUTRAL_IMAGE_QUERY, NEUTRAL_TEXT_QUERY
+    from tsembed.inputs import IMAGE_PLACEHOLDER
 
     query = NEUTRAL_IMAGE_QUERY if IMAGE_PLACEHOLDER in info.query_template else NEUTRAL_TEXT_QUERY
     return replace(info, query_template=query, target_template=IMAGE_TARGET)

@@ -24,8 +24,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
-from tsembed.data.inputs import EmbedInput
-from tsembed.inference.encoder import embed_items
+from tsembed.encoding import embed_items
 from tsembed.inference.inputs import apply_instruction
 from tsembed.inference.server.batcher import MicroBatcher
 from tsembed.inference.server.errors import APIError, error_body, install_error_handlers
@@ -34,6 +33,7 @@ from tsembed.inference.server.metrics import Metrics
 from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
 from tsembed.inference.server.settings import ServerSettings
 from tsembed.inference.vectors import nonfinite_rows
+from tsembed.inputs import EmbedInput
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from tsembed.data.inputs import EmbedInput
-from tsembed.inference.encoder import embed_items
+from tsembed.encoding import embed_items
 from tsembed.inference.server.errors import APIError
 from tsembed.inference.server.metrics import Metrics
+from tsembed.inputs import EmbedInput
 
 logger = logging.getLogger(__name__)
 
