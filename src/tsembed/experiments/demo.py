@@ -16,8 +16,8 @@ from tsembed.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-# 40 steps per model: the whole quick demo (two trainings, two evaluations with a cold image cache, routing)
-# measured 5.9 min on 2 CPU cores at 60 steps; training is ~1.3 s/step, so this keeps it under 5.
+# 40 steps per model keep the whole quick demo (two trainings, two evaluations with a cold image cache, routing)
+# under 5 minutes on 2 CPU cores (timings in docs/results/demo-quick/README.md).
 QUICK = ["schedule.steps=40", "schedule.stage1_steps=20", "optim.warmup_steps=4", "run.checkpoint_every=20"]
 
 

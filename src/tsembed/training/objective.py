@@ -32,8 +32,8 @@ class LossConfig:
         batch only (Switch). N > 1: a running mean over about N steps (decay 1 − 1/N), the "global-batch"
         balance of Qiu et al. 2025. With homogeneous batches (one dataset each) a per-batch loss penalises
         exactly the dataset specialisation the router should learn; a window balances usage across datasets.
-        Default 20: with a router at the full lr it is what lets routing specialise (routing NMI 0.39 vs
-        0.23 on the dev split; docs/results/routing-diagnosis).
+        Default 20: with a router at the full lr it is what lets routing specialise on the dev split
+        (docs/results/routing-diagnosis/ §1, §5).
     """
 
     tau: float = 0.02
