@@ -16,7 +16,7 @@ from torch import nn
 from tsembed.errors import ConfigError
 from tsembed.moe import RoutingStats
 from tsembed.training.distributed import gather_no_grad, gather_with_grad, rank
-from tsembed.training.eans import EANS_MODES, EANSConfig, negative_weights
+from tsembed.training.eans import PLAIN_INFONCE, EANSConfig
 from tsembed.training.losses import false_negative_mask, info_nce, negative_mask
 
 
@@ -112,12 +112,12 @@ class ContrastiveObjective(nn.Module):
             affinity = query_signatures @ gather_no_grad(target_signatures).T  # [N, M]
         else:
             affinity = torch.zeros_like(scores)
-        mode = self.eans_config.mode if eans_active else "off"
+        mode = self.eans_config.spec if eans_active else PLAIN_INFONCE
         keep = owner[None, :] == query_global[:, None]  # explicit hard negatives of each query
-        weights = negative_weights(mode, affinity, scores, usable, self.eans_config, keep)
+        weights = mode.negative_weights(affinity, scores, usable, self.eans_config, keep)
         loss = info_nce(scores, positive, self.tau, weights)
         logs = _eans_logs(weights, affinity, negatives, usable)
-        if EANS_MODES[mode].reweights:  # the unweighted loss, comparable across stages and variants
+        if mode.reweights:  # the unweighted loss, comparable across stages and variants
             with torch.no_grad():
                 logs["infonce"] = float(info_nce(scores, positive, self.tau, usable.to(scores.dtype)))
         else:

@@ -26,7 +26,7 @@ from tsembed.training import checkpoint as ckpt
 from tsembed.training.config import TrainConfig
 from tsembed.training.data import BatchPlan, TrainingData, TrainSource
 from tsembed.training.distributed import is_distributed, rank, world_size
-from tsembed.training.eans import EANS_MODES, SignatureBank
+from tsembed.training.eans import SignatureBank
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 from tsembed.training.step import StepOutput, contrastive_step
 
@@ -114,7 +114,7 @@ class Trainer:
         window = config.loss.load_balance_window
         self.expert_usage = ExpertUsage(window) if sig_dim and window > 1 else None
         self.step = 0
-        self.stage = 1 if config.schedule.stage1_steps > 0 or config.eans.mode == "off" else 2
+        self.stage = 1 if config.schedule.stage1_steps > 0 or not config.eans.spec.active else 2
         self.switch_step: int | None = None if self.stage == 1 else 0
         self.history: list[dict[str, Any]] = []
 
@@ -138,7 +138,7 @@ class Trainer:
 
     def _maybe_switch(self, drift: float | None) -> None:
         s = self.config.schedule
-        if self.stage != 1 or self.config.eans.mode == "off":
+        if self.stage != 1 or not self.config.eans.spec.active:
             return
         due = self.step >= s.stage1_steps
         if s.switch == "stability" and drift is not None and self.step >= s.min_stage1_steps:
@@ -150,7 +150,7 @@ class Trainer:
 
     # ----- one step ------------------------------------------------------------------------------------
     def _mined(self, rows: list[int]) -> list[list[int]] | None:
-        if self.stage != 2 or not EANS_MODES[self.config.eans.mode].mines or self.query_bank is None:
+        if self.stage != 2 or not self.config.eans.spec.mines or self.query_bank is None:
             return None
         banked = self.query_bank.filled[torch.tensor(rows)]
         query_sigs = self.query_bank.signatures[torch.tensor(rows)]
