@@ -12,14 +12,13 @@ from typing import Any
 
 import torch
 
-from tsembed.evaluation.results import HIT1
+from tsembed.evaluation.results import GROUPS, HIT1
 from tsembed.experiments.runner import load_base_config, results_path, run_variant
 from tsembed.experiments.variants import pick, variants_for
 from tsembed.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
 TRAIN_LOSS = "train_infonce"  # plain InfoNCE over the last steps of training: a training-side fit measure
 NMI_TASK, NMI_DATASET = "routing_nmi_meta_task", "routing_nmi_dataset"  # best layer, top-1 expert, queries of the split
 ENTROPY = "routing_entropy"  # per-input router entropy / log E, mean over datasets and layers (1 = uniform)

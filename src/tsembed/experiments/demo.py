@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsembed.experiments.ablation import GROUPS, environment
+from tsembed.evaluation.results import GROUPS, HIT1
+from tsembed.experiments.ablation import environment
 from tsembed.experiments.runner import load_base_config, run_variant
 from tsembed.experiments.variants import variants_for
 from tsembed.fileio import atomic_write
@@ -60,7 +61,7 @@ def run_demo(out: Path, suite: Path, work: Path, quick: bool, seed: int, overrid
 
 
 def _cell(aggregates: dict[str, Any], group: str) -> str:
-    value = aggregates.get(group, {}).get("hit@1")
+    value = aggregates.get(group, {}).get(HIT1)
     return "–" if value is None else f"{100 * value:.1f}"
 
 
@@ -103,5 +104,5 @@ def render_report(records: dict[str, dict[str, Any]], routing: dict[str, Any], o
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], group: str) -> str:
-    x, y = a.get(group, {}).get("hit@1"), b.get(group, {}).get("hit@1")
+    x, y = a.get(group, {}).get(HIT1), b.get(group, {}).get(HIT1)
     return "–" if x is None or y is None else f"{100 * (x - y):+.1f}"

@@ -14,7 +14,7 @@ import torch
 from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.experiments.variants import Variant
 from tsembed.model import MODEL_CONFIG_NAME, TSEmbedModel
-from tsembed.training.config import TrainConfig
+from tsembed.training.config import TrainConfig, default_config_path
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ def variant_config(base: dict[str, Any], variant: Variant, seed: int, out_dir: P
 
 
 def load_base_config(path: Path | None, overrides: list[str]) -> dict[str, Any]:
-    from tsembed.training.cli import default_config_path
-
     data = load_yaml(path or default_config_path())
     apply_overrides(data, overrides)
     from_dict(TrainConfig, json.loads(json.dumps(data)))  # validate now, before any training starts

@@ -194,6 +194,11 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
 
 
+def default_config_path() -> Path:
+    """The packaged offline default, ``configs/default.yaml``: what ``tsembed train`` uses without ``-c``."""
+    return Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read YAML (or start from defaults), apply ``--set`` overrides, validate everything."""
     data = load_yaml(path) if path else {}
