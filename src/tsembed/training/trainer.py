@@ -223,11 +223,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], model_dir: Path) -> None:
-        from tsembed.moe import load_adapters
-
-        if self.model.has_adapters:
-            load_adapters(self.model.backbone, model_dir / "adapters")
-        self.model.load_trainable_backbone_state(model_dir / "backbone_trainable.safetensors")
+        self.model.load_weights(model_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state["objective"])
         if self.target_bank is not None:
