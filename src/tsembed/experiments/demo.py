@@ -14,6 +14,7 @@ from tsembed.experiments.ablation import environment
 from tsembed.experiments.runner import load_base_config, run_variant
 from tsembed.experiments.variants import variants_for
 from tsembed.fileio import atomic_write
+from tsembed.training.checkpoint import METRICS_NAME, MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ def run_demo(out: Path, suite: Path, work: Path, quick: bool, seed: int, overrid
         records[name] = run_variant(base, variants[name], seed, work / name, suite, cache)
     out.mkdir(parents=True, exist_ok=True)
     for name in records:
-        plot_training_curves(work / name / "metrics.jsonl", out / f"training_{name}.png")
+        plot_training_curves(work / name / METRICS_NAME, out / f"training_{name}.png")
         shutil.copy(work / name / "results.md", out / f"results_{name}.md")
-    model = TSEmbedModel.from_pretrained(work / "tsembed_weight" / "model")
+    model = TSEmbedModel.from_pretrained(work / "tsembed_weight" / MODEL_DIR)
     routing = analyze_routing(model, suite, out / "routing", cache_dir=cache, max_per_dataset=100)
     report = render_report(records, routing.to_dict(), out, quick, seed, extra, time.perf_counter() - start)
     atomic_write(out / "README.md", lambda p: p.write_text(report))

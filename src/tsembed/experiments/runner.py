@@ -14,6 +14,7 @@ import torch
 from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.experiments.variants import Variant
 from tsembed.model import MODEL_CONFIG_NAME, TSEmbedModel
+from tsembed.training.checkpoint import MODEL_DIR
 from tsembed.training.config import TrainConfig, default_config_path
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     config = variant_config(base, variant, seed, out_dir, [f"data.suite={suite}", *(extra or [])])
     start = time.perf_counter()
-    model_dir = out_dir / "model"
+    model_dir = out_dir / MODEL_DIR
     if variant.trained and finished_model(model_dir, config.schedule.steps):
         logger.info("%s seed %d: reusing the trained model in %s", variant.name, seed, model_dir)
         model = TSEmbedModel.from_pretrained(model_dir)

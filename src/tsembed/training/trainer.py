@@ -244,13 +244,13 @@ class Trainer:
                 self.load_state_dict(ckpt.load_state(path), path / ckpt.MODEL_DIR)
                 logger.info("resumed from %s at step %d (stage %d)", path, self.step, self.stage)
         main = rank() == 0
-        metrics_path = self.output_dir / "metrics.jsonl"
+        metrics_path = self.output_dir / ckpt.METRICS_NAME
         if main and metrics_path.exists():  # drop records past the resume point (a killed run wrote them)
             kept = [line for line in metrics_path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= self.step]
             metrics_path.write_text("".join(line + "\n" for line in kept))
         if main:
-            (self.output_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            (self.output_dir / ckpt.RUN_CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
         writer = _tensorboard(self.output_dir / "tb") if main and run.tensorboard else None
         bar = tqdm(total=self.config.schedule.steps, initial=self.step, disable=not (main and run.progress),
                    desc="train", dynamic_ncols=True)
@@ -275,7 +275,7 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        final = self.output_dir / "model"
+        final = self.output_dir / ckpt.MODEL_DIR
         if main:
             self.model.config.extra = {"trained_steps": self.step, "switch_step": self.switch_step,
                                        "eans_mode": self.config.eans.mode}
