@@ -87,6 +87,18 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same graph between the package's top-level parts (``tsembed.moe``, ``tsembed.model``, ...)."""
+
+    def top(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        packages.setdefault(top(module), set()).update(top(t) for t in targets if top(t) != top(module))
+    return packages
+
+
 def is_cli(module: str) -> bool:
     return module.rpartition(".")[2] == "cli"
 
@@ -98,6 +110,7 @@ def test_the_graph_is_read():
     assert "tsembed.moe.routers" in graph["tsembed.moe.layer"]  # module-level import
     assert "tsembed.backbones.pooling" in graph["tsembed.model"]  # inside a function
     assert sum(len(targets) for targets in graph.values()) > 200
+    assert {"tsembed.backbones", "tsembed.moe"} <= package_graph(graph)["tsembed.model"]
 
 
 def test_cycle_finder_on_a_hand_made_graph():
@@ -110,6 +123,11 @@ def test_no_import_cycles_between_modules():
     assert not cycles, "modules that import each other (directly or around a loop): " + "; ".join(
         " <-> ".join(c) for c in cycles
     )
+
+
+def test_no_import_cycles_between_packages():
+    cycles = find_cycles(package_graph(import_graph()))
+    assert not cycles, "packages that import each other: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
 def test_no_library_module_imports_a_command_line_module():
