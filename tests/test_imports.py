@@ -7,6 +7,7 @@ imports hide a cycle from Python, not from a reader) and under ``TYPE_CHECKING``
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 import tsembed
@@ -46,7 +47,9 @@ def imported_modules(name: str, path: Path, is_package: bool, known: set[str]) -
     return (found & known) - {name}
 
 
+@cache
 def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (read once per session; do not modify)."""
     modules = module_files()
     known = set(modules)
     return {name: imported_modules(name, path, is_package, known) for name, (path, is_package) in modules.items()}
