@@ -31,7 +31,6 @@ from tsembed.moe import (
     read_adapter_config,
     save_adapters,
     set_routing_hints,
-    summarize,
 )
 from tsembed.moe.io import CONFIG_NAME as ADAPTER_CONFIG_NAME
 from tsembed.moe.io import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
@@ -194,19 +193,29 @@ class TSEmbedModel(nn.Module):
         _check_adapter_config(directory, config)
         from tsembed.backbones import build_backbone
 
-        backbone = build_backbone(config.backbone)
-        model = cls(backbone, ModelConfig(**{**config.__dict__, "moe": None}))
-        model.config = config
-        if config.moe is not None:
-            load_adapters(backbone, directory / ADAPTER_DIR, strict=strict)
-            backbone.unfreeze_trainable_modules()
-            model.attach_summary = summarize(backbone)
-        model.load_trainable_backbone_state(directory / TRAINABLE_WEIGHTS_NAME, strict=strict)
-        merged = directory / MERGED_WEIGHTS_NAME  # written by `tsembed export --expert`
-        if merged.is_file():
-            load_backbone_weights(backbone, merged)
+        model = cls(build_backbone(config.backbone), config)  # attaches the adapters the check above agreed on
+        model._copy_weights(directory, strict)
         model.fingerprint = model_fingerprint(directory, sums)
         return model.eval()
+
+    def load_weights(self, directory: str | Path, strict: bool = True) -> None:
+        """Copy the weights of a directory written by ``save_pretrained`` into this model (resuming training).
+
+        The directory must describe this model (same config); its checksums are verified before anything
+        is copied.
+        """
+        directory = Path(directory)
+        verify_checksums(directory, list(WEIGHT_FILES))
+        self._copy_weights(directory, strict)
+
+    def _copy_weights(self, directory: Path, strict: bool) -> None:
+        """Adapters and routers, the backbone's trainable modules, and an exported expert's merged weights."""
+        if self.has_adapters:
+            load_adapters(self.backbone, directory / ADAPTER_DIR, strict=strict)
+        self.load_trainable_backbone_state(directory / TRAINABLE_WEIGHTS_NAME, strict=strict)
+        merged = directory / MERGED_WEIGHTS_NAME  # written by `tsembed export --expert`
+        if merged.is_file():
+            load_backbone_weights(self.backbone, merged)
 
     def load_trainable_backbone_state(self, path: Path, strict: bool = True) -> None:
         if not path.is_file():

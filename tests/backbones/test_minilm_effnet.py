@@ -199,6 +199,7 @@ def test_bad_options_and_inputs(tiny_bert_dir, tmp_path: Path) -> None:
         b.prepare([EmbedInput(image=tmp_path / "bad.png")])
 
 
+@pytest.mark.slow  # the full-size pretrained all-MiniLM-L6-v2
 def test_real_default_backbone_loads_offline_and_matches_minilm(default_backbone, backbone_test_images) -> None:
     """all-MiniLM-L6-v2 + EfficientNet-Lite0 from the installed packages; text embeddings are MiniLM's own."""
     b = default_backbone

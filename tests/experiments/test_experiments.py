@@ -97,6 +97,7 @@ def test_paired_differences_and_training_loss(tmp_path):
     assert final_train_loss(tmp_path / "missing.jsonl") is None
 
 
+@pytest.mark.slow  # trains and evaluates two models on the real default backbone
 def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
     suite = tmp_path / "suite"
@@ -142,6 +143,7 @@ def test_summary_only_trains_nothing_and_names_missing_runs(tmp_path, caplog):
     assert "moe seed 0: no" in caplog.text
 
 
+@pytest.mark.slow  # trains and evaluates on the real default backbone
 def test_ablation_on_the_dev_split_then_eval_trains_once(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
     suite = tmp_path / "suite"

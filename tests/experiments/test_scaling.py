@@ -36,6 +36,7 @@ def test_relative_hit1_by_hand():
     assert drop_from_first_to_last(table) == {"lora": pytest.approx(0.375)}
 
 
+@pytest.mark.slow  # trains and evaluates several models on the real default backbone
 def test_task_scaling_end_to_end_and_resumes(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
     suite = tmp_path / "suite"

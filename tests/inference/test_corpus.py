@@ -205,6 +205,7 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, rows: str, ou
         raise SystemExit(code)
 
 
+@pytest.mark.slow  # starts two processes
 def test_two_gloo_processes_like_torchrun(model_dir, model, tmp_path):
     import torch.multiprocessing as mp
 

@@ -54,6 +54,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # starts two processes
 @pytest.mark.parametrize("chunk", [None, 3])
 def test_two_processes_equal_one_process_with_whole_batch(tmp_path, chunk):
     world = 2

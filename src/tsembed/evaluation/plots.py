@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tsembed.errors import DataError
+from tsembed.evaluation.routing_report import RoutingReport
 from tsembed.fileio import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from tsembed.evaluation.routing import RoutingReport
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Evaluation results: per-dataset numbers, MMEB-style averages, and their JSON / markdown forms.
 
-Metric values are fractions in [0, 1] in JSON and in Python; the markdown table shows percentages
-(MMEB's convention). Averages are unweighted means over datasets (MMEB's "overall" is the mean over
+Metric values are fractions in [0, 1] in JSON and in Python; the markdown tables show percentages with
+one decimal (MMEB's convention). Averages are unweighted means over datasets (MMEB's "overall" is the mean over
 datasets, not over queries): per meta-task, over IND datasets, over OOD datasets, and over all.
 """
 
@@ -13,13 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tsembed.data.registry import META_TASKS
 from tsembed.fileio import atomic_write
 
 HIT1 = "hit@1"
 #: Column order of the markdown tables; metrics not in a run are left out.
 METRIC_ORDER: tuple[str, ...] = (HIT1, "recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")
 GLOBAL_PREFIX = "global_"
-GROUP_ORDER: tuple[str, ...] = ("classification", "vqa", "retrieval", "grounding")
+IND, OOD, OVERALL = "IND", "OOD", "overall"
+#: The groups every summary reports, in table order: the meta-tasks, then the splits and all datasets.
+GROUPS: tuple[str, ...] = (*META_TASKS, IND, OOD, OVERALL)
 
 
 @dataclass
@@ -53,10 +56,10 @@ def aggregate(datasets: list[DatasetResult]) -> dict[str, dict[str, Any]]:
     for d in datasets:
         if d.meta_task:
             groups.setdefault(d.meta_task, []).append(d)
-    ordered = {g: groups[g] for g in (*GROUP_ORDER, *sorted(set(groups) - set(GROUP_ORDER))) if g in groups}
-    ordered["IND"] = [d for d in datasets if d.ood is False]
-    ordered["OOD"] = [d for d in datasets if d.ood is True]
-    ordered["overall"] = list(datasets)
+    ordered = {g: groups[g] for g in (*META_TASKS, *sorted(set(groups) - set(META_TASKS))) if g in groups}
+    ordered[IND] = [d for d in datasets if d.ood is False]
+    ordered[OOD] = [d for d in datasets if d.ood is True]
+    ordered[OVERALL] = list(datasets)
     keys = list(dict.fromkeys(k for d in datasets for k in d.metrics))
     out: dict[str, dict[str, Any]] = {}
     for group, members in ordered.items():
@@ -84,7 +87,7 @@ class EvalResults:
     @property
     def overall(self) -> float | None:
         """Mean hit@1 over datasets (MMEB overall)."""
-        return self.aggregates.get("overall", {}).get(HIT1)
+        return self.aggregates.get(OVERALL, {}).get(HIT1)
 
     def dataset(self, name: str) -> DatasetResult:
         for d in self.datasets:
@@ -123,8 +126,6 @@ class EvalResults:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def to_markdown(self) -> str:
-        from tsembed.evaluation.report import results_markdown
-
         return results_markdown(self)
 
     def save(self, out_dir: str | Path) -> tuple[Path, Path]:
@@ -135,3 +136,69 @@ class EvalResults:
         text = self.to_markdown()
         atomic_write(md_path, lambda p: p.write_text(text, encoding="utf-8"))
         return json_path, md_path
+
+
+# ----- markdown (percentages, one decimal, MMEB-style) ------------------------------------------------
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _columns(results: EvalResults) -> list[tuple[str, str]]:
+    """(metric key, header) in display order, for the metrics present in this run."""
+    present = {k for d in results.datasets for k in d.metrics}
+    cols = [(m, m) for m in METRIC_ORDER if m in present]
+    cols += [(GLOBAL_PREFIX + m, f"pool {m}") for m in METRIC_ORDER if GLOBAL_PREFIX + m in present]
+    return cols
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def results_markdown(results: EvalResults) -> str:
+    """Summary table (meta-tasks, IND, OOD, overall) then one row per dataset."""
+    cols = _columns(results)
+    split = results.settings.get("split", "eval")
+    lines = [f"# Evaluation of model `{results.model_id}`" + ("" if split == "eval" else f" on the {split} split"), ""]
+    pool = (
+        " Pool metrics rank each query against the union of its dataset's candidates."
+        if any(c.startswith(GLOBAL_PREFIX) for c, _ in cols)
+        else ""
+    )
+    lines += [
+        f"hit@1 ranks each query against its own candidates (MMEB protocol; a tie with the positive "
+        f"counts against it); averages are means over datasets; numbers are %.{pool}",
+        "",
+    ]
+    summary = [
+        [group, str(agg["num_datasets"]), *(_pct(agg.get(c)) for c, _ in cols)]
+        for group, agg in results.aggregates.items()
+    ]
+    lines += _table(["Group", "Datasets", *(h for _, h in cols)], summary)
+    lines.append("")
+    rows = []
+    for d in results.datasets:
+        split = "" if d.ood is None else (OOD if d.ood else IND)
+        rows.append(
+            [
+                d.name,
+                d.meta_task or "",
+                split,
+                str(d.num_rows),
+                f"{d.mean_candidates:.0f}",
+                *(_pct(d.metrics.get(c)) for c, _ in cols),
+            ]
+        )
+    lines += _table(["Dataset", "Meta-task", "Split", "Queries", "Candidates", *(h for _, h in cols)], rows)
+    skipped = [(d.name, d.num_skipped) for d in results.datasets if d.num_skipped]
+    if skipped:
+        lines += ["", "Skipped invalid rows: " + ", ".join(f"{n} {c}" for n, c in skipped) + "."]
+    if results.timing:
+        t = results.timing
+        lines += [
+            "",
+            f"Encoded {t.get('encoded', 0):.0f} inputs ({t.get('from_cache', 0):.0f} from cache) "
+            f"in {t.get('total_seconds', 0):.1f} s.",
+        ]
+    return "\n".join(lines) + "\n"

@@ -19,12 +19,11 @@ its argmax is the input's top-1 expert at that layer. From these:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,9 @@ from tsembed.errors import ConfigError
 from tsembed.evaluation.encoder import CachedEncoder, encoder_for
 from tsembed.evaluation.information import distribution_entropy, normalized_mutual_info
 from tsembed.evaluation.loading import load_eval_set
+from tsembed.evaluation.plots import plot_routing
+from tsembed.evaluation.routing_report import RoutingReport
 from tsembed.evaluation.sources import resolve_eval_sets
-from tsembed.fileio import atomic_write
 from tsembed.inputs import input_key
 from tsembed.moe import balance
 
@@ -62,35 +62,6 @@ class RoutingData:
     meta_task: np.ndarray  # "" where unknown
     is_query: np.ndarray
     positive: np.ndarray
-
-
-@dataclass
-class RoutingReport:
-    """The numbers behind the routing plots; ``to_json`` writes them (``routing.json``)."""
-
-    has_routing: bool
-    reason: str = ""
-    layers: list[str] = field(default_factory=list)
-    num_experts: int = 0
-    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    usage: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    top1_share: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    layer_load: dict[str, dict[str, Any]] = field(default_factory=dict)
-    entropy: dict[str, dict[str, float]] = field(default_factory=dict)
-    nmi: dict[str, Any] = field(default_factory=dict)
-    heatmap_layers: list[str] = field(default_factory=list)
-    include_targets: bool = False
-    pair_agreement: dict[str, Any] = field(default_factory=dict)
-    plots: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        if path is not None:
-            atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
-        return text
 
 
 def select_layers(available: Sequence[str], wanted: Iterable[str | int] | None) -> list[str]:
@@ -315,8 +286,6 @@ def analyze_routing(
     if out_dir is not None:
         out_dir = Path(out_dir)
         if report.has_routing:
-            from tsembed.evaluation.plots import plot_routing
-
             report.plots = [p.name for p in plot_routing(report, out_dir)]
         report.to_json(out_dir / "routing.json")
     if not report.has_routing:

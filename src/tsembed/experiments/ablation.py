@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from tsembed.evaluation.results import HIT1
+from tsembed.evaluation.results import GROUPS, HIT1
 from tsembed.experiments.runner import load_base_config, results_path, run_variant
 from tsembed.experiments.variants import pick, variants_for
 from tsembed.fileio import atomic_write
+from tsembed.training.checkpoint import METRICS_NAME, MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
-GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
 TRAIN_LOSS = "train_infonce"  # plain InfoNCE over the last steps of training: a training-side fit measure
 NMI_TASK, NMI_DATASET = "routing_nmi_meta_task", "routing_nmi_dataset"  # best layer, top-1 expert, queries of the split
 ENTROPY = "routing_entropy"  # per-input router entropy / log E, mean over datasets and layers (1 = uniform)
@@ -102,12 +102,12 @@ def routing_columns(run_dir: Path, suite: Path, cache_dir: Path | None, split: s
     path = out / "routing.json"
     report = json.loads(path.read_text()) if path.is_file() else None
     if report is None or (report.get("has_routing") and not report.get("pair_agreement")):
-        if not (run_dir / "model").is_dir() or not Path(suite).exists():
+        if not (run_dir / MODEL_DIR).is_dir() or not Path(suite).exists():
             return {}
         from tsembed.evaluation import analyze_routing
         from tsembed.model import TSEmbedModel
 
-        model = TSEmbedModel.from_pretrained(run_dir / "model")
+        model = TSEmbedModel.from_pretrained(run_dir / MODEL_DIR)
         report = analyze_routing(model, suite, out, cache_dir=cache_dir, progress=False, split=split).to_dict()
     if not report.get("has_routing"):
         return {}
@@ -201,7 +201,7 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
                 record = json.loads(path.read_text())
             else:
                 record = run_variant(base, variant, seed, run_dir, suite, cache_dir, split=split)
-            records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / "metrics.jsonl"),
+            records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / METRICS_NAME),
                             **routing_columns(run_dir, suite, cache_dir, split)})
     table = summarize(records)
     differences = paired_differences(records)

@@ -130,8 +130,7 @@ def register(app: typer.Typer) -> None:
         from tsembed.experiments.conflict import measure_conflict
         from tsembed.fileio import atomic_write
         from tsembed.model import TSEmbedModel
-        from tsembed.training.cli import default_config_path
-        from tsembed.training.config import load_train_config
+        from tsembed.training.config import default_config_path, load_train_config
         from tsembed.training.data import TrainingData
         from tsembed.training.trainer import build_model, resolve_sources
 

@@ -10,11 +10,12 @@ from typing import Any
 
 from tsembed.data.registry import DATASETS
 from tsembed.errors import ConfigError
+from tsembed.evaluation.results import HIT1, OVERALL
 from tsembed.experiments.ablation import mean_std
 
 
 def _overall(record: dict[str, Any]) -> float:
-    return 100 * record["aggregates"]["overall"]["hit@1"]
+    return 100 * record["aggregates"][OVERALL][HIT1]
 
 
 def conflict_summary(ablation: dict[str, Any], conflict: dict[str, Any] | None, tsembed: str, lora: str,
@@ -35,7 +36,7 @@ def conflict_summary(ablation: dict[str, Any], conflict: dict[str, Any] | None, 
     for t, b in pairs:
         for name, metrics in t["datasets"].items():
             if name in b["datasets"]:
-                per_dataset.setdefault(name, []).append(100 * (metrics["hit@1"] - b["datasets"][name]["hit@1"]))
+                per_dataset.setdefault(name, []).append(100 * (metrics[HIT1] - b["datasets"][name][HIT1]))
     per_condition: dict[str, float] = {}
     for name, values in per_dataset.items():
         info = DATASETS.get(name)

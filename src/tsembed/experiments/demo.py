@@ -9,15 +9,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsembed.experiments.ablation import GROUPS, environment
+from tsembed.evaluation.results import GROUPS, HIT1
+from tsembed.experiments.ablation import environment
 from tsembed.experiments.runner import load_base_config, run_variant
 from tsembed.experiments.variants import variants_for
 from tsembed.fileio import atomic_write
+from tsembed.training.checkpoint import METRICS_NAME, MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
-# 40 steps per model: the whole quick demo (two trainings, two evaluations with a cold image cache, routing)
-# measured 5.9 min on 2 CPU cores at 60 steps; training is ~1.3 s/step, so this keeps it under 5.
+# 40 steps per model keep the whole quick demo (two trainings, two evaluations with a cold image cache, routing)
+# under 5 minutes on 2 CPU cores (timings in docs/results/demo-quick/README.md).
 QUICK = ["schedule.steps=40", "schedule.stage1_steps=20", "optim.warmup_steps=4", "run.checkpoint_every=20"]
 
 
@@ -48,9 +50,9 @@ def run_demo(out: Path, suite: Path, work: Path, quick: bool, seed: int, overrid
         records[name] = run_variant(base, variants[name], seed, work / name, suite, cache)
     out.mkdir(parents=True, exist_ok=True)
     for name in records:
-        plot_training_curves(work / name / "metrics.jsonl", out / f"training_{name}.png")
+        plot_training_curves(work / name / METRICS_NAME, out / f"training_{name}.png")
         shutil.copy(work / name / "results.md", out / f"results_{name}.md")
-    model = TSEmbedModel.from_pretrained(work / "tsembed_weight" / "model")
+    model = TSEmbedModel.from_pretrained(work / "tsembed_weight" / MODEL_DIR)
     routing = analyze_routing(model, suite, out / "routing", cache_dir=cache, max_per_dataset=100)
     report = render_report(records, routing.to_dict(), out, quick, seed, extra, time.perf_counter() - start)
     atomic_write(out / "README.md", lambda p: p.write_text(report))
@@ -60,7 +62,7 @@ def run_demo(out: Path, suite: Path, work: Path, quick: bool, seed: int, overrid
 
 
 def _cell(aggregates: dict[str, Any], group: str) -> str:
-    value = aggregates.get(group, {}).get("hit@1")
+    value = aggregates.get(group, {}).get(HIT1)
     return "–" if value is None else f"{100 * value:.1f}"
 
 
@@ -103,5 +105,5 @@ def render_report(records: dict[str, dict[str, Any]], routing: dict[str, Any], o
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], group: str) -> str:
-    x, y = a.get(group, {}).get("hit@1"), b.get(group, {}).get("hit@1")
+    x, y = a.get(group, {}).get(HIT1), b.get(group, {}).get(HIT1)
     return "–" if x is None or y is None else f"{100 * (x - y):+.1f}"

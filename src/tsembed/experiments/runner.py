@@ -14,7 +14,8 @@ import torch
 from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.experiments.variants import Variant
 from tsembed.model import MODEL_CONFIG_NAME, TSEmbedModel
-from tsembed.training.config import TrainConfig
+from tsembed.training.checkpoint import MODEL_DIR
+from tsembed.training.config import TrainConfig, default_config_path
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ def variant_config(base: dict[str, Any], variant: Variant, seed: int, out_dir: P
 
 
 def load_base_config(path: Path | None, overrides: list[str]) -> dict[str, Any]:
-    from tsembed.training.cli import default_config_path
-
     data = load_yaml(path or default_config_path())
     apply_overrides(data, overrides)
     from_dict(TrainConfig, json.loads(json.dumps(data)))  # validate now, before any training starts
@@ -65,7 +64,7 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     config = variant_config(base, variant, seed, out_dir, [f"data.suite={suite}", *(extra or [])])
     start = time.perf_counter()
-    model_dir = out_dir / "model"
+    model_dir = out_dir / MODEL_DIR
     if variant.trained and finished_model(model_dir, config.schedule.steps):
         logger.info("%s seed %d: reusing the trained model in %s", variant.name, seed, model_dir)
         model = TSEmbedModel.from_pretrained(model_dir)

@@ -52,7 +52,7 @@ def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("we
             raise ConfigError(f"unknown EANS mode {mode!r}; valid: {sorted(EANS_MODES)}")
         variants[f"tsembed_{mode}"] = Variant(f"tsembed_{mode}", f"TSEmbed: MoE-LoRA, stage 1 then EANS {mode}",
                                               (f"eans.mode={mode}",))
-        if not EANS_MODES[mode].uses_routing and mode != "off":  # a weighting one adapter can use as well
+        if EANS_MODES[mode].active and not EANS_MODES[mode].uses_routing:  # a weighting one adapter can use too
             variants[f"lora_{mode}"] = Variant(f"lora_{mode}", f"single LoRA of rank {lora_rank}, stage 1 then {mode}",
                                                lora_overrides(num_experts, rank, num_shared, mode))
     return variants

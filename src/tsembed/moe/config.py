@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tsembed.errors import ConfigError
+from tsembed.moe.routers import ROUTERS
 
-ROUTING_MODES = ("topk", "topp", "dense")
 ROUTING_LEVELS = ("token", "sequence")
 ROUTER_INPUTS = ("all", "text")
 
@@ -79,8 +79,8 @@ class MoELoRAConfig:
         _check_int("num_experts", self.num_experts, minimum=1)
         _check_int("rank", self.rank, minimum=1)
         _check_int("num_shared_experts", self.num_shared_experts, minimum=0)
-        if self.routing not in ROUTING_MODES:
-            raise ConfigError(f"moe.routing must be one of {ROUTING_MODES}, got {self.routing!r}")
+        if self.routing not in ROUTERS:  # the gate functions' registry is the one list of routing modes
+            raise ConfigError(f"moe.routing must be one of {tuple(ROUTERS)}, got {self.routing!r}")
         if self.level not in ROUTING_LEVELS:
             raise ConfigError(f"moe.level must be one of {ROUTING_LEVELS}, got {self.level!r}")
         _check_int("top_k", self.top_k, minimum=1)

@@ -17,9 +17,10 @@ def topk_gates(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 
     Top-1 renormalised is p/p = 1: right for the forward pass (a sequence-level expert then merges
     exactly into W), but constant, so the task loss would send the router no gradient and only the
-    load-balance loss would train it (measured: routing NMI 0.14 after 400 steps, EANS inert). Top-1
-    therefore divides by the *detached* probability: the value stays exactly 1, and the router's
-    logits get ∂L/∂g · (δ − p), the gradient of the chosen expert's log-probability.
+    load-balance loss would train it: routing would barely depend on the task, and EANS would have
+    nothing to read (docs/results/ablation-400steps/README.md, "Why" 2). Top-1 therefore divides by the
+    *detached* probability: the value stays exactly 1, and the router's logits get ∂L/∂g · (δ − p), the
+    gradient of the chosen expert's log-probability.
     """
     values, index = probs.topk(top_k, dim=-1)  # [..., k]
     norm = values.detach() if top_k == 1 else values.sum(dim=-1, keepdim=True)

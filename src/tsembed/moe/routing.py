@@ -207,10 +207,10 @@ def routing_signature(per_layer: list[torch.Tensor]) -> torch.Tensor:
     """s(x) = normalize(concat_l (m_l(x) − 1/E)) from per-layer [B, E] probabilities.
 
     Centred on the uniform distribution: a load-balanced router keeps every m_l(x) close to 1/E, so
-    the uncentred cosine of any two inputs is ≈ 0.99 and EANS weights come out uniform (measured on the
-    default run: weight entropy 0.99999, affinity of up-weighted vs uniform negatives equal to 1e-5).
-    Centred, the affinity is the cosine of the routers' *preferences* and spans [-1, 1]; a router
-    that is exactly uniform (or a single expert) gives a zero signature and affinity 0 everywhere.
+    the uncentred cosine of any two inputs is close to 1 and EANS weights come out uniform
+    (docs/results/ablation-400steps/README.md, "Why" 1). Centred, the affinity is the cosine of the
+    routers' *preferences* and spans [-1, 1]; a router that is exactly uniform (or a single expert) gives
+    a zero signature and affinity 0 everywhere.
     """
     return F.normalize(torch.cat([p - 1.0 / p.shape[-1] for p in per_layer], dim=-1), dim=-1)
 

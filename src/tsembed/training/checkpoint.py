@@ -1,4 +1,4 @@
-"""Training checkpoints: everything needed to continue a run exactly where it stopped."""
+"""Training checkpoints (all it takes to continue a run exactly where it stopped) and the names of a run's files."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from tsembed.errors import ConfigError
 from tsembed.fileio import atomic_write
 
 STATE_NAME = "trainer_state.pt"
-MODEL_DIR = "model"
+MODEL_DIR = "model"  # in a checkpoint, and the final model in the run directory
+METRICS_NAME = "metrics.jsonl"  # one record per training step, in the run directory
+RUN_CONFIG_NAME = "config.json"  # the resolved training config, in the run directory
 
 
 def rng_state() -> dict[str, Any]:

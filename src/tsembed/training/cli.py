@@ -21,14 +21,10 @@ def register(app: typer.Typer) -> None:
 
         Runs as one CPU process or under torchrun / accelerate launch unchanged.
         """
-        from tsembed.training.config import load_train_config
+        from tsembed.training.config import default_config_path, load_train_config
         from tsembed.training.trainer import Trainer, init_distributed
 
         cfg = load_train_config(config or default_config_path(), overrides)  # validated before any model loads
         init_distributed()
         final = Trainer(cfg).fit(resume=resume)
         typer.echo(f"model saved to {final}")
-
-
-def default_config_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "configs" / "default.yaml"

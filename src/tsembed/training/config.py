@@ -109,10 +109,10 @@ class ScheduleSection:
 
     stage1_router_lr_scale / stage2_router_lr_scale: router lr relative to the adapters' in each stage
     (stage 1 throughout when EANS is off). Default 1.0, together with ``loss.load_balance_window`` 20:
-    on the dev split that pair specialises the routers (NMI 0.39 ± 0.01 vs 0.19) and trains stably over
-    three seeds (32.2 ± 0.3 hit@1 vs 27.0 ± 4.4 for the former 0.1 with a per-batch balance loss;
-    docs/results/routing-diagnosis). A full-lr router *with* the per-batch loss churned instead and trained
-    badly on two of three seeds (docs/results/ablation-400steps-fixed): lower the scale if routing churns.
+    chosen on the dev split, where that pair lets the routers specialise by task and trains stably over
+    seeds, unlike the former 0.1 with a per-batch balance loss (docs/results/routing-diagnosis/ §5). A
+    full-lr router *with* the per-batch loss churns instead (docs/results/ablation-400steps-fixed/): lower
+    the scale if routing churns.
 
     switch: ``steps`` (after stage1_steps) or ``stability`` (when the mean change of banked
     target signatures over ``stability_interval`` steps falls below ``stability_threshold``, but not
@@ -198,6 +198,11 @@ class TrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+
+
+def default_config_path() -> Path:
+    """The packaged offline default, ``configs/default.yaml``: what ``tsembed train`` uses without ``-c``."""
+    return Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

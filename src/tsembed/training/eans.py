@@ -36,6 +36,11 @@ class EANSConfig:
         if self.mine_m < 1:
             raise ConfigError(f"eans.mine_m must be >= 1, got {self.mine_m!r}")
 
+    @property
+    def spec(self) -> EANSMode:
+        """The registry entry of ``mode``: what the objective, the trainer and the ablation dispatch on."""
+        return EANS_MODES[self.mode]
+
 
 @dataclass(frozen=True)
 class EANSMode:
@@ -46,12 +51,22 @@ class EANSMode:
         reweights: The loss differs from plain InfoNCE over the same negatives, so the unweighted InfoNCE
             is logged beside it (comparable across stages and variants).
         mines: Adds negatives to the batch from the signature bank.
+        active: Stage 2 changes something; False (``off``) keeps a run in stage 1 throughout.
     """
 
     weights: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, EANSConfig, torch.Tensor | None], torch.Tensor]
     uses_routing: bool
     reweights: bool
     mines: bool = False
+    active: bool = True
+
+    def negative_weights(self, affinity: torch.Tensor, scores: torch.Tensor, negatives: torch.Tensor,
+                         config: EANSConfig, keep: torch.Tensor | None) -> torch.Tensor:
+        """Weights w [N, M] for the loss; ``negatives`` already excludes positives and false negatives.
+
+        ``affinity`` is the routing affinity, ``scores`` the embedding similarities (both treated as constants).
+        """
+        return self.weights(affinity, scores.detach(), negatives, config, keep)
 
 
 def _uniform(affinity: torch.Tensor, scores: torch.Tensor, negatives: torch.Tensor, config: EANSConfig,
@@ -59,9 +74,13 @@ def _uniform(affinity: torch.Tensor, scores: torch.Tensor, negatives: torch.Tens
     return negatives.to(affinity.dtype)
 
 
-#: The one registry of EANS modes; config validation, the objective and the trainer all dispatch through it.
+#: Plain InfoNCE: the ``off`` mode, and what every mode computes in stage 1.
+PLAIN_INFONCE = EANSMode(_uniform, uses_routing=False, reweights=False, active=False)
+
+#: The one registry of EANS modes; config validation, the objective, the trainer and the ablation dispatch
+#: through it.
 EANS_MODES: dict[str, EANSMode] = {
-    "off": EANSMode(_uniform, uses_routing=False, reweights=False),
+    "off": PLAIN_INFONCE,
     "weight": EANSMode(lambda a, s, n, c, k: eans_weights(a, n, c.beta), uses_routing=True, reweights=True),
     "select": EANSMode(lambda a, s, n, c, k: eans_select(a, n, c.select_k, keep=k), uses_routing=True,
                        reweights=True),
@@ -71,15 +90,6 @@ EANS_MODES: dict[str, EANSMode] = {
     "hardness": EANSMode(lambda a, s, n, c, k: eans_weights(s, n, c.hardness_beta), uses_routing=False,
                          reweights=True),
 }
-
-
-def negative_weights(mode: str, affinity: torch.Tensor, scores: torch.Tensor, negatives: torch.Tensor,
-                     config: EANSConfig, keep: torch.Tensor | None) -> torch.Tensor:
-    """Weights w [N, M] for the loss; ``negatives`` already excludes positives and false negatives.
-
-    ``affinity`` is the routing affinity, ``scores`` the embedding similarities (both treated as constants).
-    """
-    return EANS_MODES[mode].weights(affinity, scores.detach(), negatives, config, keep)
 
 
 class SignatureBank:

@@ -15,7 +15,7 @@ from torch import nn
 
 from tsembed.errors import ConfigError
 from tsembed.training.distributed import gather_no_grad, gather_with_grad, rank
-from tsembed.training.eans import EANS_MODES, EANSConfig, negative_weights
+from tsembed.training.eans import PLAIN_INFONCE, EANSConfig
 from tsembed.training.losses import false_negative_mask, info_nce, negative_mask
 
 
@@ -31,8 +31,8 @@ class LossConfig:
         batch only (Switch). N > 1: a running mean over about N steps (decay 1 − 1/N), the "global-batch"
         balance of Qiu et al. 2025. With homogeneous batches (one dataset each) a per-batch loss penalises
         exactly the dataset specialisation the router should learn; a window balances usage across datasets.
-        Default 20: with a router at the full lr it is what lets routing specialise (routing NMI 0.39 vs
-        0.23 on the dev split; docs/results/routing-diagnosis).
+        Default 20: with a router at the full lr it is what lets routing specialise on the dev split
+        (docs/results/routing-diagnosis/ §1, §5).
     """
 
     tau: float = 0.02
@@ -111,12 +111,12 @@ class ContrastiveObjective(nn.Module):
             affinity = query_signatures @ gather_no_grad(target_signatures).T  # [N, M]
         else:
             affinity = torch.zeros_like(scores)
-        mode = self.eans_config.mode if eans_active else "off"
+        mode = self.eans_config.spec if eans_active else PLAIN_INFONCE
         keep = owner[None, :] == query_global[:, None]  # explicit hard negatives of each query
-        weights = negative_weights(mode, affinity, scores, usable, self.eans_config, keep)
+        weights = mode.negative_weights(affinity, scores, usable, self.eans_config, keep)
         loss = info_nce(scores, positive, self.tau, weights)
         logs = _eans_logs(weights, affinity, negatives, usable)
-        if EANS_MODES[mode].reweights:  # the unweighted loss, comparable across stages and variants
+        if mode.reweights:  # the unweighted loss, comparable across stages and variants
             with torch.no_grad():
                 logs["infonce"] = float(info_nce(scores, positive, self.tau, usable.to(scores.dtype)))
         else:

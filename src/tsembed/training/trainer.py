@@ -28,7 +28,7 @@ from tsembed.training import checkpoint as ckpt
 from tsembed.training.config import TrainConfig
 from tsembed.training.data import BatchPlan, TrainingData, TrainSource
 from tsembed.training.distributed import is_distributed, rank, world_size
-from tsembed.training.eans import EANS_MODES, SignatureBank
+from tsembed.training.eans import SignatureBank
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 from tsembed.training.step import StepOutput, contrastive_step
 
@@ -137,7 +137,7 @@ class Trainer:
         window = config.loss.load_balance_window
         self.expert_usage = ExpertUsage(window) if sig_dim and window > 1 else None
         self.step = 0
-        self.stage = 1 if config.schedule.stage1_steps > 0 or config.eans.mode == "off" else 2
+        self.stage = 1 if config.schedule.stage1_steps > 0 or not config.eans.spec.active else 2
         self.switch_step: int | None = None if self.stage == 1 else 0
         self.history: list[dict[str, Any]] = []
 
@@ -158,7 +158,7 @@ class Trainer:
 
     def _maybe_switch(self, drift: float | None) -> None:
         s = self.config.schedule
-        if self.stage != 1 or self.config.eans.mode == "off":
+        if self.stage != 1 or not self.config.eans.spec.active:
             return
         due = self.step >= s.stage1_steps
         if s.switch == "stability" and drift is not None and self.step >= s.min_stage1_steps:
@@ -170,7 +170,7 @@ class Trainer:
 
     # ----- one step ------------------------------------------------------------------------------------
     def _mined(self, rows: list[int]) -> list[list[int]] | None:
-        if self.stage != 2 or not EANS_MODES[self.config.eans.mode].mines or self.query_bank is None:
+        if self.stage != 2 or not self.config.eans.spec.mines or self.query_bank is None:
             return None
         banked = self.query_bank.filled[torch.tensor(rows)]
         query_sigs = self.query_bank.signatures[torch.tensor(rows)]
@@ -243,11 +243,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], model_dir: Path) -> None:
-        from tsembed.moe import load_adapters
-
-        if self.model.has_adapters:
-            load_adapters(self.model.backbone, model_dir / "adapters")
-        self.model.load_trainable_backbone_state(model_dir / "backbone_trainable.safetensors")
+        self.model.load_weights(model_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state["objective"])
         if self.target_bank is not None:
@@ -268,13 +264,13 @@ class Trainer:
                 self.load_state_dict(ckpt.load_state(path), path / ckpt.MODEL_DIR)
                 logger.info("resumed from %s at step %d (stage %d)", path, self.step, self.stage)
         main = rank() == 0
-        metrics_path = self.output_dir / "metrics.jsonl"
+        metrics_path = self.output_dir / ckpt.METRICS_NAME
         if main and metrics_path.exists():  # drop records past the resume point (a killed run wrote them)
             kept = [line for line in metrics_path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= self.step]
             metrics_path.write_text("".join(line + "\n" for line in kept))
         if main:
-            (self.output_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            (self.output_dir / ckpt.RUN_CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
         writer = _tensorboard(self.output_dir / "tb") if main and run.tensorboard else None
         bar = tqdm(total=self.config.schedule.steps, initial=self.step, disable=not (main and run.progress),
                    desc="train", dynamic_ncols=True)
@@ -299,7 +295,7 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        final = self.output_dir / "model"
+        final = self.output_dir / ckpt.MODEL_DIR
         if main:
             self.model.config.extra = {"trained_steps": self.step, "switch_step": self.switch_step,
                                        "eans_mode": self.config.eans.mode}
