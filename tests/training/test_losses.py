@@ -52,6 +52,14 @@ def test_false_negative_guard():
     assert masked.tolist() == [[False, True, False, True]]  # 0.7 > 0.5 + 0.1; column 3 same content
 
 
+def test_false_negative_guard_spares_exempt_scores_but_not_equal_content():
+    scores = torch.tensor([[0.5, 0.7, 0.9, 0.2]])
+    same = torch.tensor([[True, False, False, True]])
+    exempt = torch.tensor([[False, True, False, True]])  # e.g. the query's own labelled negatives
+    masked = false_negative_mask(scores, torch.tensor([0]), same, margin=0.1, exempt=exempt)
+    assert masked.tolist() == [[False, False, True, True]]
+
+
 def test_bank_mine_never_returns_positive_or_excluded():
     bank = SignatureBank(6, 2)
     bank.update(torch.arange(6), torch.tensor([[1.0, 0], [0.9, 0.1], [0.8, 0.2], [0, 1], [0.1, 0.9], [0.7, 0.3]]))

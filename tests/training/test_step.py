@@ -130,6 +130,29 @@ def test_hardness_mode_weights_negatives_by_their_score_like_llave():
     assert out.logs["infonce"] == pytest.approx(float(plain.loss), rel=1e-6) and float(out.loss) > float(plain.loss)
 
 
+def test_guard_own_negatives_false_keeps_the_labelled_trap_in_the_loss():
+    """A query's own hard negative that outscores its positive stays in the loss; other look-alikes do not."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[0.6, 0.8], [0.6, 0.8], [1.0, 0.0]])  # positives 0, 1; target 2 = query 0's labelled trap
+    owner, ids = torch.tensor([-1, -1, 0]), torch.arange(3)
+    tau = 0.1
+
+    def loss(guard_own: bool) -> float:
+        cfg = LossConfig(tau=tau, false_negative_margin=0.1, guard_own_negatives=guard_own)
+        return float(ContrastiveObjective(cfg, EANSConfig(mode="off"))(q, t, None, None, ids, owner, False).loss)
+
+    scores = q @ t.T  # query 0: positive 0.6, trap 1.0 (> 0.6 + 0.1), target 1 0.6; query 1: 0.8 / 0.8 / 0.0
+
+    def nce(i: int, negatives: list[int]) -> torch.Tensor:
+        logits = scores[i, [i] + negatives] / tau
+        return -torch.log_softmax(logits, dim=0)[0]
+
+    guarded = (nce(0, [1]) + nce(1, [0, 2])) / 2  # the trap is masked as a presumed false negative
+    trusted = (nce(0, [1, 2]) + nce(1, [0, 2])) / 2
+    assert loss(True) == pytest.approx(float(guarded), rel=1e-5)
+    assert loss(False) == pytest.approx(float(trusted), rel=1e-5)
+
+
 def test_eans_modes_are_one_registry():
     from tsembed.training.eans import EANS_MODES
 

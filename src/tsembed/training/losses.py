@@ -43,7 +43,8 @@ def negative_mask(positive: torch.Tensor, num_candidates: int) -> torch.Tensor:
 
 
 def false_negative_mask(
-    scores: torch.Tensor, positive: torch.Tensor, same_content: torch.Tensor | None, margin: float | None
+    scores: torch.Tensor, positive: torch.Tensor, same_content: torch.Tensor | None, margin: float | None,
+    exempt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """True where a negative is probably a false one ([N, M]): same content as the positive, or
     a score above the positive's score + margin (UniME-style guard). The positive itself is never masked.
@@ -51,13 +52,15 @@ def false_negative_mask(
     Args:
         same_content: [N, M] bool, True where candidate j has the same content as query i's positive.
         margin: None disables the score rule.
+        exempt: [N, M] bool, True where the score rule must not apply (a query's own labelled negatives).
     """
     rows = torch.arange(scores.shape[0], device=scores.device)
     masked = torch.zeros_like(scores, dtype=torch.bool)
     if same_content is not None:
         masked |= same_content
     if margin is not None:
-        masked |= scores.detach() > scores.detach()[rows, positive].unsqueeze(1) + margin
+        above = scores.detach() > scores.detach()[rows, positive].unsqueeze(1) + margin
+        masked |= above if exempt is None else above & ~exempt
     masked[rows, positive] = False
     return masked
 

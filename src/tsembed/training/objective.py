@@ -26,6 +26,10 @@ class LossConfig:
     tau: InfoNCE temperature τ (learnable if ``learnable_tau``).
     false_negative_margin: drop negatives scoring above the positive + margin (None: off).
     mask_same_content: drop negatives whose content equals the positive's.
+    guard_own_negatives: apply the score rule to a query's own hard negatives too (its row's labelled
+        negative and any mined for it). False exempts them: they were chosen as negatives *for this query*,
+        and the score rule drops exactly the labelled trap that outscores the positive, i.e. the one
+        negative a conditional task most needs to learn from (docs/results/conflict, §9).
     load_balance_weight / z_loss_weight: weights of the MoE auxiliary losses.
     load_balance_window: steps over which the top-1 shares f_e of the balance loss are measured. 1: this
         batch only (Switch). N > 1: a running mean over about N steps (decay 1 − 1/N), the "global-batch"
@@ -39,6 +43,7 @@ class LossConfig:
     learnable_tau: bool = False
     false_negative_margin: float | None = 0.1
     mask_same_content: bool = True
+    guard_own_negatives: bool = True
     load_balance_weight: float = 0.01
     z_loss_weight: float = 0.001
     load_balance_window: int = 20
@@ -104,7 +109,9 @@ class ContrastiveObjective(nn.Module):
 
         negatives = negative_mask(positive, scores.shape[1])
         same = all_ids[None, :] == all_ids[positive][:, None] if self.loss_config.mask_same_content else None
-        guarded = false_negative_mask(scores, positive, same, self.loss_config.false_negative_margin)
+        keep = owner[None, :] == query_global[:, None]  # each query's own hard negatives
+        exempt = None if self.loss_config.guard_own_negatives else keep
+        guarded = false_negative_mask(scores, positive, same, self.loss_config.false_negative_margin, exempt)
         usable = negatives & ~guarded
 
         if query_signatures is not None and target_signatures is not None:
@@ -112,7 +119,6 @@ class ContrastiveObjective(nn.Module):
         else:
             affinity = torch.zeros_like(scores)
         mode = self.eans_config.spec if eans_active else PLAIN_INFONCE
-        keep = owner[None, :] == query_global[:, None]  # explicit hard negatives of each query
         weights = mode.negative_weights(affinity, scores, usable, self.eans_config, keep)
         loss = info_nce(scores, positive, self.tau, weights)
         logs = _eans_logs(weights, affinity, negatives, usable)
