@@ -22,7 +22,14 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 from tsembed.backbones.base import Backbone, BackboneOutput
-from tsembed.backbones.hf import load_component, load_model, local_dir, parse_dtype, quiet_transformers
+from tsembed.backbones.hf import (
+    load_component,
+    load_model,
+    local_dir,
+    parse_dtype,
+    pretrained_card_metadata,
+    quiet_transformers,
+)
 from tsembed.backbones.images import load_image
 from tsembed.backbones.placeholder import Segments, split_inputs
 from tsembed.data.inputs import EmbedInput
@@ -116,6 +123,9 @@ class Qwen2VLBackbone(Backbone):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **self._options}
+
+    def card_metadata(self) -> dict[str, Any]:
+        return pretrained_card_metadata(self._options["path"], self.model.name_or_path)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:

@@ -67,12 +67,17 @@ def eval_command(
     device: str = _DEVICE,
     no_progress: bool = _QUIET,
     split: str = _SPLIT,
+    update_card: bool = typer.Option(
+        False, "--update-card", help="Also write the results into the model directory's README.md model card "
+        "(its model-index: one entry per dataset)."
+    ),
 ) -> None:
     """Evaluate a model on an MMEB-format suite: hit@1 per dataset, meta-task, IND/OOD and overall."""
     from tsembed.evaluation.harness import evaluate
 
+    loaded = _load_model(model, device)
     results = evaluate(
-        _load_model(model, device),
+        loaded,
         suite,
         datasets,
         cache_dir=_cache(cache_dir, no_cache),
@@ -87,6 +92,10 @@ def eval_command(
     json_path, md_path = results.save(out)
     typer.echo(results.to_markdown())
     typer.echo(f"wrote {json_path} and {md_path}")
+    if update_card:
+        from tsembed.card import write_model_card
+
+        typer.echo(f"wrote {write_model_card(model, loaded, results)}")
 
 
 def inspect_routing_command(
