@@ -9,7 +9,6 @@ command's ``--help``) does not load torch; the error types are light and importe
 """
 
 import os
-from typing import TYPE_CHECKING
 
 # tsembed never downloads weights or data at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "MoELoRAConfig": "tsembed.moe.config",
 }
 
+TYPE_CHECKING = False  # not typing's: importing typing costs more than the rest of `import tsembed`
 if TYPE_CHECKING:  # the same names for type checkers and IDEs; a test keeps the two lists equal
     from tsembed.data.inputs import EmbedInput
     from tsembed.inference.encoder import Encoder
