@@ -101,3 +101,13 @@ def test_eval_update_card_writes_the_model_index(tmp_path, monkeypatch):
     assert {r.dataset_name for r in index} == {d["name"] for d in results["datasets"]}
     hit = {d["name"]: d["metrics"]["hit@1"] for d in results["datasets"]}
     assert all(r.metric_value == round(100 * hit[r.dataset_name], 2) for r in index if r.metric_type == "hit_at_1")
+
+
+def test_qwen2_vl_from_the_hub_cache_reports_its_repository_and_licence(tiny_qwen2_vl_dir, tmp_path):
+    from tsembed.backbones import Qwen2VLBackbone
+
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2-VL-2B-Instruct" / "snapshots" / "895c3a4"
+    shutil.copytree(tiny_qwen2_vl_dir, snapshot)
+    (snapshot / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    assert Qwen2VLBackbone(str(snapshot)).card_metadata() == {"base_model": ["Qwen/Qwen2-VL-2B-Instruct"],
+                                                              "license": "apache-2.0"}
