@@ -103,7 +103,8 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
 
 def is_cli(module: str) -> bool:
-    return module.rpartition(".")[2] == "cli"
+    """A command-line module: a ``cli`` module, or ``python -m tsembed``'s entry point."""
+    return module.rpartition(".")[2] in ("cli", "__main__")
 
 
 def test_the_graph_is_read():

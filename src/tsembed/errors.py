@@ -15,3 +15,7 @@ class DataError(TsembedError, ValueError):
 
 class AdapterError(TsembedError, ValueError):
     """Adapters cannot be attached, saved or loaded; the message lists the modules or keys."""
+
+
+class MissingExtraError(TsembedError, ImportError):
+    """An optional dependency is not installed; the message names the package and the extra that installs it."""

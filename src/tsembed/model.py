@@ -165,8 +165,11 @@ class TSEmbedModel(nn.Module):
         return [p for n, p in self.named_parameters() if p.requires_grad and not _is_router_param(n)]
 
     # ----- persistence -------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config, adapters, the backbone's trainable weights and their checksums, each file atomically."""
+    def save_pretrained(self, directory: str | Path, eval_results: Any = None) -> Path:
+        """Write config, adapters, the backbone's trainable weights, their checksums and a model card (README.md),
+        each file atomically. ``eval_results`` (``EvalResults``, its dict or JSON path) go into the card."""
+        from tsembed.card import write_model_card
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.has_adapters:
@@ -177,6 +180,7 @@ class TSEmbedModel(nn.Module):
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
         atomic_write(directory / MODEL_CONFIG_NAME, lambda p: p.write_text(text))
         write_checksums(directory, list(WEIGHT_FILES))
+        write_model_card(directory, self, eval_results)
         return directory
 
     @classmethod

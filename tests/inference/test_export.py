@@ -143,3 +143,14 @@ def test_prune_experts_keeps_config_consistent(model):
     assert layer.lora_A.shape[0] == (2 + 1) * 2 and layer.router.weight.shape[0] == 2
     assert model.config.moe.num_experts == 2
     assert encode(model, "x").shape == (32,)
+
+
+def test_exported_models_carry_model_cards(model, tmp_path):
+    from huggingface_hub import ModelCard
+
+    src = model.save_pretrained(tmp_path / "src")
+    merged = ModelCard.load(export_merged_expert(src, tmp_path / "merged", EXPERT) / "README.md")
+    assert merged.data.library_name == "tsembed" and f"expert {EXPERT} merged" in merged.text
+    adapter = ModelCard.load(export_peft(src, tmp_path / "peft", [EXPERT])[0] / "README.md")
+    assert adapter.data.library_name == "peft" and "peft" in adapter.data.tags
+    assert "PeftModel.from_pretrained" in adapter.text

@@ -81,6 +81,11 @@ class Backbone(nn.Module):
         """JSON-serialisable reference that ``build_backbone`` turns back into this backbone."""
         raise NotImplementedError
 
+    def card_metadata(self) -> dict[str, Any]:
+        """What a model card can say about the pretrained weights: ``base_model`` (Hugging Face Hub ids) and
+        ``license``, each only when known offline; the model card fills in the rest."""
+        return {}
+
     # --- shared behaviour -----------------------------------------------------------------------
 
     def keep_in_eval(self, modules: Iterable[nn.Module]) -> None:

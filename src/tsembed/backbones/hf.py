@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,48 @@ def local_dir(path: str | Path, field: str) -> Path:
             "written by save_pretrained"
         )
     return directory
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_CACHE_SNAPSHOT = re.compile(r"models--([\w.-]+?)--([\w.-]+)/snapshots/[^/]+/?$")
+
+
+def hub_model_id(reference: str | Path) -> str | None:
+    """The Hub id a model reference names: ``org/name`` itself when it is not a local path, or the repository
+    of a Hugging Face cache snapshot directory (``.../models--org--name/snapshots/<rev>``); else None."""
+    text = str(reference)
+    cached = _CACHE_SNAPSHOT.search(text.replace("\\", "/"))
+    if cached:
+        return f"{cached.group(1)}/{cached.group(2)}"
+    if _HUB_ID.fullmatch(text) and not Path(text).expanduser().exists():
+        return text
+    return None
+
+
+def pretrained_card_metadata(reference: str | Path, directory: str | Path, hub_id: str | None = None) -> dict[str, Any]:
+    """``base_model`` and ``license`` of a pretrained checkpoint for a model card, read offline.
+
+    Args:
+        reference: how the config names the checkpoint (a Hub id, a cache snapshot or a local path).
+        directory: where it was loaded from; its own README.md front matter gives the licence.
+        hub_id: the Hub id when the caller knows it (e.g. a checkpoint shipped inside a pip package).
+    """
+    metadata: dict[str, Any] = {}
+    hub_id = hub_id or hub_model_id(reference) or hub_model_id(directory)
+    if hub_id:
+        metadata["base_model"] = [hub_id]
+    readme = Path(directory) / "README.md"
+    if readme.is_file():
+        import yaml
+        from huggingface_hub import ModelCard
+
+        try:
+            license_id = ModelCard.load(readme, ignore_metadata_errors=True).data.license
+        except (OSError, ValueError, yaml.YAMLError):  # an unreadable card says nothing about the licence
+            license_id = None
+        if isinstance(license_id, str) and license_id:
+            metadata["license"] = license_id
+    return metadata
 
 
 def load_model(loader: Any, path: Path, field: str, **kwargs: Any) -> Any:

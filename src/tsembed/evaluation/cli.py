@@ -83,14 +83,19 @@ def eval_command(
     model_name: str | None = typer.Option(
         None, "--model-name", help="Model name in the MMEB leaderboard file [default: the model folder's name]."
     ),
+    update_card: bool = typer.Option(
+        False, "--update-card", help="Also write the results into the model directory's README.md model card "
+        "(its model-index: one entry per dataset)."
+    ),
 ) -> None:
     """Evaluate a model on an MMEB-format suite: hit@1 per dataset, meta-task, IND/OOD and overall."""
     from tsembed.evaluation.harness import evaluate
 
     if output_format not in FORMATS:
         raise typer.BadParameter(f"must be one of {list(FORMATS)}, got {output_format!r}", param_hint="--format")
+    loaded = _load_model(model, device)
     results = evaluate(
-        _load_model(model, device),
+        loaded,
         suite,
         datasets,
         cache_dir=_cache(cache_dir, no_cache),
@@ -111,6 +116,10 @@ def eval_command(
 
         written = write_mmeb(results, out / "mmeb", model_name or model.resolve().name)
         typer.echo(f"wrote {len(written) - 1} MMEB score files and {written[-1]}")
+    if update_card:
+        from tsembed.card import write_model_card
+
+        typer.echo(f"wrote {write_model_card(model, loaded, results)}")
 
 
 def inspect_routing_command(

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from tsembed.card import write_model_card
 from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.experiments.variants import Variant
 from tsembed.model import MODEL_CONFIG_NAME, TSEmbedModel
@@ -83,6 +84,8 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
     results = evaluate(model, suite, cache_dir=cache_dir, batch_size=eval_batch_size, progress=config.run.progress,
                        split=split)
     results.save(out_dir if split == "eval" else out_dir / split)
+    if split == "eval":  # the model's card reports how it scored (dev scores only pick configs)
+        write_model_card(model_dir, model, results)
     record = {
         "variant": variant.name, "description": variant.description, "seed": seed, "split": split,
         "train_seconds": train_seconds, "trainable_parameters": trainable,

@@ -1,26 +1,28 @@
 """Inference: ``encode`` API, corpus embedding, FAISS search, the HTTP server and expert export.
 
-The server, FAISS and export helpers are imported from their submodules so that ``import
+Names are imported on first use, so ``tsembed --help`` (which imports ``tsembed.inference.cli``)
+does not load torch; the server, FAISS and export helpers live in their submodules, so ``import
 tsembed.inference`` needs neither fastapi nor faiss.
 """
 
-from tsembed.inference.card import render_model_card, save_with_card, write_model_card
-from tsembed.inference.encoder import Encoder, Routing, encode, encode_document, encode_query, similarity
-from tsembed.inference.inputs import apply_instruction, to_embed_input, to_embed_inputs
-from tsembed.inference.loading import load_model
+from tsembed.lazy import lazy_exports
 
-__all__ = [
-    "Encoder",
-    "Routing",
-    "apply_instruction",
-    "encode",
-    "encode_document",
-    "encode_query",
-    "load_model",
-    "render_model_card",
-    "save_with_card",
-    "similarity",
-    "to_embed_input",
-    "to_embed_inputs",
-    "write_model_card",
-]
+_EXPORTS: dict[str, str] = {
+    "render_model_card": "tsembed.card",
+    "save_with_card": "tsembed.card",
+    "write_model_card": "tsembed.card",
+    "Encoder": "tsembed.inference.encoder",
+    "Routing": "tsembed.inference.encoder",
+    "encode": "tsembed.inference.encoder",
+    "encode_document": "tsembed.inference.encoder",
+    "encode_query": "tsembed.inference.encoder",
+    "similarity": "tsembed.inference.encoder",
+    "apply_instruction": "tsembed.inference.inputs",
+    "to_embed_input": "tsembed.inference.inputs",
+    "to_embed_inputs": "tsembed.inference.inputs",
+    "load_model": "tsembed.inference.loading",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

@@ -182,7 +182,7 @@ class Encoder:
     def similarity(a: Any, b: Any) -> Any:
         return similarity(a, b)
 
-    def save_pretrained(self, directory: str | Path, eval_results: dict[str, Any] | None = None) -> Path:
-        from tsembed.inference.card import save_with_card
-
-        return save_with_card(self.model, directory, eval_results=eval_results)
+    def save_pretrained(self, directory: str | Path, eval_results: Any = None) -> Path:
+        """The model directory plus its README model card; ``eval_results`` (``EvalResults``, dict or JSON path)
+        become the card's model-index."""
+        return Path(self.model.save_pretrained(directory, eval_results=eval_results))

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from tsembed.card import build_peft_card, write_card
 from tsembed.errors import AdapterError
 from tsembed.fileio import atomic_write
-from tsembed.inference.card import write_model_card
 from tsembed.inference.loading import BACKBONE_WEIGHTS_NAME, load_model
 from tsembed.model import WEIGHT_FILES
 from tsembed.moe import adapter_layers, merge_expert
@@ -70,7 +70,6 @@ def export_merged_expert(model_dir: str | Path, out_dir: str | Path, expert: int
     out = Path(model.save_pretrained(out_dir))
     atomic_write(out / BACKBONE_WEIGHTS_NAME, lambda p: save_file(merged, str(p), metadata={"expert": str(expert)}))
     write_checksums(out, list(WEIGHT_FILES))  # again: the merged weights came after save_pretrained's listing
-    write_model_card(out, model, title=f"tsembed expert {expert} (merged)")
     return out
 
 
@@ -152,6 +151,7 @@ def export_peft(model_dir: str | Path, out_dir: str | Path, experts: list[int] |
         atomic_write(target / PEFT_WEIGHTS_NAME, lambda p, t=tensors: save_file(t, str(p), metadata={"format": "pt"}))
         text = json.dumps(config, indent=2) + "\n"
         atomic_write(target / PEFT_CONFIG_NAME, lambda p, t=text: p.write_text(t))
+        write_card(target, build_peft_card(model, e))
         written.append(target)
     prefix, base = _peft_base(model.backbone, list(adapter_layers(model.backbone)))
     info = {

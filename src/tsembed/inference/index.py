@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tsembed.errors import ConfigError, DataError
+from tsembed.extras import require
 from tsembed.fileio import atomic_write
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
@@ -30,11 +31,7 @@ INFO_FILE = "index.json"
 
 
 def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise ConfigError("vector search needs faiss: pip install 'tsembed[search]'") from None
-    return faiss
+    return require("faiss", "vector search")
 
 
 @dataclass

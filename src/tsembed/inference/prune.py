@@ -23,7 +23,6 @@ from tsembed.encoding import embed_items
 from tsembed.errors import AdapterError, ConfigError
 from tsembed.fileio import atomic_write
 from tsembed.inference.calibration import calibration_inputs
-from tsembed.inference.card import write_model_card
 from tsembed.inference.loading import load_model
 from tsembed.inputs import EmbedInput
 
@@ -91,8 +90,7 @@ def export_pruned(
         report["eval"] = {"metric": "cosine_to_unpruned", "mean": float(cos.mean()), "min": float(cos.min())}
     model.config = replace(model.config, extra={**model.config.extra, "pruned_experts": dropped,
                                                 "pruned_from": str(model_dir)})
-    out = Path(model.save_pretrained(out_dir))
+    out = Path(model.save_pretrained(out_dir, eval_results={"prune": report["eval"]}))
     atomic_write(out / REPORT_NAME, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
-    write_model_card(out, model, eval_results={"prune": report["eval"]}, title="tsembed model (pruned experts)")
     logger.info("pruned experts %s (usage < %.3f); kept %s", dropped, threshold, keep)
     return report

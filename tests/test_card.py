@@ -1,0 +1,113 @@
+"""Model cards: every saved model's README.md parses back with huggingface_hub and carries its metadata."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from tests.evaluation.helpers import toy_model, write_toy_suite
+from tests.toy_backbone import ToyBackbone
+from tsembed.backbones import BACKBONES
+from tsembed.backbones import testing as tiny
+from tsembed.backbones.hf import hub_model_id, pretrained_card_metadata
+from tsembed.backbones.minilm_effnet import MINILM_HUB_ID, packaged_text_model_path
+from tsembed.card import CARD_NAME, build_model_card
+from tsembed.cli import main
+from tsembed.evaluation import DatasetResult, EvalResults
+from tsembed.model import ModelConfig, TSEmbedModel
+from tsembed.moe import MoELoRAConfig
+
+
+def _results() -> EvalResults:
+    def dataset(name: str, meta_task: str, ood: bool, hit: float) -> DatasetResult:
+        return DatasetResult(name=name, meta_task=meta_task, ood=ood, file=f"eval/{name}.jsonl", num_rows=10,
+                             num_skipped=0, mean_candidates=5.0, metrics={"hit@1": hit})
+
+    return EvalResults(model_id="m", datasets=[dataset("emoji_to_category", "classification", False, 0.5),
+                                               dataset("name_to_emoji", "retrieval", True, 0.25)],
+                       settings={"split": "eval"})
+
+
+@pytest.fixture
+def cached_bert(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    """The tiny BERT as a Hugging Face cache snapshot of ``acme/tiny-bert`` whose own card says MIT."""
+    snapshot = tmp_path / "hub" / "models--acme--tiny-bert" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_bert_dir, snapshot)
+    (snapshot / "README.md").write_text("---\nlicense: mit\nlibrary_name: transformers\n---\n# tiny bert\n")
+    return snapshot
+
+
+def test_saved_model_card_parses_back_with_metadata_and_model_index(cached_bert, tmp_path):
+    backbone = tiny.build_tiny_minilm_effnet(cached_bert)
+    moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=2, rank=2)
+    model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe,
+                                               extra={"train_datasets": ["emoji_to_category"]}))
+    out = model.save_pretrained(tmp_path / "model", eval_results=_results())
+
+    card = ModelCard.load(out / CARD_NAME)
+    data = card.data
+    assert data.library_name == "tsembed" and data.license == "mit"
+    assert data.base_model == ["acme/tiny-bert"] and data.datasets == ["emoji_to_category"]
+    assert {"tsembed", "mixture-of-experts", "minilm-effnet"} <= set(data.tags)
+    got = {(r.dataset_name, r.task_type, r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results}
+    assert got == {("emoji_to_category", "classification", "hit_at_1", 50.0, "eval"),
+                   ("name_to_emoji", "retrieval", "hit_at_1", 25.0, "eval")}
+    assert data.model_name == "tsembed embedding model"
+    assert "| overall / hit@1 | 0.3750 |" in card.text and "from tsembed import Encoder" in card.text
+    TSEmbedModel.from_pretrained(out)  # the card is not a weight file: checksums still verify
+
+
+def test_results_json_path_and_unknown_origin(tmp_path):
+    model = toy_model()
+    path = tmp_path / "results.json"
+    _results().to_json(path)
+    card = build_model_card(model, path)
+    assert card.data.license == "unknown" and card.data.base_model is None and card.data.datasets is None
+    assert len(card.data.eval_results) == 2
+    free_form = build_model_card(model, {"prune": {"metric": "hit@1", "after": 0.5}})  # no model-index
+    assert free_form.data.eval_results is None and "| prune / after | 0.5000 |" in free_form.text
+
+
+def test_packaged_minilm_is_named_by_its_hub_id_and_licence():
+    assert pretrained_card_metadata("", packaged_text_model_path(), hub_id=MINILM_HUB_ID) == {
+        "base_model": ["sentence-transformers/all-MiniLM-L6-v2"], "license": "apache-2.0"}
+
+
+def test_hub_model_id(tmp_path, monkeypatch):
+    assert hub_model_id("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
+    snapshot = "/root/.cache/huggingface/hub/models--Qwen--Qwen2-VL-2B-Instruct/snapshots/8e7f2a"
+    assert hub_model_id(snapshot) == "Qwen/Qwen2-VL-2B-Instruct"
+    assert hub_model_id("/models/qwen2-vl") is None and hub_model_id("") is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local" / "model").mkdir(parents=True)
+    assert hub_model_id("local/model") is None  # an existing relative directory is a path, not a Hub id
+
+
+def test_eval_update_card_writes_the_model_index(tmp_path, monkeypatch):
+    monkeypatch.setitem(BACKBONES, ToyBackbone.kind, ToyBackbone)
+    monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    toy_model().save_pretrained(tmp_path / "model")
+    assert ModelCard.load(tmp_path / "model" / CARD_NAME).data.eval_results is None
+    suite = write_toy_suite(tmp_path / "suite")
+    args = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "eval"),
+            "--no-progress", "--update-card"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    index = ModelCard.load(tmp_path / "model" / CARD_NAME).data.eval_results
+    assert {r.dataset_name for r in index} == {d["name"] for d in results["datasets"]}
+    hit = {d["name"]: d["metrics"]["hit@1"] for d in results["datasets"]}
+    assert all(r.metric_value == round(100 * hit[r.dataset_name], 2) for r in index if r.metric_type == "hit_at_1")
+
+
+def test_qwen2_vl_from_the_hub_cache_reports_its_repository_and_licence(tiny_qwen2_vl_dir, tmp_path):
+    from tsembed.backbones import Qwen2VLBackbone
+
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2-VL-2B-Instruct" / "snapshots" / "895c3a4"
+    shutil.copytree(tiny_qwen2_vl_dir, snapshot)
+    (snapshot / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    assert Qwen2VLBackbone(str(snapshot)).card_metadata() == {"base_model": ["Qwen/Qwen2-VL-2B-Instruct"],
+                                                              "license": "apache-2.0"}
