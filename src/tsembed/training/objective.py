@@ -122,12 +122,25 @@ class ContrastiveObjective(nn.Module):
         weights = mode.negative_weights(affinity, scores, usable, self.eans_config, keep)
         loss = info_nce(scores, positive, self.tau, weights)
         logs = _eans_logs(weights, affinity, negatives, usable)
+        logs["query_cosine"] = _mean_pairwise_cosine(queries)
+        logs["num_targets"] = float(scores.shape[1])
         if mode.reweights:  # the unweighted loss, comparable across stages and variants
             with torch.no_grad():
                 logs["infonce"] = float(info_nce(scores, positive, self.tau, usable.to(scores.dtype)))
         else:
             logs["infonce"] = float(loss.detach())
         return ContrastiveOutput(loss, logs)
+
+
+def _mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
+    """Mean cosine over distinct pairs; 1.0 when the batch has collapsed onto one direction (see training.collapse)."""
+    n = embeddings.shape[0]
+    if n < 2:
+        return float("nan")
+    with torch.no_grad():
+        unit = torch.nn.functional.normalize(embeddings.detach().float(), dim=-1)
+        total = unit.sum(0).pow(2).sum() - n  # Σ_{i≠j} cos(i, j) = |Σ u|² − Σ |u_i|²
+        return float(total / (n * (n - 1)))
 
 
 def _eans_logs(weights: torch.Tensor, affinity: torch.Tensor, negatives: torch.Tensor, usable: torch.Tensor) -> dict:

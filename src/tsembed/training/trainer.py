@@ -25,6 +25,7 @@ from tsembed.errors import ConfigError, TsembedError
 from tsembed.model import ModelConfig, TSEmbedModel
 from tsembed.moe import signature_size
 from tsembed.training import checkpoint as ckpt
+from tsembed.training.collapse import CollapseWatch
 from tsembed.training.config import TrainConfig
 from tsembed.training.data import BatchPlan, TrainingData, TrainSource
 from tsembed.training.distributed import is_distributed, rank, world_size
@@ -140,6 +141,7 @@ class Trainer:
         self.stage = 1 if config.schedule.stage1_steps > 0 or not config.eans.spec.active else 2
         self.switch_step: int | None = None if self.stage == 1 else 0
         self.history: list[dict[str, Any]] = []
+        self.collapse_watch = CollapseWatch()
 
     def _signature_dim(self) -> int:
         return signature_size(self.model.backbone) if self.model.has_adapters else 0
@@ -228,6 +230,9 @@ class Trainer:
         }
         self._maybe_switch(drift)
         record["switch_step"] = self.switch_step
+        if rank() == 0:
+            self.collapse_watch.update(batch.dataset, out.logs.get("query_cosine"), out.contrastive,
+                                       int(out.logs.get("num_targets", 0)), self.step)
         self.history.append(record)
         return out
 

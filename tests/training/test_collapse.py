@@ -1,0 +1,36 @@
+import math
+
+import pytest
+import torch
+
+from tsembed.training.collapse import CollapseWatch
+from tsembed.training.eans import EANSConfig
+from tsembed.training.objective import ContrastiveObjective, LossConfig, _mean_pairwise_cosine
+
+
+def test_mean_pairwise_cosine_matches_the_pair_loop():
+    torch.manual_seed(0)
+    x = torch.randn(7, 5)
+    unit = torch.nn.functional.normalize(x, dim=-1)
+    pairs = [float(unit[i] @ unit[j]) for i in range(7) for j in range(7) if i != j]
+    assert _mean_pairwise_cosine(x) == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
+    assert _mean_pairwise_cosine(torch.ones(4, 3) * 2.5) == pytest.approx(1.0, abs=1e-6)
+    assert math.isnan(_mean_pairwise_cosine(torch.ones(1, 3)))
+
+
+def test_collapsed_queries_tie_every_score_so_the_loss_is_log_m_and_is_flagged():
+    q = torch.nn.functional.normalize(torch.ones(4, 3), dim=-1)  # every query the same point
+    t = torch.nn.functional.normalize(torch.tensor([[1.0, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]]), dim=-1)
+    objective = ContrastiveObjective(LossConfig(tau=0.05), EANSConfig(mode="off"))
+    out = objective(q, t, None, None, torch.arange(4) + 10 * torch.arange(4), torch.full((4,), -1), False)
+    assert float(out.loss) == pytest.approx(math.log(4), abs=1e-5)
+    assert out.logs["query_cosine"] == pytest.approx(1.0, abs=1e-6) and out.logs["num_targets"] == 4
+
+
+def test_collapse_watch_warns_once_after_a_streak(caplog):
+    watch = CollapseWatch(threshold=0.99, patience=3)
+    fired = [watch.update("A", c, 4.16, 64, step) for step, c in enumerate([0.999, 0.999, 0.5, 0.999, 0.999, 0.999,
+                                                                          0.999, 0.999])]
+    assert fired == [False, False, False, False, False, True, False, False]  # the streak restarts after 0.5
+    assert "dataset A" in caplog.text and "log(64 targets)" in caplog.text
+    assert not watch.update("mixed", 1.0, 4.16, 64, 9) and not watch.update("B", None, 4.16, 64, 9)
