@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# §9 pair diagnostics: TintSameEmoji + TintSameColour only, 100 steps (50 per task), dev, seed 0. Run from the repository root.
+# The ablate runs with task hints fail at their own eval (it covers all six datasets); the eval lines below evaluate the pair.
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+common=(--suite suite-conflict --eval-split dev --seeds 0 --set schedule.steps=100 --set schedule.stage1_steps=50
+  --set run.num_threads=1 --set run.progress=false --set "data.datasets=[TintSameEmoji,TintSameColour]")
+oracle=(--variant tsembed_weight --set "model.moe.task_hints=[shape,colour]" --set model.moe.task_hint_init=8.0)
+.venv/bin/tsembed ablate "${common[@]}" --variant lora --out runs/conflict/pair/lora
+.venv/bin/tsembed ablate "${common[@]}" "${oracle[@]}" --out runs/conflict/pair/oracle
+.venv/bin/tsembed ablate "${common[@]}" "${oracle[@]}" --set optim.lr=3e-4 --out runs/conflict/pair/oracle-lr3e-4
+.venv/bin/tsembed ablate "${common[@]}" "${oracle[@]}" --set data.homogeneous=false --out runs/conflict/pair/oracle-mixed
+.venv/bin/tsembed ablate "${common[@]}" --set loss.guard_own_negatives=false --variant lora --out runs/conflict/pair/lora-ownneg
+.venv/bin/tsembed ablate "${common[@]}" "${oracle[@]}" --set loss.guard_own_negatives=false --out runs/conflict/pair/oracle-ownneg
+for v in oracle oracle-lr3e-4 oracle-mixed oracle-ownneg; do
+  .venv/bin/tsembed eval -m runs/conflict/pair/$v/seed0/tsembed_weight/model -s suite-conflict -d TintSameEmoji,TintSameColour \
+    --split dev -o runs/conflict/pair/$v/seed0/tsembed_weight/dev
+done
+python docs/results/conflict/scripts/collapse.py runs/conflict/pair/oracle/seed0/tsembed_weight/model colour
