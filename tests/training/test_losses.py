@@ -68,3 +68,17 @@ def test_bank_mine_never_returns_positive_or_excluded():
     assert bank.drift() is None
     bank.update(torch.tensor([0]), torch.tensor([[0.0, 1.0]]))
     assert bank.drift() == pytest.approx(math.sqrt(2))
+
+
+def test_uniformity_matches_the_pair_loop_and_pulls_a_collapsed_batch_apart():
+    from tsembed.training.losses import uniformity
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+    u = torch.nn.functional.normalize(x, dim=-1)
+    terms = [torch.exp(-2.0 * (u[i] - u[j]).pow(2).sum()) for i in range(5) for j in range(5) if i != j]
+    assert float(uniformity(x)) == pytest.approx(math.log(float(sum(terms)) / len(terms)), abs=1e-5)
+    collapsed = (torch.ones(4, 3) + 1e-3 * torch.randn(4, 3)).requires_grad_()
+    assert float(uniformity(collapsed)) == pytest.approx(0.0, abs=1e-3)  # the maximum: every distance 0
+    uniformity(collapsed).backward()
+    assert float(collapsed.grad.norm()) > 1e-3  # InfoNCE's gradient vanishes here; this one does not

@@ -162,3 +162,19 @@ def test_eans_modes_are_one_registry():
         EANSConfig(mode="bogus")
     with pytest.raises(ConfigError, match="hardness_beta"):
         EANSConfig(hardness_beta=float("nan"))
+
+
+def test_uniformity_weight_adds_the_term_and_is_validated():
+    from tsembed.training.losses import uniformity
+
+    torch.manual_seed(0)
+    q, t = torch.randn(4, 8), torch.randn(4, 8)
+    args = (q, t, None, None, torch.arange(4), torch.full((4,), -1), False)
+    plain = ContrastiveObjective(LossConfig(), EANSConfig(mode="off"))(*args)
+    spread = ContrastiveObjective(LossConfig(uniformity_weight=0.5), EANSConfig(mode="off"))(*args)
+    expected = float(plain.loss) + 0.5 * float((uniformity(q) + uniformity(t)) / 2)
+    assert float(spread.loss) == pytest.approx(expected, rel=1e-5)
+    assert spread.logs["infonce"] == pytest.approx(float(plain.loss), rel=1e-6)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="uniformity_weight"):
+            LossConfig(uniformity_weight=bad)

@@ -35,6 +35,21 @@ def info_nce(
     return (torch.logsumexp(logits, dim=-1) - logits[rows, positive]).mean()
 
 
+def uniformity(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Wang & Isola (2020): log mean_{i≠j} exp(−t·‖x_i − x_j‖²) over unit-normalised rows.
+
+    Its minimum spreads the rows over the sphere; unlike InfoNCE its gradient does not vanish when every row is
+    the same point, which is what lets it pull a collapsed task back out (training.collapse).
+    """
+    n = embeddings.shape[0]
+    if n < 2:
+        return embeddings.sum() * 0.0
+    unit = torch.nn.functional.normalize(embeddings, dim=-1)
+    sq = (2.0 - 2.0 * unit @ unit.T).clamp_min(0.0)  # squared distances of unit vectors
+    off = ~torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    return torch.logsumexp(-t * sq[off], dim=0) - torch.log(torch.tensor(float(n * (n - 1))))
+
+
 def negative_mask(positive: torch.Tensor, num_candidates: int) -> torch.Tensor:
     """True where column j is a negative of query i ([N, M]): every column but the positive."""
     mask = torch.ones(positive.shape[0], num_candidates, dtype=torch.bool, device=positive.device)

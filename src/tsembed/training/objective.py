@@ -16,7 +16,7 @@ from torch import nn
 from tsembed.errors import ConfigError
 from tsembed.training.distributed import gather_no_grad, gather_with_grad, rank
 from tsembed.training.eans import PLAIN_INFONCE, EANSConfig
-from tsembed.training.losses import false_negative_mask, info_nce, negative_mask
+from tsembed.training.losses import false_negative_mask, info_nce, negative_mask, uniformity
 
 
 @dataclass
@@ -37,6 +37,9 @@ class LossConfig:
         exactly the dataset specialisation the router should learn; a window balances usage across datasets.
         Default 20: with a router at the full lr it is what lets routing specialise on the dev split
         (docs/results/routing-diagnosis/ §1, §5).
+    uniformity_weight: weight of Wang & Isola's uniformity term on this rank's queries and targets (mean of the
+        two); 0 (default) is off. It keeps a gradient at the collapsed point where InfoNCE has none
+        (docs/results/conflict §9).
     """
 
     tau: float = 0.02
@@ -47,8 +50,11 @@ class LossConfig:
     load_balance_weight: float = 0.01
     z_loss_weight: float = 0.001
     load_balance_window: int = 20
+    uniformity_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.uniformity_weight) or self.uniformity_weight < 0:
+            raise ConfigError(f"loss.uniformity_weight must be a finite number >= 0, got {self.uniformity_weight!r}")
         if self.tau <= 0:
             raise ConfigError(f"loss.tau must be > 0, got {self.tau!r}")
         if self.load_balance_weight < 0 or self.z_loss_weight < 0:
@@ -129,6 +135,10 @@ class ContrastiveObjective(nn.Module):
                 logs["infonce"] = float(info_nce(scores, positive, self.tau, usable.to(scores.dtype)))
         else:
             logs["infonce"] = float(loss.detach())
+        if self.loss_config.uniformity_weight:
+            spread = (uniformity(queries) + uniformity(targets)) / 2
+            logs["uniformity"] = float(spread.detach())
+            loss = loss + self.loss_config.uniformity_weight * spread
         return ContrastiveOutput(loss, logs)
 
 
