@@ -8,17 +8,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tsembed.training.distributed import wrap_ddp
 from tsembed.training.eans import EANSConfig
 from tsembed.training.objective import ContrastiveObjective, LossConfig
-from tsembed.training.step import ContrastiveBatch, contrastive_step
+from tsembed.training.step import ContrastiveBatch, ContrastiveTask, contrastive_step
 
 from .helpers import grads, toy_batch, toy_model
 
 
-def _combined(world: int) -> tuple[list[ContrastiveBatch], ContrastiveBatch]:
+def _combined(world: int, step: int = 0) -> tuple[list[ContrastiveBatch], ContrastiveBatch]:
     """The ranks' batches and their concatenation (all positives first, then all hard negatives)."""
     n, hard = 4, 2
-    parts = [toy_batch(n=n, hard=hard, seed=r) for r in range(world)]
+    parts = [toy_batch(n=n, hard=hard, seed=r + 10 * step) for r in range(world)]
     queries = [q for p in parts for q in p.queries]
     targets = [t for p in parts for t in p.targets[:n]] + [t for p in parts for t in p.targets[n:]]
     ids = torch.cat([p.target_ids[:n] for p in parts] + [p.target_ids[n:] for p in parts])
@@ -35,11 +36,9 @@ def _worker(rank: int, world: int, port: int, chunk, out_path: str) -> None:
         model = toy_model()
         objective = ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1), EANSConfig(mode="weight"))
         parts, _ = _combined(world)
-        out = contrastive_step(model, objective, parts[rank], eans_active=True, chunk_size=chunk)
+        task = wrap_ddp(ContrastiveTask(model, objective), torch.device("cpu"))  # DDP averages the gradients
+        out = contrastive_step(model, objective, parts[rank], eans_active=True, chunk_size=chunk, task=task)
         g = grads(model)
-        for value in g.values():  # what DDP does: average gradients over ranks
-            dist.all_reduce(value)
-            value /= world
         losses = [torch.zeros(1) for _ in range(world)]
         dist.all_gather(losses, torch.tensor([out.contrastive]))
         if rank == 0:
@@ -71,3 +70,59 @@ def test_two_processes_equal_one_process_with_whole_batch(tmp_path, chunk):
     assert set(result["grads"]) == set(expected)
     for name, value in expected.items():
         torch.testing.assert_close(result["grads"][name], value, atol=1e-6, rtol=1e-4, msg=name)
+
+
+STEPS = 3
+
+
+def _train(model, objective, batches: list[ContrastiveBatch], task=None) -> list[float]:
+    """A few AdamW steps through GradCache (chunks of 3) with a learnable τ; the contrastive loss of each."""
+    params = [p for p in model.parameters() if p.requires_grad] + [objective.log_tau]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    losses = []
+    for batch in batches:
+        out = contrastive_step(model, objective, batch, eans_active=True, chunk_size=3, task=task)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(out.contrastive)
+    return losses
+
+
+def _objective() -> ContrastiveObjective:
+    return ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1, learnable_tau=True),
+                                EANSConfig(mode="weight"))
+
+
+def _ddp_steps_worker(rank: int, world: int, port: int, out_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model, objective = toy_model(), _objective()
+        task = wrap_ddp(ContrastiveTask(model, objective), torch.device("cpu"))
+        losses = _train(model, objective, [_combined(world, s)[0][rank] for s in range(STEPS)], task)
+        gathered = [torch.zeros(STEPS) for _ in range(world)]
+        dist.all_gather(gathered, torch.tensor(losses))
+        if rank == 0:
+            state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            torch.save({"state": state, "tau": objective.log_tau.detach().clone(),
+                        "losses": torch.stack(gathered).mean(0)}, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_training_with_gradcache_and_a_learnable_tau_equals_one_process(tmp_path):
+    """Several optimiser steps: a learnable τ (used outside DDP's forward by GradCache's first pass) and
+    parameters used only by earlier chunks are averaged too, or the ranks' weights drift apart."""
+    world = 2
+    out_path = str(tmp_path / "rank0.pt")
+    mp.start_processes(_ddp_steps_worker, args=(world, _free_port(), out_path), nprocs=world, start_method="spawn")
+    result = torch.load(out_path)
+
+    model, objective = toy_model(), _objective()
+    losses = _train(model, objective, [_combined(world, s)[1] for s in range(STEPS)])
+    torch.testing.assert_close(result["losses"], torch.tensor(losses), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result["tau"], objective.log_tau.detach(), rtol=1e-4, atol=1e-6)
+    for name, value in model.named_parameters():
+        if value.requires_grad:
+            torch.testing.assert_close(result["state"][name], value.detach(), rtol=1e-4, atol=1e-5, msg=name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def is_distributed() -> bool:
@@ -16,6 +18,21 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in ``DistributedDataParallel`` when running distributed, else ``module`` itself.
+
+    DDP averages gradients over ranks in buckets during the backward, overlapping communication with it.
+    ``find_unused_parameters``: a step need not use every trainable parameter (task-hint biases only for
+    inputs that declare a task; a learnable τ enters GradCache's loss on cached embeddings, outside any
+    DDP forward), and DDP must not wait for gradients that never come. It costs one walk of the autograd
+    graph per synchronised forward.
+    """
+    if not is_distributed():
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 class _GatherWithGrad(torch.autograd.Function):
