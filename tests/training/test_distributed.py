@@ -1,5 +1,6 @@
 """Two gloo processes must give the loss and gradients of one process with the concatenated batch."""
 
+import math
 import os
 import socket
 
@@ -7,11 +8,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from tsembed.training.distributed import wrap_ddp
 from tsembed.training.eans import EANSConfig
 from tsembed.training.objective import ContrastiveObjective, LossConfig
 from tsembed.training.step import ContrastiveBatch, ContrastiveTask, contrastive_step
+from tsembed.training.trainer import Trainer, init_distributed
 
 from .helpers import grads, toy_batch, toy_model
 
@@ -126,3 +129,35 @@ def test_ddp_training_with_gradcache_and_a_learnable_tau_equals_one_process(tmp_
     for name, value in model.named_parameters():
         if value.requires_grad:
             torch.testing.assert_close(result["state"][name], value.detach(), rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _trainer_worker(rank: int, world: int, port: int, config, out_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    init_distributed()
+    try:
+        trainer = Trainer(config, model=toy_model())
+        assert isinstance(trainer.task, DistributedDataParallel)
+        trainer.fit()
+        flat = torch.cat([p.detach().flatten() for p in trainer.trainable])
+        replicas = [torch.zeros_like(flat) for _ in range(world)]
+        dist.all_gather(replicas, flat)
+        if rank == 0:
+            torch.save({"replicas": replicas, "losses": [r["loss"] for r in trainer.history]}, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_trainer_under_two_processes_keeps_the_replicas_identical(tmp_path):
+    """The trainer as torchrun runs it: DDP over model + objective, GradCache, DataLoader workers, EANS stage 2."""
+    from .test_trainer import make_config, write_train_files
+
+    config = make_config(write_train_files(tmp_path), tmp_path, data={"num_workers": 1, "batch_size": 4},
+                         run={"chunk_size": 3}, loss={"learnable_tau": True}, eans={"mode": "mine"})
+    out_path = str(tmp_path / "rank0.pt")
+    mp.start_processes(_trainer_worker, args=(2, _free_port(), config, out_path), nprocs=2, start_method="spawn")
+    result = torch.load(out_path)
+    assert len(result["losses"]) == 6 and all(math.isfinite(x) for x in result["losses"])
+    torch.testing.assert_close(result["replicas"][1], result["replicas"][0], rtol=0, atol=0)
+    assert (tmp_path / "run" / "model" / "tsembed_config.json").is_file()  # rank 0 saved the model

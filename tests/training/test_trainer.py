@@ -19,8 +19,11 @@ ANIMALS = WORDS[3:6]
 
 @pytest.fixture(scope="module")
 def train_files(tmp_path_factory):
+    return write_train_files(tmp_path_factory.mktemp("train"))
+
+
+def write_train_files(root) -> list[dict]:
     """Two small text-only MMEB train files with learnable structure."""
-    root = tmp_path_factory.mktemp("train")
     files = []
     for name, labels in (("colors", COLORS), ("animals", ANIMALS)):
         path = root / f"{name}.jsonl"
