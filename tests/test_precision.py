@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from tests.toy_backbone import ToyBackbone
-from tsembed.data.inputs import EmbedInput
 from tsembed.errors import ConfigError
+from tsembed.inputs import EmbedInput
 from tsembed.precision import autocast, check_precision, grad_scaler, keep_in_float32
 
 

@@ -253,15 +253,19 @@ def contrastive_step(
                 return value
             return head
 
-        # pass 2: re-run each chunk with a graph, replaying its RNG, and push the cached gradient through.
-        # Under DDP the gradients accumulate locally (no_sync) and are averaged during the last chunk's
-        # backward, bucket by bucket as they become ready: one reduction per step, overlapping that backward.
-        chunks = list(zip(q_prepared + t_prepared, rng_states, grads, strict=True))
-        for i, (chunk, state, grad) in enumerate(chunks):
-            last = i == len(chunks) - 1
-            local = isinstance(task, DistributedDataParallel) and not last
-            with task.no_sync() if local else contextlib.nullcontext():
-                with _rng_replay(state):
-                    value = task([chunk], surrogate(grad))
-                value.backward()
+        _backward_chunks(task, q_prepared + t_prepared, rng_states, [surrogate(g) for g in grads])
     return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
+
+
+def _backward_chunks(task: nn.Module, chunks: list[dict], rng_states: list[dict], heads: list[Callable]) -> None:
+    """GradCache pass 2: re-run each chunk with a graph, replaying its RNG, and back-propagate its head.
+
+    Under DDP the gradients accumulate locally (``no_sync``) and are averaged during the last chunk's backward,
+    bucket by bucket as they become ready: one reduction per step, overlapping that backward.
+    """
+    ddp = isinstance(task, DistributedDataParallel)
+    for i, (chunk, state, head) in enumerate(zip(chunks, rng_states, heads, strict=True)):
+        with task.no_sync() if ddp and i < len(chunks) - 1 else contextlib.nullcontext():
+            with _rng_replay(state):
+                value = task([chunk], head)
+            value.backward()

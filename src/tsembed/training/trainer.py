@@ -9,6 +9,7 @@ and decode images for the coming steps meanwhile.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -376,3 +377,14 @@ def init_distributed() -> None:
         dist.init_process_group(backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, as torchrun runs should end; a no-op in one process.
+
+    Call it once the Trainer is gone: a DDP reducer that outlives the group destroys it while holding the
+    GIL, and gloo's worker thread may need the GIL to release its last collective (a deadlock at exit).
+    """
+    if is_distributed():
+        gc.collect()  # DDP objects caught in reference cycles go first, while the group is alive
+        dist.destroy_process_group()
