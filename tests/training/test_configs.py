@@ -50,3 +50,10 @@ def test_out_of_range_values_are_rejected_naming_the_key(override, key):
 def test_zero_grad_clip_and_null_mean_no_clipping():
     assert load_train_config(overrides=["optim.grad_clip=0"]).optim.grad_clip == 0
     assert load_train_config(overrides=["optim.grad_clip=null"]).optim.grad_clip is None
+
+
+def test_qwen2vl_config_trains_fp32_adapters_under_bf16_autocast_with_workers():
+    config = load_train_config(CONFIGS[0].parent / "qwen2vl_mmeb.yaml")
+    assert config.model.backbone["dtype"] == "bfloat16"  # the frozen base
+    assert config.model.moe["adapter_dtype"] == "float32"
+    assert config.run.precision == "bf16" and config.data.num_workers > 0

@@ -1,5 +1,6 @@
 """Two gloo processes must give the loss and gradients of one process with the concatenated batch."""
 
+import math
 import os
 import socket
 
@@ -7,18 +8,21 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
+from tsembed.training.distributed import wrap_ddp
 from tsembed.training.eans import EANSConfig
 from tsembed.training.objective import ContrastiveObjective, LossConfig
-from tsembed.training.step import ContrastiveBatch, contrastive_step
+from tsembed.training.step import ContrastiveBatch, ContrastiveTask, contrastive_step
+from tsembed.training.trainer import Trainer, init_distributed, shutdown_distributed
 
 from .helpers import grads, toy_batch, toy_model
 
 
-def _combined(world: int) -> tuple[list[ContrastiveBatch], ContrastiveBatch]:
+def _combined(world: int, step: int = 0) -> tuple[list[ContrastiveBatch], ContrastiveBatch]:
     """The ranks' batches and their concatenation (all positives first, then all hard negatives)."""
     n, hard = 4, 2
-    parts = [toy_batch(n=n, hard=hard, seed=r) for r in range(world)]
+    parts = [toy_batch(n=n, hard=hard, seed=r + 10 * step) for r in range(world)]
     queries = [q for p in parts for q in p.queries]
     targets = [t for p in parts for t in p.targets[:n]] + [t for p in parts for t in p.targets[n:]]
     ids = torch.cat([p.target_ids[:n] for p in parts] + [p.target_ids[n:] for p in parts])
@@ -27,25 +31,33 @@ def _combined(world: int) -> tuple[list[ContrastiveBatch], ContrastiveBatch]:
     return parts, ContrastiveBatch(queries, targets, query_ids, ids, owner)
 
 
-def _worker(rank: int, world: int, port: int, chunk, out_path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _in_process_group(rank: int, world: int, port: int, body, *args) -> None:
+    """``body(rank, world, *args)`` in a gloo group started as torchrun starts one, then the group goes.
+
+    DDP must go first (see ``shutdown_distributed``; destroying the group under a live DDP deadlocked about
+    one run in ten): ``body`` keeps its DDP objects to itself, so they are freed when it returns.
+    """
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_distributed()
     try:
-        model = toy_model()
-        objective = ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1), EANSConfig(mode="weight"))
-        parts, _ = _combined(world)
-        out = contrastive_step(model, objective, parts[rank], eans_active=True, chunk_size=chunk)
-        g = grads(model)
-        for value in g.values():  # what DDP does: average gradients over ranks
-            dist.all_reduce(value)
-            value /= world
-        losses = [torch.zeros(1) for _ in range(world)]
-        dist.all_gather(losses, torch.tensor([out.contrastive]))
-        if rank == 0:
-            torch.save({"grads": g, "loss": float(torch.cat(losses).mean())}, out_path)
+        body(rank, world, *args)
     finally:
-        dist.destroy_process_group()
+        shutdown_distributed()
+
+
+def _step_body(rank: int, world: int, chunk, out_path: str) -> None:
+    model = toy_model()
+    objective = ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1), EANSConfig(mode="weight"))
+    parts, _ = _combined(world)
+    task = wrap_ddp(ContrastiveTask(model, objective), torch.device("cpu"))  # DDP averages the gradients
+    out = contrastive_step(model, objective, parts[rank], eans_active=True, chunk_size=chunk, task=task)
+    g = grads(model)
+    losses = [torch.zeros(1) for _ in range(world)]
+    dist.all_gather(losses, torch.tensor([out.contrastive]))
+    if rank == 0:
+        torch.save({"grads": g, "loss": float(torch.cat(losses).mean())}, out_path)
 
 
 def _free_port() -> int:
@@ -59,7 +71,8 @@ def _free_port() -> int:
 def test_two_processes_equal_one_process_with_whole_batch(tmp_path, chunk):
     world = 2
     out_path = str(tmp_path / "rank0.pt")
-    mp.start_processes(_worker, args=(world, _free_port(), chunk, out_path), nprocs=world, start_method="spawn")
+    mp.start_processes(_in_process_group, args=(world, _free_port(), _step_body, chunk, out_path), nprocs=world,
+                       start_method="spawn")
     result = torch.load(out_path)
 
     model = toy_model()
@@ -71,3 +84,82 @@ def test_two_processes_equal_one_process_with_whole_batch(tmp_path, chunk):
     assert set(result["grads"]) == set(expected)
     for name, value in expected.items():
         torch.testing.assert_close(result["grads"][name], value, atol=1e-6, rtol=1e-4, msg=name)
+
+
+STEPS = 3
+
+
+def _train(model, objective, batches: list[ContrastiveBatch], task=None) -> list[float]:
+    """A few AdamW steps through GradCache (chunks of 3) with a learnable τ; the contrastive loss of each."""
+    params = [p for p in model.parameters() if p.requires_grad] + [objective.log_tau]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    losses = []
+    for batch in batches:
+        out = contrastive_step(model, objective, batch, eans_active=True, chunk_size=3, task=task)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(out.contrastive)
+    return losses
+
+
+def _objective() -> ContrastiveObjective:
+    return ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1, learnable_tau=True),
+                                EANSConfig(mode="weight"))
+
+
+def _ddp_steps_body(rank: int, world: int, out_path: str) -> None:
+    model, objective = toy_model(), _objective()
+    task = wrap_ddp(ContrastiveTask(model, objective), torch.device("cpu"))
+    losses = _train(model, objective, [_combined(world, s)[0][rank] for s in range(STEPS)], task)
+    gathered = [torch.zeros(STEPS) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor(losses))
+    if rank == 0:
+        state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        torch.save({"state": state, "tau": objective.log_tau.detach().clone(),
+                    "losses": torch.stack(gathered).mean(0)}, out_path)
+
+
+@pytest.mark.slow  # starts two processes
+def test_ddp_training_with_gradcache_and_a_learnable_tau_equals_one_process(tmp_path):
+    """Several optimiser steps: a learnable τ (used outside DDP's forward by GradCache's first pass) and
+    parameters used only by earlier chunks are averaged too, or the ranks' weights drift apart."""
+    world = 2
+    out_path = str(tmp_path / "rank0.pt")
+    mp.start_processes(_in_process_group, args=(world, _free_port(), _ddp_steps_body, out_path), nprocs=world,
+                       start_method="spawn")
+    result = torch.load(out_path)
+
+    model, objective = toy_model(), _objective()
+    losses = _train(model, objective, [_combined(world, s)[1] for s in range(STEPS)])
+    torch.testing.assert_close(result["losses"], torch.tensor(losses), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result["tau"], objective.log_tau.detach(), rtol=1e-4, atol=1e-6)
+    for name, value in model.named_parameters():
+        if value.requires_grad:
+            torch.testing.assert_close(result["state"][name], value.detach(), rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _trainer_body(rank: int, world: int, config, out_path: str) -> None:
+    trainer = Trainer(config, model=toy_model())
+    assert isinstance(trainer.task, DistributedDataParallel)
+    trainer.fit()
+    flat = torch.cat([p.detach().flatten() for p in trainer.trainable])
+    replicas = [torch.zeros_like(flat) for _ in range(world)]
+    dist.all_gather(replicas, flat)
+    if rank == 0:
+        torch.save({"replicas": replicas, "losses": [r["loss"] for r in trainer.history]}, out_path)
+
+
+@pytest.mark.slow  # starts two processes, each with a DataLoader worker
+def test_trainer_under_two_processes_keeps_the_replicas_identical(tmp_path):
+    """The trainer as torchrun runs it: DDP over model + objective, GradCache, DataLoader workers, EANS stage 2."""
+    from .test_trainer import make_config, write_train_files
+
+    config = make_config(write_train_files(tmp_path), tmp_path, data={"num_workers": 1, "batch_size": 4},
+                         run={"chunk_size": 3}, loss={"learnable_tau": True}, eans={"mode": "mine"})
+    out_path = str(tmp_path / "rank0.pt")
+    mp.start_processes(_in_process_group, args=(2, _free_port(), _trainer_body, config, out_path), nprocs=2,
+                       start_method="spawn")
+    result = torch.load(out_path)
+    assert len(result["losses"]) == 6 and all(math.isfinite(x) for x in result["losses"])
+    torch.testing.assert_close(result["replicas"][1], result["replicas"][0], rtol=0, atol=0)
+    assert (tmp_path / "run" / "model" / "tsembed_config.json").is_file()  # rank 0 saved the model

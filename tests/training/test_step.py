@@ -7,7 +7,7 @@ from tsembed.errors import ConfigError
 from tsembed.moe import aux_losses
 from tsembed.training.eans import EANSConfig
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage, LossConfig
-from tsembed.training.step import contrastive_step
+from tsembed.training.step import ContrastiveTask, contrastive_step, prepare_batch
 
 from .helpers import grads, toy_batch, toy_model
 
@@ -178,3 +178,37 @@ def test_uniformity_weight_adds_the_term_and_is_validated():
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="uniformity_weight"):
             LossConfig(uniformity_weight=bad)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_gradient_scaler_scales_every_backward_of_a_step(chunk_size):
+    """fp16's loss scale multiplies every gradient of the step, GradCache's two passes and τ's included,
+    so unscaling gives back the unscaled step's gradients exactly."""
+    loss_cfg = LossConfig(tau=0.05, load_balance_weight=0.1, z_loss_weight=0.01, learnable_tau=True)
+    plain, scaled = toy_model(level="sequence"), toy_model(level="sequence")
+    objective, objective_s = (ContrastiveObjective(loss_cfg, EANSConfig(mode="weight")) for _ in range(2))
+    batch = toy_batch(n=8, hard=3)
+    contrastive_step(plain, objective, batch, eans_active=True, chunk_size=chunk_size)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    contrastive_step(scaled, objective_s, batch, eans_active=True, chunk_size=chunk_size,
+                     task=ContrastiveTask(scaled, objective_s), scaler=scaler)
+    expected, got = grads(plain), grads(scaled)
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], 1024.0 * expected[name], rtol=1e-4, atol=1e-4, msg=name)
+    torch.testing.assert_close(objective_s.log_tau.grad, 1024.0 * objective.log_tau.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_prepared_batches_and_bf16_autocast_reach_the_forward():
+    model = toy_model()
+    objective = ContrastiveObjective(LossConfig(), EANSConfig(mode="off"))
+    batch = toy_batch()
+    reference = contrastive_step(model, objective, batch, eans_active=False, backward=False)
+    prepared = prepare_batch(model, batch, chunk_size=None)
+    same = contrastive_step(model, objective, batch, eans_active=False, backward=False, prepared=prepared)
+    assert same.loss == reference.loss
+    task = ContrastiveTask(model, objective, precision="bf16")
+    low = contrastive_step(model, objective, batch, eans_active=False, backward=False, task=task)
+    assert low.loss != reference.loss and low.loss == pytest.approx(reference.loss, rel=0.05)
+    with pytest.raises(ValueError, match="task must wrap the model and objective"):
+        contrastive_step(toy_model(), objective, batch, eans_active=False, task=task)

@@ -3,9 +3,11 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tsembed.configtools import from_dict
 from tsembed.errors import ConfigError
+from tsembed.moe import adapter_state_dict
 from tsembed.training.config import TrainConfig, load_train_config
 from tsembed.training.trainer import Trainer, TrainingDiverged
 
@@ -17,8 +19,11 @@ ANIMALS = WORDS[3:6]
 
 @pytest.fixture(scope="module")
 def train_files(tmp_path_factory):
+    return write_train_files(tmp_path_factory.mktemp("train"))
+
+
+def write_train_files(root) -> list[dict]:
     """Two small text-only MMEB train files with learnable structure."""
-    root = tmp_path_factory.mktemp("train")
     files = []
     for name, labels in (("colors", COLORS), ("animals", ANIMALS)):
         path = root / f"{name}.jsonl"
@@ -72,6 +77,44 @@ def test_resume_reproduces_uninterrupted_run(train_files, tmp_path, mode, window
     resumed.fit(resume="auto")
     assert resumed.step == 6 and resumed.switch_step == 3
     assert losses(tmp_path / "b" / "run") == pytest.approx(full, rel=1e-5)
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model" / "adapters" / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("mode", ["weight", "mine"])
+def test_resume_with_data_loader_workers_reproduces_uninterrupted_run(train_files, tmp_path, mode):
+    """Batches prepared ahead by two worker processes: straight through, killed and resumed, and prepared on
+    the training thread, the three runs see the same batches and random numbers."""
+    sections = {"eans": {"mode": mode}, "data": {"num_workers": 2, "prefetch_factor": 2}}
+    Trainer(make_config(train_files, tmp_path / "a", **sections), model=toy_model()).fit()
+
+    killed = Trainer(make_config(train_files, tmp_path / "b", **sections), model=toy_model())
+    original_step = killed.train_step
+
+    def step_then_die():
+        if killed.step == 4:  # killed after step 4, with steps 5 and 6 already prepared by the workers
+            raise KeyboardInterrupt
+        return original_step()
+
+    killed.train_step = step_then_die
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    Trainer(make_config(train_files, tmp_path / "b", **sections), model=toy_model()).fit(resume="auto")
+    inline = {**sections, "data": {"num_workers": 0}}
+    Trainer(make_config(train_files, tmp_path / "c", **inline), model=toy_model()).fit()
+
+    full = losses(tmp_path / "a" / "run")
+    assert len(full) == 6
+    assert losses(tmp_path / "b" / "run") == pytest.approx(full, rel=1e-6)
+    assert losses(tmp_path / "c" / "run") == pytest.approx(full, rel=1e-6)
+    expected = final_weights(tmp_path / "a" / "run")
+    for other in ("b", "c"):
+        got = final_weights(tmp_path / other / "run")
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, rtol=1e-6, atol=1e-7, msg=f"{other}: {key}")
 
 
 def test_stage_switch_by_steps_and_router_lr(train_files, tmp_path):
@@ -139,3 +182,49 @@ def test_task_hints_reach_the_routers_and_train(train_files, tmp_path):
     assert hints and all(float(h.detach().abs().sum()) > 0 for h in hints)  # zero at init, learned since
     with pytest.raises(ConfigError, match="unknown keys"):
         make_config([{**train_files[0], "tasks": "x"}], tmp_path)
+
+
+def test_bf16_autocast_trains_fp32_adapters(train_files, tmp_path):
+    """run.precision=bf16 (CPU autocast here): forward passes in bf16, every adapter tensor stays fp32 and
+    trains, and the loss stays within bf16's reach of the fp32 run's."""
+    schedule = {"steps": 3, "stage1_steps": 1}
+    fp32 = Trainer(make_config(train_files, tmp_path / "fp32", schedule=schedule), model=toy_model())
+    fp32.fit()
+    trainer = Trainer(make_config(train_files, tmp_path / "bf16", schedule=schedule, run={"precision": "bf16"}),
+                      model=toy_model())
+    before = {k: v.detach().clone() for k, v in adapter_state_dict(trainer.model.backbone).items()}
+    trainer.fit()
+    after = adapter_state_dict(trainer.model.backbone)
+    assert {v.dtype for v in after.values()} == {torch.float32}
+    assert all(not torch.equal(before[k], after[k].detach()) for k in before)
+    bf16_losses, fp32_losses = losses(tmp_path / "bf16" / "run"), losses(tmp_path / "fp32" / "run")
+    assert bf16_losses[0] != fp32_losses[0] and bf16_losses[0] == pytest.approx(fp32_losses[0], rel=0.05)
+
+
+def test_fp16_is_refused_on_a_cpu_and_unknown_precisions_name_the_key(train_files, tmp_path):
+    with pytest.raises(ConfigError, match=r"run.precision='fp16' needs a CUDA device, but this run is on 'cpu'"):
+        Trainer(make_config(train_files, tmp_path, run={"precision": "fp16"}), model=toy_model())
+    with pytest.raises(ConfigError, match=r"run.precision must be one of \['bf16', 'fp16', 'fp32'\], got 'half'"):
+        load_train_config(None, ["data.suite=s", "run.precision=half"])
+
+
+def test_fp16_steps_unscale_clip_and_checkpoint_the_gradient_scaler(train_files, tmp_path, monkeypatch):
+    """The fp16 path on a CPU (refused for real runs, see above; CPU autocast has fp16 kernels to test with)."""
+    import tsembed.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "check_precision", lambda precision, device: None)
+    cfg = make_config(train_files, tmp_path, run={"precision": "fp16"}, schedule={"steps": 4, "stage1_steps": 2})
+    trainer = Trainer(cfg, model=toy_model())
+    assert trainer.scaler is not None
+    trainer.fit()
+    assert all(math.isfinite(r["loss"]) for r in trainer.history)
+    # the scaler starts at 2^16: steps whose scaled gradients overflow are skipped and the scale backs off
+    assert trainer.scaler.get_scale() < 2.0**16
+    assert [r["loss_scale"] for r in trainer.history][-1] == trainer.scaler.get_scale()
+    finite = [r["grad_norm"] for r in trainer.history if math.isfinite(r["grad_norm"])]
+    assert finite and max(finite) < 1e3  # clipped and logged after unscaling
+    state = trainer.state_dict()["grad_scaler"]
+    assert state["scale"] == trainer.scaler.get_scale()
+    resumed = Trainer(cfg, model=toy_model())
+    resumed.load_state_dict(trainer.state_dict(), tmp_path / "run" / "model")
+    assert resumed.scaler.get_scale() == trainer.scaler.get_scale()

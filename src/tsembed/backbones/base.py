@@ -25,6 +25,7 @@ from torch import nn
 
 from tsembed.errors import AdapterError
 from tsembed.inputs import EmbedInput
+from tsembed.precision import keep_in_float32
 
 
 @dataclass
@@ -107,9 +108,10 @@ class Backbone(nn.Module):
         self.unfreeze_trainable_modules()
 
     def unfreeze_trainable_modules(self) -> None:
-        """Make ``trainable_modules`` trainable again (after ``tsembed.moe.attach`` froze them)."""
+        """Make ``trainable_modules`` trainable again (after ``tsembed.moe.attach`` froze them), as fp32
+        master weights on a bf16/fp16 base (``tsembed.precision.keep_in_float32``)."""
         for name in self.trainable_modules:
-            for param in self.get_submodule(name).parameters():
+            for param in keep_in_float32(self.get_submodule(name)).parameters():
                 param.requires_grad_(True)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -12,8 +12,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from tsembed.errors import ConfigError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from tsembed.precision import DTYPES
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -7,8 +7,11 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import torch
+
 from tsembed.errors import ConfigError
 from tsembed.moe.routers import ROUTERS
+from tsembed.precision import DTYPES
 
 ROUTING_LEVELS = ("token", "sequence")
 ROUTER_INPUTS = ("all", "text")
@@ -46,6 +49,10 @@ class MoELoRAConfig:
             the image tokens) where the backbone marks them (minilm-effnet, Qwen2-VL). For an image input the
             text is its instruction, so a query and a target of the same task meet in the same expert instead
             of being routed by picture content; an input with no text tokens routes on all of them.
+        adapter_dtype: dtype of the adapter, router and task-hint parameters, whatever the base's dtype:
+            ``float32`` (default: fp32 master weights that AdamW can update; the compute still runs in
+            bf16/fp16 under autocast, see ``tsembed.precision``), ``bfloat16`` or ``float16``. Saved adapters
+            keep it.
     """
 
     target_modules: list[str] = field(default_factory=list)
@@ -64,6 +71,7 @@ class MoELoRAConfig:
     task_hints: list[str] = field(default_factory=list)
     task_hint_init: float = 0.0
     router_input: str = "all"
+    adapter_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -114,12 +122,18 @@ class MoELoRAConfig:
             raise ConfigError(f"moe.task_hint_init must be a finite number, got {self.task_hint_init!r}")
         if self.task_hint_init and not self.task_hints:
             raise ConfigError("moe.task_hint_init needs moe.task_hints (the tasks whose bias it initialises)")
+        if self.adapter_dtype not in DTYPES:
+            raise ConfigError(f"moe.adapter_dtype must be one of {sorted(DTYPES)}, got {self.adapter_dtype!r}")
         if float(self.alpha) <= 0.0:
             raise ConfigError(f"moe.alpha must be > 0, got {self.alpha!r}")
 
     @property
     def scaling(self) -> float:
         return float(self.alpha) / self.rank
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.adapter_dtype]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

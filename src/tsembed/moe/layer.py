@@ -17,6 +17,7 @@ from tsembed.errors import AdapterError
 from tsembed.moe.config import MoELoRAConfig
 from tsembed.moe.routers import get_gate_fn
 from tsembed.moe.routing import LayerRouting, RoutingState, masked_mean
+from tsembed.precision import compute_input
 
 
 class MoELoRALinear(nn.Module):
@@ -49,7 +50,8 @@ class MoELoRALinear(nn.Module):
 
         weight = base_layer.weight
         total = (self.num_experts + self.num_shared) * self.rank
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        # fp32 master weights by default, whatever the base's dtype (tsembed.precision)
+        factory = {"device": weight.device, "dtype": config.dtype}
         self.lora_A = nn.Parameter(torch.empty(total, base_layer.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, total, **factory))
         self.router = nn.Linear(base_layer.in_features, self.num_experts, bias=False, **factory)
@@ -73,7 +75,7 @@ class MoELoRALinear(nn.Module):
         return self.base_layer.out_features
 
     def route(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Router logits and probabilities for x [B, L, d]: [B, L, E] (token) or [B, E] (sequence)."""
+        """Router logits and probabilities (fp32) for x [B, L, d]: [B, L, E] (token) or [B, E] (sequence)."""
         if self.level == "token":
             router_in = x
         else:
@@ -82,7 +84,8 @@ class MoELoRALinear(nn.Module):
         if self.training and self.jitter > 0:
             noise = torch.empty_like(router_in).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
             router_in = router_in * noise
-        logits = self.router(router_in.to(self.router.weight.dtype))
+        # the softmax, top-k and auxiliary losses read fp32 logits even when the GEMM ran in bf16
+        logits = self.router(compute_input(router_in, self.router.weight.dtype)).float()
         hints = self._state.hints_for(x.shape[0], self.name)
         if hints is not None and self.router_hint is not None:
             bias = self.router_hint[hints.clamp_min(0)] * (hints >= 0).unsqueeze(-1).to(logits.dtype)  # [B, E]
@@ -101,6 +104,7 @@ class MoELoRALinear(nn.Module):
                 f"MoE layer {self.name!r} expects inputs of shape [N, d] or [B, L, d], got {tuple(x.shape)}"
             )
         batch, length, _ = x3.shape
+        x3 = compute_input(x3, self.lora_A.dtype)  # bf16 activations meet fp32 adapters outside autocast
 
         logits, probs = self.route(x3, mask)
         self._state.records[self.name] = LayerRouting(probs=probs, logits=logits, mask=mask)
@@ -109,13 +113,12 @@ class MoELoRALinear(nn.Module):
             gates = gates.unsqueeze(1)  # [B, 1, E], broadcast over tokens
         if self.num_shared:
             gates = torch.cat([gates, gates.new_ones(*gates.shape[:-1], self.num_shared)], dim=-1)
+        hidden = F.linear(self.dropout(x3), self.lora_A)  # [B, L, (E+S)·r]; under autocast in its dtype
         # α/r rides on the small gate tensor instead of a pass over the [B, L, d_out] output.
-        gates = (gates * self.scaling).to(self.lora_A.dtype)
-
-        lora_in = self.dropout(x3).to(self.lora_A.dtype)
-        hidden = F.linear(lora_in, self.lora_A)  # [B, L, (E+S)·r]
+        gates = (gates * self.scaling).to(hidden.dtype)
         hidden = (hidden.view(batch, length, -1, self.rank) * gates.unsqueeze(-1)).view(batch * length, -1)
-        # result + hidden @ B^T in one GEMM with the add fused in: [B·L, d_out]
+        # result + hidden @ B^T in one GEMM with the add fused in: [B·L, d_out]; the sum is formed in the
+        # adapter's dtype (fp32 outside autocast) and only then rounded to the base output's dtype
         out = torch.addmm(result.reshape(batch * length, -1).to(hidden.dtype), hidden, self.lora_B.t())
         return out.view_as(result).to(result.dtype)
 

@@ -22,9 +22,10 @@ def register(app: typer.Typer) -> None:
         Runs as one CPU process or under torchrun / accelerate launch unchanged.
         """
         from tsembed.training.config import default_config_path, load_train_config
-        from tsembed.training.trainer import Trainer, init_distributed
+        from tsembed.training.trainer import Trainer, init_distributed, shutdown_distributed
 
         cfg = load_train_config(config or default_config_path(), overrides)  # validated before any model loads
         init_distributed()
         final = Trainer(cfg).fit(resume=resume)
+        shutdown_distributed()  # the Trainer (and its DDP) is gone by now
         typer.echo(f"model saved to {final}")

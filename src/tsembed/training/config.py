@@ -10,6 +10,7 @@ from typing import Any
 from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.errors import ConfigError
 from tsembed.moe import MoELoRAConfig
+from tsembed.precision import PRECISIONS
 from tsembed.training.eans import EANSConfig
 from tsembed.training.objective import LossConfig
 
@@ -71,6 +72,9 @@ class DataSection:
     ``image_root`` is where its image paths resolve, default the clone itself); or train_files:
     a list of ``{name, path, image_root, weight, task}`` (``task``: the hint its inputs declare, see
     ``moe.task_hints``; a suite's datasets declare their meta-task). homogeneous: every batch from one dataset.
+    num_workers: DataLoader worker processes that tokenise and decode images for the coming steps while the
+    model trains (0: on the training thread, as before); each keeps ``prefetch_factor`` steps ready. A step's
+    batch depends only on the step, so a resumed run sees the same batches with or without workers.
     """
 
     suite: str | None = None
@@ -83,9 +87,14 @@ class DataSection:
     weights: dict[str, float] = field(default_factory=dict)
     hard_negatives: bool = True
     skip_invalid: bool = False
+    num_workers: int = 0
+    prefetch_factor: int = 2
 
     def __post_init__(self) -> None:
         _check("data.batch_size", self.batch_size, self.batch_size >= 2, ">= 2 (in-batch negatives)")
+        _check("data.num_workers", self.num_workers, self.num_workers >= 0, ">= 0 (0: batches built on the "
+               "training thread)")
+        _check("data.prefetch_factor", self.prefetch_factor, self.prefetch_factor >= 1, ">= 1 (batches per worker)")
         if not self.suite and not self.train_files:
             raise ConfigError("data: give either data.suite (a suite directory) or data.train_files")
         _check("data.train_split", self.train_split, isinstance(self.train_split, str) and bool(self.train_split),
@@ -167,7 +176,11 @@ class OptimSection:
 
 @dataclass
 class RunSection:
-    """chunk_size: GradCache chunk (null = whole batch in one pass)."""
+    """chunk_size: GradCache chunk (null = whole batch in one pass).
+
+    precision: ``fp32``, or ``bf16`` / ``fp16`` autocast of the forward passes (fp16 with a gradient scaler,
+    CUDA only). Trainable parameters stay fp32 either way (``moe.adapter_dtype``); the loss is computed in fp32.
+    """
 
     output_dir: str = "runs/tsembed"
     seed: int = 0
@@ -179,9 +192,11 @@ class RunSection:
     num_threads: int | None = None
     tensorboard: bool = True
     progress: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _check("run.seed", self.seed, 0 <= self.seed < 2**32, "in [0, 2**32)")
+        _check("run.precision", self.precision, self.precision in PRECISIONS, f"one of {sorted(PRECISIONS)}")
         for name in ("chunk_size", "num_threads"):
             value = getattr(self, name)
             _check(f"run.{name}", value, value is None or value >= 1, ">= 1 or null")

@@ -1,23 +1,26 @@
-"""Training rows as batches: content ids for targets, task-homogeneous or mixed batching, mining hooks.
+"""Training rows as batches: content ids for targets, task-homogeneous or mixed batching, mining hooks,
+and the per-step dataset that DataLoader workers prepare ahead of the training thread.
 
 Batches are a pure function of (seed, epoch, position), so a resumed run sees exactly the batches the
-uninterrupted run would have seen.
+uninterrupted run would have seen, whichever process prepared them.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from tsembed.data.mmeb import read_train
 from tsembed.data.rows import TrainRow
 from tsembed.errors import ConfigError
 from tsembed.inputs import EmbedInput, InputKey, input_key, with_task
-from tsembed.training.step import ContrastiveBatch
+from tsembed.training.step import ContrastiveBatch, PreparedBatch, prepare_batch
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +172,56 @@ class BatchPlan:
             position -= len(self.epoch(epoch))
             epoch += 1
         return epoch, self.epoch(epoch)[position]
+
+
+@dataclass
+class StepInputs:
+    """Everything one training step reads from the data: its rows, batch and prepared (CPU) inputs."""
+
+    step: int
+    rows: list[int]
+    batch: ContrastiveBatch
+    prepared: PreparedBatch
+
+    def pin_memory(self) -> StepInputs:
+        return replace(self, prepared=self.prepared.pin_memory())
+
+
+class StepBatches(Dataset):
+    """Global step → its batch, prepared in GradCache chunks (tokenised, images decoded and transformed).
+
+    A pure function of the step, so DataLoader workers can build the coming steps in parallel and a resumed
+    run gets the batches of the uninterrupted one. EANS-mined negatives depend on the signature banks as the
+    previous step left them, so the trainer adds those itself.
+
+    Args:
+        model: whose ``prepare`` turns inputs into tensors (CPU only; workers use a forked copy).
+    """
+
+    def __init__(self, data: TrainingData, plan: BatchPlan, model: Any, hard_negatives: bool,
+                 chunk_size: int | None) -> None:
+        self.data, self.plan, self.model = data, plan, model
+        self.hard_negatives, self.chunk_size = hard_negatives, chunk_size
+
+    def __getitem__(self, step: int) -> StepInputs:
+        _, rows = self.plan.batch_at(step)
+        batch = self.data.make_batch(rows, self.hard_negatives)
+        return StepInputs(step, rows, batch, prepare_batch(self.model, batch, self.chunk_size))
+
+
+def step_loader(steps: StepBatches, start: int, stop: int, num_workers: int, prefetch_factor: int,
+                pin_memory: bool, seed: int) -> DataLoader:
+    """Steps ``start`` … ``stop - 1`` in order, prepared by ``num_workers`` processes (0: on this thread).
+
+    Its own generator seeds the workers, so starting a loader leaves the global RNG (dropout, router jitter)
+    exactly where it was: with or without workers, a resumed run draws the random numbers of an uninterrupted one.
+    """
+    return DataLoader(
+        steps, batch_size=None, sampler=range(start, stop), collate_fn=_as_is, num_workers=num_workers,
+        prefetch_factor=prefetch_factor if num_workers else None, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _as_is(item: StepInputs) -> StepInputs:  # module level: workers started by spawn pickle it
+    return item

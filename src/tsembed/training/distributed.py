@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def is_distributed() -> bool:
@@ -18,8 +20,30 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in ``DistributedDataParallel`` when running distributed, else ``module`` itself.
+
+    DDP averages gradients over ranks in buckets during the backward, overlapping communication with it.
+    ``find_unused_parameters``: a step need not use every trainable parameter (task-hint biases only for
+    inputs that declare a task; a learnable τ enters GradCache's loss on cached embeddings, outside any
+    DDP forward), and DDP must not wait for gradients that never come. It costs one walk of the autograd
+    graph per synchronised forward.
+    """
+    if not is_distributed():
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient for the local slice."""
+    """all_gather whose backward sums every rank's gradient for the local slice.
+
+    Ours rather than ``torch.distributed.nn.functional.all_gather``: in the torch we pin (2.13) that function is
+    deprecated (a FutureWarning) in favour of ``torch.distributed._functional_collectives.all_gather_single``,
+    a private module whose name is new in 2.13. This one uses only the stable ``all_gather`` / ``all_reduce``
+    and is checked against one process (tests/training/test_distributed.py). Its backward all-reduces the
+    [W·T, D] embedding gradient instead of reduce-scattering it: a few hundred KB per step, next to nothing.
+    """
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

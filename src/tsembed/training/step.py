@@ -10,13 +10,17 @@ on one process and on many; nothing falls back to a full batch when there is a s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from tsembed.model import EmbeddingOutput, TSEmbedModel, move_batch
 from tsembed.moe import aux_losses, top1_shares
+from tsembed.precision import autocast
 from tsembed.training.distributed import all_reduce_sum, world_size
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 
@@ -69,6 +73,64 @@ def _rng_replay(state: dict | None) -> Iterator[dict]:
             torch.cuda.set_rng_state_all(saved["cuda"])
 
 
+@dataclass
+class PreparedBatch:
+    """A batch's inputs as the backbone takes them (CPU tensors), in GradCache chunks (one chunk: no GradCache).
+
+    Built off the training thread by ``tsembed.training.data.StepBatches`` (tokenising, image decoding);
+    ``contrastive_step`` only moves it to the device.
+    """
+
+    queries: list[dict]
+    targets: list[dict]
+
+    def pin_memory(self) -> PreparedBatch:
+        """Page-locked copies, so host-to-GPU copies run asynchronously (called by the DataLoader)."""
+        def pin(chunks: list[dict]) -> list[dict]:
+            return [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in c.items()} for c in chunks]
+        return PreparedBatch(pin(self.queries), pin(self.targets))
+
+
+def prepare_chunks(model: TSEmbedModel, inputs: list, chunk_size: int | None) -> list[dict]:
+    """``model.prepare`` of each GradCache chunk of ``inputs`` (CPU work: tokenising, loading images)."""
+    return [model.prepare(c) for c in _chunks(inputs, chunk_size)]
+
+
+def prepare_batch(model: TSEmbedModel, batch: ContrastiveBatch, chunk_size: int | None) -> PreparedBatch:
+    return PreparedBatch(prepare_chunks(model, batch.queries, chunk_size),
+                         prepare_chunks(model, batch.targets, chunk_size))
+
+
+class ContrastiveTask(nn.Module):
+    """The embedding model and the objective as one module, so that DDP wraps a whole step (open_clip's
+    ``TrainingTask``); the bare model stays what ``encode`` and the server call.
+
+    DDP finds the parameters a step used by walking back from what its forward returned, and a parameter
+    used outside that forward (e.g. a learnable τ in the loss) breaks its bookkeeping. So ``forward`` embeds
+    chunks *and* applies ``head`` to them: the loss of a full batch, or GradCache's per-chunk surrogate.
+    The forward passes run under autocast in ``precision`` (``run.precision``); the loss stays fp32.
+    """
+
+    def __init__(self, model: TSEmbedModel, objective: ContrastiveObjective, precision: str = "fp32") -> None:
+        super().__init__()
+        self.model, self.objective, self.precision = model, objective, precision
+
+    def embed(self, prepared: dict) -> EmbeddingOutput:
+        with autocast(_device(self.model), self.precision):
+            return self.model(**prepared)
+
+    def forward(self, chunks: list[dict], head: Callable[[list[EmbeddingOutput]], Any]) -> Any:
+        return head([self.embed(c) for c in chunks])
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _bare(task: nn.Module) -> ContrastiveTask:
+    return task.module if isinstance(task, DistributedDataParallel) else task
+
+
 def _totals(outputs: list[EmbeddingOutput]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Top-1 counts and unit counts per layer over all chunks and all ranks."""
     counts: dict[str, torch.Tensor] = {}
@@ -104,19 +166,36 @@ def contrastive_step(
     chunk_size: int | None = None,
     backward: bool = True,
     usage: ExpertUsage | None = None,
+    *,
+    prepared: PreparedBatch | None = None,
+    task: nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepOutput:
     """Compute the loss of ``batch`` and (if ``backward``) accumulate its gradients into the model.
 
     ``chunk_size`` None embeds the batch in one pass with a graph; an integer uses GradCache. ``usage``
     (``loss.load_balance_window`` > 1) supplies the running top-1 shares of the balance loss; a step that
     does not train (``backward=False``) reads it without updating it.
+
+    ``prepared``: the batch already prepared in those chunks (e.g. by DataLoader workers); None prepares it here.
+    ``task``: a ``ContrastiveTask`` over ``model`` and ``objective``, possibly wrapped in DDP, which then
+    averages the gradients over ranks during the backward (the last GradCache chunk's); None: a plain fp32 one.
+    ``scaler``: fp16's gradient scaler; every backward is scaled by it, the caller unscales before stepping.
     """
-    device = next(model.parameters()).device
-    q_prepared = [move_batch(model.prepare(c), device) for c in _chunks(batch.queries, chunk_size)]
-    t_prepared = [move_batch(model.prepare(c), device) for c in _chunks(batch.targets, chunk_size)]
+    task = task if task is not None else ContrastiveTask(model, objective)
+    if _bare(task).model is not model or _bare(task).objective is not objective:
+        raise ValueError("task must wrap the model and objective given to contrastive_step")
+    if not backward:  # no backward follows, so DDP must not wait for one
+        task = _bare(task)
+    scale = scaler.scale if scaler is not None else (lambda loss: loss)
+    device = _device(model)
+    prepared = prepared if prepared is not None else prepare_batch(model, batch, chunk_size)
+    q_prepared = [move_batch(p, device) for p in prepared.queries]
+    t_prepared = [move_batch(p, device) for p in prepared.targets]
+    n_q = len(q_prepared)
     ids, owner = batch.target_ids.to(device), batch.target_owner.to(device)
     lb_w, z_w = objective.loss_config.load_balance_weight, objective.loss_config.z_loss_weight
-    scale = world_size()  # DDP averages gradients over ranks; the aux surrogate is a sum over ranks
+    ranks = world_size()  # gradients are averaged over ranks; the aux surrogate is a sum over ranks
 
     def combine(outputs: list[EmbeddingOutput]) -> tuple[torch.Tensor, torch.Tensor | None]:
         emb = torch.cat([o.embeddings for o in outputs])
@@ -124,28 +203,30 @@ def contrastive_step(
         return emb, sig
 
     if chunk_size is None:
-        q_out = [model(**p) for p in q_prepared]
-        t_out = [model(**p) for p in t_prepared]
-        (q, q_sig), (t, t_sig) = combine(q_out), combine(t_out)
-        result = objective(q, t, q_sig, t_sig, ids, owner, eans_active)
-        lb = z = torch.zeros((), device=device)
-        if model.has_adapters:
-            shares, units = _shares(q_out + t_out, usage, backward)
-            lb, z = aux_losses([o.routing.layer_stats for o in q_out + t_out], shares, units)
+        def full_loss(outputs: list[EmbeddingOutput]) -> tuple:
+            (q, q_sig), (t, t_sig) = combine(outputs[:n_q]), combine(outputs[n_q:])
+            result = objective(q, t, q_sig, t_sig, ids, owner, eans_active)
+            lb = z = torch.zeros((), device=device)
+            if model.has_adapters:
+                shares, units = _shares(outputs, usage, backward)
+                lb, z = aux_losses([o.routing.layer_stats for o in outputs], shares, units)
+            return result.loss + ranks * (lb_w * lb + z_w * z), result, lb, z, q_sig, t_sig
+
+        trained, result, lb, z, q_sig, t_sig = task(q_prepared + t_prepared, full_loss)
         total = (result.loss + lb_w * lb + z_w * z).detach()
         if backward:
-            (result.loss + scale * (lb_w * lb + z_w * z)).backward()
+            scale(trained).backward()
         return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
 
     # GradCache pass 1: embeddings and routing statistics without a graph
+    bare = _bare(task)
     rng_states: list[dict] = []
     outputs: list[EmbeddingOutput] = []
     with torch.no_grad():
-        for prepared in q_prepared + t_prepared:
+        for chunk in q_prepared + t_prepared:
             with _rng_replay(None) as state:
                 rng_states.append(state)
-                outputs.append(model(**prepared))
-    n_q = len(q_prepared)
+                outputs.append(bare.embed(chunk))
     (q, q_sig), (t, t_sig) = combine(outputs[:n_q]), combine(outputs[n_q:])
     q_leaf, t_leaf = q.detach().requires_grad_(True), t.detach().requires_grad_(True)
     result = objective(q_leaf, t_leaf, q_sig, t_sig, ids, owner, eans_active)
@@ -157,17 +238,34 @@ def contrastive_step(
         lb, z = aux_losses([o.routing.layer_stats for o in outputs], shares, units)
     total = (result.loss + lb_w * lb + z_w * z).detach()
     if backward:
-        result.loss.backward()  # gradients w.r.t. the cached embeddings (and a learnable τ)
+        # gradients w.r.t. the cached embeddings (and a learnable τ), scaled like every backward of the step
+        scale(result.loss).backward()
         grads = list(torch.split(q_leaf.grad, [o.embeddings.shape[0] for o in outputs[:n_q]]))
         grads += list(torch.split(t_leaf.grad, [o.embeddings.shape[0] for o in outputs[n_q:]]))
-        # pass 2: re-run each chunk with a graph, replaying its RNG, and push the cached gradient through
-        for prepared, state, grad in zip(q_prepared + t_prepared, rng_states, grads, strict=True):
-            with _rng_replay(state):
-                out = model(**prepared)
-            surrogate = (out.embeddings * grad).sum()
-            if model.has_adapters:
-                chunk_lb, chunk_z = aux_losses([out.routing.layer_stats], shares, units)
-                surrogate = surrogate + scale * (lb_w * chunk_lb + z_w * chunk_z)
-            surrogate.backward()
+
+        def surrogate(grad: torch.Tensor) -> Callable[[list[EmbeddingOutput]], torch.Tensor]:
+            def head(chunk_outputs: list[EmbeddingOutput]) -> torch.Tensor:
+                (out,) = chunk_outputs
+                value = (out.embeddings * grad).sum()  # grad is already scaled
+                if model.has_adapters:
+                    chunk_lb, chunk_z = aux_losses([out.routing.layer_stats], shares, units)
+                    value = value + scale(ranks * (lb_w * chunk_lb + z_w * chunk_z))
+                return value
+            return head
+
+        _backward_chunks(task, q_prepared + t_prepared, rng_states, [surrogate(g) for g in grads])
     return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
 
+
+def _backward_chunks(task: nn.Module, chunks: list[dict], rng_states: list[dict], heads: list[Callable]) -> None:
+    """GradCache pass 2: re-run each chunk with a graph, replaying its RNG, and back-propagate its head.
+
+    Under DDP the gradients accumulate locally (``no_sync``) and are averaged during the last chunk's backward,
+    bucket by bucket as they become ready: one reduction per step, overlapping that backward.
+    """
+    ddp = isinstance(task, DistributedDataParallel)
+    for i, (chunk, state, head) in enumerate(zip(chunks, rng_states, heads, strict=True)):
+        with task.no_sync() if ddp and i < len(chunks) - 1 else contextlib.nullcontext():
+            with _rng_replay(state):
+                value = task([chunk], head)
+            value.backward()

@@ -1,17 +1,21 @@
 """The two-stage TSEmbed trainer (DESIGN §3.6, §6): one config, one command, both stages.
 
 Runs unchanged as one CPU process and under ``torchrun`` (gloo on CPU, NCCL on GPU): each rank embeds
-its share of the batch, targets of all ranks are gathered with gradient, and gradients are averaged
-over ranks after each step, which is what DDP does (done by hand because GradCache re-runs chunks).
+its share of the batch, targets of all ranks are gathered with gradient, and ``DistributedDataParallel``
+averages the gradients over ranks during the backward (the last GradCache chunk's, see ``step.py``).
+Forward passes run under autocast in ``run.precision``; DataLoader workers (``data.num_workers``) tokenise
+and decode images for the coming steps meanwhile.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,14 +28,22 @@ from tsembed.data.mmeb_layout import discover, is_layout
 from tsembed.errors import ConfigError, TsembedError
 from tsembed.model import ModelConfig, TSEmbedModel
 from tsembed.moe import signature_size
+from tsembed.precision import check_precision, grad_scaler
 from tsembed.training import checkpoint as ckpt
 from tsembed.training.collapse import CollapseWatch
 from tsembed.training.config import TrainConfig
-from tsembed.training.data import BatchPlan, TrainingData, TrainSource
-from tsembed.training.distributed import is_distributed, rank, world_size
+from tsembed.training.data import BatchPlan, StepBatches, StepInputs, TrainingData, TrainSource, step_loader
+from tsembed.training.distributed import is_distributed, rank, world_size, wrap_ddp
 from tsembed.training.eans import SignatureBank
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
-from tsembed.training.step import StepOutput, contrastive_step
+from tsembed.training.step import (
+    ContrastiveBatch,
+    ContrastiveTask,
+    PreparedBatch,
+    StepOutput,
+    contrastive_step,
+    prepare_chunks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +128,7 @@ class Trainer:
         self.output_dir = Path(run.output_dir)
         self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
             else torch.device("cpu")
+        check_precision(run.precision, self.device)
         torch.manual_seed(run.seed + rank())
         self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid)
         self.model = (model or build_model(config)).to(self.device)
@@ -124,6 +137,11 @@ class Trainer:
         self.objective = ContrastiveObjective(config.loss, config.eans).to(self.device)
         self.plan = BatchPlan(self.data, config.data.batch_size, config.data.homogeneous, config.data.weights,
                               run.seed, world_size(), rank())
+        self.steps = StepBatches(self.data, self.plan, self.model, config.data.hard_negatives, run.chunk_size)
+        self._batches: Iterator[StepInputs] | None = None  # the DataLoader's, while fit() runs
+        # one forward per backward over model + objective; DDP when distributed (wraps nothing otherwise)
+        self.task = wrap_ddp(ContrastiveTask(self.model, self.objective, run.precision), self.device)
+        self.scaler = grad_scaler(run.precision, self.device)
         routers = self.model.router_parameters()
         others = self.model.non_router_trainable_parameters() + [p for p in self.objective.parameters()
                                                                  if p.requires_grad]
@@ -191,28 +209,44 @@ class Trainer:
             out.append(ids)
         return out
 
+    def _step_inputs(self) -> tuple[list[int], ContrastiveBatch, PreparedBatch]:
+        """This step's rows, batch and prepared inputs: from the DataLoader inside ``fit``, else built here;
+        mined negatives (they depend on the banks as the last step left them) are added here."""
+        item = next(self._batches) if self._batches is not None else self.steps[self.step]
+        if item.step != self.step:
+            raise RuntimeError(f"the data loader delivered step {item.step} for step {self.step}")
+        rows, batch, prepared = item.rows, item.batch, item.prepared
+        mined = self._mined(rows)
+        if mined is not None:
+            batch = self.data.make_batch(rows, self.config.data.hard_negatives, mined)
+            extra = prepare_chunks(self.model, batch.targets[len(item.batch.targets):], self.config.run.chunk_size)
+            prepared = PreparedBatch(prepared.queries, prepared.targets + extra)
+        return rows, batch, prepared
+
     def train_step(self) -> StepOutput:
-        _, rows = self.plan.batch_at(self.step)
-        batch = self.data.make_batch(rows, self.config.data.hard_negatives, self._mined(rows))
+        waited = time.perf_counter()
+        rows, batch, prepared = self._step_inputs()
         lr = self._set_lr()
         self.model.train()
         start = time.perf_counter()
         out = contrastive_step(self.model, self.objective, batch, eans_active=self.stage == 2,
-                               chunk_size=self.config.run.chunk_size, usage=self.expert_usage)
+                               chunk_size=self.config.run.chunk_size, usage=self.expert_usage, prepared=prepared,
+                               task=self.task, scaler=self.scaler)
         if not math.isfinite(out.loss):
             raise TrainingDiverged(
                 f"loss is {out.loss} at step {self.step} (stage {self.stage}, batch of dataset {batch.dataset!r}, "
                 f"rows {rows[:8]}{'...' if len(rows) > 8 else ''}); lower optim.lr or loss.tau, or check the data"
             )
-        if is_distributed():
-            for p in self.trainable:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world_size()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         grad_norm = None
         if self.config.optim.grad_clip:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optim.grad_clip))
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.target_bank is not None and out.target_signatures is not None:
             self.target_bank.update(batch.target_ids, out.target_signatures)
@@ -225,9 +259,11 @@ class Trainer:
         record = {
             "step": self.step, "stage": self.stage, "loss": out.loss, "contrastive": out.contrastive,
             "load_balance": out.load_balance, "z_loss": out.z_loss, "lr": lr, "tau": float(self.objective.tau),
-            "grad_norm": grad_norm, "dataset": batch.dataset, "step_time_s": elapsed,
+            "grad_norm": grad_norm, "dataset": batch.dataset, "step_time_s": elapsed, "data_wait_s": start - waited,
             "samples_per_s": len(batch.queries) * world_size() / elapsed, "signature_drift": drift, **out.logs,
         }
+        if self.scaler is not None:  # fp16: the loss scale after this step (it halves on every overflow)
+            record["loss_scale"] = self.scaler.get_scale()
         self._maybe_switch(drift)
         record["switch_step"] = self.switch_step
         if rank() == 0:
@@ -237,6 +273,14 @@ class Trainer:
         return out
 
     # ----- the run -------------------------------------------------------------------------------------
+    def _loader(self) -> Any:
+        """The DataLoader of the remaining steps (workers on ``data.num_workers``, pinned batches on CUDA)."""
+        data = self.config.data
+        if data.num_workers:  # forked workers must not share the tokenizers' thread pool
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return step_loader(self.steps, self.step, self.config.schedule.steps, data.num_workers, data.prefetch_factor,
+                           pin_memory=self.device.type == "cuda", seed=self.config.run.seed)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step, "stage": self.stage, "switch_step": self.switch_step,
@@ -245,6 +289,7 @@ class Trainer:
             "target_bank": self.target_bank.state_dict() if self.target_bank else None,
             "query_bank": self.query_bank.state_dict() if self.query_bank else None,
             "expert_usage": self.expert_usage.state_dict() if self.expert_usage else None,
+            "grad_scaler": self.scaler.state_dict() if self.scaler else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], model_dir: Path) -> None:
@@ -256,6 +301,8 @@ class Trainer:
             self.query_bank.load_state_dict(state["query_bank"])
         if self.expert_usage is not None and state.get("expert_usage"):  # none in checkpoints written before the option
             self.expert_usage.load_state_dict(state["expert_usage"])
+        if self.scaler is not None and state.get("grad_scaler"):  # fp16 resumes at the loss scale it had reached
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.step, self.stage, self.switch_step = state["step"], state["stage"], state["switch_step"]
         ckpt.set_rng_state(state["rng"])
 
@@ -279,24 +326,28 @@ class Trainer:
         writer = _tensorboard(self.output_dir / "tb") if main and run.tensorboard else None
         bar = tqdm(total=self.config.schedule.steps, initial=self.step, disable=not (main and run.progress),
                    desc="train", dynamic_ncols=True)
-        with open(metrics_path, "a") if main else open(os.devnull, "w") as metrics:
-            while self.step < self.config.schedule.steps:
-                self.train_step()
-                record = self.history[-1]
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                if writer is not None:
-                    for key, value in record.items():
-                        if isinstance(value, int | float) and value is not None:
-                            writer.add_scalar(f"train/{key}", value, self.step)
-                bar.update(1)
-                bar.set_postfix(stage=self.stage, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
-                                sps=f"{record['samples_per_s']:.0f}")
-                if self.step % run.log_every == 0 and main:
-                    logger.info("step %d stage %d loss %.4f lr %.2e %.1f samples/s", self.step, self.stage,
-                                record["loss"], record["lr"], record["samples_per_s"])
-                if self.step % run.checkpoint_every == 0 and self.step < self.config.schedule.steps and main:
-                    ckpt.save_checkpoint(self.output_dir, self.model, self.state_dict(), run.keep_checkpoints)
+        self._batches = iter(self._loader())
+        try:
+            with open(metrics_path, "a") if main else open(os.devnull, "w") as metrics:
+                while self.step < self.config.schedule.steps:
+                    self.train_step()
+                    record = self.history[-1]
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    if writer is not None:
+                        for key, value in record.items():
+                            if isinstance(value, int | float) and value is not None:
+                                writer.add_scalar(f"train/{key}", value, self.step)
+                    bar.update(1)
+                    bar.set_postfix(stage=self.stage, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
+                                    sps=f"{record['samples_per_s']:.0f}")
+                    if self.step % run.log_every == 0 and main:
+                        logger.info("step %d stage %d loss %.4f lr %.2e %.1f samples/s", self.step, self.stage,
+                                    record["loss"], record["lr"], record["samples_per_s"])
+                    if self.step % run.checkpoint_every == 0 and self.step < self.config.schedule.steps and main:
+                        ckpt.save_checkpoint(self.output_dir, self.model, self.state_dict(), run.keep_checkpoints)
+        finally:
+            self._batches = None  # shuts the workers down
         bar.close()
         if writer is not None:
             writer.close()
@@ -326,3 +377,14 @@ def init_distributed() -> None:
         dist.init_process_group(backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, as torchrun runs should end; a no-op in one process.
+
+    Call it once the Trainer is gone: a DDP reducer that outlives the group destroys it while holding the
+    GIL, and gloo's worker thread may need the GIL to release its last collective (a deadlock at exit).
+    """
+    if is_distributed():
+        gc.collect()  # DDP objects caught in reference cycles go first, while the group is alive
+        dist.destroy_process_group()
