@@ -27,7 +27,14 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = 
     uvicorn = require("uvicorn", "the embedding server")
     settings = getattr(getattr(app, "state", None), "settings", None)
     warn_if_exposed(host, getattr(settings, "api_key", None))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+                timeout_keep_alive=_idle_timeout(app))
+
+
+def _idle_timeout(app: Any) -> float:
+    """The app's ``idle_timeout_s`` (uvicorn's keep-alive timeout), or uvicorn's default of 5 s."""
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    return float(getattr(settings, "idle_timeout_s", 5.0))
 
 
 def warn_if_exposed(host: str, api_key: str | None) -> bool:
@@ -54,7 +61,9 @@ class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning") -> None:
         uvicorn = require("uvicorn", "the embedding server")
         self.host, self.port = host, port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level))
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level,
+                                timeout_keep_alive=_idle_timeout(app))  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="tsembed-uvicorn", daemon=True)
 
     @property
