@@ -315,6 +315,7 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
 
     app = FastAPI(title="tsembed", version="1", lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
+    app.state.pixel_budget = pixel_budget
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics)
 
