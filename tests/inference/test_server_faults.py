@@ -83,6 +83,14 @@ def test_huge_dimension_headers_are_refused_before_decoding(client, width, heigh
     assert "10000 pixels per image" in error["message"] and error["param"] == "input[0].image"
 
 
+def test_long_thin_images_are_refused_by_side_length(model):
+    settings = ServerSettings(max_image_side=1000)  # the default pixel limits would admit 1 x 20,000,000
+    with TestClient(create_app(model, settings)) as c:
+        error = _error(post_images(c, as_url(png_header_only(1, 20_000_000))), 400, "image_too_large")
+        assert "1x20000000" in error["message"] and "max_image_side" in error["message"]
+        assert post_images(c, as_url(png_bytes((1000, 10)))).status_code == 200
+
+
 def test_request_pixel_budget_is_413_checked_from_headers_before_any_decode(client):
     # each header declares 100x100 (allowed alone) but carries no decodable data: a 413 (not a 400 "cannot be
     # decoded") shows the budget was charged from the headers before anything was decoded

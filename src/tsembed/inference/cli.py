@@ -172,6 +172,7 @@ def serve_command(
     max_instruction_chars: int = typer.Option(2048, "--max-instruction-chars", min=1),
     max_image_bytes: int = typer.Option(10 * 1024 * 1024, "--max-image-bytes", min=1),
     max_image_pixels: int = typer.Option(25_000_000, "--max-image-pixels", min=1),
+    max_image_side: int = typer.Option(16_384, "--max-image-side", min=1, help="Longest image side in pixels."),
     max_request_pixels: int = typer.Option(40_000_000, "--max-request-pixels", min=1, help="Decoded image pixels "
                                            "one request may hold (checked from the headers; over it: 413)."),
     max_inflight_pixels: int = typer.Option(64_000_000, "--max-inflight-pixels", min=1, help="Decoded image pixels "
@@ -205,7 +206,7 @@ def serve_command(
         model_name=model_name or model.resolve().name, api_key=api_key, batching=not no_batching,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_inputs_per_request=max_inputs,
         max_text_chars=max_text_chars, max_instruction_chars=max_instruction_chars, max_image_bytes=max_image_bytes,
-        max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
+        max_image_pixels=max_image_pixels, max_image_side=max_image_side, max_request_pixels=max_request_pixels,
         max_inflight_pixels=max_inflight_pixels, idle_timeout_s=idle_timeout, read_timeout_s=read_timeout,
         public_docs_and_metrics=public_docs_and_metrics, vision_cache_mb=vision_cache_mb,
         vision_disk_cache=vision_disk_cache,

@@ -218,7 +218,8 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module,
                            param=where if isinstance(item, str) else f"{where}.text", code="text_too_long")
         pil = None
         if isinstance(item, InputItem) and image:
-            pil = open_data_url(image, f"{where}.image", settings.max_image_bytes, settings.max_image_pixels)
+            pil = open_data_url(image, f"{where}.image", settings.max_image_bytes, settings.max_image_pixels,
+                                settings.max_image_side)
             pixels += image_pixels(pil)
             if pixels > settings.max_request_pixels:
                 raise request_pixels_error(pixels, settings.max_request_pixels)
@@ -288,7 +289,7 @@ def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
         "document_instruction": config.document_instruction,
         "limits": {k: getattr(settings, k) for k in (
             "max_inputs_per_request", "max_text_chars", "max_instruction_chars", "max_image_bytes", "max_image_pixels",
-            "max_request_pixels", "max_request_bytes", "max_batch_size")},
+            "max_image_side", "max_request_pixels", "max_request_bytes", "max_batch_size")},
         "batching": settings.batching,
     }
 

@@ -19,12 +19,12 @@ from tsembed.inference.server.errors import APIError
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
 
 
-def open_data_url(value: str, param: str, max_bytes: int, max_pixels: int) -> Image.Image:
+def open_data_url(value: str, param: str, max_bytes: int, max_pixels: int, max_side: int) -> Image.Image:
     """A lazily opened PIL image (header read, pixels not decoded) from ``data:image/...;base64,<payload>``.
 
     Raises:
         APIError: 400 for a remote URL, a non-image or non-base64 data URL, bad base64, an unreadable header,
-            or an image over the byte or per-image pixel limit (``param`` names the field).
+            or an image over the byte, per-image pixel or side-length limit (``param`` names the field).
     """
     if value.startswith(("http://", "https://", "file:")):
         raise APIError(400, "image URLs are not fetched by this server; send the image as a base64 data URL "
@@ -57,6 +57,9 @@ def open_data_url(value: str, param: str, max_bytes: int, max_pixels: int) -> Im
     width, height = image.size
     if width * height > max_pixels:
         raise _too_many_pixels(f"{width}x{height}", max_pixels, param)
+    if max(width, height) > max_side:  # a 1x20,000,000 strip: few pixels, but resizing it costs ~600 MB
+        raise APIError(400, f"image is {width}x{height} pixels; sides are limited to {max_side} pixels "
+                       "(max_image_side)", param=param, code="image_too_large")
     return image
 
 

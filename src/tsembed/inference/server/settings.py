@@ -28,6 +28,8 @@ class ServerSettings:
             request limits; over them the request gets a 4xx, never the server a crash.
         max_instruction_chars: limit of a request's ``instruction``; it is prepended to every input, so
             without a bound one request could make the model tokenise megabytes per input.
+        max_image_side: longest side of an image, in pixels. Resizing a long thin strip costs memory in
+            proportion to its length, not its pixels (a 1x20,000,000 PNG of 26 kB took ~600 MB).
         max_request_pixels: decoded image pixels one request may hold (read from the headers before any
             decoding); over it the request gets 413.
         max_inflight_pixels: decoded image pixels all admitted requests together may hold; a request that
@@ -56,6 +58,7 @@ class ServerSettings:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 25_000_000
     max_request_bytes: int = 64 * 1024 * 1024
+    max_image_side: int = 16_384
     max_request_pixels: int = 40_000_000
     max_inflight_pixels: int = 64_000_000
     max_queue_inputs: int = 8192
