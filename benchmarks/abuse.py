@@ -26,10 +26,8 @@ import io
 import json
 import os
 import random
-import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -143,28 +141,13 @@ def hostile_probes() -> list[Probe]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(model_dir: Path, port: int, cache_dir: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tsembed", "serve", "--model", str(model_dir), "--port", str(port),
-           "--log-level", "error", "--num-threads", "1"]
-    env = {**os.environ, "TSEMBED_API_KEY": "", "TSEMBED_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start within 180 s")
+    """The server with every limit at its default; its cache dir is watched for files it must not write."""
+    from tsembed.inference.server.run import start_server_process
+
+    args = ["--model", str(model_dir), "--log-level", "error", "--num-threads", "1"]
+    env = {"TSEMBED_API_KEY": "", "TSEMBED_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    return start_server_process(args, port, env)
 
 
 def rss_kb(pid: int, key: str) -> int:
@@ -233,6 +216,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    from tsembed.inference.server.run import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 from tsembed.errors import TsembedError
@@ -53,6 +58,30 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name other than localhost: assume it is reachable
         return False
+
+
+def start_server_process(serve_args: list[str], port: int, env: dict[str, str] | None = None,
+                         timeout: float = 180.0) -> subprocess.Popen:
+    """``tsembed serve <serve_args> --port <port>`` in a subprocess (benchmarks: the server gets its own GIL
+    and its own memory); returns once ``/health`` answers 200 on loopback.
+
+    Raises:
+        TsembedError: the process exited, or did not answer within ``timeout`` seconds (it is killed).
+    """
+    cmd = [sys.executable, "-m", "tsembed", "serve", *serve_args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TsembedError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return proc
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    proc.kill()
+    raise TsembedError(f"server did not start within {timeout:g} s")
 
 
 class ServerThread:
