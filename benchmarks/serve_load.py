@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,25 +48,15 @@ def sentence(i: int) -> str:
 
 
 def start_server(model_dir: Path, port: int, batching: bool, args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tsembed.cli", "serve", "--model", str(model_dir), "--port", str(port),
-           "--log-level", "warning", "--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
-           str(args.max_wait_ms)]
+    from tsembed.inference.server.run import start_server_process
+
+    cmd = ["--model", str(model_dir), "--log-level", "warning", "--max-batch-size", str(args.max_batch_size),
+           "--max-wait-ms", str(args.max_wait_ms)]
     if args.num_threads:
         cmd += ["--num-threads", str(args.num_threads)]
     if not batching:
         cmd.append("--no-batching")
-    proc = subprocess.Popen(cmd, env={**os.environ, "TSEMBED_API_KEY": ""})
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start within 180 s")
+    return start_server_process(cmd, port, {"TSEMBED_API_KEY": ""})
 
 
 async def run_load(url: str, requests: int, concurrency: int, offset: int) -> dict[str, float]:

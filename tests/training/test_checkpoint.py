@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tsembed.errors import ConfigError
+from tsembed.errors import AdapterError, ConfigError
 from tsembed.training import checkpoint as ckpt
 
 
@@ -40,3 +40,24 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     ckpt.set_rng_state(ckpt.load_state(path)["rng"])
     got = (random.random(), np.random.normal(), torch.rand(2))
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+class _Model:
+    """Stands in for TSEmbedModel.save_pretrained: one weight file with its checksum listing."""
+
+    def save_pretrained(self, directory):
+        from tsembed.weights import write_checksums
+
+        directory.mkdir(parents=True)
+        torch.save({"w": torch.ones(2)}, directory / "trainable.safetensors")
+        write_checksums(directory, ["trainable.safetensors"])
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b[:-8] + b"\x00" * 8])
+def test_resume_verifies_the_trainer_state_checksum(tmp_path, damage):
+    path = ckpt.save_checkpoint(tmp_path, _Model(), {"step": 2, "optimizer": {"lr": torch.tensor(0.1)}}, keep=2)
+    assert ckpt.load_state(path)["step"] == 2
+    state = path / ckpt.STATE_NAME
+    state.write_bytes(damage(state.read_bytes()))
+    with pytest.raises(AdapterError, match=r"trainer_state\.pt: sha256 .* differs"):
+        ckpt.load_state(ckpt.resolve_resume("auto", tmp_path))

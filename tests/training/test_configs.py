@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from tsembed.errors import ConfigError
+from tsembed.moe import MoELoRAConfig
 from tsembed.training.config import load_train_config
+from tsembed.training.objective import LossConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "src" / "tsembed" / "configs").glob("*.yaml"))
 
@@ -57,3 +59,27 @@ def test_qwen2vl_config_trains_fp32_adapters_under_bf16_autocast_with_workers():
     assert config.model.backbone["dtype"] == "bfloat16"  # the frozen base
     assert config.model.moe["adapter_dtype"] == "float32"
     assert config.run.precision == "bf16" and config.data.num_workers > 0
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("loss", "false_negative_margin", -0.1, "loss.false_negative_margin must be a finite number >= 0 or null"),
+    ("loss", "false_negative_margin", float("nan"), "loss.false_negative_margin must be a finite number >= 0"),
+    ("loss", "false_negative_margin", float("inf"), "loss.false_negative_margin must be a finite number >= 0"),
+    ("loss", "tau", float("nan"), "loss.tau must be a finite number > 0"),
+    ("loss", "load_balance_weight", float("nan"), "loss.load_balance_weight must be a finite number >= 0"),
+])
+def test_loss_numbers_are_range_checked(section, key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        LossConfig(**{key: value})
+    assert LossConfig(false_negative_margin=None).false_negative_margin is None  # null turns the rule off
+    assert LossConfig(false_negative_margin=0).false_negative_margin == 0
+
+
+@pytest.mark.parametrize("key, value", [
+    ("router_init_std", 0.0), ("router_init_std", -0.1), ("router_init_std", float("nan")),
+    ("router_init_std", float("inf")), ("alpha", float("nan")), ("alpha", float("inf")),
+    ("temperature", float("nan")), ("temperature", float("inf")), ("alpha", True),
+])
+def test_moe_positive_numbers_must_be_finite(key, value):
+    with pytest.raises(ConfigError, match=re.escape(f"moe.{key} must be a finite number > 0")):
+        MoELoRAConfig(target_modules=[".*"], **{key: value})

@@ -77,6 +77,7 @@ class MiniLMEfficientNetBackbone(Backbone):
             ``~/.cache/tsembed/vision``.
         disk_cache: keep vision features on disk across runs.
         memory_cache_items: in-memory LRU entries (0 disables it).
+        disk_cache_max_mb: size of the disk cache past which the least recently used entries are deleted.
     """
 
     kind = "minilm-effnet"
@@ -98,6 +99,7 @@ class MiniLMEfficientNetBackbone(Backbone):
         disk_cache: bool = True,
         memory_cache_items: int = 1024,
         train_projector: bool = True,
+        disk_cache_max_mb: float = 8192,
     ) -> None:
         super().__init__()
         grid = math.isqrt(num_visual_tokens)
@@ -124,6 +126,7 @@ class MiniLMEfficientNetBackbone(Backbone):
             "cache_dir": cache_dir,
             "disk_cache": disk_cache,
             "memory_cache_items": memory_cache_items,
+            "disk_cache_max_mb": disk_cache_max_mb,
             "train_projector": bool(train_projector),
         }
         text_path = local_dir(text_model, "text_model") if text_model else packaged_text_model_path()
@@ -151,7 +154,10 @@ class MiniLMEfficientNetBackbone(Backbone):
             "std": self._options["image_std"],
             "format": 1,
         }
-        self.cache = VisionFeatureCache(cache_dir, namespace_for(identity), memory_cache_items, disk_cache)
+        if not disk_cache_max_mb > 0:
+            raise ConfigError(f"disk_cache_max_mb must be > 0, got {disk_cache_max_mb!r}")
+        self.cache = VisionFeatureCache(cache_dir, namespace_for(identity), memory_cache_items, disk_cache,
+                                        disk_max_bytes=int(disk_cache_max_mb * 2**20))
         self.train_projector = bool(train_projector)
         self.freeze_pretrained()
         self.keep_in_eval([self.text, self.vision])

@@ -7,7 +7,9 @@ depend on (weights, image size, token grid, normalisation), so changing any of t
 stale features. Each file carries the sha256 of its payload: a truncated or garbled entry is
 detected, reported with a ``VisionCacheWarning``, deleted and recomputed by the caller.
 Writes go to a temporary file and are renamed into place, so concurrent processes never see half
-an entry.
+an entry. Entries are private to the user (0600, folders 0700): they are derived from the user's images.
+Both layers are bounded: the memory LRU by entries and bytes, the disk by bytes (the least recently
+used files are deleted past the cap).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 import torch
 
 MAGIC = b"TSVF1\n"
+DEFAULT_DISK_MAX_BYTES = 8 * 2**30
+DEFAULT_MEMORY_MAX_BYTES = 512 * 2**20
 _HEADER_LEN = struct.Struct("<I")
 
 
@@ -53,6 +57,7 @@ class CacheStats:
     misses: int = 0
     writes: int = 0
     corrupted: int = 0
+    evicted: int = 0
 
 
 class VisionFeatureCache:
@@ -63,16 +68,30 @@ class VisionFeatureCache:
         namespace: subdirectory for one feature configuration (see ``namespace_for``).
         memory_items: LRU capacity in entries (0 turns the memory layer off).
         disk: False keeps the cache in memory only.
+        memory_max_bytes: LRU capacity in bytes of features.
+        disk_max_bytes: size of the namespace's folder past which the least recently used entries are deleted.
     """
 
     def __init__(
-        self, directory: str | Path | None, namespace: str, memory_items: int = 1024, disk: bool = True
+        self, directory: str | Path | None, namespace: str, memory_items: int = 1024, disk: bool = True,
+        memory_max_bytes: int = DEFAULT_MEMORY_MAX_BYTES, disk_max_bytes: int = DEFAULT_DISK_MAX_BYTES,
     ) -> None:
         self.root = (Path(directory).expanduser() if directory else default_cache_dir()) / namespace
         self.memory_items = memory_items
         self.disk = disk
+        self.memory_max_bytes, self.disk_max_bytes = memory_max_bytes, disk_max_bytes
         self.stats = CacheStats()
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._memory_bytes = 0
+        self._disk_bytes: int | None = None  # measured on the first write
+
+    def configure(self, disk: bool | None = None, memory_max_bytes: int | None = None) -> None:
+        """Change where entries live (the server keeps them in memory only); shrinks the LRU at once."""
+        if disk is not None:
+            self.disk = disk
+        if memory_max_bytes is not None:
+            self.memory_max_bytes = memory_max_bytes
+            self._shrink_memory()
 
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest}.bin"
@@ -107,35 +126,80 @@ class VisionFeatureCache:
 
     def clear_memory(self) -> None:
         self._memory.clear()
+        self._memory_bytes = 0
 
     def _remember(self, digest: str, features: torch.Tensor) -> None:
-        if self.memory_items <= 0:
+        size = features.numel() * features.element_size()
+        if self.memory_items <= 0 or size > self.memory_max_bytes:
             return
+        old = self._memory.pop(digest, None)
+        if old is not None:
+            self._memory_bytes -= old.numel() * old.element_size()
         self._memory[digest] = features
-        self._memory.move_to_end(digest)
-        while len(self._memory) > self.memory_items:
-            self._memory.popitem(last=False)
+        self._memory_bytes += size
+        self._shrink_memory()
+
+    def _shrink_memory(self) -> None:
+        while self._memory and (len(self._memory) > self.memory_items or self._memory_bytes > self.memory_max_bytes):
+            _, dropped = self._memory.popitem(last=False)
+            self._memory_bytes -= dropped.numel() * dropped.element_size()
 
     def _write(self, path: Path, features: torch.Tensor) -> None:
         payload = features.numpy().tobytes()
         header = json.dumps(
             {"shape": list(features.shape), "dtype": "float32", "sha256": hashlib.sha256(payload).hexdigest()}
         ).encode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".bin")
+        blob = MAGIC + _HEADER_LEN.pack(len(header)) + header + payload
+        self._make_room(len(blob))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".bin")  # created 0600
         try:
             with os.fdopen(handle, "wb") as out:
-                out.write(MAGIC + _HEADER_LEN.pack(len(header)) + header + payload)
+                out.write(blob)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._disk_bytes = (self._disk_bytes or 0) + len(blob)
+
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        """(last use, size, path) of every entry on disk."""
+        out = []
+        for path in self.root.glob("*/*.bin"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # another process evicted it meanwhile
+                continue
+            out.append((st.st_mtime, st.st_size, path))
+        return out
+
+    def _make_room(self, incoming: int) -> None:
+        """Delete least recently used entries until ``incoming`` more bytes fit under ``disk_max_bytes``
+        (to 90% of it, so eviction runs once per many writes, not on every one)."""
+        if self._disk_bytes is None:
+            self._disk_bytes = sum(size for _, size, _ in self._entries())
+        if self._disk_bytes + incoming <= self.disk_max_bytes:
+            return
+        entries = sorted(self._entries())
+        total = sum(size for _, size, _ in entries)
+        target = int(self.disk_max_bytes * 0.9) - incoming
+        for _, size, path in entries:
+            if total <= target:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+            self.stats.evicted += 1
+        self._disk_bytes = total
 
     def _read(self, path: Path) -> torch.Tensor | None:
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
             return None
+        try:
+            os.utime(path)  # a read is a use: eviction deletes the least recently used entries
+        except OSError:  # a read-only shared cache still serves hits
+            pass
         problem = _check_entry(blob)
         if isinstance(problem, str):
             self.stats.corrupted += 1

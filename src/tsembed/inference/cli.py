@@ -172,6 +172,21 @@ def serve_command(
     max_instruction_chars: int = typer.Option(2048, "--max-instruction-chars", min=1),
     max_image_bytes: int = typer.Option(10 * 1024 * 1024, "--max-image-bytes", min=1),
     max_image_pixels: int = typer.Option(25_000_000, "--max-image-pixels", min=1),
+    max_image_side: int = typer.Option(16_384, "--max-image-side", min=1, help="Longest image side in pixels."),
+    max_request_pixels: int = typer.Option(40_000_000, "--max-request-pixels", min=1, help="Decoded image pixels "
+                                           "one request may hold (checked from the headers; over it: 413)."),
+    max_inflight_pixels: int = typer.Option(64_000_000, "--max-inflight-pixels", min=1, help="Decoded image pixels "
+                                            "all requests in flight may hold (over it: 503 with Retry-After)."),
+    idle_timeout: float = typer.Option(5.0, "--idle-timeout", min=0.1, help="Seconds before an idle keep-alive "
+                                       "connection is closed."),
+    read_timeout: float = typer.Option(30.0, "--read-timeout", min=0.1, help="Seconds a client may stall while "
+                                       "sending its body (then 408)."),
+    public_docs_and_metrics: bool = typer.Option(False, "--public-docs-and-metrics", help="With an API key set, "
+                                                 "leave /metrics and /docs open (/health always is)."),
+    vision_cache_mb: float = typer.Option(64.0, "--vision-cache-mb", min=0.0, help="In-memory vision-feature "
+                                          "cache size (0: off)."),
+    vision_disk_cache: bool = typer.Option(False, "--vision-disk-cache", help="Also keep vision features on "
+                                           "disk (off: the server writes no client data to disk)."),
     device: str = _DEVICE,
     num_threads: int | None = typer.Option(None, "--num-threads", min=1, help="torch CPU threads [default: torch's]."),
     log_level: str = typer.Option("info", "--log-level"),
@@ -191,7 +206,10 @@ def serve_command(
         model_name=model_name or model.resolve().name, api_key=api_key, batching=not no_batching,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_inputs_per_request=max_inputs,
         max_text_chars=max_text_chars, max_instruction_chars=max_instruction_chars, max_image_bytes=max_image_bytes,
-        max_image_pixels=max_image_pixels,
+        max_image_pixels=max_image_pixels, max_image_side=max_image_side, max_request_pixels=max_request_pixels,
+        max_inflight_pixels=max_inflight_pixels, idle_timeout_s=idle_timeout, read_timeout_s=read_timeout,
+        public_docs_and_metrics=public_docs_and_metrics, vision_cache_mb=vision_cache_mb,
+        vision_disk_cache=vision_disk_cache,
     )
     app = create_app(load_model(model, device=_device(device)), settings)
     serve(app, host=host, port=port, log_level=log_level)

@@ -99,8 +99,8 @@ class MoELoRAConfig:
             )
         if not 0.0 < float(self.top_p) <= 1.0:
             raise ConfigError(f"moe.top_p must be in (0, 1], got {self.top_p!r}")
-        if float(self.temperature) <= 0.0:
-            raise ConfigError(f"moe.temperature must be > 0, got {self.temperature!r}")
+        _check_positive("temperature", self.temperature)
+        _check_positive("router_init_std", self.router_init_std)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"moe.dropout must be in [0, 1), got {self.dropout!r}")
         if not 0.0 <= float(self.jitter) < 1.0:
@@ -124,8 +124,7 @@ class MoELoRAConfig:
             raise ConfigError("moe.task_hint_init needs moe.task_hints (the tasks whose bias it initialises)")
         if self.adapter_dtype not in DTYPES:
             raise ConfigError(f"moe.adapter_dtype must be one of {sorted(DTYPES)}, got {self.adapter_dtype!r}")
-        if float(self.alpha) <= 0.0:
-            raise ConfigError(f"moe.alpha must be > 0, got {self.alpha!r}")
+        _check_positive("alpha", self.alpha)
 
     @property
     def scaling(self) -> float:
@@ -145,6 +144,12 @@ class MoELoRAConfig:
         if unknown:
             raise ConfigError(f"moe: unknown keys {unknown}; allowed keys are {sorted(known)}")
         return cls(**data)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    """A finite number > 0 (NaN passes ``<= 0`` checks, and Inf scales every update to Inf or 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"moe.{name} must be a finite number > 0, got {value!r}")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

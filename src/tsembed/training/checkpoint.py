@@ -14,6 +14,7 @@ import torch
 
 from tsembed.errors import ConfigError
 from tsembed.fileio import atomic_write
+from tsembed.weights import verify_checksums, write_checksums
 
 STATE_NAME = "trainer_state.pt"
 MODEL_DIR = "model"  # in a checkpoint, and the final model in the run directory
@@ -44,10 +45,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path, model: Any, state: dict[str, Any], keep: int) -> Path:
-    """Write ``checkpoint-<step>/`` (model dir + trainer state), then prune older ones beyond ``keep``."""
+    """Write ``checkpoint-<step>/`` (model dir + trainer state + the state's checksum), then prune older ones
+    beyond ``keep``. The model dir lists its own weight checksums (``save_pretrained``)."""
     path = directory / f"checkpoint-{state['step']:07d}"
     model.save_pretrained(path / MODEL_DIR)
     atomic_write(path / STATE_NAME, lambda p: torch.save(state, p))
+    write_checksums(path, [STATE_NAME])
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -70,7 +73,17 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read the trainer state without running code: a crafted checkpoint must not execute on resume."""
+    """Read the trainer state without running code: a crafted checkpoint must not execute on resume.
+
+    The state file is checked against the checkpoint's ``checksums.json`` first (the model weights are
+    checked against theirs by ``TSEmbedModel.load_weights``, before any is copied), so a truncated or garbled
+    checkpoint is refused, naming the file, rather than resumed from.
+
+    Raises:
+        AdapterError: the state file differs from its listed checksum.
+        ConfigError: the state holds objects other than tensors and plain values.
+    """
+    verify_checksums(path, [STATE_NAME])
     try:
         return torch.load(path / STATE_NAME, weights_only=True)
     except pickle.UnpicklingError as exc:

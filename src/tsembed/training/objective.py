@@ -19,6 +19,10 @@ from tsembed.training.eans import PLAIN_INFONCE, EANSConfig
 from tsembed.training.losses import false_negative_mask, info_nce, negative_mask, uniformity
 
 
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
 @dataclass
 class LossConfig:
     """Loss settings.
@@ -53,12 +57,16 @@ class LossConfig:
     uniformity_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.uniformity_weight) or self.uniformity_weight < 0:
-            raise ConfigError(f"loss.uniformity_weight must be a finite number >= 0, got {self.uniformity_weight!r}")
-        if self.tau <= 0:
-            raise ConfigError(f"loss.tau must be > 0, got {self.tau!r}")
-        if self.load_balance_weight < 0 or self.z_loss_weight < 0:
-            raise ConfigError("loss.load_balance_weight and loss.z_loss_weight must be >= 0")
+        # NaN passes every < / > comparison, so each range check also asks for a finite number
+        if not (_finite(self.tau) and self.tau > 0):
+            raise ConfigError(f"loss.tau must be a finite number > 0, got {self.tau!r}")
+        for name in ("load_balance_weight", "z_loss_weight", "uniformity_weight"):
+            value = getattr(self, name)
+            if not (_finite(value) and value >= 0):
+                raise ConfigError(f"loss.{name} must be a finite number >= 0, got {value!r}")
+        margin = self.false_negative_margin
+        if margin is not None and not (_finite(margin) and margin >= 0):
+            raise ConfigError(f"loss.false_negative_margin must be a finite number >= 0 or null (off), got {margin!r}")
         if isinstance(self.load_balance_window, bool) or not isinstance(self.load_balance_window, int) \
                 or self.load_balance_window < 1:
             raise ConfigError(f"loss.load_balance_window must be an integer >= 1 (steps), got "

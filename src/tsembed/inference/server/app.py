@@ -20,15 +20,18 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from PIL import Image
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
+from tsembed.backbones.vision_cache import VisionFeatureCache
 from tsembed.encoding import embed_items
 from tsembed.inference.inputs import apply_instruction
+from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, request_pixels_error
 from tsembed.inference.server.batcher import MicroBatcher
 from tsembed.inference.server.errors import APIError, error_body, install_error_handlers
-from tsembed.inference.server.images import decode_data_url
+from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
 from tsembed.inference.server.metrics import Metrics
 from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
 from tsembed.inference.server.settings import ServerSettings
@@ -38,6 +41,7 @@ from tsembed.inputs import EmbedInput
 logger = logging.getLogger(__name__)
 
 KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/info", "/metrics")
+DOCS_AND_METRICS = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 TRUNCATED_HEADER = "X-Truncated-Inputs"
 
 
@@ -45,8 +49,12 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _BodyTimeout(Exception):
+    pass
+
+
 class GuardMiddleware:
-    """Auth for ``/v1/*``, the request-size limit and request metrics, before any body is parsed."""
+    """Auth, the request-size limit, the slow-body timeout and request metrics, before any body is parsed."""
 
     def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics) -> None:
         self.app, self.settings, self.metrics = app, settings, metrics
@@ -78,6 +86,12 @@ class GuardMiddleware:
         except _BodyTooLarge:
             if not state["started"]:
                 await self._reply(scope, send_wrapper, *self._too_large())
+        except _BodyTimeout:
+            if not state["started"]:
+                timeout = self.settings.read_timeout_s
+                await self._reply(scope, send_wrapper, 408, error_body(
+                    f"the request body did not arrive within {timeout:g} s", "invalid_request_error", None,
+                    "request_timeout"), {"Connection": "close"})
         finally:
             self.metrics.record_request(label, int(state["status"]), time.perf_counter() - start)
 
@@ -88,7 +102,7 @@ class GuardMiddleware:
 
     def _check(self, scope: Scope) -> tuple[int, dict[str, Any], dict[str, str]] | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.settings.api_key and scope["path"].startswith("/v1/"):
+        if self.settings.api_key and self._guarded(scope["path"]):
             scheme, _, token = headers.get("authorization", "").partition(" ")
             expected = self.settings.api_key.encode()
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
@@ -99,15 +113,26 @@ class GuardMiddleware:
             return self._too_large()
         return None
 
+    def _guarded(self, path: str) -> bool:
+        """Paths that need the key: the API, and unless made public, metrics and the API docs."""
+        return path.startswith("/v1/") or (not self.settings.public_docs_and_metrics and path in DOCS_AND_METRICS)
+
     def _limited(self, receive: Receive) -> Receive:
-        seen = 0
-        limit = self.settings.max_request_bytes
+        """``receive`` that counts body bytes and bounds how long each body chunk may take to arrive."""
+        seen, body_done = 0, False
+        limit, timeout = self.settings.max_request_bytes, self.settings.read_timeout_s
 
         async def wrapped() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body only a disconnect can come: no timeout on waiting for it
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                raise _BodyTimeout from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > limit:
                     raise _BodyTooLarge
             return message
@@ -155,8 +180,16 @@ def _reject_lone_surrogates(data: Any) -> None:
                                f"{exc.start}; send valid Unicode", param=path or None, code="invalid_text") from None
 
 
-def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSettings) -> list[EmbedInput]:
-    """Check limits, decode images and apply the instruction (runs in a thread: image decoding is CPU)."""
+def _to_inputs(request: EmbeddingRequest, model: nn.Module,
+               settings: ServerSettings) -> tuple[list[EmbedInput], list[tuple[str, Image.Image]]]:
+    """Check limits, open images (headers only) and apply the instruction (runs in a thread: base64 is CPU).
+
+    Returns:
+        The inputs, and the ``(param, image)`` pairs still to decode once the request is admitted.
+
+    Raises:
+        APIError: 400 for a bad field, 413 when the images together pass ``max_request_pixels``.
+    """
     items = request.items()
     if len(items) > settings.max_inputs_per_request:
         raise APIError(400, f"{len(items)} inputs in one request; the limit is {settings.max_inputs_per_request}",
@@ -174,7 +207,7 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSett
                        f"{settings.max_instruction_chars}", param="instruction", code="instruction_too_long")
     if request.input_type is not None:
         instruction = getattr(model.config, f"{request.input_type}_instruction", "") or None
-    inputs = []
+    inputs, images, pixels = [], [], 0
     for i, item in enumerate(items):
         where = "input" if isinstance(request.input, str) else f"input[{i}]"
         text, image = (item, None) if isinstance(item, str) else (item.text, item.image)
@@ -185,9 +218,14 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSett
                            param=where if isinstance(item, str) else f"{where}.text", code="text_too_long")
         pil = None
         if isinstance(item, InputItem) and image:
-            pil = decode_data_url(image, f"{where}.image", settings.max_image_bytes, settings.max_image_pixels)
+            pil = open_data_url(image, f"{where}.image", settings.max_image_bytes, settings.max_image_pixels,
+                                settings.max_image_side)
+            pixels += image_pixels(pil)
+            if pixels > settings.max_request_pixels:
+                raise request_pixels_error(pixels, settings.max_request_pixels)
+            images.append((f"{where}.image", pil))
         inputs.append(apply_instruction(instruction, EmbedInput(text=text or None, image=pil, task=request.task)))
-    return inputs
+    return inputs, images
 
 
 def truncated_inputs(token_counts: list[int], max_tokens: int | None) -> list[int]:
@@ -228,6 +266,14 @@ def self_check(model: nn.Module, dimensions: int) -> str | None:
     return None
 
 
+def configure_vision_cache(model: nn.Module, settings: ServerSettings) -> None:
+    """Serving keeps client images off disk: the backbone's vision-feature cache (if it has one) becomes an
+    in-memory LRU capped at ``vision_cache_mb``, on disk only with ``vision_disk_cache``."""
+    cache = getattr(getattr(model, "backbone", None), "cache", None)
+    if isinstance(cache, VisionFeatureCache):
+        cache.configure(disk=settings.vision_disk_cache, memory_max_bytes=int(settings.vision_cache_mb * 2**20))
+
+
 def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
     config = model.config
     return {
@@ -243,7 +289,7 @@ def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
         "document_instruction": config.document_instruction,
         "limits": {k: getattr(settings, k) for k in (
             "max_inputs_per_request", "max_text_chars", "max_instruction_chars", "max_image_bytes", "max_image_pixels",
-            "max_request_bytes", "max_batch_size")},
+            "max_image_side", "max_request_pixels", "max_request_bytes", "max_batch_size")},
         "batching": settings.batching,
     }
 
@@ -255,6 +301,8 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     metrics = Metrics()
     batcher = MicroBatcher(model, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.batching,
                            settings.max_queue_inputs, metrics)
+    pixel_budget = PixelBudget(settings.max_inflight_pixels)
+    configure_vision_cache(model, settings)
     created = int(time.time())
     info = model_info(model, settings)
     unhealthy = self_check(model, info["dimensions"]) if settings.self_check else None
@@ -268,6 +316,7 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
 
     app = FastAPI(title="tsembed", version="1", lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
+    app.state.pixel_budget = pixel_budget
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics)
 
@@ -278,15 +327,19 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     async def embeddings(raw: Request) -> JSONResponse:
         if unhealthy:
             raise APIError(503, f"the model failed its self-check at start ({unhealthy}); see /health",
-                           type="server_error", code="model_unhealthy")
+                           type="server_error", code="model_unhealthy", headers={"Retry-After": RETRY_AFTER_S})
         request = await parse_request(raw)
         if request.model is not None and request.model != settings.model_name:
             raise _model_not_found(request.model, settings.model_name)
         if request.dimensions is not None and request.dimensions > info["dimensions"]:
             raise APIError(400, f"dimensions must be at most {info['dimensions']}, got {request.dimensions}",
                            param="dimensions", code="invalid_dimensions")
-        inputs = await asyncio.to_thread(_to_inputs, request, model, settings)
-        result = await batcher.submit(inputs)
+        inputs, images = await asyncio.to_thread(_to_inputs, request, model, settings)
+        batcher.check_capacity(len(inputs))  # 429 before any pixel is decoded
+        with pixel_budget.reserve(sum(image_pixels(image) for _, image in images)):  # 503 when full
+            if images:
+                await asyncio.to_thread(decode_images, images)
+            result = await batcher.submit(inputs)
         bad = nonfinite_rows(result.embeddings)
         if bad:  # never answer 200 with NaN: clients would index them and every score would be NaN
             logger.error("the model produced non-finite embeddings for inputs %s of a request", bad[:10])

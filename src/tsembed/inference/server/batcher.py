@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from tsembed.encoding import embed_items
+from tsembed.inference.server.admission import RETRY_AFTER_S
 from tsembed.inference.server.errors import APIError
 from tsembed.inference.server.metrics import Metrics
 from tsembed.inputs import EmbedInput
@@ -49,7 +50,7 @@ class MicroBatcher:
         max_batch_size: inputs per forward.
         max_wait_s: how long the first request waits for others.
         enabled: False runs every request in a forward of its own (the no-batching baseline).
-        max_queue_inputs: queued inputs beyond which ``submit`` answers 503.
+        max_queue_inputs: queued inputs beyond which ``submit`` answers 429.
         metrics: where batch sizes and forward times go.
     """
 
@@ -78,16 +79,25 @@ class MicroBatcher:
         """Embed one request's inputs; resolves when its batch has run.
 
         Raises:
-            APIError: 503 when the queue is full; the model's error (400 for a ``DataError``, else 500).
+            APIError: 429 when the queue is full; the model's error (400 for a ``DataError``, else 500).
         """
         queue = self._ensure_started()
-        if self.queued_inputs + len(items) > self.max_queue_inputs:
-            raise APIError(503, f"server is busy ({self.queued_inputs} inputs queued); retry later",
-                           type="server_error", code="overloaded", headers={"Retry-After": "1"})
+        self.check_capacity(len(items))
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.queued_inputs += len(items)
         await queue.put(_Job(items, future))
         return await future
+
+    def check_capacity(self, inputs: int) -> None:
+        """Refuse a request the queue cannot take now (call it before decoding, and again on submit).
+
+        Raises:
+            APIError: 429 ``queue_full`` with ``Retry-After``.
+        """
+        if self.queued_inputs + inputs > self.max_queue_inputs:
+            raise APIError(429, f"the queue is full ({self.queued_inputs} inputs waiting, limit "
+                           f"{self.max_queue_inputs}); retry later", type="server_error", code="queue_full",
+                           headers={"Retry-After": RETRY_AFTER_S})
 
     async def _next_batch(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
         jobs = [await queue.get()]

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 from tsembed.errors import TsembedError
@@ -27,7 +32,14 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = 
     uvicorn = require("uvicorn", "the embedding server")
     settings = getattr(getattr(app, "state", None), "settings", None)
     warn_if_exposed(host, getattr(settings, "api_key", None))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+                timeout_keep_alive=_idle_timeout(app))
+
+
+def _idle_timeout(app: Any) -> float:
+    """The app's ``idle_timeout_s`` (uvicorn's keep-alive timeout), or uvicorn's default of 5 s."""
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    return float(getattr(settings, "idle_timeout_s", 5.0))
 
 
 def warn_if_exposed(host: str, api_key: str | None) -> bool:
@@ -48,13 +60,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def start_server_process(serve_args: list[str], port: int, env: dict[str, str] | None = None,
+                         timeout: float = 180.0) -> subprocess.Popen:
+    """``tsembed serve <serve_args> --port <port>`` in a subprocess (benchmarks: the server gets its own GIL
+    and its own memory); returns once ``/health`` answers 200 on loopback.
+
+    Raises:
+        TsembedError: the process exited, or did not answer within ``timeout`` seconds (it is killed).
+    """
+    cmd = [sys.executable, "-m", "tsembed", "serve", *serve_args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TsembedError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return proc
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    proc.kill()
+    raise TsembedError(f"server did not start within {timeout:g} s")
+
+
 class ServerThread:
     """uvicorn on a loopback port in a background thread; ``with ServerThread(app) as url: ...``."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning") -> None:
         uvicorn = require("uvicorn", "the embedding server")
         self.host, self.port = host, port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level))
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level,
+                                timeout_keep_alive=_idle_timeout(app))  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="tsembed-uvicorn", daemon=True)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 
@@ -27,7 +28,21 @@ class ServerSettings:
             request limits; over them the request gets a 4xx, never the server a crash.
         max_instruction_chars: limit of a request's ``instruction``; it is prepended to every input, so
             without a bound one request could make the model tokenise megabytes per input.
-        max_queue_inputs: inputs waiting for the model before new requests get 503.
+        max_image_side: longest side of an image, in pixels. Resizing a long thin strip costs memory in
+            proportion to its length, not its pixels (a 1x20,000,000 PNG of 26 kB took ~600 MB).
+        max_request_pixels: decoded image pixels one request may hold (read from the headers before any
+            decoding); over it the request gets 413.
+        max_inflight_pixels: decoded image pixels all admitted requests together may hold; a request that
+            would pass it gets 503 with Retry-After. With ``max_queue_inputs`` this bounds server memory.
+        max_queue_inputs: inputs waiting for the model before new requests get 429 with Retry-After.
+        read_timeout_s: a client that stalls this long while sending its body gets 408 (slow-client guard).
+        idle_timeout_s: keep-alive connections idle this long are closed (uvicorn's ``timeout_keep_alive``).
+        public_docs_and_metrics: with an API key set, ``/metrics``, ``/docs``, ``/redoc`` and ``/openapi.json``
+            need it too unless this is True (``/health`` is always open, for load balancers).
+        vision_cache_mb: in-memory LRU of vision features (for backbones that cache them), capped at this many
+            MiB; 0 turns it off.
+        vision_disk_cache: keep the vision-feature cache on disk. Off by default: a server writes no client
+            data to disk.
         self_check: at start, check the weights are finite and a probe input embeds to a finite vector;
             a model that fails answers 503 on ``/health`` and ``/v1/embeddings``.
     """
@@ -43,7 +58,15 @@ class ServerSettings:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 25_000_000
     max_request_bytes: int = 64 * 1024 * 1024
+    max_image_side: int = 16_384
+    max_request_pixels: int = 40_000_000
+    max_inflight_pixels: int = 64_000_000
     max_queue_inputs: int = 8192
+    read_timeout_s: float = 30.0
+    idle_timeout_s: float = 5.0
+    public_docs_and_metrics: bool = False
+    vision_cache_mb: float = 64.0
+    vision_disk_cache: bool = False
     self_check: bool = True
 
     def __post_init__(self) -> None:
@@ -51,11 +74,20 @@ class ServerSettings:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("model_name", "api_key", "batching", "self_check"):
+            if f.name in _NOT_NUMERIC:
                 continue
-            minimum_ok = value >= 0 if f.name == "max_wait_ms" else value > 0
-            if value is None or not minimum_ok:
-                raise ConfigError(f"server setting {f.name} must be {'>= 0' if f.name == 'max_wait_ms' else '> 0'}, "
+            zero_ok = f.name in _ZERO_OK
+            finite = isinstance(value, int | float) and math.isfinite(value)
+            if not finite or not (value >= 0 if zero_ok else value > 0):
+                raise ConfigError(f"server setting {f.name} must be a finite number {'>= 0' if zero_ok else '> 0'}, "
                                   f"got {value!r}")
         if not self.model_name:
             raise ConfigError("server setting model_name must not be empty")
+        for small, large in (("max_image_pixels", "max_request_pixels"), ("max_request_pixels", "max_inflight_pixels")):
+            if getattr(self, small) > getattr(self, large):
+                raise ConfigError(f"server setting {small}={getattr(self, small)} is over "
+                                  f"{large}={getattr(self, large)}: no request could use it; raise {large} too")
+
+
+_NOT_NUMERIC = ("model_name", "api_key", "batching", "self_check", "public_docs_and_metrics", "vision_disk_cache")
+_ZERO_OK = ("max_wait_ms", "vision_cache_mb")

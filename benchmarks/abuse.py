@@ -1,0 +1,265 @@
+"""Abuse benchmark: the server under a bounded mix of valid, oversized, malformed and hostile requests.
+
+Starts ``tsembed serve`` on a loopback port in a subprocess (so its memory is measured alone) on a tiny
+model (the default MiniLM + EfficientNet-Lite0 backbone with a tiny random BERT text side: images really go
+through the vision tower), with every server limit at its default. N concurrent clients then send a shuffled
+mix: valid text, image and text+image requests (each checked against a solo ``Encoder.encode`` of the same
+inputs in this process), large but admissible images, decompression-bomb headers, a request of sixteen
+5000x5000 PNGs, truncated and garbled images, invalid JSON, deep nesting, huge integers, lone surrogates,
+oversized fields and wrong content types. A valid request answered 429/503 (busy) is retried after its
+``Retry-After``.
+
+    python benchmarks/abuse.py [--requests 400] [--concurrency 8] [--seed 0]
+
+Reported: requests, status counts, unexpected 5xx (any 5xx but 503), wrong vectors, valid requests that
+never got through, transport errors, the server's peak RSS growth over its warmed-up RSS (VmHWM after
+resetting it), and files the server left in its vision cache directory. The last line is one JSON object
+with ``unexpected_5xx``, ``wrong_vectors`` and ``peak_rss_growth_mb`` (targets 0, 0, <= 600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import random
+import struct
+import subprocess
+import tempfile
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+WORDS = ("red green blue small large happy sad cat dog fish tree house car sun moon star river mountain city "
+         "bridge garden window music light shadow morning evening winter summer").split()
+
+
+@dataclass
+class Probe:
+    """One request: its body (JSON-able, or raw bytes), and for a valid one the reference vectors."""
+
+    name: str
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    reference: np.ndarray | None = None  # set: a valid request whose answer must match
+
+
+def tiny_model_dir(root: Path) -> Path:
+    """Tiny BERT + real EfficientNet-Lite0 with MoE-LoRA, saved; the disk cache is *on* in its config, so
+    the run also shows that serving keeps it off."""
+    from tsembed.backbones.testing import build_tiny_minilm_effnet, save_tiny_bert
+    from tsembed.model import ModelConfig, TSEmbedModel
+    from tsembed.moe import MoELoRAConfig
+
+    backbone = build_tiny_minilm_effnet(save_tiny_bert(root / "bert"), disk_cache=True)
+    moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=4, top_k=1,
+                        level="sequence", num_shared_experts=1)
+    return Path(TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe)).save_pretrained(
+        root / "tiny-model"))
+
+
+def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG declaring width x height with almost no data: what a decompression bomb's header costs."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+
+
+def url(raw: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(raw).decode()
+
+
+def valid_probes(model_dir: Path, rng: random.Random) -> list[Probe]:
+    """Valid requests with their solo-request reference vectors."""
+    from tsembed import Encoder
+    from tsembed.inputs import EmbedInput
+
+    encoder = Encoder.from_pretrained(model_dir)
+    probes = []
+    for i in range(16):
+        texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 14))) for _ in range(rng.randint(1, 4))]
+        probes.append(Probe(f"text{i}", {"input": texts}, reference=encoder.encode(texts)))
+    for i in range(8):
+        size = rng.choice([(16, 16), (64, 48), (300, 200)])
+        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        raw = png(size, colour)
+        text = " ".join(rng.choices(WORDS, k=3))
+        items = [{"image": url(raw)}, {"text": text, "image": url(raw)}, text]
+        inputs = [EmbedInput(image=Image.open(io.BytesIO(raw))), EmbedInput(text=text, image=Image.open(
+            io.BytesIO(raw))), EmbedInput(text=text)]
+        probes.append(Probe(f"image{i}", {"input": items}, reference=encoder.encode(inputs)))
+    big = png((4000, 4000), (30, 120, 200))  # 16 Mpx: admitted, decoded within the budget
+    probes.append(Probe("big-image", {"input": [{"image": url(big)}]},
+                        reference=encoder.encode([EmbedInput(image=Image.open(io.BytesIO(big)))])))
+    return probes
+
+
+def hostile_probes() -> list[Probe]:
+    """Requests the server must refuse with a 4xx (or answer 429/503 when busy), never a 500."""
+    huge = url(png((5000, 5000), (0, 0, 0)))  # 25 Mpx each: allowed alone, sixteen are 400 Mpx
+    truncated = png((64, 64), (1, 2, 3))
+    json_body = {"content-type": "application/json"}
+    return [
+        Probe("bomb-1x20M", {"input": [{"image": url(png_header_only(1, 20_000_000))}]}),
+        Probe("bomb-200kx200k", {"input": [{"image": url(png_header_only(200_000, 200_000))}]}),
+        Probe("sixteen-25Mpx", {"input": [{"image": huge}] * 16}),
+        Probe("truncated-png", {"input": [{"image": url(truncated[: len(truncated) // 2])}]}),
+        Probe("garbled-png", {"input": [{"image": url(truncated[:40] + os.urandom(200))}]}),
+        Probe("bad-base64", {"input": [{"image": "data:image/png;base64,@@@@"}]}),
+        Probe("text-data-url", {"input": [{"image": "data:text/plain;base64,aGk="}]}),
+        Probe("remote-url", {"input": [{"image": "http://169.254.169.254/latest/meta-data"}]}),
+        Probe("invalid-json", b'{"input": [', json_body),
+        Probe("deep-nesting", b'{"input": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", json_body),
+        Probe("huge-int", b'{"input": "x", "dimensions": ' + b"9" * 50_000 + b"}", json_body),
+        Probe("lone-surrogate", b'{"input": ["\\ud800 text"]}', json_body),
+        Probe("unknown-field", {"input": "x", "temperature": 1}),
+        Probe("too-many-inputs", {"input": ["x"] * 300}),
+        Probe("text-too-long", {"input": ["y" * 20_000]}),
+        Probe("instruction-too-long", {"input": ["x"] * 16, "instruction": "z" * 1_000_000}),
+        Probe("png-as-body", png((8, 8), (9, 9, 9)), {"content-type": "image/png"}),
+        Probe("empty-input", {"input": []}),
+        Probe("bad-dimensions", {"input": "x", "dimensions": 99_999}),
+        Probe("unknown-model", {"input": "x", "model": "gpt-4"}),
+        Probe("token-ids", {"input": [[1, 2, 3]]}),
+    ]
+
+
+def start_server(model_dir: Path, port: int, cache_dir: Path) -> subprocess.Popen:
+    """The server with every limit at its default; its cache dir is watched for files it must not write."""
+    from tsembed.inference.server.run import start_server_process
+
+    args = ["--model", str(model_dir), "--log-level", "error", "--num-threads", "1"]
+    env = {"TSEMBED_API_KEY": "", "TSEMBED_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    return start_server_process(args, port, env)
+
+
+def rss_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")
+
+
+async def send(http: httpx.AsyncClient, probe: Probe) -> httpx.Response:
+    if isinstance(probe.body, bytes):
+        return await http.post("/v1/embeddings", content=probe.body, headers=probe.headers)
+    return await http.post("/v1/embeddings", json=probe.body, headers=probe.headers)
+
+
+def vectors_match(response: httpx.Response, reference: np.ndarray) -> bool:
+    got = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+    return got.shape == reference.shape and bool(np.allclose(got, reference, atol=1e-4))
+
+
+async def run_mix(base_url: str, plan: list[Probe], concurrency: int) -> dict[str, Any]:
+    statuses: Counter[int] = Counter()
+    report = {"unexpected_5xx": 0, "wrong_vectors": 0, "valid_not_served": 0, "transport_errors": 0}
+    unexpected: list[str] = []
+    queue = list(reversed(plan))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while queue:
+            probe = queue.pop()
+            for attempt in range(6 if probe.reference is not None else 1):
+                try:
+                    r = await send(http, probe)
+                except httpx.HTTPError as exc:
+                    report["transport_errors"] += 1
+                    unexpected.append(f"{probe.name}: {type(exc).__name__}")
+                    break
+                statuses[r.status_code] += 1
+                if r.status_code >= 500 and r.status_code != 503:
+                    report["unexpected_5xx"] += 1
+                    unexpected.append(f"{probe.name}: {r.status_code} {r.text[:200]}")
+                if probe.reference is None:
+                    if r.status_code == 200:
+                        unexpected.append(f"{probe.name}: accepted")
+                    break
+                if r.status_code == 200:
+                    if not vectors_match(r, probe.reference):
+                        report["wrong_vectors"] += 1
+                        unexpected.append(f"{probe.name}: wrong vectors")
+                    break
+                if r.status_code not in (429, 503) or attempt == 5:
+                    report["valid_not_served"] += 1
+                    unexpected.append(f"{probe.name}: {r.status_code} {r.text[:200]}")
+                    break
+                await asyncio.sleep(float(r.headers.get("Retry-After", "1")) * (0.5 + random.random()))
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    return {**report, "statuses": dict(sorted(statuses.items())), "unexpected": unexpected[:20]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=400, help="Requests in the mix (valid about half).")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    from tsembed.inference.server.run import free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model_dir = tiny_model_dir(root)
+        valid, hostile = valid_probes(model_dir, rng), hostile_probes()
+        plan = [rng.choice(valid) if i % 2 == 0 else rng.choice(hostile) for i in range(args.requests)]
+        rng.shuffle(plan)
+        port, cache_dir = free_port(), root / "server-cache"
+        proc = start_server(model_dir, port, cache_dir)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            warm = asyncio.run(run_mix(base_url, valid, 1))  # every valid request once, alone: warmed up
+            Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+            baseline_kb = rss_kb(proc.pid, "VmRSS")
+            start = time.perf_counter()
+            result = asyncio.run(run_mix(base_url, plan, args.concurrency))
+            seconds = time.perf_counter() - start
+            peak_kb = rss_kb(proc.pid, "VmHWM")
+            healthy = httpx.get(f"{base_url}/health", timeout=5).status_code == 200
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        cache_files = [p for p in cache_dir.rglob("*") if p.is_file()] if cache_dir.exists() else []
+
+    for key in ("unexpected_5xx", "wrong_vectors", "valid_not_served", "transport_errors"):
+        result[key] += warm[key]
+    print(f"requests {args.requests} in {seconds:.1f} s at concurrency {args.concurrency}; statuses "
+          f"{result['statuses']}")
+    print(f"baseline RSS {baseline_kb / 1024:.0f} MB, peak {peak_kb / 1024:.0f} MB; healthy after: {healthy}; "
+          f"files in the vision cache dir: {len(cache_files)}")
+    for line in result["unexpected"]:
+        print("  unexpected:", line)
+    print(json.dumps({
+        "requests": args.requests,
+        "unexpected_5xx": result["unexpected_5xx"],
+        "wrong_vectors": result["wrong_vectors"],
+        "valid_not_served": result["valid_not_served"],
+        "transport_errors": result["transport_errors"],
+        "peak_rss_growth_mb": round((peak_kb - baseline_kb) / 1024, 1),
+        "healthy_after": healthy,
+        "disk_cache_files": len(cache_files),
+    }))
+
+
+if __name__ == "__main__":
+    main()
