@@ -9,6 +9,14 @@ class ConfigError(TsembedError, ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
 
 
+class TaskError(ConfigError):
+    """A task the model cannot take: it has no task hints, or not this one. ``code`` is the API error code."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class DataError(TsembedError, ValueError):
     """Input data is malformed; the message names the file, row and field."""
 

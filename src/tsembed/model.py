@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from tsembed.errors import AdapterError, ConfigError
+from tsembed.errors import AdapterError, ConfigError, TaskError
 from tsembed.fileio import atomic_write
 from tsembed.moe import (
     MoELoRAConfig,
@@ -274,18 +274,34 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def check_task(task: str | None, hints: list[str], subject: str = "task") -> None:
+    """The one rule for a requested task: none is always fine; otherwise the model must know it.
+
+    ``subject`` words the message for the caller (``"input 3 declares task"``, ``"--task"``).
+
+    Raises:
+        TaskError: ``task_not_supported`` (a model without task hints) or ``unknown_task``.
+    """
+    if task is None:
+        return
+    if not hints:
+        raise TaskError(f"{subject} {task!r}: this model was trained without task hints (moe.task_hints), so a task "
+                        "cannot steer it; leave the task out", code="task_not_supported")
+    if task not in hints:
+        raise TaskError(f"{subject} {task!r}; this model knows the tasks {hints}", code="unknown_task")
+
+
 def task_hint_ids(inputs: list, hints: list[str]) -> torch.Tensor:
     """Index of each input's ``task`` in ``hints`` ([B] long); -1 for an input that declares no task.
 
     Raises:
-        ConfigError: a task the model was not trained with (names the input and the known tasks).
+        TaskError: a task the model was not trained with (names the input and the known tasks).
     """
     index = {name: i for i, name in enumerate(hints)}
     ids = []
     for position, item in enumerate(inputs):
         task = getattr(item, "task", None)
-        if task is not None and task not in index:
-            raise ConfigError(f"input {position} declares task {task!r}; this model knows the tasks {hints}")
+        check_task(task, hints, f"input {position} declares task")
         ids.append(-1 if task is None else index[task])
     return torch.tensor(ids, dtype=torch.long)
 

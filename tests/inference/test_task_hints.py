@@ -55,3 +55,16 @@ def test_hint_biases_train_with_the_router_and_survive_save_load_and_pruning(hin
     layer = next(m for m in loaded.modules() if getattr(m, "router_hint", None) is not None)
     original = next(m for m in hinted.modules() if getattr(m, "router_hint", None) is not None)
     torch.testing.assert_close(layer.router_hint, original.router_hint[:, [2, 0]])
+
+
+def test_one_task_rule_for_the_cli_the_server_and_the_model():
+    from tsembed.errors import TaskError
+    from tsembed.model import check_task
+
+    check_task(None, [])  # no task: always fine
+    check_task("retrieval", ["classification", "retrieval"])
+    with pytest.raises(TaskError, match="trained without task hints") as none:
+        check_task("retrieval", [], "--task")
+    with pytest.raises(TaskError, match=r"--task 'vqa'; this model knows the tasks") as unknown:
+        check_task("vqa", ["retrieval"], "--task")
+    assert (none.value.code, unknown.value.code) == ("task_not_supported", "unknown_task")

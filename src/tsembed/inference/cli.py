@@ -31,10 +31,10 @@ _TASK = typer.Option(None, "--task", help="Task the inputs are embedded for, for
 
 
 def _check_task(model: Any, task: str | None) -> None:
-    """``--task`` must name a task the model's routers know; a model without task hints takes none."""
-    if task is not None and not getattr(model, "task_hints", []):
-        raise ConfigError(f"--task {task}: this model was trained without task hints (moe.task_hints), so a task "
-                          "cannot steer it; leave --task out")
+    """``--task`` must name a task the model's routers know (``model.check_task``, the rule the server uses)."""
+    from tsembed.model import check_task
+
+    check_task(task, getattr(model, "task_hints", []), "--task")
 
 
 def _instruction(model: Any, role: str, instruction: str | None) -> str | None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from tsembed.backbones.vision_cache import VisionFeatureCache
 from tsembed.encoding import embed_items
+from tsembed.errors import TaskError
 from tsembed.inference.inputs import apply_instruction
 from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, request_pixels_error
 from tsembed.inference.server.batcher import MicroBatcher
@@ -37,6 +38,7 @@ from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
 from tsembed.inference.server.settings import ServerSettings
 from tsembed.inference.vectors import nonfinite_rows
 from tsembed.inputs import EmbedInput
+from tsembed.model import check_task
 
 logger = logging.getLogger(__name__)
 
@@ -194,13 +196,10 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module,
     if len(items) > settings.max_inputs_per_request:
         raise APIError(400, f"{len(items)} inputs in one request; the limit is {settings.max_inputs_per_request}",
                        param="input", code="too_many_inputs")
-    hints = getattr(model, "task_hints", [])
-    if request.task is not None and not hints:
-        raise APIError(400, "this model was trained without task hints (moe.task_hints), so `task` cannot steer "
-                       "it; leave `task` out", param="task", code="task_not_supported")
-    if request.task is not None and request.task not in hints:
-        raise APIError(400, f"unknown task {request.task!r}; this model knows the tasks {hints}", param="task",
-                       code="unknown_task")
+    try:
+        check_task(request.task, getattr(model, "task_hints", []))
+    except TaskError as exc:
+        raise APIError(400, str(exc), param="task", code=exc.code) from None
     instruction = request.instruction
     if instruction is not None and len(instruction) > settings.max_instruction_chars:
         raise APIError(400, f"instruction has {len(instruction)} characters; the limit is "
