@@ -101,3 +101,24 @@ def test_instruction_prompts_are_prefixes():
     assert instruction_prompt("Find:") == "Find: "
     assert instruction_prompt("Query: {text}") == "Query: "
     assert instruction_prompt("Is {text} a fruit?") is None
+
+
+def test_peft_export_names_the_base_by_hub_id_or_relative_path(minilm_model_dir, tmp_path, tiny_bert_dir):
+    import json
+    from pathlib import Path
+
+    from tsembed.inference.export import export_peft
+
+    adapter = export_peft(minilm_model_dir, tmp_path / "peft", [EXPERT])[0]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"  # not site-packages
+
+    local = TSEmbedModel.from_config(ModelConfig(
+        backbone={"kind": "minilm-effnet", "text_model": str(tiny_bert_dir), "image_size": 64,
+                  "num_visual_tokens": 4, "max_length": 48, "disk_cache": False},
+        moe=MoELoRAConfig(target_modules=MINILM_TARGET_MODULES, num_experts=2, rank=2, level="sequence")))
+    adapter = export_peft(local.save_pretrained(tmp_path / "local"), tmp_path / "peft-local", [0])[0]
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert not Path(base).is_absolute() and (adapter / base).resolve() == Path(tiny_bert_dir).resolve()
+    assert (adapter.parent / "tsembed_export.json").is_file()
+    assert not (Path(local.save_pretrained(tmp_path / "again")) / "adapters" / "adapter_config.json").exists()
