@@ -12,7 +12,7 @@ import torch
 
 from tsembed.backbones import build_backbone
 from tsembed.backbones.hf import resolve_pretrained
-from tsembed.backbones.reference import portable_backbone_config, resolve_backbone_config
+from tsembed.backbones.reference import portable_backbone_config, portable_reference, resolve_backbone_config
 from tsembed.cli import main
 from tsembed.errors import ConfigError
 from tsembed.inference import encode
@@ -115,6 +115,8 @@ def test_a_hub_id_loads_offline_from_the_local_cache(tmp_path, monkeypatch, tiny
     saved = model.save_pretrained(tmp_path / "model")
     assert _saved_backbone(saved)["path"] == "tiny-org/tiny-qwen2-vl"
     np.testing.assert_allclose(_vectors(TSEmbedModel.from_pretrained(saved)), _vectors(model.eval()), atol=1e-6)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "another-cache"))  # the id would not load: keep the path
+    assert portable_reference(str(qwen_snapshot), saved) == str(qwen_snapshot.resolve())
 
 
 def test_a_hub_id_missing_from_the_cache_is_a_clear_error(tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ A model directory must keep working when it is copied to another folder or machi
 * a default shipped inside a pip package (all-MiniLM-L6-v2, EfficientNet-Lite0) is stored as None, which
   loads the package's copy wherever it is installed;
 * a Hugging Face cache snapshot (``.../models--org--name/snapshots/<rev>``) is stored as its Hub id
-  (``org/name``), which loads from the local cache offline (``tsembed.backbones.hf.resolve_pretrained``);
+  (``org/name``), which loads from the local cache offline (``tsembed.backbones.hf.resolve_pretrained``), when
+  that id resolves to this very snapshot here (the active cache, the ``main`` revision); else as a path;
 * a directory inside the model directory is stored relative to it, as ``./sub/dir``;
 * any other local path stays absolute (override it when loading with ``backbone_path=`` / ``--backbone-path``).
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tsembed.backbones.hf import hub_model_id
+from tsembed.backbones.hf import hub_model_id, resolve_pretrained
 from tsembed.backbones.registry import BACKBONES
 from tsembed.errors import ConfigError
 
@@ -34,12 +35,20 @@ def portable_reference(value: str, model_dir: Path, packaged: Path | None = None
     if packaged is not None and path == packaged.resolve():
         return None
     hub_id = hub_model_id(path)
-    if hub_id:
+    if hub_id and _cached_snapshot(hub_id) == path:
         return hub_id
     try:
         return RELATIVE_PREFIX + path.relative_to(Path(model_dir).resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def _cached_snapshot(hub_id: str) -> Path | None:
+    """Where ``hub_id`` resolves offline now, or None when it does not."""
+    try:
+        return resolve_pretrained(hub_id, "path").resolve()
+    except ConfigError:
+        return None
 
 
 def portable_backbone_config(config: dict[str, Any], model_dir: str | Path) -> dict[str, Any]:
