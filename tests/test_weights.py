@@ -15,7 +15,7 @@ from tsembed.errors import AdapterError, ConfigError
 from tsembed.model import TSEmbedModel
 from tsembed.weights import CHECKSUMS_NAME, read_safetensors
 
-ADAPTERS = "adapters/adapter_model.safetensors"
+ADAPTERS = "adapters/moe_lora.safetensors"
 TRAINABLE = "backbone_trainable.safetensors"
 
 
@@ -84,14 +84,14 @@ def test_truncated_file_without_checksums_names_the_file(saved):
         TSEmbedModel.from_pretrained(saved)
 
 
-@pytest.mark.parametrize("edited", ["tsembed_config.json", "adapters/adapter_config.json"])
+@pytest.mark.parametrize("edited", ["tsembed_config.json", "adapters/moe_lora_config.json"])
 def test_model_and_adapter_configs_must_agree(saved, edited):
     path = saved / edited
     data = json.loads(path.read_text())
     moe = data["moe"] if "moe" in data else data["config"]
     moe["num_experts"] = 8
     path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=r"tsembed_config.json \(moe\) and .*adapter_config.json \(config\) "
+    with pytest.raises(ConfigError, match=r"tsembed_config.json \(moe\) and .*moe_lora_config.json \(config\) "
                                           r"disagree: num_experts: [48] vs [48]"):
         TSEmbedModel.from_pretrained(saved)
 
@@ -99,5 +99,5 @@ def test_model_and_adapter_configs_must_agree(saved, edited):
 def test_adapters_beside_a_model_config_without_them_are_an_error(saved):
     path = saved / "tsembed_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "moe": None}))
-    with pytest.raises(ConfigError, match=r"no adapters \(moe: null\) but .*adapter_config.json holds some"):
+    with pytest.raises(ConfigError, match=r"no adapters \(moe: null\) but .*moe_lora_config.json holds some"):
         TSEmbedModel.from_pretrained(saved)

@@ -241,6 +241,24 @@ def build_peft_card(model: nn.Module, expert: int) -> ModelCard:
     return assemble_card(data, body)
 
 
+def build_sentence_transformers_card(model: nn.Module, expert: int, prompts: dict[str, str]) -> ModelCard:
+    """Card of one merged expert exported as a sentence-transformers model (``export --format
+    sentence-transformers``); ``prompts``: the prompts it was saved with (from the model's instructions)."""
+    data = card_data(model, library_name="sentence-transformers",
+                     tags=["sentence-transformers", "sentence-similarity", f"expert-{expert}"])
+    usage = ["```python", "from sentence_transformers import SentenceTransformer", "",
+             'model = SentenceTransformer("path/to/this/dir")', 'vectors = model.encode(["a red apple"])']
+    usage += [f'{name}_vectors = model.encode(["a red apple"], prompt_name="{name}")' for name in prompts]
+    usage.append("```")
+    body = [f"# tsembed expert {expert} as a sentence-transformers model", "",
+            f"Routed expert {expert} (plus any always-on shared experts) of a tsembed MoE-LoRA model, merged into "
+            "the text encoder's weights: Transformer → mean pooling → Normalize, as tsembed embeds text. Text only: "
+            "sentence-transformers cannot represent the backbone's early fusion of images (projected EfficientNet "
+            "features spliced into the text sequence), so images stay with the tsembed model.", "",
+            *_describe(model), "", "## Usage", "", *usage]
+    return assemble_card(data, body)
+
+
 def render_model_card(model: nn.Module, eval_results: EvalResultsLike = None, title: str = "") -> str:
     """README text (YAML front matter + markdown) of ``build_model_card``."""
     return str(build_model_card(model, eval_results, title))

@@ -23,6 +23,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "faiss": ("faiss-cpu", "search"),
     "fastapi": ("fastapi", "serve"),
     "uvicorn": ("uvicorn", "serve"),
+    "sentence_transformers": ("sentence-transformers", "dev"),
 }
 
 

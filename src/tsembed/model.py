@@ -33,7 +33,10 @@ from tsembed.moe import (
     set_routing_hints,
 )
 from tsembed.moe.io import CONFIG_NAME as ADAPTER_CONFIG_NAME
+from tsembed.moe.io import LEGACY_CONFIG_NAME as LEGACY_ADAPTER_CONFIG_NAME
+from tsembed.moe.io import LEGACY_WEIGHTS_NAME as LEGACY_ADAPTER_WEIGHTS_NAME
 from tsembed.moe.io import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
+from tsembed.moe.io import adapter_files
 from tsembed.weights import read_safetensors, sha256_file, verify_checksums, write_checksums
 
 logger = logging.getLogger(__name__)
@@ -43,8 +46,10 @@ TRAINABLE_WEIGHTS_NAME = "backbone_trainable.safetensors"
 ADAPTER_DIR = "adapters"
 MERGED_WEIGHTS_NAME = "backbone_weights.safetensors"
 TASK_HINT_KEY = "task_hint_ids"  # rides in a prepared batch next to the backbone's tensors
-#: Every weight file a model directory may hold, relative to it: what ``checksums.json`` covers.
-WEIGHT_FILES = (f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}", TRAINABLE_WEIGHTS_NAME, MERGED_WEIGHTS_NAME)
+#: Every weight file a model directory may hold, relative to it: what ``checksums.json`` covers (adapters under
+#: their legacy name too: directories saved before the rename).
+WEIGHT_FILES = (f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}", f"{ADAPTER_DIR}/{LEGACY_ADAPTER_WEIGHTS_NAME}",
+                TRAINABLE_WEIGHTS_NAME, MERGED_WEIGHTS_NAME)
 
 
 @dataclass
@@ -177,14 +182,28 @@ class TSEmbedModel(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.backbone.trainable_state_dict().items()}
         if state:
             atomic_write(directory / TRAINABLE_WEIGHTS_NAME, lambda p: save_file(state, str(p)))
-        text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        from tsembed.backbones.reference import portable_backbone_config
+
+        saved = self.config.to_dict()
+        saved["backbone"] = portable_backbone_config(saved["backbone"], directory)  # the directory can move
+        text = json.dumps(saved, indent=2) + "\n"
         atomic_write(directory / MODEL_CONFIG_NAME, lambda p: p.write_text(text))
         write_checksums(directory, list(WEIGHT_FILES))
         write_model_card(directory, self, eval_results)
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, strict: bool = True) -> TSEmbedModel:
+    def from_pretrained(cls, directory: str | Path, strict: bool = True,
+                        backbone_path: str | Path | None = None) -> TSEmbedModel:
+        """Rebuild a model saved by ``save_pretrained`` (offline).
+
+        Args:
+            directory: the model directory (it may have been moved: its backbone reference is relocatable).
+            strict: missing or unexpected adapter keys raise.
+            backbone_path: a local directory or a Hub id in the local Hugging Face cache that replaces the
+                saved backbone reference (``path``; ``text_model`` for minilm-effnet), e.g. after the
+                pretrained weights moved.
+        """
         directory = Path(directory)
         config_path = directory / MODEL_CONFIG_NAME
         if not config_path.is_file():
@@ -196,7 +215,9 @@ class TSEmbedModel(nn.Module):
         sums = verify_checksums(directory, list(WEIGHT_FILES))  # before building: a corrupt file fails fast
         _check_adapter_config(directory, config)
         from tsembed.backbones import build_backbone
+        from tsembed.backbones.reference import resolve_backbone_config
 
+        config.backbone = resolve_backbone_config(config.backbone, directory, backbone_path)
         model = cls(build_backbone(config.backbone), config)  # attaches the adapters the check above agreed on
         model._copy_weights(directory, strict)
         model.fingerprint = model_fingerprint(directory, sums)
@@ -233,17 +254,18 @@ def _check_adapter_config(directory: Path, config: ModelConfig) -> None:
     """The model config and the adapter config describe one model: a key edited in one of them is an error
     (loading would attach the adapter config's adapters while ``/info`` reports the model config's)."""
     adapter_dir, model_path = directory / ADAPTER_DIR, directory / MODEL_CONFIG_NAME
+    adapter_config = adapter_files(adapter_dir)[0]
     if config.moe is None:
-        if (adapter_dir / ADAPTER_CONFIG_NAME).is_file():
+        if adapter_config.is_file():
             raise ConfigError(f"{model_path} says the model has no adapters (moe: null) but "
-                              f"{adapter_dir / ADAPTER_CONFIG_NAME} holds some; remove one of them")
+                              f"{adapter_config} holds some; remove one of them")
         return
     adapter = read_adapter_config(adapter_dir)[0].to_dict()
     ours = config.moe.to_dict()
     diffs = [f"{k}: {ours.get(k)!r} vs {adapter.get(k)!r}" for k in sorted(set(ours) | set(adapter))
              if ours.get(k) != adapter.get(k)]
     if diffs:
-        raise ConfigError(f"{model_path} (moe) and {adapter_dir / ADAPTER_CONFIG_NAME} (config) disagree: "
+        raise ConfigError(f"{model_path} (moe) and {adapter_config} (config) disagree: "
                           f"{'; '.join(diffs)}; they must describe the same adapters")
 
 
@@ -257,7 +279,8 @@ def model_fingerprint(directory: str | Path, sums: dict[str, str] | None = None)
     if sums is None:
         sums = {n: sha256_file(directory / n) for n in WEIGHT_FILES if (directory / n).is_file()}
     digest = hashlib.sha256()
-    for name in (MODEL_CONFIG_NAME, f"{ADAPTER_DIR}/{ADAPTER_CONFIG_NAME}"):
+    configs = (MODEL_CONFIG_NAME, f"{ADAPTER_DIR}/{ADAPTER_CONFIG_NAME}", f"{ADAPTER_DIR}/{LEGACY_ADAPTER_CONFIG_NAME}")
+    for name in configs:
         if (directory / name).is_file():
             digest.update(name.encode() + b"\0" + (directory / name).read_bytes() + b"\0")
     for name in sorted(sums):

@@ -108,7 +108,7 @@ def test_malformed_file_fails_with_a_clear_error(saved, capsys):
 
 def test_truncated_weights_and_a_missing_suite_file_are_one_line_naming_the_file(saved, capsys):
     tmp, suite = saved
-    weights = tmp / "model" / "adapters" / "adapter_model.safetensors"
+    weights = tmp / "model" / "adapters" / "moe_lora.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     assert main(["eval", "-m", str(tmp / "model"), "-s", str(suite), "-o", str(tmp / "e"), "--no-progress"]) == 1
     err = capsys.readouterr().err

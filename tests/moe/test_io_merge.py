@@ -42,7 +42,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     model = trained_bert(config)
     expected = model(**INPUTS).last_hidden_state
     save_adapters(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moe_lora.safetensors", "moe_lora_config.json"]
 
     fresh = tiny_bert()  # a fresh base with no adapters: load attaches them from the saved config
     load_adapters(fresh, tmp_path)
@@ -58,10 +58,10 @@ def _saved(tmp_path):
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
     path = _saved(tmp_path)
-    tensors = load_file(str(path / "adapter_model.safetensors"))
+    tensors = load_file(str(path / "moe_lora.safetensors"))
     del tensors["encoder.layer.0.attention.self.query.lora_A"]
     tensors["encoder.layer.9.output.dense.lora_A"] = torch.zeros(1)
-    save_file(tensors, str(path / "adapter_model.safetensors"))
+    save_file(tensors, str(path / "moe_lora.safetensors"))
     with pytest.raises(AdapterError) as err:
         load_adapters(tiny_bert(), path)
     message = str(err.value)
@@ -71,9 +71,9 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
 
 def test_shape_mismatch_is_listed(tmp_path):
     path = _saved(tmp_path)
-    tensors = load_file(str(path / "adapter_model.safetensors"))
+    tensors = load_file(str(path / "moe_lora.safetensors"))
     tensors["encoder.layer.1.output.dense.lora_B"] = torch.zeros(16, 5)
-    save_file(tensors, str(path / "adapter_model.safetensors"))
+    save_file(tensors, str(path / "moe_lora.safetensors"))
     expected = r"encoder.layer.1.output.dense.lora_B: checkpoint \(16, 5\) vs model \(16, 6\)"
     with pytest.raises(AdapterError, match=expected):
         load_adapters(tiny_bert(), path)
@@ -89,9 +89,9 @@ def test_config_mismatch_with_attached_adapters_is_listed(tmp_path):
 
 def test_checkpoint_for_other_modules_is_rejected(tmp_path):
     path = _saved(tmp_path)
-    meta = json.loads((path / "adapter_config.json").read_text())
+    meta = json.loads((path / "moe_lora_config.json").read_text())
     meta["modules"].append("pooler.dense")
-    (path / "adapter_config.json").write_text(json.dumps(meta))
+    (path / "moe_lora_config.json").write_text(json.dumps(meta))
     with pytest.raises(AdapterError, match=r"adapted modules differ.*pooler.dense"):
         load_adapters(tiny_bert(), path)
 

@@ -120,7 +120,7 @@ def test_saved_adapters_keep_their_dtype_and_load_back_into_it(tmp_path, adapter
     model = adapted(tiny_qwen2().to(torch.bfloat16), qwen_config(adapter_dtype=adapter_dtype))
     save_adapters(model, tmp_path)
     expected_dtype = getattr(torch, adapter_dtype)
-    assert {t.dtype for t in load_file(tmp_path / "adapter_model.safetensors").values()} == {expected_dtype}
+    assert {t.dtype for t in load_file(tmp_path / "moe_lora.safetensors").values()} == {expected_dtype}
     loaded = load_adapters(tiny_qwen2().to(torch.bfloat16), tmp_path)
     set_routing_hints(loaded, HINTS)
     saved = adapter_params(model)

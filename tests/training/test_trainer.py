@@ -80,7 +80,7 @@ def test_resume_reproduces_uninterrupted_run(train_files, tmp_path, mode, window
 
 
 def final_weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "model" / "adapters" / "adapter_model.safetensors")
+    return load_file(run_dir / "model" / "adapters" / "moe_lora.safetensors")
 
 
 @pytest.mark.parametrize("mode", ["weight", "mine"])

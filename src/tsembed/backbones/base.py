@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -54,6 +55,9 @@ class Backbone(nn.Module):
             projector). They train beside the adapters; ``tsembed.moe.attach`` freezes everything,
             so call ``unfreeze_trainable_modules()`` after attaching, and checkpoint them with the
             adapters (``trainable_state_dict()``).
+        reference_options: constructor options that name pretrained files (a directory, a Hub id or a weight
+            file). A saved model stores them relocatably (``tsembed.backbones.reference``); the first is what
+            ``from_pretrained(..., backbone_path=...)`` and ``--backbone-path`` override.
     """
 
     kind: ClassVar[str] = ""
@@ -62,6 +66,7 @@ class Backbone(nn.Module):
     default_target_modules: list[str]
     image_token: str | None
     trainable_modules: tuple[str, ...] = ()
+    reference_options: ClassVar[tuple[str, ...]] = ("path",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,6 +90,11 @@ class Backbone(nn.Module):
     def card_metadata(self) -> dict[str, Any]:
         """What a model card can say about the pretrained weights: ``base_model`` (Hugging Face Hub ids) and
         ``license``, each only when known offline; the model card fills in the rest."""
+        return {}
+
+    @classmethod
+    def packaged_references(cls) -> dict[str, Path]:
+        """Option → path of a default shipped inside a pip package (the option's None value loads it)."""
         return {}
 
     # --- shared behaviour -----------------------------------------------------------------------

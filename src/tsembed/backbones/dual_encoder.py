@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenize
 
 from tsembed.backbones import hf
 from tsembed.backbones.base import Backbone, BackboneOutput
-from tsembed.backbones.hf import load_component, load_model, local_dir, parse_dtype, quiet_transformers
+from tsembed.backbones.hf import load_component, load_model, parse_dtype, quiet_transformers, resolve_pretrained
 from tsembed.backbones.images import load_image
 from tsembed.backbones.placeholder import split_inputs
 from tsembed.errors import ConfigError
@@ -65,7 +65,8 @@ class DualEncoderBackbone(Backbone):
     """CLIP or SigLIP from a local directory, late-fused (registry name ``dual-encoder``).
 
     Args:
-        path: local checkpoint directory (config, weights, tokenizer, image processor).
+        path: local checkpoint directory (config, weights, tokenizer, image processor), or a Hub id found in
+            the local Hugging Face cache (never downloaded).
         max_length: text tokens; None means the text tower's position limit (77 CLIP, 64 SigLIP).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` weights.
     """
@@ -78,7 +79,7 @@ class DualEncoderBackbone(Backbone):
         super().__init__()
         torch_dtype = parse_dtype(dtype)
         self._options: dict[str, Any] = {"path": str(path), "max_length": max_length, "dtype": dtype}
-        directory = local_dir(path, "path")
+        directory = resolve_pretrained(path, "path")
         with quiet_transformers():
             model_type = AutoConfig.from_pretrained(str(directory), local_files_only=True).model_type
         if model_type not in FAMILIES:

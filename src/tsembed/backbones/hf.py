@@ -1,7 +1,8 @@
-"""Offline, strict loading of Hugging Face models and processors from local directories."""
+"""Offline, strict loading of Hugging Face models and processors from local directories or the local Hub cache."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,19 +39,44 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def local_dir(path: str | Path, field: str) -> Path:
-    """``path`` as a directory that exists (nothing is ever fetched from the Hub).
+def hub_cache_dir() -> Path:
+    """The local Hugging Face Hub cache, read from the environment at call time (``HF_HUB_CACHE``, else
+    ``HF_HOME``/hub, else huggingface_hub's default), so a test or a user may point it elsewhere."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def resolve_pretrained(reference: str | Path, field: str) -> Path:
+    """The local directory a pretrained reference names: a directory itself, or a Hub id (``org/name``) found in
+    the local Hugging Face cache. Nothing is ever downloaded.
 
     Raises:
-        ConfigError: naming ``field`` and the path.
+        ConfigError: naming ``field``, the reference and the cache directory searched.
     """
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
+    text = str(reference)
+    directory = Path(text).expanduser()
+    if directory.is_dir():
+        return directory
+    cache = hub_cache_dir()
+    if not _HUB_ID.fullmatch(text):
+        raise ConfigError(f"{field}: {text!r} is not a local directory (nor a Hugging Face Hub id 'org/name' to "
+                          f"look up in the local cache {cache})")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, cache_dir=cache, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
         raise ConfigError(
-            f"{field}: {str(path)!r} is not a local directory; tsembed loads models offline from a directory "
-            "written by save_pretrained"
-        )
-    return directory
+            f"{field}: {text!r} is not a local directory, and Hub id {text!r} is not in the local Hugging Face "
+            f"cache {cache} (HF_HUB_CACHE); tsembed never downloads: fetch it where there is internet "
+            f"(`hf download {text}`) and copy the cache here, or pass a local directory"
+        ) from None
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

@@ -31,7 +31,7 @@ from tsembed.backbones.efficientnet import (
     grid_tokens,
     packaged_weights_path,
 )
-from tsembed.backbones.hf import load_component, load_model, local_dir, pretrained_card_metadata
+from tsembed.backbones.hf import load_component, load_model, pretrained_card_metadata, resolve_pretrained
 from tsembed.backbones.images import DIGEST_BYTES, image_digest, image_to_tensor, load_image
 from tsembed.backbones.placeholder import Segments, split_inputs
 from tsembed.backbones.projector import VisualProjector
@@ -62,7 +62,8 @@ class MiniLMEfficientNetBackbone(Backbone):
     """Early-fusion MiniLM + EfficientNet-Lite0 encoder (registry name ``minilm-effnet``).
 
     Args:
-        text_model: directory of a BERT-family encoder; None means the packaged all-MiniLM-L6-v2.
+        text_model: directory of a BERT-family encoder, or its Hub id in the local Hugging Face cache; None means
+            the packaged all-MiniLM-L6-v2.
         vision_weights: EfficientNet-Lite0 ``.pth``; None means the packaged ImageNet weights.
         image_size: square input side in pixels (multiple of 32); 128 gives a 4×4 feature map.
         num_visual_tokens: tokens per image, a square g² with g ≤ image_size / 32 (adaptive pooling).
@@ -84,6 +85,18 @@ class MiniLMEfficientNetBackbone(Backbone):
     default_pooling = "mean"
     image_token = "[unused0]"
     trainable_modules = ("projector",)
+    reference_options = ("text_model", "vision_weights")
+
+    @classmethod
+    def packaged_references(cls) -> dict[str, Path]:
+        """Where the packaged defaults live (a saved model stores None for them, never the site-packages path)."""
+        found: dict[str, Path] = {}
+        for option, locate in (("text_model", packaged_text_model_path), ("vision_weights", packaged_weights_path)):
+            try:
+                found[option] = locate()
+            except ImportError:  # package not installed: no path of it can be in a config either
+                continue
+        return found
 
     def __init__(
         self,
@@ -129,7 +142,7 @@ class MiniLMEfficientNetBackbone(Backbone):
             "disk_cache_max_mb": disk_cache_max_mb,
             "train_projector": bool(train_projector),
         }
-        text_path = local_dir(text_model, "text_model") if text_model else packaged_text_model_path()
+        text_path = resolve_pretrained(text_model, "text_model") if text_model else packaged_text_model_path()
         self.tokenizer = load_component(AutoTokenizer, text_path, "text_model")
         self.text = load_model(AutoModel, text_path, "text_model", add_pooling_layer=False)
         self.vision = EfficientNetLiteFeatures(image_size, vision_weights)

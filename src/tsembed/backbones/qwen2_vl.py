@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenize
 
 from tsembed.backbones import hf
 from tsembed.backbones.base import Backbone, BackboneOutput
-from tsembed.backbones.hf import load_component, load_model, local_dir, parse_dtype, quiet_transformers
+from tsembed.backbones.hf import load_component, load_model, parse_dtype, quiet_transformers, resolve_pretrained
 from tsembed.backbones.images import load_image
 from tsembed.backbones.placeholder import Segments, split_inputs
 from tsembed.errors import ConfigError, DataError
@@ -42,7 +42,8 @@ class Qwen2VLBackbone(Backbone):
     """Qwen2-VL family decoder, last-token pooled (registry name ``qwen2-vl``).
 
     Args:
-        path: local checkpoint directory (config, weights, tokenizer, image processor).
+        path: local checkpoint directory (config, weights, tokenizer, image processor), or a Hub id found in
+            the local Hugging Face cache (``tsembed.backbones.hf.resolve_pretrained``; never downloaded).
         max_length: tokens per input; text is truncated from the right, image tokens never.
         prompt_template: instruction format with one ``{text}`` slot.
         min_pixels, max_pixels: override the image processor's resize bounds (fewer pixels, fewer tokens).
@@ -80,7 +81,7 @@ class Qwen2VLBackbone(Backbone):
             "attn_implementation": attn_implementation,
             "gradient_checkpointing": gradient_checkpointing,
         }
-        directory = local_dir(path, "path")
+        directory = resolve_pretrained(path, "path")
         with quiet_transformers():
             model_type = AutoConfig.from_pretrained(str(directory), local_files_only=True).model_type
         if model_type not in SUPPORTED_MODEL_TYPES:

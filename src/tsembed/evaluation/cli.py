@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from tsembed.cli_options import BACKBONE_PATH
+
 CACHE_ENV = "TSEMBED_CACHE_DIR"
 
 
@@ -15,14 +17,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tsembed") / "embeddings"
 
 
-def _load_model(model_dir: Path, device: str):
+def _load_model(model_dir: Path, device: str, backbone_path: str | None = None):
     import torch
 
     from tsembed.model import TSEmbedModel
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return TSEmbedModel.from_pretrained(model_dir).to(device).eval()
+    return TSEmbedModel.from_pretrained(model_dir, backbone_path=backbone_path).to(device).eval()
 
 
 def _cache(cache_dir: Path | None, no_cache: bool) -> Path | None:
@@ -87,13 +89,14 @@ def eval_command(
         False, "--update-card", help="Also write the results into the model directory's README.md model card "
         "(its model-index: one entry per dataset)."
     ),
+    backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
     """Evaluate a model on an MMEB-format suite: hit@1 per dataset, meta-task, IND/OOD and overall."""
     from tsembed.evaluation.harness import evaluate
 
     if output_format not in FORMATS:
         raise typer.BadParameter(f"must be one of {list(FORMATS)}, got {output_format!r}", param_hint="--format")
-    loaded = _load_model(model, device)
+    loaded = _load_model(model, device, backbone_path)
     results = evaluate(
         loaded,
         suite,
@@ -143,12 +146,13 @@ def inspect_routing_command(
     device: str = _DEVICE,
     no_progress: bool = _QUIET,
     split: str = _SPLIT,
+    backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
     """Plot expert usage per dataset and layer, load balance, routing entropy and dataset/expert NMI."""
     from tsembed.evaluation.routing import analyze_routing
 
     report = analyze_routing(
-        _load_model(model, device),
+        _load_model(model, device, backbone_path),
         suite,
         out,
         layers,

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from tsembed.cli_options import BACKBONE_PATH
+from tsembed.errors import ConfigError
+
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
@@ -117,6 +120,7 @@ def register(app: typer.Typer) -> None:
         batches: int = typer.Option(4, min=1, help="Batches per dataset to average the gradient over."),
         out: Path = typer.Option(None, help="Write conflict.json and conflict.md here."),
         overrides: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+        backbone_path: str | None = BACKBONE_PATH,
     ) -> None:
         """Cosine between the training datasets' loss gradients: do the tasks conflict? (training data only)
 
@@ -134,9 +138,12 @@ def register(app: typer.Typer) -> None:
         from tsembed.training.data import TrainingData
         from tsembed.training.trainer import build_model, resolve_sources
 
+        if backbone_path is not None and model is None:
+            raise ConfigError("--backbone-path overrides the backbone of --model; for the config's own model set "
+                              "model.backbone's path with --set")
         cfg = load_train_config(config or default_config_path(), overrides)
         torch.manual_seed(cfg.run.seed)
-        net = TSEmbedModel.from_pretrained(model) if model else build_model(cfg)
+        net = TSEmbedModel.from_pretrained(model, backbone_path=backbone_path) if model else build_model(cfg)
         data = TrainingData(resolve_sources(cfg), skip_invalid=cfg.data.skip_invalid)
         groups, pairs = {}, {}
         if not cfg.data.train_files:

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from tsembed.cli_options import BACKBONE_PATH
 from tsembed.errors import ConfigError
 
 _MODEL = typer.Option(..., "--model", "-m", help="Model directory (save_pretrained or export output).", exists=True,
@@ -16,6 +17,7 @@ _DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
 _BATCH = typer.Option(32, "--batch-size", "-b", min=1, help="Inputs per forward pass.")
 _IMAGE_ROOT = typer.Option(None, "--image-root", help="Root of relative image paths [default: the file's folder].")
 ROLES = ("query", "document", "none")
+EXPORT_FORMATS = ("tsembed", "sentence-transformers")
 
 
 def _device(device: str, local_rank: int = 0) -> str:
@@ -64,13 +66,14 @@ def embed_command(
                                  "model) and embed everything again."),
     device: str = _DEVICE,
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
     """Embed a corpus into a parquet file; resumable, and sharded across ranks under torchrun."""
     from tsembed.inference.corpus import CorpusFields, EmbedJobConfig, distributed_env, gloo_barrier, run_embed_job
     from tsembed.inference.loading import load_model
 
     rank, world, local_rank = distributed_env()
-    loaded = load_model(model, device=_device(device, local_rank))
+    loaded = load_model(model, device=_device(device, local_rank), backbone_path=backbone_path)
     _check_task(loaded, task)
     cfg = EmbedJobConfig(
         input=input, out=out, image_root=image_root, instruction=_instruction(loaded, role, instruction), task=task,
@@ -129,6 +132,7 @@ def search_command(
     task: str | None = _TASK,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per hit."),
     device: str = _DEVICE,
+    backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
     """Embed a query (text, image or both) and print the nearest corpus rows."""
     from tsembed.inference.encoder import encode
@@ -142,7 +146,7 @@ def search_command(
     model_dir = model or (Path(vindex.info["model"]) if vindex.info.get("model") else None)
     if model_dir is None:
         raise ConfigError(f"{index} does not say which model embedded it; pass --model")
-    loaded = load_model(model_dir, device=_device(device))
+    loaded = load_model(model_dir, device=_device(device), backbone_path=backbone_path)
     _check_task(loaded, task)
     vector = encode(loaded, EmbedInput(text=query, image=image), instruction=_instruction(loaded, role, instruction),
                     show_progress_bar=False, task=task)
@@ -190,6 +194,7 @@ def serve_command(
     device: str = _DEVICE,
     num_threads: int | None = typer.Option(None, "--num-threads", min=1, help="torch CPU threads [default: torch's]."),
     log_level: str = typer.Option("info", "--log-level"),
+    backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
     """Serve the model with an OpenAI-compatible POST /v1/embeddings (plus /health, /metrics, /v1/models).
 
@@ -211,7 +216,7 @@ def serve_command(
         public_docs_and_metrics=public_docs_and_metrics, vision_cache_mb=vision_cache_mb,
         vision_disk_cache=vision_disk_cache,
     )
-    app = create_app(load_model(model, device=_device(device)), settings)
+    app = create_app(load_model(model, device=_device(device), backbone_path=backbone_path), settings)
     serve(app, host=host, port=port, log_level=log_level)
 
 
@@ -229,26 +234,39 @@ def export_command(
                                           "before/after pruning [default: cosine drift]."),
     image_root: Path | None = _IMAGE_ROOT,
     batch_size: int = _BATCH,
+    output_format: str = typer.Option("tsembed", "--format", help="With --expert: tsembed (a tsembed model "
+                                      "directory) or sentence-transformers (a plain SentenceTransformer folder; "
+                                      "text only, minilm-effnet backbone)."),
+    backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
     """Export experts: merged into a plain model (--expert), as peft adapters (--peft), or pruned (--prune-below)."""
     chosen = [expert is not None, peft, prune_below is not None]
     if sum(chosen) != 1:
         raise ConfigError("choose exactly one of --expert E, --peft, --prune-below P")
-    if expert is not None:
+    if output_format not in EXPORT_FORMATS:
+        raise ConfigError(f"--format must be one of {list(EXPORT_FORMATS)}, got {output_format!r}")
+    if output_format != "tsembed" and expert is None:
+        raise ConfigError(f"--format {output_format} exports one merged expert: give --expert E")
+    if expert is not None and output_format == "sentence-transformers":
+        from tsembed.inference.export_st import export_sentence_transformers
+
+        typer.echo(f"wrote {export_sentence_transformers(model, out, expert, backbone_path=backbone_path)}")
+    elif expert is not None:
         from tsembed.inference.export import export_merged_expert
 
-        typer.echo(f"wrote {export_merged_expert(model, out, expert)}")
+        typer.echo(f"wrote {export_merged_expert(model, out, expert, backbone_path=backbone_path)}")
     elif peft:
         from tsembed.inference.export import export_peft
 
-        for path in export_peft(model, out, experts or None):
+        for path in export_peft(model, out, experts or None, backbone_path=backbone_path):
             typer.echo(f"wrote {path}")
     else:
         from tsembed.inference.prune import export_pruned
 
         if calibration is None:
             raise ConfigError("--prune-below needs --calibration (rows or a suite directory)")
-        report = export_pruned(model, out, prune_below, calibration, eval_file, image_root, batch_size)
+        report = export_pruned(model, out, prune_below, calibration, eval_file, image_root, batch_size,
+                               backbone_path=backbone_path)
         typer.echo(json.dumps(report, indent=2))
 
 

@@ -164,10 +164,12 @@ class Encoder:
         self.model = model.eval()
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> Encoder:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
+                        backbone_path: str | Path | None = None) -> Encoder:
+        """Load a saved model; ``backbone_path`` overrides its backbone reference (directory or cached Hub id)."""
         from tsembed.inference.loading import load_model
 
-        return cls(load_model(directory, device=device))
+        return cls(load_model(directory, device=device, backbone_path=backbone_path))
 
     def encode(self, inputs: Any, **kwargs: Any) -> Any:
         return encode(self.model, inputs, **kwargs)

@@ -5,13 +5,17 @@
   top-1 sequence-level router sends to e (at every adapted layer).
 * ``export_peft``: write each expert as a standard peft LoRA adapter directory (``adapter_config.json``
   + ``adapter_model.safetensors`` with peft's key names), loadable with
-  ``PeftModel.from_pretrained(base, dir)`` onto the backbone's Hugging Face model.
+  ``PeftModel.from_pretrained(base, dir)`` onto the backbone's Hugging Face model. Its
+  ``base_model_name_or_path`` is the base's Hub id, or its path relative to the adapter directory: never an
+  absolute path (e.g. into site-packages) that stops meaning anything on another machine.
+* ``tsembed.inference.export_st``: one merged expert as a plain sentence-transformers model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,13 +61,16 @@ def merge_expert_into_model(model: nn.Module, expert: int) -> dict[str, torch.Te
     return {f"{name}.weight": state[f"{name}.weight"].detach().contiguous().cpu() for name in names}
 
 
-def export_merged_expert(model_dir: str | Path, out_dir: str | Path, expert: int) -> Path:
+def export_merged_expert(model_dir: str | Path, out_dir: str | Path, expert: int,
+                         backbone_path: str | Path | None = None) -> Path:
     """``tsembed export --expert E``: a plain model directory (no adapters) with expert E merged.
+
+    ``backbone_path`` overrides the saved backbone reference (``TSEmbedModel.from_pretrained``).
 
     Raises:
         AdapterError: the model has no adapters, token-level routing, or no expert E.
     """
-    model = load_model(model_dir)
+    model = load_model(model_dir, backbone_path=backbone_path)
     _require_adapters(model, model_dir)
     merged = merge_expert_into_model(model, expert)
     model.config.extra["exported_from"] = str(model_dir)
@@ -117,10 +124,23 @@ def peft_lora_config(targets: list[str], rank: int, alpha: float, base: str | No
     }
 
 
-def peft_adapter(model: nn.Module, expert: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """One expert (plus shared experts) as peft tensors and config."""
+def peft_base_reference(model: nn.Module, local_path: str | None, adapter_dir: str | Path) -> str | None:
+    """``base_model_name_or_path`` for an adapter written to ``adapter_dir``: the base model's Hub id as the
+    backbone reports it (``card_metadata``), else its local directory relative to ``adapter_dir``."""
+    hub_ids = model.backbone.card_metadata().get("base_model") or []
+    if hub_ids:
+        return hub_ids[0]
+    if local_path and Path(local_path).exists():
+        return Path(os.path.relpath(Path(local_path).resolve(), Path(adapter_dir).resolve())).as_posix()
+    return local_path
+
+
+def peft_adapter(model: nn.Module, expert: int,
+                 adapter_dir: str | Path = ".") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """One expert (plus shared experts) as peft tensors and config, for writing into ``adapter_dir``."""
     layers = adapter_layers(model.backbone)
-    prefix, base = _peft_base(model.backbone, list(layers))
+    prefix, local = _peft_base(model.backbone, list(layers))
+    base = peft_base_reference(model, local, adapter_dir) if prefix else None
     moe = model.config.moe
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
@@ -134,9 +154,10 @@ def peft_adapter(model: nn.Module, expert: int) -> tuple[dict[str, torch.Tensor]
     return tensors, config
 
 
-def export_peft(model_dir: str | Path, out_dir: str | Path, experts: list[int] | None = None) -> list[Path]:
+def export_peft(model_dir: str | Path, out_dir: str | Path, experts: list[int] | None = None,
+                backbone_path: str | Path | None = None) -> list[Path]:
     """``tsembed export --peft``: ``<out>/expert_<e>/`` per expert, each a standard peft LoRA adapter."""
-    model = load_model(model_dir)
+    model = load_model(model_dir, backbone_path=backbone_path)
     moe = _require_adapters(model, model_dir)
     experts = list(range(moe.num_experts)) if experts is None else experts
     bad = [e for e in experts if not 0 <= e < moe.num_experts]
@@ -145,15 +166,16 @@ def export_peft(model_dir: str | Path, out_dir: str | Path, experts: list[int] |
     out = Path(out_dir)
     written = []
     for e in experts:
-        tensors, config = peft_adapter(model, e)
         target = out / f"expert_{e}"
+        tensors, config = peft_adapter(model, e, target)
         target.mkdir(parents=True, exist_ok=True)
         atomic_write(target / PEFT_WEIGHTS_NAME, lambda p, t=tensors: save_file(t, str(p), metadata={"format": "pt"}))
         text = json.dumps(config, indent=2) + "\n"
         atomic_write(target / PEFT_CONFIG_NAME, lambda p, t=text: p.write_text(t))
         write_card(target, build_peft_card(model, e))
         written.append(target)
-    prefix, base = _peft_base(model.backbone, list(adapter_layers(model.backbone)))
+    prefix, local = _peft_base(model.backbone, list(adapter_layers(model.backbone)))
+    base = peft_base_reference(model, local, out) if prefix else None
     info = {
         "source": str(model_dir),
         "experts": experts,

@@ -17,9 +17,13 @@ from tsembed.model import MERGED_WEIGHTS_NAME, TSEmbedModel
 BACKBONE_WEIGHTS_NAME = MERGED_WEIGHTS_NAME
 
 
-def load_model(directory: str | Path, device: str | torch.device | None = None, strict: bool = True) -> nn.Module:
-    """``TSEmbedModel.from_pretrained`` (which applies merged backbone weights), in eval mode on ``device``."""
-    model = TSEmbedModel.from_pretrained(directory, strict=strict)
+def load_model(directory: str | Path, device: str | torch.device | None = None, strict: bool = True,
+               backbone_path: str | Path | None = None) -> nn.Module:
+    """``TSEmbedModel.from_pretrained`` (which applies merged backbone weights), in eval mode on ``device``.
+
+    ``backbone_path`` overrides the saved backbone reference (a local directory or a cached Hub id).
+    """
+    model = TSEmbedModel.from_pretrained(directory, strict=strict, backbone_path=backbone_path)
     if device is not None:
         model.to(device)
     return model.eval()

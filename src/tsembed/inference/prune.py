@@ -61,11 +61,14 @@ def hit_at_1(model: nn.Module, eval_file: str | Path, image_root: str | Path | N
 def export_pruned(
     model_dir: str | Path, out_dir: str | Path, threshold: float, calibration: str | Path,
     eval_file: str | Path | None = None, image_root: str | Path | None = None, batch_size: int = 32,
+    backbone_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Prune experts with usage below ``threshold``, save the model to ``out_dir``, return the report."""
+    """Prune experts with usage below ``threshold``, save the model to ``out_dir``, return the report.
+
+    ``backbone_path`` overrides the saved backbone reference (``TSEmbedModel.from_pretrained``)."""
     if not 0.0 <= threshold < 1.0:
         raise ConfigError(f"--prune-below must be in [0, 1), got {threshold}")
-    model = load_model(model_dir)
+    model = load_model(model_dir, backbone_path=backbone_path)
     if model.config.moe is None:
         raise AdapterError(f"{model_dir} has no MoE-LoRA adapters to prune")
     inputs = calibration_inputs(calibration, image_root)

@@ -167,12 +167,13 @@ class MTEBEncoder(AbsEncoder):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
-                        **kwargs: Any) -> MTEBEncoder:
-        """Load a saved model (``save_pretrained`` output) and wrap it; ``kwargs`` as for the constructor."""
+                        backbone_path: str | Path | None = None, **kwargs: Any) -> MTEBEncoder:
+        """Load a saved model (``save_pretrained`` output) and wrap it; ``backbone_path`` overrides its backbone
+        reference (``Encoder.from_pretrained``); ``kwargs`` as for the constructor."""
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs.setdefault("directory", directory)
-        return cls(Encoder.from_pretrained(directory, device=device), **kwargs)
+        return cls(Encoder.from_pretrained(directory, device=device, backbone_path=backbone_path), **kwargs)
 
     def _instruction(self, task_metadata: Any, prompt_type: PromptType | None) -> str | None:
         """The instruction for one task and side (see the module docstring for the order)."""

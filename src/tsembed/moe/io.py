@@ -1,4 +1,10 @@
-"""Save and strictly load MoE-LoRA adapters, routers and their config (safetensors + JSON)."""
+"""Save and strictly load MoE-LoRA adapters, routers and their config (safetensors + JSON).
+
+The files have tsembed's own names: peft's ``adapter_config.json`` / ``adapter_model.safetensors`` mean a
+different format (``tsembed export --peft`` writes those), and a tool that finds peft's names expects peft's
+content. Directories saved before the rename (under peft's names, marked ``format: tsembed-moe-lora``) still
+load.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +22,11 @@ from tsembed.moe.config import MoELoRAConfig
 from tsembed.moe.routing import RoutingState
 from tsembed.weights import read_safetensors
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "moe_lora_config.json"
+WEIGHTS_NAME = "moe_lora.safetensors"
+#: The names adapters were saved under before tsembed stopped borrowing peft's: read, never written.
+LEGACY_CONFIG_NAME = "adapter_config.json"
+LEGACY_WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "tsembed-moe-lora"
 FORMAT_VERSION = 1
 
@@ -31,8 +40,17 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def adapter_files(directory: str | Path) -> tuple[Path, Path]:
+    """(config, weights) paths of the adapters in ``directory``: tsembed's names, or the legacy names of a
+    directory saved before the rename when only those exist."""
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file() and (directory / LEGACY_CONFIG_NAME).is_file():
+        return directory / LEGACY_CONFIG_NAME, directory / LEGACY_WEIGHTS_NAME
+    return directory / CONFIG_NAME, directory / WEIGHTS_NAME
+
+
 def save_adapters(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` atomically into ``directory``."""
+    """Write ``moe_lora_config.json`` and ``moe_lora.safetensors`` atomically into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = get_moe_config(model)
@@ -45,11 +63,13 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}))
     atomic_write(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(meta, indent=2) + "\n"))
+    for legacy in (LEGACY_CONFIG_NAME, LEGACY_WEIGHTS_NAME):  # saved over an older directory: one set of files
+        (directory / legacy).unlink(missing_ok=True)
     return directory
 
 
 def read_adapter_config(directory: str | Path) -> tuple[MoELoRAConfig, list[str]]:
-    path = Path(directory) / CONFIG_NAME
+    path = adapter_files(directory)[0]
     if not path.is_file():
         raise AdapterError(f"no adapter config at {path}")
     try:
@@ -83,7 +103,7 @@ def load_adapters(model: nn.Module, directory: str | Path, strict: bool = True) 
             listed = ", ".join(f"{k}: attached {a!r} vs checkpoint {b!r}" for k, (a, b) in diffs.items())
             raise AdapterError(f"{directory}: adapter config differs from the attached adapters ({listed})")
 
-    weights_path = directory / WEIGHTS_NAME
+    weights_path = adapter_files(directory)[1]
     if not weights_path.is_file():
         raise AdapterError(f"no adapter weights at {weights_path}")
     loaded = read_safetensors(weights_path)  # names the file if truncated, corrupt or non-finite

@@ -1,0 +1,15 @@
+"""Command-line options that several sub-command modules share (torch-free, so ``tsembed --help`` stays fast).
+
+It sits at the top of the package so that ``evaluation.cli``, ``inference.cli`` and ``experiments.cli`` can all
+import it without making their packages import each other.
+"""
+
+from __future__ import annotations
+
+import typer
+
+#: Every command that loads a saved model takes it (``TSEmbedModel.from_pretrained(..., backbone_path=...)``).
+BACKBONE_PATH = typer.Option(
+    None, "--backbone-path", help="Load the backbone from this local directory or Hub id (from the local Hugging "
+    "Face cache, never downloaded) instead of the one the model names, e.g. after the pretrained weights moved.",
+)
