@@ -10,10 +10,7 @@ importing one submodule (every ``tsembed`` command imports ``tsembed.evaluation.
 the others.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from tsembed.lazy import lazy_exports
 
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "encoder": ("CachedEncoder", "EncodeStats"),
@@ -28,18 +25,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "routing_report": ("RoutingReport",),
     "sources": ("EvalSet", "resolve_eval_sets"),
 }
-_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+_EXPORTS = {name: f"tsembed.evaluation.{module}" for module, names in _PUBLIC.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'tsembed.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tsembed.evaluation.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__ = sorted(_EXPORTS)

@@ -26,22 +26,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-try:
-    from mteb.models.abs_encoder import AbsEncoder
-    from mteb.models.model_meta import ModelMeta
-    from mteb.types import PromptType
-except ImportError as exc:  # pragma: no cover - exercised by a test that hides mteb
-    raise ImportError(
-        "tsembed.integrations.mteb needs the mteb package: pip install 'tsembed[mteb]'"
-    ) from exc
-
 from tsembed.errors import DataError
+from tsembed.extras import require
 from tsembed.inference.encoder import Encoder
 from tsembed.inputs import EmbedInput
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import DataLoader
+
+_PURPOSE = "tsembed.integrations.mteb"
+AbsEncoder = require("mteb.models.abs_encoder", _PURPOSE).AbsEncoder
+ModelMeta = require("mteb.models.model_meta", _PURPOSE).ModelMeta
+PromptType = require("mteb.types", _PURPOSE).PromptType
 
 #: mteb task type -> the tsembed meta-task a task-hinted router is told (types not listed declare none).
 TASK_HINTS: dict[str, str] = {
