@@ -92,6 +92,12 @@ class Backbone(nn.Module):
         ``license``, each only when known offline; the model card fills in the rest."""
         return {}
 
+    def init_routing(self, inputs: Sequence[EmbedInput], seed: int) -> dict[str, int]:
+        """Data-dependent initialisation of backbone-level routing from the training inputs, before the first
+        step (e.g. ``minilm-effnet``'s projector mixture); returns instruction → expert for the log.
+        Nothing to do by default."""
+        return {}
+
     @classmethod
     def packaged_references(cls) -> dict[str, Path]:
         """Option → path of a default shipped inside a pip package (the option's None value loads it)."""

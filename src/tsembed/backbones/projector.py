@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from tsembed.errors import ConfigError
+from tsembed.moe.routers import topk_gates
 
 PROJECTORS = ("mlp", "linear")
 
@@ -37,3 +40,110 @@ class VisualProjector(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(self.norm(features)) + self.cell_embedding  # [N, T, D]
+
+
+class ProjectorMixture(nn.Module):
+    """K full projectors, one chosen per image by a router that reads the image's instruction.
+
+    Why (docs/results/conflict §9): conditions that need different things from the image ("the same emoji
+    in any colour" vs "any emoji of this colour") compete in the one projector every input shares, which
+    no language-layer expert covers; low-rank deltas of the projector did not separate them, a full
+    projector per condition did. The projector itself sees only image features, so the router reads a
+    frozen sentence embedding of the input's text (``route`` [N, R], L2-normalised by the backbone).
+
+    Top-1 with the detached-probability gate of ``tsembed.moe.routers.topk_gates``: each image's tokens
+    are exactly its expert's output (gate value 1) and the router still gets the task loss's gradient.
+    Every expert starts as a copy of ``base``, so at initialisation the mixture computes what ``base`` does.
+
+    Args:
+        base: the projector every expert starts from.
+        num_experts: K ≥ 2.
+        route_dim: size R of the routing embedding.
+    """
+
+    def __init__(self, base: VisualProjector, num_experts: int, route_dim: int) -> None:
+        super().__init__()
+        if num_experts < 2:
+            raise ConfigError(f"a projector mixture needs at least 2 experts, got {num_experts}")
+        self.experts = nn.ModuleList(copy.deepcopy(base) for _ in range(num_experts))
+        self.router = nn.Linear(route_dim, num_experts, bias=False)
+        nn.init.normal_(self.router.weight, std=0.02)
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    def gates(self, route: torch.Tensor) -> torch.Tensor:
+        """Top-1 gates [N, K] for routing embeddings [N, R]: one non-zero entry of value 1 per row."""
+        probs = torch.softmax(self.router(route.to(self.router.weight.dtype)).float(), dim=-1)
+        return topk_gates(probs, 1, 1.0)
+
+    def choose(self, route: torch.Tensor) -> torch.Tensor:
+        """The expert [N] each routing embedding goes to."""
+        with torch.no_grad():
+            return self.router(route.to(self.router.weight.dtype)).argmax(dim=-1)
+
+    def forward(self, features: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        if route.shape[0] != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} images but {route.shape[0]} routing embeddings")
+        gates = self.gates(route)  # [N, K]
+        chosen = gates.argmax(dim=-1)
+        tokens: torch.Tensor | None = None
+        for k, expert in enumerate(self.experts):
+            rows = (chosen == k).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            out = expert(features[rows]) * gates[rows, k].to(features.dtype).view(-1, 1, 1)  # [n, T, D]
+            if tokens is None:
+                tokens = out.new_zeros(features.shape[0], *out.shape[1:])
+            tokens = tokens.index_copy(0, rows, out)
+        if tokens is None:  # no images
+            tokens = self.experts[0](features)
+        # unchosen experts stay in the graph with a zero contribution, so DDP sees every parameter used
+        return tokens + 0.0 * sum(p.sum() for p in self.parameters()).to(tokens.dtype)
+
+    @torch.no_grad()
+    def init_router(self, route: torch.Tensor, seed: int, scale: float = 10.0) -> torch.Tensor:
+        """Router rows = the centroids of a spherical k-means over routing embeddings [n, R] (distinct
+        instructions), times ``scale``, so each instruction starts at its cluster's expert.
+
+        With fewer distinct instructions than experts the spare experts get zero rows (never chosen until
+        the router learns to). Returns each embedding's cluster [n].
+        """
+        centroids, assign = spherical_kmeans(route.float(), min(self.num_experts, route.shape[0]), seed)
+        weight = torch.zeros_like(self.router.weight)
+        weight[: centroids.shape[0]] = centroids.to(weight) * scale
+        self.router.weight.copy_(weight)
+        return assign
+
+
+def spherical_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means on the unit sphere (cosine), k-means++ seeding; deterministic per seed.
+
+    Returns unit centroids [k, R] and each point's cluster [n].
+    """
+    if not 1 <= k <= points.shape[0]:
+        raise ValueError(f"k must be in [1, {points.shape[0]}], got {k}")
+    x = torch.nn.functional.normalize(points, dim=-1)
+    generator = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(points.shape[0], (1,), generator=generator))
+    centroids = x[first : first + 1]
+    while centroids.shape[0] < k:  # k-means++: next seed drawn ∝ squared cosine distance to the nearest
+        distance = (1 - (x @ centroids.T).max(dim=-1).values).clamp_min(0) ** 2
+        if float(distance.sum()) == 0:
+            distance = torch.ones_like(distance)
+        pick = int(torch.multinomial(distance, 1, generator=generator))
+        centroids = torch.cat([centroids, x[pick : pick + 1]])
+    assign = (x @ centroids.T).argmax(dim=-1)
+    for _ in range(iterations):
+        updated = torch.stack([
+            torch.nn.functional.normalize(x[assign == c].sum(dim=0), dim=-1) if bool((assign == c).any())
+            else centroids[c]
+            for c in range(k)
+        ])
+        new_assign = (x @ updated.T).argmax(dim=-1)
+        centroids = updated
+        if torch.equal(new_assign, assign):
+            break
+        assign = new_assign
+    return centroids, assign

@@ -131,7 +131,10 @@ class Trainer:
         check_precision(run.precision, self.device)
         torch.manual_seed(run.seed + rank())
         self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid)
-        self.model = (model or build_model(config)).to(self.device)
+        if model is None:
+            model = build_model(config)
+            self._init_routing(model, run.seed)
+        self.model = model.to(self.device)
         if run.gradient_checkpointing and hasattr(self.model.backbone, "enable_gradient_checkpointing"):
             self.model.backbone.enable_gradient_checkpointing()
         self.objective = ContrastiveObjective(config.loss, config.eans).to(self.device)
@@ -160,6 +163,13 @@ class Trainer:
         self.switch_step: int | None = None if self.stage == 1 else 0
         self.history: list[dict[str, Any]] = []
         self.collapse_watch = CollapseWatch()
+
+    def _init_routing(self, model: TSEmbedModel, seed: int) -> None:
+        """Backbone-level routing starts from the training inputs (a resumed run then loads its own weights)."""
+        inputs = [self.data.query_input(i) for i in range(len(self.data))] + list(self.data.targets)
+        assignment = model.backbone.init_routing(inputs, seed)
+        for text, expert in sorted(assignment.items(), key=lambda item: item[1]):
+            logger.info("backbone routing starts %r at expert %d", text, expert)
 
     def _signature_dim(self) -> int:
         return signature_size(self.model.backbone) if self.model.has_adapters else 0
