@@ -117,7 +117,8 @@ class ProjectorMixture(nn.Module):
         return assign
 
 
-def spherical_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+def spherical_kmeans(points: torch.Tensor, k: int, seed: int,
+                     iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means on the unit sphere (cosine), k-means++ seeding; deterministic per seed.
 
     Returns unit centroids [k, R] and each point's cluster [n].
