@@ -13,3 +13,9 @@ BACKBONE_PATH = typer.Option(
     None, "--backbone-path", help="Load the backbone from this local directory or Hub id (from the local Hugging "
     "Face cache, never downloaded) instead of the one the model names, e.g. after the pretrained weights moved.",
 )
+
+#: ``ablate`` and ``task-scaling``: a variant with more overrides under its own name (``tsembed.experiments.variants``).
+DERIVE = typer.Option(
+    [], "--derive", help="Define a variant NAME=BASE:KEY=VALUE: the BASE variant plus this config override "
+    "(repeat NAME to add keys), e.g. --derive lora80=lora:model.moe.rank=80 --variant lora80.",
+)

@@ -14,7 +14,7 @@ import torch
 
 from tsembed.evaluation.results import GROUPS, HIT1
 from tsembed.experiments.runner import load_base_config, results_path, run_variant
-from tsembed.experiments.variants import pick, variants_for
+from tsembed.experiments.variants import derive, pick, variants_for
 from tsembed.fileio import atomic_write
 from tsembed.training.checkpoint import METRICS_NAME, MODEL_DIR
 
@@ -180,14 +180,14 @@ def environment() -> dict[str, Any]:
 
 def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], variant_names: list[str] | None,
                  modes: tuple[str, ...], suite: Path, out_dir: Path, cache_dir: Path | None,
-                 summary_only: bool = False, split: str = "eval") -> dict[str, Any]:
+                 summary_only: bool = False, split: str = "eval", derived: list[str] | None = None) -> dict[str, Any]:
     """Train and evaluate what is missing (or, ``summary_only``, just summarise the finished runs).
 
     ``split="dev"`` evaluates on the suite's dev split (where configs are compared) and writes
     ``ablation-dev.*``; the trained models are shared with an eval-split summary of the same directory.
     """
     base = load_base_config(config, overrides)
-    variants = pick(variants_for(base, modes, extra=bool(variant_names)), variant_names)
+    variants = pick(derive(variants_for(base, modes, extra=bool(variant_names)), derived or []), variant_names)
     records = []
     for seed in seeds:
         for variant in variants:

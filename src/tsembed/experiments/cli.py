@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tsembed.cli_options import BACKBONE_PATH
+from tsembed.cli_options import BACKBONE_PATH, DERIVE
 from tsembed.errors import ConfigError
 
 
@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
                                           "where it was not yet)."),
         split: str = typer.Option("eval", "--eval-split", help="eval, or dev: compare variants and settings on the "
                                   "suite's dev split (build-suite --dev-fraction), report eval; models are shared."),
+        derived: list[str] = DERIVE,
     ) -> None:
         """Train and evaluate every ablation variant for every seed; write mean ± std tables and a plot.
 
@@ -57,7 +58,7 @@ def register(app: typer.Typer) -> None:
         if not summary_only:
             ensure_suite(suite, 0)
         run_ablation(config, overrides, seeds, variants or None, tuple(modes), suite, out, out / "eval-cache",
-                     summary_only=summary_only, split=split)
+                     summary_only=summary_only, split=split, derived=derived)
         typer.echo((out / f"{summary_stem(split)}.md").read_text())
 
     @app.command("task-scaling")
@@ -73,6 +74,7 @@ def register(app: typer.Typer) -> None:
         min_steps: int = typer.Option(150, min=1, help="At least this many steps (specialists included)."),
         split: str = typer.Option("eval", "--eval-split", help="eval, or dev (compare settings there)."),
         overrides: list[str] = typer.Option([], "--set", help="Override a base config key (repeatable)."),
+        derived: list[str] = DERIVE,
     ) -> None:
         """Train on nested task sets of growing size; each task's hit@1 relative to its specialist LoRA.
 
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
         from tsembed.experiments.scaling import Budget, run_task_scaling
 
         run_task_scaling(config, overrides, suite, out, seeds, variants or None, sizes or None,
-                         Budget(steps_per_task, min_steps), split)
+                         Budget(steps_per_task, min_steps), split, derived=derived)
         typer.echo((out / "task-scaling.md").read_text())
 
     @app.command("conflict-summary")

@@ -21,7 +21,7 @@ from tsembed.errors import ConfigError
 from tsembed.evaluation.results import HIT1
 from tsembed.experiments.ablation import environment, mean_std
 from tsembed.experiments.runner import load_base_config, run_variant
-from tsembed.experiments.variants import Variant, pick, variants_for
+from tsembed.experiments.variants import Variant, derive, pick, variants_for
 from tsembed.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -144,12 +144,12 @@ def markdown(table: dict[str, Any], drops: dict[str, float | None]) -> str:
 def run_task_scaling(config: Path | None, overrides: list[str], suite: Path, out_dir: Path, seeds: list[int],
                      variant_names: list[str] | None = None, sizes: list[int] | None = None,
                      budget: Budget | None = None, split: str = "eval",
-                     cache_dir: Path | None = None) -> dict[str, Any]:
+                     cache_dir: Path | None = None, derived: list[str] | None = None) -> dict[str, Any]:
     """Train and evaluate what is missing; write ``task-scaling.{json,md,png}`` to ``out_dir``."""
     from tsembed.data.suite import load_suite
 
     base = load_base_config(config, overrides)
-    variants = pick(variants_for(base, extra=True), list(variant_names or DEFAULT_VARIANTS))
+    variants = pick(derive(variants_for(base, extra=True), derived or []), list(variant_names or DEFAULT_VARIANTS))
     specialist = pick(variants_for(base), [SPECIALIST])[0]
     tasks = load_suite(suite).names(split="train")
     if not tasks:

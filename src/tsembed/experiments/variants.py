@@ -58,6 +58,38 @@ def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("we
     return variants
 
 
+def derive(variants: dict[str, Variant], specs: list[str]) -> dict[str, Variant]:
+    """``variants`` plus the derived ones of ``specs``, each ``NAME=BASE:KEY=VALUE`` (repeat a NAME to add keys).
+
+    A derived variant is its base variant with more config overrides under a name of its own, so two settings
+    of one variant (e.g. ``lora80=lora:model.moe.rank=80`` and ``lora_proj=lora:model.backbone.projector_experts=4``)
+    run side by side in one ablation and get one summary.
+
+    Raises:
+        ConfigError: a malformed spec, an unknown base, a name that is a built-in variant, or one NAME
+            derived from two bases.
+    """
+    derived: dict[str, Variant] = {}
+    bases: dict[str, str] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        base, _, override = rest.partition(":")
+        name, base = name.strip(), base.strip()
+        if not name or not base or "=" not in override:
+            raise ConfigError(f"--derive {spec!r}: expected NAME=BASE:KEY=VALUE, e.g. lora80=lora:model.moe.rank=80")
+        if name in variants:
+            raise ConfigError(f"--derive {spec!r}: {name!r} is a built-in variant; choose another name")
+        if base not in variants:
+            raise ConfigError(f"--derive {spec!r}: unknown base variant {base!r}; valid: {sorted(variants)}")
+        if bases.setdefault(name, base) != base:
+            raise ConfigError(f"--derive {spec!r}: {name!r} was already derived from {bases[name]!r}")
+        start = derived.get(name, variants[base])
+        description = f"{start.description}; {override.strip()}" if name in derived else \
+            f"{base} with {override.strip()}"
+        derived[name] = Variant(name, description, (*start.overrides, override.strip()), start.trained)
+    return {**variants, **derived}
+
+
 def pick(variants: dict[str, Variant], names: list[str] | None) -> list[Variant]:
     if not names:
         return list(variants.values())

@@ -16,4 +16,13 @@ case "$1" in
     $T ablate $B --seeds 1 --seeds 2 $TSE --out runs/conflict/final
     for s in 0 1 2; do $T ablate $B --seeds $s --variant lora $PROJ --out runs/conflict/projmix-lora; done
     $T ablate $B --seeds 1 --variant lora --set model.moe.rank=80 --out runs/conflict/projmix-lora80b ;;
+  c)  # eval, read once (after the dev selection): the selected lora+proj and lora80's seed 1, after lane b
+    while pgrep -f "projmix.sh b" > /dev/null; do sleep 15; done
+    E="${B/--eval-split dev/--eval-split eval}"
+    $T ablate $E --seeds 0 --seeds 1 --seeds 2 --variant lora $PROJ --out runs/conflict/projmix-lora
+    $T ablate $E --seeds 1 --variant lora --set model.moe.rank=80 --out runs/conflict/projmix-lora80b ;;
+  d)  # eval of lora80's seeds 0 and 2, after lane a
+    while pgrep -f "projmix.sh a" > /dev/null; do sleep 15; done
+    E="${B/--eval-split dev/--eval-split eval}"
+    $T ablate $E --seeds 0 --seeds 2 --variant lora --set model.moe.rank=80 --out runs/conflict/projmix-lora80 ;;
 esac
