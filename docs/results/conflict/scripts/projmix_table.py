@@ -16,7 +16,10 @@ MODELS = {  # model → seed → run directory
     "lora r32 (§4/§6)": {0: R / "main/seed0/lora", 1: R / "final/seed1/lora", 2: R / "final/seed2/lora"},
     "tsembed+proj": {s: R / f"projmix-tsembed/seed{s}/tsembed_weight" for s in range(3)},
     "lora+proj": {s: R / f"projmix-lora/seed{s}/lora" for s in range(3)},
-    "lora80": {0: R / "projmix-lora80/seed0/lora", 1: R / "projmix-lora80b/seed1/lora", 2: R / "projmix-lora80/seed2/lora"},
+    "lora80": {0: R / "projmix-lora80/seed0/lora80", 1: R / "projmix-lora80b/seed1/lora80",
+               2: R / "projmix-lora80/seed2/lora80"},
+    "lora320 (a mistaken baseline run: 4x the parameters)": {0: R / "projmix-lora320/seed0/lora",
+                                                             1: R / "projmix-lora320b/seed1/lora"},
 }
 if split == "eval":
     MODELS["lora r32 (§4/§6)"][0] = R / "final/seed0/lora"
