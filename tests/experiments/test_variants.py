@@ -33,3 +33,32 @@ def test_bad_derive_specs_say_what_is_wrong(spec: str, message: str) -> None:
 def test_one_name_cannot_have_two_bases() -> None:
     with pytest.raises(ConfigError, match="already derived from 'lora'"):
         derive(ablation_variants(4, 8), ["x=lora:model.moe.rank=8", "x=moe:model.moe.rank=8"])
+
+
+def test_a_derived_override_applies_after_the_variant_unlike_a_base_set(tmp_path) -> None:
+    from tsembed.experiments.runner import load_base_config, variant_config
+    from tsembed.experiments.variants import variants_for
+
+    base = load_base_config(None, [])
+    lora80 = derive(variants_for(base), ["lora80=lora:model.moe.rank=80"])["lora80"]
+    config = variant_config(base, lora80, 0, tmp_path, [])
+    assert (config.model.moe["num_experts"], config.model.moe["rank"]) == (1, 80)
+    # `--set model.moe.rank=80` changes the base, from which the lora variant derives its budget: E × 80
+    scaled = load_base_config(None, ["model.moe.rank=80"])
+    config = variant_config(scaled, variants_for(scaled)["lora"], 0, tmp_path, [])
+    assert config.model.moe["rank"] == 4 * 80
+
+
+def test_ablate_summarises_a_derived_variant(tmp_path) -> None:
+    import json
+
+    from tsembed.cli import main
+
+    run = tmp_path / "seed0" / "lora80"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({
+        "variant": "lora80", "description": "d", "seed": 0, "train_seconds": 1.0, "trainable_parameters": 5,
+        "aggregates": {"overall": {"hit@1": 0.5}}, "datasets": {}}))
+    assert main(["ablate", "--summary-only", "--seeds", "0", "--variant", "lora80", "--derive",
+                 "lora80=lora:model.moe.rank=80", "--out", str(tmp_path), "--suite", str(tmp_path / "no-suite")]) == 0
+    assert json.loads((tmp_path / "ablation.json").read_text())["variants"]["lora80"]["overall"]["mean"] == 50.0
