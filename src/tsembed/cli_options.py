@@ -17,5 +17,6 @@ BACKBONE_PATH = typer.Option(
 #: ``ablate`` and ``task-scaling``: a variant with more overrides under its own name (``tsembed.experiments.variants``).
 DERIVE = typer.Option(
     [], "--derive", help="Define a variant NAME=BASE:KEY=VALUE: the BASE variant plus this config override "
-    "(repeat NAME to add keys), e.g. --derive lora80=lora:model.moe.rank=80 --variant lora80.",
+    "(repeat NAME to add keys), e.g. --derive lora80=lora:model.moe.rank=80 --variant lora80. Unlike --set, which "
+    "changes the base config (the lora variant's rank is then num_experts × the base rank), it applies last.",
 )
