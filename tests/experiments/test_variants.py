@@ -62,3 +62,21 @@ def test_ablate_summarises_a_derived_variant(tmp_path) -> None:
     assert main(["ablate", "--summary-only", "--seeds", "0", "--variant", "lora80", "--derive",
                  "lora80=lora:model.moe.rank=80", "--out", str(tmp_path), "--suite", str(tmp_path / "no-suite")]) == 0
     assert json.loads((tmp_path / "ablation.json").read_text())["variants"]["lora80"]["overall"]["mean"] == 50.0
+
+
+def test_summary_only_names_a_record_after_its_directory(tmp_path, caplog) -> None:
+    import json
+
+    from tsembed.cli import main
+
+    run = tmp_path / "seed0" / "lora_proj"  # a run trained as "lora", linked in under a derived name
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({
+        "variant": "lora", "description": "d", "seed": 0, "train_seconds": 1.0, "trainable_parameters": 5,
+        "aggregates": {"overall": {"hit@1": 0.5}}, "datasets": {}}))
+    assert main(["ablate", "--summary-only", "--seeds", "0", "--variant", "lora_proj", "--derive",
+                 "lora_proj=lora:model.backbone.projector_experts=4", "--out", str(tmp_path),
+                 "--suite", str(tmp_path / "no-suite")]) == 0
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["variant"] for r in summary["per_seed"]] == ["lora_proj"]
+    assert "summarised as 'lora_proj'" in caplog.text

@@ -199,6 +199,10 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
                     logger.warning("%s seed %d: no %s, left out of the summary", variant.name, seed, path)
                     continue
                 record = json.loads(path.read_text())
+                if record.get("variant") != variant.name:  # e.g. a run trained under another name, linked here
+                    logger.warning("%s holds a record of variant %r; summarised as %r (its directory's name)",
+                                   path, record.get("variant"), variant.name)
+                    record["variant"] = variant.name
             else:
                 record = run_variant(base, variant, seed, run_dir, suite, cache_dir, split=split)
             records.append({**record, TRAIN_LOSS: final_train_loss(run_dir / METRICS_NAME),
