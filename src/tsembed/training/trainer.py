@@ -168,8 +168,13 @@ class Trainer:
         """Backbone-level routing starts from the training inputs (a resumed run then loads its own weights)."""
         inputs = [self.data.query_input(i) for i in range(len(self.data))] + list(self.data.targets)
         assignment = model.backbone.init_routing(inputs, seed)
-        for text, expert in sorted(assignment.items(), key=lambda item: item[1]):
-            logger.info("backbone routing starts %r at expert %d", text, expert)
+        by_expert: dict[int, list[str]] = {}
+        for text, expert in sorted(assignment.items()):
+            by_expert.setdefault(expert, []).append(text)
+        for expert, texts in sorted(by_expert.items()):  # a summary: VQA-style data has an instruction per row
+            more = f"; … ({len(texts) - 3} more)" if len(texts) > 3 else ""
+            shown = "; ".join(repr(t[:80]) for t in texts[:3]) + more
+            logger.info("backbone routing starts %d instruction(s) at expert %d: %s", len(texts), expert, shown)
 
     def _signature_dim(self) -> int:
         return signature_size(self.model.backbone) if self.model.has_adapters else 0
