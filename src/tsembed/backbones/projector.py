@@ -81,7 +81,7 @@ class ProjectorMixture(nn.Module):
     def choose(self, route: torch.Tensor) -> torch.Tensor:
         """The expert [N] each routing embedding goes to."""
         with torch.no_grad():
-            return self.router(route.to(self.router.weight.dtype)).argmax(dim=-1)
+            return self.gates(route).argmax(dim=-1)
 
     def forward(self, features: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         if route.shape[0] != features.shape[0]:
@@ -99,6 +99,8 @@ class ProjectorMixture(nn.Module):
             tokens = tokens.index_copy(0, rows, out)
         if tokens is None:  # no images
             tokens = self.experts[0](features)
+        if not torch.is_grad_enabled():
+            return tokens
         # unchosen experts stay in the graph with a zero contribution, so DDP sees every parameter used
         return tokens + 0.0 * sum(p.sum() for p in self.parameters()).to(tokens.dtype)
 
