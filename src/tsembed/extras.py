@@ -24,6 +24,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "fastapi": ("fastapi", "serve"),
     "uvicorn": ("uvicorn", "serve"),
     "sentence_transformers": ("sentence-transformers", "dev"),
+    "sklearn": ("scikit-learn", "dev"),
     "mteb": ("mteb", "mteb"),
 }
 

@@ -19,6 +19,12 @@ def _new_file_mode() -> int:
 NEW_FILE_MODE = _new_file_mode()
 
 
+def cache_root() -> Path:
+    """Where tsembed keeps derived files between runs: ``$TSEMBED_CACHE_DIR`` if set, else ``~/.cache/tsembed``."""
+    root = os.environ.get("TSEMBED_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "tsembed"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; it replaces ``path`` only if the block finishes.

@@ -60,6 +60,43 @@ def packaged_text_model_path() -> Path:
     return Path(package.get_model_path())
 
 
+BRIDGE_DIGEST_PREFIX = "sha256:"
+BRIDGE_FILE = "bridge.safetensors"
+
+
+def load_bridge(projector: VisualProjector, bridge: str) -> str:
+    """Copy an aligned bridge file into ``projector``; returns how a saved model records it (its digest).
+
+    A ``sha256:`` reference (what a saved model stores) loads nothing: the model directory restores the weights.
+
+    Raises:
+        ConfigError: ``auto`` left unresolved, a missing file, or a file that does not fit this projector.
+    """
+    if bridge.startswith(BRIDGE_DIGEST_PREFIX):
+        return bridge
+    if bridge == "auto":
+        raise ConfigError("model.backbone.bridge: 'auto' is resolved by `tsembed train` for its data.suite; "
+                          "elsewhere give the path of a bridge.safetensors written by `tsembed align`")
+    path = Path(bridge).expanduser()
+    if path.is_dir():
+        path = path / BRIDGE_FILE
+    if not path.is_file():
+        raise ConfigError(f"model.backbone.bridge: {path} not found "
+                          "(write one with `tsembed align --suite S --out DIR`)")
+    from tsembed.weights import read_safetensors
+
+    tensors = read_safetensors(path)
+    state = projector.state_dict()
+    missing, unknown = sorted(set(state) - set(tensors)), sorted(set(tensors) - set(state))
+    shapes = [f"{k}: file {tuple(v.shape)} vs projector {tuple(state[k].shape)}"
+              for k, v in tensors.items() if k in state and v.shape != state[k].shape]
+    if missing or unknown or shapes:
+        raise ConfigError(f"model.backbone.bridge: {path} does not fit this projector (another projector kind, "
+                          f"num_visual_tokens or text model?): missing {missing}, unexpected {unknown}, {shapes}")
+    projector.load_state_dict(tensors)
+    return BRIDGE_DIGEST_PREFIX + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 class MiniLMEfficientNetBackbone(Backbone):
     """Early-fusion MiniLM + EfficientNet-Lite0 encoder (registry name ``minilm-effnet``).
 
@@ -84,6 +121,11 @@ class MiniLMEfficientNetBackbone(Backbone):
         projector_experts: K > 1 replaces the projector by K full projectors, one chosen per image by a router
             reading a frozen sentence embedding of the input's text (``ProjectorMixture``; initialised from
             k-means of the training instructions by ``init_routing``). 1: one shared projector.
+        bridge: a projector aligned beforehand (``tsembed align``; LLaVA's stage 1): the path of its
+            ``bridge.safetensors``, whose weights replace the seeded initialisation (of every expert, with
+            ``projector_experts`` > 1). ``auto`` is resolved by the trainer (aligned for the training suite, cached).
+            A saved model records the bridge as ``sha256:<digest of the file>``: its projector weights are in the
+            model directory, so loading it needs no bridge file. None: the projector starts at random init.
     """
 
     kind = "minilm-effnet"
@@ -119,6 +161,7 @@ class MiniLMEfficientNetBackbone(Backbone):
         train_projector: bool = True,
         disk_cache_max_mb: float = 8192,
         projector_experts: int = 1,
+        bridge: str | None = None,
     ) -> None:
         super().__init__()
         grid = math.isqrt(num_visual_tokens)
@@ -152,6 +195,7 @@ class MiniLMEfficientNetBackbone(Backbone):
             "disk_cache_max_mb": disk_cache_max_mb,
             "train_projector": bool(train_projector),
             "projector_experts": projector_experts,
+            "bridge": bridge,
         }
         text_path = resolve_pretrained(text_model, "text_model") if text_model else packaged_text_model_path()
         self.tokenizer = load_component(AutoTokenizer, text_path, "text_model")
@@ -160,6 +204,8 @@ class MiniLMEfficientNetBackbone(Backbone):
         self.hidden_size = int(self.text.config.hidden_size)
         self.projector: VisualProjector | ProjectorMixture = VisualProjector(
             FEATURE_CHANNELS, self.hidden_size, num_visual_tokens, projector)
+        if bridge is not None:
+            self._options["bridge"] = load_bridge(self.projector, bridge)
         self._route_text: Any = None
         self._route_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         if projector_experts > 1:

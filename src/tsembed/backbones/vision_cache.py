@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tsembed.fileio import cache_root
+
 MAGIC = b"TSVF1\n"
 DEFAULT_DISK_MAX_BYTES = 8 * 2**30
 DEFAULT_MEMORY_MAX_BYTES = 512 * 2**20
@@ -39,9 +41,7 @@ class VisionCacheWarning(UserWarning):
 
 def default_cache_dir() -> Path:
     """``$TSEMBED_CACHE_DIR/vision`` if set, else ``~/.cache/tsembed/vision``."""
-    root = os.environ.get("TSEMBED_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "tsembed"
-    return base / "vision"
+    return cache_root() / "vision"
 
 
 def namespace_for(identity: dict) -> str:

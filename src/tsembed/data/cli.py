@@ -40,6 +40,9 @@ def build_suite_cmd(
     instructions: Annotated[bool, typer.Option(
         help="Conflict suite: --no-instructions words every condition alike (the control that shows the "
              "conditions conflict).")] = True,
+    targets: Annotated[Literal["named", "generic"], typer.Option(
+        help="Conflict suite: 'named' target instructions say what to keep; 'generic' gives every target MMEB's "
+             "'Represent the given image.', so only the query names the condition.")] = "named",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing suite at --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -67,6 +70,7 @@ def build_suite_cmd(
         datasets=dataset or None,
         kind=kind,
         instructions=instructions,
+        targets=targets,
         overwrite=overwrite,
         progress=progress,
     )

@@ -113,6 +113,29 @@ def register(app: typer.Typer) -> None:
         atomic_write(out, lambda p: p.write_text(text))
         typer.echo(text)
 
+    @app.command("probe-bridge")
+    def probe_bridge(
+        suite: Path = typer.Option(..., "--suite", help="Offline suite with a dev split (--dev-fraction)."),
+        bridge: Path = typer.Option(None, "--bridge", help="bridge.safetensors from `tsembed align` (default: "
+                                    "none, only the raw features and the random projector are probed)."),
+        out: Path = typer.Option(..., "--out", help="JSON file for {stage: {tint, tone, group, identity}}."),
+        per_task: int = typer.Option(400, help="Emoji per probe task and split."),
+        seed: int = typer.Option(0, help="Seed of the emoji sample and the probes."),
+    ) -> None:
+        """Linear probes (train emoji -> dev emoji) of tint, skin tone and group, and nearest-neighbour identity
+        across tints, on raw EfficientNet features (R0), the random projector (R1), the aligned one (R2) and
+        frozen MiniLM over the aligned tokens (R3). Needs scikit-learn."""
+        import json
+
+        from tsembed.experiments.probes import run_probes
+        from tsembed.fileio import atomic_write
+
+        results = run_probes(suite, bridge, per_task=per_task, seed=seed)
+        text = json.dumps(results, indent=2) + "\n"
+        atomic_write(out, lambda p: p.write_text(text))
+        for stage, scores in results.items():
+            typer.echo(f"{stage:10s} " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
     @app.command("task-conflict")
     def task_conflict(
         config: Path = typer.Option(None, "--config", "-c", help="Training config (YAML, or a run's config.json); "

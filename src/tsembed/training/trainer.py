@@ -98,7 +98,7 @@ def resolve_sources(config: TrainConfig) -> list[TrainSource]:
 def build_model(config: TrainConfig) -> TSEmbedModel:
     from tsembed.backbones import build_backbone
 
-    backbone = build_backbone(config.model.backbone)
+    backbone = build_backbone(resolve_bridge(config))
     model_config = ModelConfig(
         backbone=backbone.config(),
         moe=config.model.moe_config(backbone.default_target_modules),
@@ -107,6 +107,20 @@ def build_model(config: TrainConfig) -> TSEmbedModel:
         document_instruction=config.model.document_instruction,
     )
     return TSEmbedModel(backbone, model_config)
+
+
+def resolve_bridge(config: TrainConfig) -> dict:
+    """The backbone options with ``bridge: auto`` replaced by the bridge aligned for ``data.suite`` (cached)."""
+    options = dict(config.model.backbone)
+    if options.get("bridge") != "auto":
+        return options
+    if not config.data.suite:
+        raise ConfigError("model.backbone.bridge: 'auto' aligns the bridge on data.suite's train emoji; "
+                          "with data.train_files give a bridge file instead (`tsembed align`)")
+    from tsembed.training.align import auto_bridge
+
+    options["bridge"] = str(auto_bridge(config.data.suite, options, progress=config.run.progress))
+    return options
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:

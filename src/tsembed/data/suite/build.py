@@ -159,6 +159,7 @@ def build_suite(
     datasets: list[str] | None = None,
     kind: str = "standard",
     instructions: bool = True,
+    targets: str = "named",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Suite:
@@ -180,6 +181,8 @@ def build_suite(
         datasets: Subset of the kind's dataset names (default: all).
         kind: "standard" (breadth: 15 datasets, four meta-tasks) or "conflict" (conditional similarity).
         instructions: Conflict suite: False words every condition alike (the no-instruction control).
+        targets: Conflict suite: "named" target instructions, or "generic" (MMEB's "Represent the given image."
+            on every target; only the query names the condition).
         overwrite: Replace an existing suite at `out_dir`.
         progress: Show a tqdm progress bar.
 
@@ -203,6 +206,7 @@ def build_suite(
         datasets=None if datasets is None else tuple(datasets),
         kind=kind,
         instructions=instructions,
+        targets=targets,
     )
     out = Path(out_dir)
     _prepare_target(out, overwrite)

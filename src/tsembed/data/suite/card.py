@@ -25,8 +25,11 @@ def _size(num_bytes: int) -> str:
 
 def _conflict_intro(manifest: dict[str, Any]) -> list[str]:
     pairs = "; ".join(f"{name}: {' vs '.join(sets)}" for name, sets in manifest["pairs"].items())
+    generic = manifest["config"].get("targets", "named") == "generic"
     wording = ("Every condition is worded alike here (`--no-instructions`): only the data says which similarity "
                "a row wants." if not manifest["config"]["instructions"] else
+               "Queries carry condition-specific instructions; every target carries MMEB's generic 'Represent the "
+               "given image.' (`--targets generic`), so only the query names the condition." if generic else
                "Queries and targets carry condition-specific instructions (targets: 'Represent the emoji itself, "
                "ignoring its colour and skin tone' or 'Represent the colour of the emoji').")
     return [

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 GENERATOR_VERSION = "1"
 FORMATS = ("jsonl", "parquet")
 KINDS = ("standard", "conflict")
+TARGET_WORDINGS = ("named", "generic")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class SuiteConfig:
             the same query, opposite notions of similarity, one shared gallery; DESIGN §5.2).
         instructions: Conflict suite only. False words every condition alike, so nothing but the data says
             which similarity a row wants: the control that shows the conditions conflict.
+        targets: Conflict suite only. "named": each target's instruction says what to keep ("Represent the
+            colour of the emoji..."); "generic": every target carries MMEB's one generic instruction ("Represent
+            the given image."), so only the query names the condition and nothing can route by the target's text.
     """
 
     seed: int = 0
@@ -54,12 +58,17 @@ class SuiteConfig:
     datasets: tuple[str, ...] | None = None
     kind: str = "standard"
     instructions: bool = True
+    targets: str = "named"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
         if not self.instructions and self.kind != "conflict":
             raise ConfigError("instructions=False (--no-instructions) applies to the conflict suite only")
+        if self.targets not in TARGET_WORDINGS:
+            raise ConfigError(f"targets must be one of {list(TARGET_WORDINGS)}, got {self.targets!r}")
+        if self.targets != "named" and self.kind != "conflict":
+            raise ConfigError("targets='generic' (--targets generic) applies to the conflict suite only")
         for name in ("max_train_per_dataset", "max_eval_per_dataset"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -91,12 +100,21 @@ class SuiteConfig:
         from tsembed.data.registry import SUITE_KINDS
 
         infos = [d for d in SUITE_KINDS[self.kind] if all_datasets or self.datasets is None or d.name in self.datasets]
-        return infos if self.instructions else [neutral(d) for d in infos]
+        if not self.instructions:
+            return [neutral(d) for d in infos]
+        return infos if self.targets == "named" else [generic_target(d) for d in infos]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["datasets"] = None if self.datasets is None else list(self.datasets)
         return data
+
+
+def generic_target(info: DatasetInfo) -> DatasetInfo:
+    """`info` with MMEB's generic image-target instruction; the query keeps its condition's wording."""
+    from tsembed.data.registry import IMAGE_TARGET
+
+    return replace(info, target_template=IMAGE_TARGET)
 
 
 def neutral(info: DatasetInfo) -> DatasetInfo:

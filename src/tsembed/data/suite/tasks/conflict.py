@@ -57,23 +57,24 @@ class Episode:
     distractors: tuple[Look, ...]
 
 
-def tinted(ctx: BuildContext, item: EmojiItem, tint: str) -> str:
+def tint_image(renderer: EmojiRenderer, item: EmojiItem, tint: str) -> Image.Image:
     """The emoji's luminance mapped onto one tint (black stays black, white becomes the tint), on white.
 
     Mapping white to the tint (not to white) colours the light fills too, so even a line-art emoji such as
     a clock face shows its colour.
     """
+    tile = renderer.tile(item.char)
+    gray = ImageOps.grayscale(tile.convert("RGB"))
+    colour = ImageOps.colorize(gray, black=(0, 0, 0), white=TINTS[tint]).convert("RGBA")
+    colour.putalpha(tile.getchannel("A"))
+    canvas = Image.new("RGBA", tile.size, (255, 255, 255, 255))
+    canvas.alpha_composite(colour)
+    return canvas.convert("RGB")
 
-    def render() -> Image.Image:
-        tile = ctx.renderer.tile(item.char)
-        gray = ImageOps.grayscale(tile.convert("RGB"))
-        colour = ImageOps.colorize(gray, black=(0, 0, 0), white=TINTS[tint]).convert("RGBA")
-        colour.putalpha(tile.getchannel("A"))
-        canvas = Image.new("RGBA", tile.size, (255, 255, 255, 255))
-        canvas.alpha_composite(colour)
-        return canvas.convert("RGB")
 
-    return ctx.store.get(("tint", item.code, tint), render)
+def tinted(ctx: BuildContext, item: EmojiItem, tint: str) -> str:
+    """The suite's stored copy of ``tint_image`` (its path)."""
+    return ctx.store.get(("tint", item.code, tint), lambda: tint_image(ctx.renderer, item, tint))
 
 
 @cache
@@ -85,7 +86,7 @@ def _light_share(renderer: EmojiRenderer, char: str) -> float:
     return float((gray[ink] > 128).mean()) if ink.any() else 0.0
 
 
-def _tint_population(ctx: BuildContext, split: str) -> list[EmojiItem]:
+def tint_population(ctx: BuildContext, split: str) -> list[EmojiItem]:
     """Emoji without skin tones whose names hold no tint word ("green heart" would name two colours) and
     whose ink is at least 40 % light: a mostly black glyph stays black under any tint, and a colour no one
     can see would test the backbone, not conflict."""
@@ -157,7 +158,7 @@ def _look_key(ctx: BuildContext, look: Look) -> tuple[str, str]:
 
 def _tint_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterator[Episode]:
     """Tint pair: every emoji without skin tones, shown in each of the TINTS."""
-    return _episodes(ctx, split, rng, _tint_population(ctx, split), lambda it: [Look(it, t) for t in TINTS])
+    return _episodes(ctx, split, rng, tint_population(ctx, split), lambda it: [Look(it, t) for t in TINTS])
 
 
 def _tone_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterator[Episode]:
