@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsembed.data.registry import CONFLICT_DATASETS, CONFLICT_PAIRS, NEUTRAL_IMAGE_QUERY
+from tsembed.data.registry import CONFLICT_DATASETS, IMAGE_TARGET, CONFLICT_PAIRS, NEUTRAL_IMAGE_QUERY
 from tsembed.data.suite import Suite, build_suite
 from tsembed.data.suite.tasks.conflict import TINTS
 from tsembed.errors import ConfigError
@@ -126,6 +126,23 @@ def test_no_instruction_copy_differs_in_wording_only(conflict_suite: Suite, tmp_
     row = plain.eval("TintSameColour").rows[0]
     assert row.qry_text == NEUTRAL_IMAGE_QUERY
     assert row.tgt_img_path == conflict_suite.eval("TintSameColour").rows[0].tgt_img_path
+
+
+def test_generic_targets_change_only_the_target_wording(conflict_suite: Suite, tmp_path: Path) -> None:
+    generic = build_suite(tmp_path / "generic", seed=0, progress=False, targets="generic", **TINY_CONFLICT)
+    assert _files(generic.root / "images") == _files(conflict_suite.root / "images")
+    assert generic.manifest["config"]["targets"] == "generic"
+    for name in generic.names(ood=False):
+        for named, plain in zip(conflict_suite.train(name).rows, generic.train(name).rows, strict=True):
+            assert plain.qry == named.qry and plain.pos_image_path == named.pos_image_path
+            assert plain.pos_text == IMAGE_TARGET != named.pos_text
+        named_eval, plain_eval = conflict_suite.eval(name).rows[0], generic.eval(name).rows[0]
+        assert plain_eval.qry_text == named_eval.qry_text
+        assert set(plain_eval.tgt_text) == {IMAGE_TARGET}
+    with pytest.raises(ConfigError, match="targets must be one of"):
+        build_suite(tmp_path / "x", kind="conflict", targets="vague", progress=False)
+    with pytest.raises(ConfigError, match="conflict suite only"):
+        build_suite(tmp_path / "x", targets="generic", progress=False)
 
 
 def test_bad_kind_and_options_are_reported(tmp_path: Path) -> None:

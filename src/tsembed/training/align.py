@@ -54,6 +54,7 @@ class AlignConfig:
         canvases: multi-emoji canvases.
         recolour: False aligns without any recoloured copy (the ablation that shows what colour needs).
         held_out: pairs kept out of training to report image → caption retrieval before and after.
+        max_emoji: > 0 aligns on a seeded sample of that many train emoji (quick runs, tests); 0 uses all.
     """
 
     steps: int = 400
@@ -66,10 +67,11 @@ class AlignConfig:
     canvases: int = 1000
     recolour: bool = True
     held_out: int = 256
+    max_emoji: int = 0
 
     def __post_init__(self) -> None:
         for name, low in (("steps", 1), ("batch_size", 2), ("warmup_steps", 0), ("hue_copies", 0),
-                          ("canvases", 0), ("held_out", 0), ("seed", 0)):
+                          ("canvases", 0), ("held_out", 0), ("seed", 0), ("max_emoji", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"align.{name} must be an integer >= {low}, got {value!r}")
@@ -134,6 +136,7 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
 
     from tsembed.backbones.minilm_effnet import MiniLMEfficientNetBackbone  # needs the demo extra
     from tsembed.data.suite.captions import alignment_pairs
+    from tsembed.training.trainer import lr_factor
 
     config = config or AlignConfig()
     suite, out = Path(suite), Path(out)
@@ -150,7 +153,8 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     backbone = MiniLMEfficientNetBackbone(**options).eval()
-    pairs = list(alignment_pairs(ctx, config.seed, config.hue_copies, config.canvases, config.recolour))
+    pairs = list(alignment_pairs(ctx, config.seed, config.hue_copies, config.canvases, config.recolour,
+                                 config.max_emoji))
     kinds: dict[str, int] = {}
     for pair in pairs:
         kinds[pair.kind] = kinds.get(pair.kind, 0) + 1
@@ -182,7 +186,7 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
             batch = epoch_order[cursor : cursor + config.batch_size]
             cursor += config.batch_size
             for group in optimiser.param_groups:
-                group["lr"] = config.lr * _lr_factor(step, config.warmup_steps, config.steps)
+                group["lr"] = config.lr * lr_factor(step, config.warmup_steps, config.steps, 0.1)
             images = _image_embeddings(backbone, features[batch])  # [B, D]
             scores = images @ targets[batch].T  # [B, B]
             same = caption_ids[batch].unsqueeze(1) == caption_ids[batch].unsqueeze(0)  # a repeated caption
@@ -199,8 +203,9 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     after = _retrieval_at1(backbone, features[held], targets[held])
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.projector.state_dict().items()}
-    metadata = {"format": BRIDGE_FORMAT, "version": "1", "projector": str(options.get("projector", "mlp")),
-                "key": key}
+    # One metadata entry: safetensors writes its metadata map in hash order, so several keys break byte identity
+    # (the key, the projector kind and the rest are in bridge.json).
+    metadata = {"format": f"{BRIDGE_FORMAT}/1"}
     from safetensors.torch import save_file
 
     atomic_write(bridge, lambda p: save_file(state, str(p), metadata=metadata))
@@ -244,13 +249,6 @@ def effective_options(options: dict[str, Any]) -> dict[str, Any]:
     for name in ("image_mean", "image_std"):
         out[name] = [float(v) for v in out[name]]
     return out
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _caption_ids(captions: list[str]) -> list[int]:

@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
                                       "with their new colour in the caption (--no-recolour: the ablation)."),
         hue_copies: int = typer.Option(2, help="Hue-rotated copies per emoji."),
         canvases: int = typer.Option(1000, help="Multi-emoji canvases captioned with each emoji's place."),
+        max_emoji: int = typer.Option(0, help="Align on a seeded sample of this many train emoji (0: all); for "
+                                      "quick trials."),
         overrides: list[str] = typer.Option([], "--set", help="Backbone option, e.g. --set image_size=160 (the "
                                             "bridge only fits a backbone with the same options)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
@@ -61,6 +63,6 @@ def register(app: typer.Typer) -> None:
         options: dict = {}
         apply_overrides(options, overrides)
         config = AlignConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, recolour=recolour,
-                             hue_copies=hue_copies, canvases=canvases)
+                             hue_copies=hue_copies, canvases=canvases, max_emoji=max_emoji)
         path = align_bridge(suite, out, config, options, progress=progress)
         typer.echo(f"bridge written to {path}")

@@ -54,6 +54,7 @@ class CaptionedImage:
     image: Image.Image
     caption: str
     kind: str  # "original", "hue", "canvas"
+    chars: tuple[str, ...]  # the emoji shown (provenance: lets a test prove no dev/eval emoji is used)
 
 
 def colour_name(image: Image.Image) -> str | None:
@@ -117,25 +118,28 @@ def _canvas(ctx: BuildContext, items: list[EmojiItem], size: int) -> tuple[Image
 
 
 def alignment_pairs(ctx: BuildContext, seed: int, hue_copies: int = 2, canvases: int = 1000,
-                    recolour: bool = True) -> Iterator[CaptionedImage]:
+                    recolour: bool = True, max_emoji: int = 0) -> Iterator[CaptionedImage]:
     """Captioned pictures from the train split's emoji of ``ctx``'s suite, deterministic per seed.
 
     Each train emoji gives its own rendering and, with ``recolour``, ``hue_copies`` hue-rotated copies; then
-    ``canvases`` multi-emoji canvases. Only ``ctx.items("train")`` is read.
+    ``canvases`` multi-emoji canvases. Only ``ctx.items("train")`` is read; ``max_emoji`` > 0 keeps a seeded
+    sample of that many (quick runs and tests).
     """
     rng = random.Random(f"align/{seed}")
     items = list(ctx.items("train"))
+    if 0 < max_emoji < len(items):
+        items = sorted(rng.sample(items, max_emoji), key=lambda it: it.code)
     for item in items:
         image = ctx.renderer.single(item.char)
-        yield CaptionedImage(image, _caption(rng, item, colour_name(image)), "original")
+        yield CaptionedImage(image, _caption(rng, item, colour_name(image)), "original", (item.char,))
         if not recolour:
             continue
         for shift in rng.sample(HUE_SHIFTS, min(hue_copies, len(HUE_SHIFTS))):
             turned = hue_rotated(image, shift)
             colour = colour_name(turned)
             if colour is not None:  # a grey emoji has no hue to turn
-                yield CaptionedImage(turned, _caption(rng, item, colour), "hue")
+                yield CaptionedImage(turned, _caption(rng, item, colour), "hue", (item.char,))
     for _ in range(canvases if len(items) >= 4 else 0):
         picked = rng.sample(items, rng.randint(2, 4))
         image, caption = _canvas(ctx, picked, ctx.renderer.canvas_size)
-        yield CaptionedImage(image, caption, "canvas")
+        yield CaptionedImage(image, caption, "canvas", tuple(it.char for it in picked))
