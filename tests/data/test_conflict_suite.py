@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsembed.data.registry import CONFLICT_DATASETS, IMAGE_TARGET, CONFLICT_PAIRS, NEUTRAL_IMAGE_QUERY
+from tsembed.data.registry import CONFLICT_DATASETS, CONFLICT_PAIRS, IMAGE_TARGET, NEUTRAL_IMAGE_QUERY
 from tsembed.data.suite import Suite, build_suite
 from tsembed.data.suite.tasks.conflict import TINTS
 from tsembed.errors import ConfigError
