@@ -169,6 +169,13 @@ class TSEmbedModel(nn.Module):
     def non_router_trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not _is_router_param(n)]
 
+    def backbone_module_parameters(self) -> list[nn.Parameter]:
+        """Trainable weights of the backbone's own ``trainable_modules`` (e.g. the visual bridge), adapters and
+        routers excluded: the group ``optim.backbone_lr_scale`` applies to (a pretrained bridge tuned lightly)."""
+        routers = {id(p) for p in self.router_parameters()}
+        return [p for name in self.backbone.trainable_modules
+                for p in self.backbone.get_submodule(name).parameters() if p.requires_grad and id(p) not in routers]
+
     # ----- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, eval_results: Any = None) -> Path:
         """Write config, adapters, the backbone's trainable weights, their checksums and a model card (README.md),

@@ -130,6 +130,21 @@ def test_stage_switch_by_steps_and_router_lr(train_files, tmp_path):
     assert groups["router"]["lr"] == 0.0
 
 
+def test_backbone_lr_scale_tunes_the_backbone_modules_apart(train_files, tmp_path):
+    cfg = make_config(train_files, tmp_path, optim={"lr": 5e-3, "warmup_steps": 2, "backbone_lr_scale": 0.1})
+    trainer = Trainer(cfg, model=toy_model())
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    proj = {id(p) for p in trainer.model.backbone.proj.parameters()}
+    assert proj and {id(p) for p in groups["backbone"]["params"]} == proj
+    assert not proj & {id(p) for g in ("adapters", "router") for p in groups[g]["params"]}
+    before = {id(p): p.detach().clone() for p in groups["backbone"]["params"]}
+    trainer.train_step()
+    assert groups["backbone"]["lr"] == pytest.approx(0.1 * groups["adapters"]["lr"]) and groups["adapters"]["lr"] > 0
+    assert any(not torch.equal(before[id(p)], p) for p in groups["backbone"]["params"])
+    with pytest.raises(ConfigError, match="optim.backbone_lr_scale"):
+        make_config(train_files, tmp_path, optim={"backbone_lr_scale": -1})
+
+
 def test_stage_switch_by_stability(train_files, tmp_path):
     cfg = make_config(train_files, tmp_path, schedule={
         "steps": 8, "stage1_steps": 8, "switch": "stability", "stability_threshold": 10.0,

@@ -154,16 +154,21 @@ class ScheduleSection:
 
 @dataclass
 class OptimSection:
-    """AdamW and its schedule. grad_clip: max gradient norm (0 or null: no clipping)."""
+    """AdamW and its schedule. grad_clip: max gradient norm (0 or null: no clipping). backbone_lr_scale: factor
+    on the learning rate of the backbone's own trainable modules (e.g. 0.1 tunes a pretrained bridge lightly)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 20
     grad_clip: float | None = 1.0
     min_lr_ratio: float = 0.05
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check("optim.lr", self.lr, _number(self.lr) and self.lr > 0, "a number > 0")
+        _check("optim.backbone_lr_scale", self.backbone_lr_scale,
+               _number(self.backbone_lr_scale) and self.backbone_lr_scale >= 0,
+               "a number >= 0 (the learning-rate factor of the backbone's own trainable modules, e.g. the bridge)")
         _check("optim.weight_decay", self.weight_decay, _number(self.weight_decay) and self.weight_decay >= 0,
                "a number >= 0")
         _check("optim.warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0")

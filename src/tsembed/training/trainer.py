@@ -160,10 +160,13 @@ class Trainer:
         self.task = wrap_ddp(ContrastiveTask(self.model, self.objective, run.precision), self.device)
         self.scaler = grad_scaler(run.precision, self.device)
         routers = self.model.router_parameters()
-        others = self.model.non_router_trainable_parameters() + [p for p in self.objective.parameters()
-                                                                 if p.requires_grad]
+        backbone_modules = self.model.backbone_module_parameters()
+        own = {id(p) for p in backbone_modules}
+        others = [p for p in self.model.non_router_trainable_parameters() if id(p) not in own] + [
+            p for p in self.objective.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            [{"params": others, "name": "adapters"}, {"params": routers, "name": "router"}],
+            [{"params": others, "name": "adapters"}, {"params": routers, "name": "router"},
+             {"params": backbone_modules, "name": "backbone"}],
             lr=config.optim.lr, weight_decay=config.optim.weight_decay,
         )
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -202,7 +205,8 @@ class Trainer:
         o = self.config.optim
         base = o.lr * lr_factor(self.step, o.warmup_steps, self.config.schedule.steps, o.min_lr_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = base * (self._router_scale() if group["name"] == "router" else 1.0)
+            scale = {"router": self._router_scale(), "backbone": self.config.optim.backbone_lr_scale}
+            group["lr"] = base * scale.get(group["name"], 1.0)
         return base
 
     def _maybe_switch(self, drift: float | None) -> None:
