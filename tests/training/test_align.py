@@ -158,3 +158,32 @@ def test_align_config_rejects_bad_values() -> None:
 def test_align_refuses_a_folder_that_is_not_a_suite(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="suite.json"):
         align_bridge(tmp_path, tmp_path / "out", QUICK)
+
+
+def test_epoch_order_keeps_families_together_and_uses_every_pair_once() -> None:
+    from tsembed.training.align import _epoch_order
+
+    families = [f"f{i % 5}" for i in range(40)] + ["big"] * 20
+    train = torch.arange(len(families))
+    order = _epoch_order(train, families, chunk=8, generator=torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == train.tolist()
+    runs, current = [], 1
+    for a, b in zip(order.tolist(), order.tolist()[1:], strict=False):
+        if families[a] == families[b]:
+            current += 1
+        else:
+            runs.append(current)
+            current = 1
+    runs.append(current)
+    assert len(runs) <= 8  # 5 chunks of f0-f4 and 3 of "big" (8, 8, 4), each in a row: never scattered
+    uniform = _epoch_order(train, None, chunk=8, generator=torch.Generator().manual_seed(0))
+    assert sorted(uniform.tolist()) == train.tolist()
+
+
+def test_recoloured_toned_emoji_lose_their_tone_in_the_caption(conflict_suite: Suite) -> None:
+    ctx, _ = suite_context(conflict_suite.root)
+    pairs = list(alignment_pairs(ctx, seed=0, hue_copies=2, canvases=0, max_emoji=300))
+    assert any(p.kind == "hue" for p in pairs)
+    assert not any("skin tone" in p.caption for p in pairs if p.kind == "hue")
+    assert any("skin tone" in p.caption for p in pairs if p.kind == "original")
+    assert all(p.family for p in pairs)

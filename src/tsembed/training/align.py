@@ -55,6 +55,10 @@ class AlignConfig:
         recolour: False aligns without any recoloured copy (the ablation that shows what colour needs).
         held_out: pairs kept out of training to report image → caption retrieval before and after.
         max_emoji: > 0 aligns on a seeded sample of that many train emoji (quick runs, tests); 0 uses all.
+        family_batches: fill each batch with whole families (an emoji's tones, genders and hue copies, at most
+            ``family_chunk`` at a time), so that what tells siblings apart — skin tone, colour — is what the
+            in-batch negatives test; False draws pairs uniformly.
+        family_chunk: most pictures of one family that go into a batch together.
     """
 
     steps: int = 400
@@ -68,10 +72,13 @@ class AlignConfig:
     recolour: bool = True
     held_out: int = 256
     max_emoji: int = 0
+    family_batches: bool = True
+    family_chunk: int = 16
 
     def __post_init__(self) -> None:
         for name, low in (("steps", 1), ("batch_size", 2), ("warmup_steps", 0), ("hue_copies", 0),
-                          ("canvases", 0), ("held_out", 0), ("seed", 0), ("max_emoji", 0)):
+                          ("canvases", 0), ("held_out", 0), ("seed", 0), ("max_emoji", 0),
+                          ("family_chunk", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"align.{name} must be an integer >= {low}, got {value!r}")
@@ -178,11 +185,12 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
         p.requires_grad_(True)
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     losses: list[float] = []
-    cursor, epoch_order = 0, train[torch.randperm(train.numel(), generator=generator)]
+    families = [p.family for p in pairs] if config.family_batches else None
+    cursor, epoch_order = 0, _epoch_order(train, families, config.family_chunk, generator)
     with tqdm(total=config.steps, desc="aligning bridge", unit="step", disable=not progress) as bar:
         for step in range(config.steps):
             if cursor + config.batch_size > epoch_order.numel():
-                cursor, epoch_order = 0, train[torch.randperm(train.numel(), generator=generator)]
+                cursor, epoch_order = 0, _epoch_order(train, families, config.family_chunk, generator)
             batch = epoch_order[cursor : cursor + config.batch_size]
             cursor += config.batch_size
             for group in optimiser.param_groups:
@@ -249,6 +257,21 @@ def effective_options(options: dict[str, Any]) -> dict[str, Any]:
     for name in ("image_mean", "image_std"):
         out[name] = [float(v) for v in out[name]]
     return out
+
+
+def _epoch_order(train: torch.Tensor, families: list[str] | None, chunk: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """One epoch's order of the training pairs: shuffled, and with ``families`` shuffled chunks of at most
+    ``chunk`` siblings in a row, so consecutive batch slices keep siblings together."""
+    shuffled = train[torch.randperm(train.numel(), generator=generator)]
+    if families is None:
+        return shuffled
+    by_family: dict[str, list[int]] = {}
+    for index in shuffled.tolist():
+        by_family.setdefault(families[index], []).append(index)
+    chunks = [members[i : i + chunk] for members in by_family.values() for i in range(0, len(members), chunk)]
+    return torch.tensor([index for k in torch.randperm(len(chunks), generator=generator).tolist()
+                         for index in chunks[k]])
 
 
 def _caption_ids(captions: list[str]) -> list[int]:

@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
         canvases: int = typer.Option(1000, help="Multi-emoji canvases captioned with each emoji's place."),
         max_emoji: int = typer.Option(0, help="Align on a seeded sample of this many train emoji (0: all); for "
                                       "quick trials."),
+        family_batches: bool = typer.Option(True, "--family-batches/--uniform-batches", help="Fill batches with "
+                                            "whole emoji families (tones, genders, hue copies) so siblings are "
+                                            "each other's negatives, or draw pairs uniformly."),
         overrides: list[str] = typer.Option([], "--set", help="Backbone option, e.g. --set image_size=160 (the "
                                             "bridge only fits a backbone with the same options)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
@@ -63,6 +66,7 @@ def register(app: typer.Typer) -> None:
         options: dict = {}
         apply_overrides(options, overrides)
         config = AlignConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, recolour=recolour,
-                             hue_copies=hue_copies, canvases=canvases, max_emoji=max_emoji)
+                             hue_copies=hue_copies, canvases=canvases, max_emoji=max_emoji,
+                             family_batches=family_batches)
         path = align_bridge(suite, out, config, options, progress=progress)
         typer.echo(f"bridge written to {path}")

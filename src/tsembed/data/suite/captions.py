@@ -13,6 +13,7 @@ suite's tint (a luminance colourisation onto one colour), so no suite image is e
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ HUE_NAMES: tuple[tuple[float, str], ...] = (
 )
 #: Hue rotations (degrees) a recoloured copy may use.
 HUE_SHIFTS = (60, 120, 180, 240, 300)
+#: ": medium-dark skin tone" and the like in a CLDR name (several, comma-separated, for two-person emoji).
+_TONE_SUFFIX = re.compile(r":?,? ?(light|medium-light|medium|medium-dark|dark) skin tone")
 #: Below this share of saturated ink an emoji counts as having no dominant colour.
 MIN_COLOURED_SHARE = 0.15
 
@@ -55,6 +58,7 @@ class CaptionedImage:
     caption: str
     kind: str  # "original", "hue", "canvas"
     chars: tuple[str, ...]  # the emoji shown (provenance: lets a test prove no dev/eval emoji is used)
+    family: str  # base emoji (its tones, genders and hue copies share it); alignment batches keep families together
 
 
 def colour_name(image: Image.Image) -> str | None:
@@ -90,15 +94,17 @@ def hue_rotated(image: Image.Image, degrees: int) -> Image.Image:
     return Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB")
 
 
-def _describe(item: EmojiItem) -> dict[str, str]:
+def _describe(item: EmojiItem, recoloured: bool = False) -> dict[str, str]:
     name = item.name
-    if item.tone == DEFAULT_TONE:
+    if recoloured and item.tone is not None:  # a hue rotation recolours the skin too: its tone no longer holds
+        name = _TONE_SUFFIX.sub("", name)
+    elif item.tone == DEFAULT_TONE:
         name = f"{name} with the default yellow skin"
     return {"name": name, "group": item.group.lower(), "subgroup": item.subgroup.replace("-", " ")}
 
 
-def _caption(rng: random.Random, item: EmojiItem, colour: str | None) -> str:
-    fields = _describe(item)
+def _caption(rng: random.Random, item: EmojiItem, colour: str | None, recoloured: bool = False) -> str:
+    fields = _describe(item, recoloured)
     if colour is None:
         return rng.choice(_CAPTIONS_NO_COLOUR).format(**fields)
     return rng.choice(_CAPTIONS).format(colour=colour, **fields)
@@ -131,15 +137,16 @@ def alignment_pairs(ctx: BuildContext, seed: int, hue_copies: int = 2, canvases:
         items = sorted(rng.sample(items, max_emoji), key=lambda it: it.code)
     for item in items:
         image = ctx.renderer.single(item.char)
-        yield CaptionedImage(image, _caption(rng, item, colour_name(image)), "original", (item.char,))
+        yield CaptionedImage(image, _caption(rng, item, colour_name(image)), "original", (item.char,), item.base)
         if not recolour:
             continue
         for shift in rng.sample(HUE_SHIFTS, min(hue_copies, len(HUE_SHIFTS))):
             turned = hue_rotated(image, shift)
             colour = colour_name(turned)
             if colour is not None:  # a grey emoji has no hue to turn
-                yield CaptionedImage(turned, _caption(rng, item, colour), "hue", (item.char,))
-    for _ in range(canvases if len(items) >= 4 else 0):
+                yield CaptionedImage(turned, _caption(rng, item, colour, recoloured=True), "hue", (item.char,),
+                                     item.base)
+    for index in range(canvases if len(items) >= 4 else 0):
         picked = rng.sample(items, rng.randint(2, 4))
         image, caption = _canvas(ctx, picked, ctx.renderer.canvas_size)
-        yield CaptionedImage(image, caption, "canvas", tuple(it.char for it in picked))
+        yield CaptionedImage(image, caption, "canvas", tuple(it.char for it in picked), f"canvas/{index}")
