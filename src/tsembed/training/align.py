@@ -143,7 +143,7 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
 
     from tsembed.backbones.minilm_effnet import MiniLMEfficientNetBackbone  # needs the demo extra
     from tsembed.data.suite.captions import alignment_pairs
-    from tsembed.training.trainer import lr_factor
+    from tsembed.training.schedule import lr_factor
 
     config = config or AlignConfig()
     suite, out = Path(suite), Path(out)

@@ -36,6 +36,7 @@ from tsembed.training.data import BatchPlan, StepBatches, StepInputs, TrainingDa
 from tsembed.training.distributed import is_distributed, rank, world_size, wrap_ddp
 from tsembed.training.eans import SignatureBank
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
+from tsembed.training.schedule import lr_factor
 from tsembed.training.step import (
     ContrastiveBatch,
     ContrastiveTask,
@@ -121,14 +122,6 @@ def resolve_bridge(config: TrainConfig) -> dict:
 
     options["bridge"] = str(auto_bridge(config.data.suite, options, progress=config.run.progress))
     return options
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class Trainer:
