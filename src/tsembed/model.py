@@ -1,4 +1,4 @@
-"""The one embedding model object: backbone + MoE-LoRA adapters + pooling (DESIGN §2, §3.1).
+"""The one embedding model object: backbone + MoE-LoRA adapters + pooling (docs/design.md §2, §3.1).
 
 Training, ``encode()``, evaluation and the server all call ``TSEmbedModel.forward``, so routing at
 serve time is the routing that was trained. A saved model directory holds everything needed to rebuild

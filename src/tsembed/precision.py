@@ -1,4 +1,4 @@
-"""Mixed precision: fp32 master weights for what trains, autocast for the compute (DESIGN §2, Precision).
+"""Mixed precision: fp32 master weights for what trains, autocast for the compute (docs/design.md §2, Precision).
 
 A frozen base may hold bf16/fp16 weights, but everything that trains (adapters, routers, task hints, a
 backbone's projector) keeps fp32 parameters: AdamW's update of a bf16 weight is rounded to the weight's

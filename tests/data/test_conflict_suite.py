@@ -1,4 +1,4 @@
-"""The conflict suite: conditional similarity with one shared gallery per query (DESIGN §5.2)."""
+"""The conflict suite: conditional similarity with one shared gallery per query (docs/design.md §5.2)."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Backbones: processed inputs → hidden states, for early-fusion models and dual encoders (DESIGN §4)."""
+"""Backbones: processed inputs → hidden states, for early-fusion models and dual encoders (docs/design.md §4)."""
 
 from tsembed.backbones.base import Backbone, BackboneOutput
 from tsembed.backbones.dual_encoder import DualEncoderBackbone, fuse_embeddings

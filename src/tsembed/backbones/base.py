@@ -1,4 +1,4 @@
-"""The backbone protocol: processed inputs in, hidden states out (DESIGN §2, §4).
+"""The backbone protocol: processed inputs in, hidden states out (docs/design.md §2, §4).
 
 One shape fits early-fusion encoders/decoders and dual encoders alike:
 

@@ -1,6 +1,6 @@
 """The offline default backbone: EfficientNet-Lite0 visual tokens fused early into all-MiniLM-L6-v2.
 
-LLaVA shape at laptop scale (DESIGN §4): the frozen CNN's final feature map is pooled to a grid of
+LLaVA shape at laptop scale (docs/design.md §4): the frozen CNN's final feature map is pooled to a grid of
 cells, a trainable projector maps each cell to a 384-d token, and those tokens replace the image's
 placeholder slots in MiniLM's input sequence, so all six MiniLM layers (where MoE-LoRA attaches)
 attend over text and image together. Visual tokens also carry BERT's segment-B token-type embedding

@@ -1,4 +1,4 @@
-"""Pooling: one vector per input from a backbone's hidden states (DESIGN §3.1).
+"""Pooling: one vector per input from a backbone's hidden states (docs/design.md §3.1).
 
 Every function takes hidden states [B, L, D] and an attention mask [B, L] (1 = real token, 0 = pad)
 and works for left and right padding alike, so backbones may pad on either side.

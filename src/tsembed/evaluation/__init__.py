@@ -1,4 +1,4 @@
-"""MMEB-protocol evaluation, ranking metrics, routing analysis and plots (DESIGN §5, §7).
+"""MMEB-protocol evaluation, ranking metrics, routing analysis and plots (docs/design.md §5, §7).
 
 >>> results = evaluate(model, "suite/", cache_dir="~/.cache/tsembed/embeddings", global_pool=True)
 >>> results.save("runs/eval")                                   # results.json + results.md

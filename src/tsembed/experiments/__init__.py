@@ -1,1 +1,1 @@
-"""Experiments that combine training and evaluation: the ablation (DESIGN §7) and the demo."""
+"""Experiments that combine training and evaluation: the ablation (docs/design.md §7) and the demo."""

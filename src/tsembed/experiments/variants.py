@@ -1,4 +1,4 @@
-"""The ablation's variants, each a set of config overrides on one base config (DESIGN §7).
+"""The ablation's variants, each a set of config overrides on one base config (docs/design.md §7).
 
 All trained variants share the data, steps, batch size, optimiser and seed; only the adapters, EANS and
 the schedule differ. The single-LoRA baseline has the MoE's trainable budget: one expert of rank (E + S)·r for

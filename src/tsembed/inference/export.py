@@ -1,4 +1,4 @@
-"""Export experts for engines that know nothing of routers (DESIGN §7 "Deployable").
+"""Export experts for engines that know nothing of routers (docs/design.md §7 "Deployable").
 
 * ``export_merged_expert``: fold routed expert e (plus the shared experts) into the base weights and
   save a plain tsembed model directory without adapters. It equals the routed model on every input a

@@ -1,4 +1,4 @@
-"""MoE-LoRA: LoRA experts with a learned router, attachable to any PyTorch model (DESIGN §3.2–§3.3)."""
+"""MoE-LoRA: LoRA experts with a learned router, attachable to any PyTorch model (docs/design.md §3.2–§3.3)."""
 
 from tsembed.moe.attach import (
     AttachSummary,

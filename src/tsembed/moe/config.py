@@ -1,4 +1,4 @@
-"""Configuration of MoE-LoRA adapters, validated once at the edge (DESIGN §3.2)."""
+"""Configuration of MoE-LoRA adapters, validated once at the edge (docs/design.md §3.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The MoE-LoRA linear layer, computed as one wide LoRA (DESIGN §3.2).
+"""The MoE-LoRA linear layer, computed as one wide LoRA (docs/design.md §3.2).
 
 y = W x + (α/r) · B_cat ((A_cat x) ⊙ repeat(g, r)): all experts (and the always-on shared experts,
 stored after them with gate 1) live in one ``lora_A`` [(E+S)·r, d_in] and one ``lora_B``

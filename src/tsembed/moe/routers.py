@@ -1,4 +1,4 @@
-"""Gate functions that turn router probabilities into expert weights (DESIGN §3.2).
+"""Gate functions that turn router probabilities into expert weights (docs/design.md §3.2).
 
 One function per routing mode, chosen through ``ROUTERS``; all work on the last dimension.
 """

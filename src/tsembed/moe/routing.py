@@ -1,4 +1,4 @@
-"""Routing capture: what the routers did in the last forward pass (DESIGN §3.2–§3.3).
+"""Routing capture: what the routers did in the last forward pass (docs/design.md §3.2–§3.3).
 
 Every MoE-LoRA layer of an attached model shares one ``RoutingState``. The state is also the root
 module's forward pre-hook: each forward starts with empty records and takes the ``attention_mask``

@@ -1,4 +1,4 @@
-"""The training config: one YAML describes the model, the data, both stages and the run (DESIGN §3.6)."""
+"""The training config: one YAML describes the model, the data, both stages and the run (docs/design.md §3.6)."""
 
 from __future__ import annotations
 

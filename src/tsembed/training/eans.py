@@ -1,4 +1,4 @@
-"""Expert-Aware Negative Sampling (DESIGN §3.5): routing signatures choose and weight negatives."""
+"""Expert-Aware Negative Sampling (docs/design.md §3.5): routing signatures choose and weight negatives."""
 
 from __future__ import annotations
 

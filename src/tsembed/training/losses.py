@@ -1,4 +1,4 @@
-"""Contrastive loss math as small pure functions (DESIGN §3.4–§3.5).
+"""Contrastive loss math as small pure functions (docs/design.md §3.4–§3.5).
 
 Tensors in, tensors out: no model, no collectives. ``ContrastiveLoss`` (training/objective.py) gathers
 and calls these.

@@ -1,4 +1,4 @@
-"""The contrastive objective: InfoNCE over all ranks' targets + false-negative guard + EANS (DESIGN §3.4–§3.5).
+"""The contrastive objective: InfoNCE over all ranks' targets + false-negative guard + EANS (docs/design.md §3.4–§3.5).
 
 Embeds nothing: it takes embeddings and routing signatures (from ``training/step.py``), gathers the
 targets of every rank with gradient, and calls the pure functions of ``losses.py``.

@@ -1,4 +1,4 @@
-"""One contrastive training step, full-batch or through GradCache (DESIGN §3.4, issue: GradCache).
+"""One contrastive training step, full-batch or through GradCache (docs/design.md §3.4, issue: GradCache).
 
 GradCache (Gao et al., 2021) embeds the batch in chunks without a graph, computes the loss and its
 gradient with respect to the embeddings, then re-runs each chunk with a graph and back-propagates

@@ -1,4 +1,4 @@
-"""The two-stage TSEmbed trainer (DESIGN §3.6, §6): one config, one command, both stages.
+"""The two-stage TSEmbed trainer (docs/design.md §3.6, §6): one config, one command, both stages.
 
 Runs unchanged as one CPU process and under ``torchrun`` (gloo on CPU, NCCL on GPU): each rank embeds
 its share of the batch, targets of all ranks are gathered with gradient, and ``DistributedDataParallel``

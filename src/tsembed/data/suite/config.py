@@ -37,7 +37,7 @@ class SuiteConfig:
         format: File format of the rows, "jsonl" or "parquet".
         datasets: Build only these datasets (None: all).
         kind: "standard" (15 datasets over four meta-tasks: breadth) or "conflict" (conditional similarity:
-            the same query, opposite notions of similarity, one shared gallery; DESIGN §5.2).
+            the same query, opposite notions of similarity, one shared gallery; docs/design.md §5.2).
         instructions: Conflict suite only. False words every condition alike, so nothing but the data says
             which similarity a row wants: the control that shows the conditions conflict.
         targets: Conflict suite only. "named": each target's instruction says what to keep ("Represent the
