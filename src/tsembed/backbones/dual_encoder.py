@@ -24,11 +24,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-from tsembed.backbones import hf
 from tsembed.backbones.base import Backbone, BackboneOutput
-from tsembed.backbones.hf import load_component, load_model, parse_dtype, quiet_transformers, resolve_pretrained
+from tsembed.backbones.hf import (
+    load_component,
+    load_model,
+    parse_dtype,
+    pretrained_card_metadata,
+    resolve_model_type,
+)
 from tsembed.backbones.images import load_image
 from tsembed.backbones.placeholder import split_inputs
 from tsembed.errors import ConfigError
@@ -79,13 +84,7 @@ class DualEncoderBackbone(Backbone):
         super().__init__()
         torch_dtype = parse_dtype(dtype)
         self._options: dict[str, Any] = {"path": str(path), "max_length": max_length, "dtype": dtype}
-        directory = resolve_pretrained(path, "path")
-        with quiet_transformers():
-            model_type = AutoConfig.from_pretrained(str(directory), local_files_only=True).model_type
-        if model_type not in FAMILIES:
-            raise ConfigError(
-                f"path: {str(path)!r} holds a {model_type!r} model; dual-encoder supports {sorted(FAMILIES)}"
-            )
+        directory, model_type = resolve_model_type(path, "path", FAMILIES, "dual-encoder")
         self.family = FAMILIES[model_type]
         self.model = load_model(AutoModel, directory, "path", dtype=torch_dtype)
         self.tokenizer = load_component(AutoTokenizer, directory, "path")
@@ -106,7 +105,7 @@ class DualEncoderBackbone(Backbone):
         return {"kind": self.kind, **self._options}
 
     def card_metadata(self) -> dict[str, Any]:
-        return hf.pretrained_card_metadata(self._options["path"], self.model.name_or_path)
+        return pretrained_card_metadata(self._options["path"], self.model.name_or_path)
 
     @torch.no_grad()
     def prepare(self, inputs: Sequence[EmbedInput]) -> dict[str, torch.Tensor]:

@@ -79,6 +79,23 @@ def resolve_pretrained(reference: str | Path, field: str) -> Path:
         ) from None
 
 
+def resolve_model_type(reference: str | Path, field: str, supported: Any, backbone: str) -> tuple[Path, str]:
+    """The local directory of ``reference`` and its ``model_type``, refused unless ``supported`` holds it.
+
+    Every Hugging Face backbone checks the architecture before loading weights, so a wrong directory fails
+    with one line naming the field, the path and what the backbone accepts.
+    """
+    from transformers import AutoConfig
+
+    directory = resolve_pretrained(reference, field)
+    with quiet_transformers():
+        model_type = AutoConfig.from_pretrained(str(directory), local_files_only=True).model_type
+    if model_type not in supported:
+        raise ConfigError(f"{field}: {str(reference)!r} holds a {model_type!r} model; {backbone} supports "
+                          f"{sorted(supported)}")
+    return directory, model_type
+
+
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _CACHE_SNAPSHOT = re.compile(r"models--([\w.-]+?)--([\w.-]+)/snapshots/[^/]+/?$")
 

@@ -19,11 +19,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-from tsembed.backbones import hf
 from tsembed.backbones.base import Backbone, BackboneOutput
-from tsembed.backbones.hf import load_component, load_model, parse_dtype, quiet_transformers, resolve_pretrained
+from tsembed.backbones.hf import (
+    load_component,
+    load_model,
+    parse_dtype,
+    pretrained_card_metadata,
+    resolve_model_type,
+)
 from tsembed.backbones.images import load_image
 from tsembed.backbones.placeholder import Segments, split_inputs
 from tsembed.errors import ConfigError, DataError
@@ -81,13 +86,7 @@ class Qwen2VLBackbone(Backbone):
             "attn_implementation": attn_implementation,
             "gradient_checkpointing": gradient_checkpointing,
         }
-        directory = resolve_pretrained(path, "path")
-        with quiet_transformers():
-            model_type = AutoConfig.from_pretrained(str(directory), local_files_only=True).model_type
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"path: {str(path)!r} holds a {model_type!r} model; qwen2-vl supports {SUPPORTED_MODEL_TYPES}"
-            )
+        directory, _ = resolve_model_type(path, "path", SUPPORTED_MODEL_TYPES, "qwen2-vl")
         self.model = load_model(
             AutoModel, directory, "path", dtype=torch_dtype, attn_implementation=attn_implementation
         )
@@ -120,7 +119,7 @@ class Qwen2VLBackbone(Backbone):
         return {"kind": self.kind, **self._options}
 
     def card_metadata(self) -> dict[str, Any]:
-        return hf.pretrained_card_metadata(self._options["path"], self.model.name_or_path)
+        return pretrained_card_metadata(self._options["path"], self.model.name_or_path)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
