@@ -253,3 +253,12 @@ def test_merged_routed_expert_equals_the_model_on_inputs_routed_to_it():
     routed = model(x)
     merge_expert(model, 0)
     torch.testing.assert_close(model(x)[1], routed[1], atol=1e-5, rtol=1e-5)
+
+
+def test_routing_report_labels_null_routes_after_the_routed_experts():
+    from tsembed.evaluation.routing_report import RoutingReport
+
+    report = RoutingReport(has_routing=True, num_experts=5, num_null_experts=2)
+    assert report.route_labels() == ["e0", "e1", "e2", "null0", "null1"]
+    assert RoutingReport(has_routing=True, num_experts=2).route_labels() == ["e0", "e1"]
+    assert report.to_dict()["num_null_experts"] == 2
