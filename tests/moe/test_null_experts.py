@@ -262,3 +262,20 @@ def test_routing_report_labels_null_routes_after_the_routed_experts():
     assert report.route_labels() == ["e0", "e1", "e2", "null0", "null1"]
     assert RoutingReport(has_routing=True, num_experts=2).route_labels() == ["e0", "e1"]
     assert report.to_dict()["num_null_experts"] == 2
+
+
+def test_adapters_saved_before_null_experts_existed_load_with_none(tmp_path):
+    import json
+
+    model, _ = make_adapted("topk", 1, "sequence", shared=1, nulls=0)
+    save_adapters(model, tmp_path / "a")
+    path = tmp_path / "a" / "moe_lora_config.json"
+    meta = json.loads(path.read_text())
+    del meta["config"]["num_null_experts"]  # as written by an older tsembed
+    path.write_text(json.dumps(meta))
+    fresh = nn.Sequential(nn.Linear(12, 10))
+    fresh.load_state_dict({k.replace("base_layer.", ""): v for k, v in model.state_dict().items()
+                           if "base_layer" in k})
+    load_adapters(fresh, tmp_path / "a")
+    x = torch.randn(3, 12)
+    assert fresh.tsembed_moe_config.num_null_experts == 0 and torch.equal(fresh(x), model(x))

@@ -10,8 +10,8 @@ default E = 4, r = 8 on MiniLM's 36 linears, 1,410,048 adapter parameters agains
 rank r plus E + S − 1 routed residual experts of rank r and one null expert (a "no-op" choice with no weights),
 routed top-1 on the instruction. Every LoRA up-projection starts at zero, so at initialisation the routed
 experts add nothing and the model is its shared expert alone: one plain LoRA. Its router has E + S − 1 routed
-+ 1 null = E + S rows, so it has exactly the base MoE's trainable parameters (1,410,048 in the example above)
-and the same router rows more than the LoRA. ``alpha`` stays the base's, as in every variant, so the shared
++ 1 null = E + S rows (the LoRA's has 1), so with S = 0 it has exactly the base MoE's trainable parameters
+(1,410,048 in the example above, the LoRA + 62,208). ``alpha`` stays the base's, as in every variant, so the shared
 expert's α/r is the routed experts', not the rank-(E + S)·r LoRA's.
 """
 
