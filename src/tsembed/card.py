@@ -113,7 +113,8 @@ def _describe(model: nn.Module) -> list[str]:
     else:
         moe = config.moe
         lines.append(
-            f"- MoE-LoRA: {moe.num_experts} experts (+{moe.num_shared_experts} shared), rank {moe.rank}, "
+            f"- MoE-LoRA: {moe.num_experts} experts (+{moe.num_shared_experts} shared"
+            f"{f', +{moe.num_null_experts} null' if moe.num_null_experts else ''}), rank {moe.rank}, "
             f"alpha {moe.alpha}, routing `{moe.routing}` (top_k={moe.top_k}, level `{moe.level}`), "
             f"{len(model.attach_summary.modules) if model.attach_summary else '?'} adapted modules"
         )

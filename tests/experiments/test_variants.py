@@ -80,3 +80,57 @@ def test_summary_only_names_a_record_after_its_directory(tmp_path, caplog) -> No
     summary = json.loads((tmp_path / "ablation.json").read_text())
     assert [r["variant"] for r in summary["per_seed"]] == ["lora_proj"]
     assert "summarised as 'lora_proj'" in caplog.text
+
+
+def _variant_moe(name: str, tmp_path) -> dict:
+    from tsembed.experiments.runner import load_base_config, variant_config
+    from tsembed.experiments.variants import variants_for
+
+    base = load_base_config(None, [])
+    variants = variants_for(base, extra=True)
+    return dict(variant_config(base, variants[name], 0, tmp_path / name, []).model.moe)
+
+
+def test_shared_routed_has_the_lora_arms_trainable_budget_but_for_router_rows(tmp_path) -> None:
+    """Arm A2 (issue 22 §7) against A1 on a tiny model: the same LoRA rows, and routers the only difference.
+
+    Default base: E = 4 routed experts of rank r = 8, no shared ones, so the lora arm is one LoRA of rank 32.
+    shared_routed: 1 shared + 3 routed experts of rank 8 = 32 LoRA rows, plus 1 null expert. Per adapted linear
+    (d_in, d_out): lora 32·(d_in + d_out) + 1·d_in (its one-expert router); shared_routed 32·(d_in + d_out) +
+    (3 + 1)·d_in (router rows of the routed and null experts; the null owns no LoRA rows). Difference: 3·d_in.
+    """
+    from torch import nn
+
+    from tsembed.moe import MoELoRAConfig, attach
+
+    def trainable(moe: dict) -> int:
+        model = nn.Sequential(nn.Linear(24, 40), nn.Linear(40, 24))
+        attach(model, MoELoRAConfig.from_dict({**moe, "target_modules": [r"\d"]}))
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    lora, shared_routed = _variant_moe("lora", tmp_path), _variant_moe("shared_routed", tmp_path)
+    assert (lora["num_experts"], lora["rank"], lora["num_shared_experts"], lora["num_null_experts"]) == (1, 32, 0, 0)
+    sr = MoELoRAConfig.from_dict({**shared_routed, "target_modules": ["x"]})
+    assert (sr.num_shared_experts, sr.num_experts, sr.num_null_experts, sr.rank) == (1, 3, 1, 8)
+    assert (sr.top_k, sr.level, sr.router_input, sr.num_routes) == (1, "sequence", "text", 4)
+    assert (sr.num_shared_experts + sr.num_experts) * sr.rank == lora["rank"]  # the same LoRA rows
+    lora_params = 32 * (24 + 40) + 24 + 32 * (40 + 24) + 40
+    assert trainable(lora) == lora_params == 4160
+    assert trainable(shared_routed) == lora_params + 3 * (24 + 40) == 4352  # + 3·d_in router rows per linear
+    # the description carries the arithmetic
+    from tsembed.experiments.variants import ablation_variants
+
+    assert "= the lora arm's rank 32" in ablation_variants(4, 8, extra=True)["shared_routed"].description
+
+
+def test_shared_routed_is_run_only_when_named_and_plain_lora_variants_have_no_null_expert() -> None:
+    from tsembed.experiments.variants import shared_routed_overrides
+
+    assert "shared_routed" not in ablation_variants(4, 8) and "shared_routed" in ablation_variants(4, 8, extra=True)
+    for name, variant in ablation_variants(4, 8, modes=("weight", "hardness"), extra=True).items():
+        if name.startswith("lora"):
+            assert "model.moe.num_null_experts=0" in variant.overrides
+    assert "model.moe.num_experts=4" in shared_routed_overrides(4, 8, num_shared=1)  # budget 5 blocks: 1 + 4
+    with pytest.raises(ConfigError, match="at least 2 experts"):
+        shared_routed_overrides(1, 8)
+    assert "shared_routed" not in ablation_variants(1, 8, extra=True)

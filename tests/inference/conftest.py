@@ -38,11 +38,11 @@ class ImageToyBackbone(ToyBackbone):
 
 
 def build_model(level: str = "sequence", top_k: int = 1, shared: int = 1, seed: int = 0,
-                task_hints: tuple[str, ...] = ()) -> TSEmbedModel:
+                task_hints: tuple[str, ...] = (), nulls: int = 0) -> TSEmbedModel:
     backbone = ImageToyBackbone(seed=seed)
     moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2, level=level,
                         routing="topk", top_k=top_k, num_shared_experts=shared, router_init_std=0.5,
-                        task_hints=list(task_hints))
+                        task_hints=list(task_hints), num_null_experts=nulls)
     config = ModelConfig(backbone=backbone.config(), moe=moe, query_instruction="query:",
                          document_instruction="passage:")
     model = TSEmbedModel(backbone, config)

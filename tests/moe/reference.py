@@ -37,6 +37,8 @@ def reference_forward(layer: MoELoRALinear, x: torch.Tensor, mask: torch.Tensor 
                       hints: list[int] | None = None) -> torch.Tensor:
     """y = W x + (α/r) Σ_e g_e B_e A_e x + (α/r) Σ_s B_s A_s x, one expert at a time.
 
+    The gates g run over the E routed experts and the N null experts (route E + j); a null route adds nothing.
+
     hints: one task-hint id per input (-1: none); the hint's learned bias is added to that input's logits.
     """
     x3 = x.unsqueeze(1) if x.dim() == 2 else x
@@ -61,7 +63,10 @@ def reference_forward(layer: MoELoRALinear, x: torch.Tensor, mask: torch.Tensor 
     if gates.dim() == 2:
         gates = gates.unsqueeze(1)
     out = x3 @ layer.base_layer.weight.T + layer.base_layer.bias
-    for e in range(layer.num_experts):
+    assert gates.shape[-1] == layer.num_experts + layer.num_null
+    for e in range(layer.num_experts + layer.num_null):
+        if e >= layer.num_experts:  # a null expert: no parameters, output zero
+            continue
         a, b = layer.lora_A[e * r : (e + 1) * r], layer.lora_B[:, e * r : (e + 1) * r]
         out = out + layer.scaling * gates[..., e : e + 1] * ((x3 @ a.T) @ b.T)
     for s in range(layer.num_shared):

@@ -13,10 +13,12 @@ from tsembed.training.step import ContrastiveBatch
 WORDS = "red green blue cat dog fish tree house car sun moon star one two three four five six".split()
 
 
-def toy_model(seed: int = 0, level: str = "token", task_hints: tuple[str, ...] = ()) -> TSEmbedModel:
+def toy_model(seed: int = 0, level: str = "token", task_hints: tuple[str, ...] = (), shared: int = 0,
+              nulls: int = 0) -> TSEmbedModel:
     backbone = ToyBackbone(seed=seed)
     moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2, level=level,
-                        router_init_std=0.5, task_hints=list(task_hints))
+                        router_init_std=0.5, task_hints=list(task_hints), num_shared_experts=shared,
+                        num_null_experts=nulls)
     model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe))
     torch.manual_seed(seed + 1)
     for layer in model.modules():

@@ -71,6 +71,25 @@ def test_gradcache_equals_full_batch_with_running_expert_usage():
         torch.testing.assert_close(g_cached[name], g_full[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_null_experts_train_through_gradcache_and_count_in_the_running_usage():
+    """A shared + routed + null model: chunked and full steps agree, and the usage covers the null route."""
+    model = toy_model(level="sequence", shared=1, nulls=1)
+    cached = copy.deepcopy(model)
+    objective = ContrastiveObjective(LossConfig(load_balance_weight=0.5, z_loss_weight=0.01),
+                                     EANSConfig(mode="weight"))
+    usage_full, usage_cached = ExpertUsage(window=4), ExpertUsage(window=4)
+    full = contrastive_step(model, objective, toy_batch(n=8, hard=3), eans_active=True, usage=usage_full)
+    chunked = contrastive_step(cached, objective, toy_batch(n=8, hard=3), eans_active=True, usage=usage_cached,
+                               chunk_size=3)
+    assert all(share.shape == (5,) for share in usage_full.shares.values())  # 4 routed + 1 null
+    assert full.query_signatures.shape[-1] == 5 * len(usage_full.shares)
+    assert chunked.loss == pytest.approx(full.loss, rel=1e-5)
+    assert chunked.load_balance == pytest.approx(full.load_balance, rel=1e-5)
+    g_full, g_cached = grads(model), grads(cached)
+    for name in g_full:
+        torch.testing.assert_close(g_cached[name], g_full[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_expert_usage_running_mean_and_no_push_when_balanced_overall():
     usage = ExpertUsage(window=4)  # decay 0.75
     first = usage.update({"l": torch.tensor([1.0, 0.0])})

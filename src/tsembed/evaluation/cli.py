@@ -171,7 +171,9 @@ def inspect_routing_command(
         return
     nmi_d, nmi_t = report.nmi.get("dataset_mean"), report.nmi.get("meta_task_mean")
     typer.echo(
-        f"{len(report.layers)} layers x {report.num_experts} experts over {len(report.datasets)} datasets; "
+        f"{len(report.layers)} layers x {report.num_experts} experts"
+        + (f" ({report.num_null_experts} of them null)" if report.num_null_experts else "")
+        + f" over {len(report.datasets)} datasets; "
         f"mean NMI(dataset, top-1 expert) = {nmi_d:.3f}"
         + (f", NMI(meta-task, top-1 expert) = {nmi_t:.3f}" if nmi_t is not None else "")
     )

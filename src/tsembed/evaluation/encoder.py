@@ -90,11 +90,12 @@ class CachedEncoder:
 
     @property
     def has_routing(self) -> bool:
-        """A router with a choice to make: MoE adapters with two or more experts (not a base model or one LoRA)."""
+        """A router with a choice to make: MoE adapters with two or more routes (routed or null experts), not a
+        base model or one LoRA."""
         if not getattr(self.model, "has_adapters", False):
             return False
         moe = getattr(getattr(self.model, "config", None), "moe", None)
-        return moe is None or getattr(moe, "num_experts", 2) > 1
+        return moe is None or getattr(moe, "num_experts", 2) + getattr(moe, "num_null_experts", 0) > 1
 
     def keys(self, inputs: Sequence[EmbedInput]) -> list[str]:
         return [self.hasher.key(x) for x in inputs]

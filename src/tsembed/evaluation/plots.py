@@ -69,7 +69,7 @@ def _heatmap(
 def plot_expert_usage(report: RoutingReport, path: Path) -> Path:
     """Dataset × expert heat map of mean router probability, one panel per heat-map layer."""
     layers, datasets = report.heatmap_layers, list(report.usage)
-    experts = [f"e{i}" for i in range(report.num_experts)]
+    experts = report.route_labels()
     fig = _figure(3.2 * len(layers) + 1.5, 0.32 * len(datasets) + 1.8)
     axes = np.atleast_1d(fig.subplots(1, len(layers)))
     for ax, layer, short in zip(axes, layers, short_names(layers), strict=True):
@@ -91,7 +91,7 @@ def plot_layer_load(report: RoutingReport, path: Path) -> Path:
         ax_heat,
         share,
         short_names(layers),
-        [f"e{i}" for i in range(report.num_experts)],
+        report.route_labels(),
         "Top-1 share per expert",
         "share of inputs",
     )

@@ -283,6 +283,9 @@ def analyze_routing(
         if data is None
         else routing_report(data, layers, max_heatmaps, include_targets)
     )
+    if report.has_routing:  # the null experts' routes come last in every per-expert list
+        moe = getattr(getattr(model, "config", None), "moe", None)
+        report.num_null_experts = int(getattr(moe, "num_null_experts", 0) or 0)
     if out_dir is not None:
         out_dir = Path(out_dir)
         if report.has_routing:

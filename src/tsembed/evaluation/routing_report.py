@@ -16,12 +16,17 @@ from tsembed.fileio import atomic_write
 
 @dataclass
 class RoutingReport:
-    """The numbers behind the routing plots; ``to_json`` writes them (``routing.json``)."""
+    """The numbers behind the routing plots; ``to_json`` writes them (``routing.json``).
+
+    ``num_experts`` is the width of every per-expert list: all the router's routes, of which the last
+    ``num_null_experts`` are null experts (``moe.num_null_experts``: the no-op choice).
+    """
 
     has_routing: bool
     reason: str = ""
     layers: list[str] = field(default_factory=list)
     num_experts: int = 0
+    num_null_experts: int = 0
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     usage: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     top1_share: dict[str, dict[str, list[float]]] = field(default_factory=dict)
@@ -32,6 +37,11 @@ class RoutingReport:
     include_targets: bool = False
     pair_agreement: dict[str, Any] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
+
+    def route_labels(self) -> list[str]:
+        """``e0``, ``e1``, … for the routed experts, then ``null0``, … for the null experts."""
+        routed = self.num_experts - self.num_null_experts
+        return [f"e{i}" for i in range(routed)] + [f"null{j}" for j in range(self.num_null_experts)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train and evaluate every ablation variant for every seed; write mean ± std tables and a plot.
 
-        Variants: base (untrained), lora (same budget), moe (no EANS), moe_eans_no_stage1, tsembed_<mode>.
+        Variants: base (untrained), lora (same budget), moe (no EANS), moe_eans_no_stage1, tsembed_<mode>; when
+        named: moe_equal_active, tsembed_equal_active, shared_routed (shared + routed + null experts, lora's budget).
         Finished runs are skipped, so an interrupted ablation resumes where it stopped. Each MoE run also gets
         its routing analysis (plots and NMI of meta-task and dataset with the top-1 expert) in <run>/routing/.
         """

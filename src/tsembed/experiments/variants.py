@@ -2,8 +2,17 @@
 
 All trained variants share the data, steps, batch size, optimiser and seed; only the adapters, EANS and
 the schedule differ. The single-LoRA baseline has the MoE's trainable budget: one expert of rank (E + S)·r for
-E routed and S shared experts (the routers' E·d_in weights per layer are the only difference, < 1 % of the
-adapter parameters).
+E routed and S shared experts (the routers' E·d_in weights per layer are the only difference: with the
+default E = 4, r = 8 on MiniLM's 36 linears, 1,410,048 adapter parameters against the LoRA's 1,347,840, i.e.
+62,208 = 3 · Σ d_in router weights more, +4.6 %).
+
+``shared_routed`` (issue 22 §7, arm A2) spends the same (E + S)·r LoRA rows as one always-on shared expert of
+rank r plus E + S − 1 routed residual experts of rank r and one null expert (a "no-op" choice with no weights),
+routed top-1 on the instruction. Every LoRA up-projection starts at zero, so at initialisation the routed
+experts add nothing and the model is its shared expert alone: one plain LoRA. Its router has E + S − 1 routed
++ 1 null = E + S rows (the LoRA's has 1), so with S = 0 it has exactly the base MoE's trainable parameters
+(1,410,048 in the example above, the LoRA + 62,208). ``alpha`` stays the base's, as in every variant, so the shared
+expert's α/r is the routed experts', not the rank-(E + S)·r LoRA's.
 """
 
 from __future__ import annotations
@@ -22,13 +31,35 @@ class Variant:
 
 
 def lora_overrides(num_experts: int, rank: int, num_shared: int = 0, eans_mode: str = "off") -> tuple[str, ...]:
-    return ("model.moe.num_experts=1", "model.moe.num_shared_experts=0",
+    return ("model.moe.num_experts=1", "model.moe.num_shared_experts=0", "model.moe.num_null_experts=0",
             f"model.moe.rank={(num_experts + num_shared) * rank}", "model.moe.top_k=1", f"eans.mode={eans_mode}")
+
+
+def shared_routed_overrides(num_experts: int, rank: int, num_shared: int = 0) -> tuple[str, ...]:
+    """One shared expert + (E + S − 1) routed experts + one null expert, all of rank r: the (E + S)·r LoRA rows
+    of the base MoE and of the ``lora`` baseline, routed top-1 per input on the instruction's tokens."""
+    blocks = num_experts + num_shared
+    if blocks < 2:
+        raise ConfigError(f"shared_routed needs a budget of at least 2 experts of rank {rank}, got {blocks}")
+    return ("model.moe.num_shared_experts=1", f"model.moe.num_experts={blocks - 1}", "model.moe.num_null_experts=1",
+            f"model.moe.rank={rank}", "model.moe.routing=topk", "model.moe.top_k=1", "model.moe.level=sequence",
+            "model.moe.router_input=text", "eans.mode=off")
+
+
+def shared_routed_description(num_experts: int, rank: int, num_shared: int = 0) -> str:
+    blocks = num_experts + num_shared
+    return (f"shared + routed (A2): 1 always-on shared expert of rank {rank} + {blocks - 1} routed residual experts "
+            f"of rank {rank} + 1 null expert (no-op route, no weights), top-1 on the instruction "
+            f"(router_input=text), InfoNCE only; LoRA rows {blocks}×{rank} = {blocks * rank} = the lora arm's rank "
+            f"{blocks * rank}, so per adapted linear the two differ only in router rows: {blocks - 1} routed + 1 "
+            f"null = {blocks} rows of d_in here vs 1 row for the lora ({blocks - 1}·d_in more); routed up-projections "
+            "start at zero, so at init it is its shared expert alone (one plain LoRA)")
 
 
 def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("weight",),
                       num_shared: int = 0, extra: bool = False) -> dict[str, Variant]:
-    """The ablation's variants; ``extra`` adds the equal-active-parameter ones (run only when named)."""
+    """The ablation's variants; ``extra`` adds those run only when named: the equal-active-parameter ones and
+    ``shared_routed`` (arm A2 of issue 22 §7)."""
     lora_rank = (num_experts + num_shared) * rank
     variants = {
         "base": Variant("base", "untrained backbone, no adapters (projector at its random init)", trained=False),
@@ -45,6 +76,10 @@ def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("we
         variants["tsembed_equal_active"] = Variant(
             "tsembed_equal_active", f"TSEmbed with experts of rank {lora_rank} (the LoRA's active size)",
             (f"model.moe.rank={lora_rank}", "eans.mode=weight"))
+        if num_experts + num_shared >= 2:
+            variants["shared_routed"] = Variant(
+                "shared_routed", shared_routed_description(num_experts, rank, num_shared),
+                shared_routed_overrides(num_experts, rank, num_shared))
     from tsembed.training.eans import EANS_MODES
 
     for mode in modes:

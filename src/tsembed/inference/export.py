@@ -180,10 +180,13 @@ def export_peft(model_dir: str | Path, out_dir: str | Path, experts: list[int] |
         "source": str(model_dir),
         "experts": experts,
         "shared_experts_included": moe.num_shared_experts,
+        "null_experts": moe.num_null_experts,
         "module_prefix_stripped": prefix,
         "base_model": base,
         "note": "routers are dropped: pick the expert per task; the backbone's own trainable modules "
-                "(e.g. a visual projector) are not part of a peft adapter and stay in the tsembed model directory",
+                "(e.g. a visual projector) are not part of a peft adapter and stay in the tsembed model directory"
+                + ("; null experts have no weights: an input the router sent to one gets the shared experts "
+                   "alone, which no exported adapter holds by itself" if moe.num_null_experts else ""),
     }
     atomic_write(out / EXPORT_INFO_NAME, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return written

@@ -2,7 +2,8 @@
 
 Usage of expert e is its share of top-1 decisions over (input, adapted layer) pairs on a calibration set
 (``tsembed.inference.calibration``; token-level routing: the top-1 of the input's mean router probability).
-Experts under ``P`` lose their LoRA rows and router rows (``tsembed.moe.prune_experts``). The change is
+Experts under ``P`` lose their LoRA rows and router rows (``tsembed.moe.prune_experts``). Null experts
+(``moe.num_null_experts``) own no weights: their usage is reported, and they always stay. The change is
 measured as hit@1 on an eval file, by the evaluation harness, when one is given, else as the cosine drift
 of the calibration embeddings.
 """
@@ -32,7 +33,7 @@ REPORT_NAME = "prune_report.json"
 
 
 def expert_usage(model: nn.Module, inputs: list[EmbedInput], batch_size: int = 32) -> np.ndarray:
-    """Top-1 share of each expert over (input, layer) pairs: [E], summing to 1."""
+    """Top-1 share of each route over (input, layer) pairs: [E + N] (routed, then null experts), summing to 1."""
     out = embed_items(model, inputs, batch_size, with_routing=True)
     if not out.layer_probs:
         raise AdapterError("the model has no routers: nothing to measure")
@@ -73,15 +74,17 @@ def export_pruned(
         raise AdapterError(f"{model_dir} has no MoE-LoRA adapters to prune")
     inputs = calibration_inputs(calibration, image_root)
     usage = expert_usage(model, inputs, batch_size)
-    keep = [e for e, share in enumerate(usage) if share >= threshold]
-    dropped = [e for e in range(len(usage)) if e not in keep]
+    routed = model.config.moe.num_experts  # null routes (numbered after the routed experts) cannot be pruned
+    keep = [e for e, share in enumerate(usage[:routed]) if share >= threshold]
+    dropped = [e for e in range(routed) if e not in keep]
     if not keep:
         raise ConfigError("pruning would drop every expert; lower --prune-below")
     before = hit_at_1(model, eval_file, image_root, batch_size) if eval_file else None
     reference = embed_items(model, inputs, batch_size).embeddings if eval_file is None else None
     prune_experts(model, keep)
     report: dict[str, Any] = {"threshold": threshold, "usage": [round(float(u), 6) for u in usage],
-                              "kept": keep, "dropped": dropped, "calibration": str(calibration),
+                              "kept": keep, "dropped": dropped, "null_routes": list(range(routed, len(usage))),
+                              "calibration": str(calibration),
                               "calibration_inputs": len(inputs)}
     if eval_file:
         after = hit_at_1(model, eval_file, image_root, batch_size)

@@ -100,8 +100,9 @@ def adapter_layers(model: nn.Module) -> dict[str, MoELoRALinear]:
 
 
 def signature_size(model: nn.Module) -> int:
-    """Length of the routing signature of ``model``: E router probabilities per adapted layer (L·E)."""
-    return sum(layer.num_experts for layer in adapter_layers(model).values())
+    """Length of the routing signature of ``model``: E + N router probabilities (routed and null experts) per
+    adapted layer."""
+    return sum(layer.num_routes for layer in adapter_layers(model).values())
 
 
 def get_moe_config(model: nn.Module) -> MoELoRAConfig:

@@ -34,7 +34,13 @@ class MoELoRAConfig:
         level: ``token`` routes every token; ``sequence`` routes the masked mean of the sequence once.
         temperature: router softmax temperature T.
         jitter: multiplicative uniform noise (1 ± jitter) on the router input while training.
-        num_shared_experts: always-on experts added with gate 1 (DeepSeekMoE-style).
+        num_shared_experts: always-on experts added with gate 1 (DeepSeekMoE-style). S shared experts of rank r
+            compute exactly one always-on LoRA of rank S·r.
+        num_null_experts: null experts N (AdaMoE): extra router choices with no parameters that output zero,
+            so the router can choose "no-op" for an input. They take part in everything the router does
+            (softmax, top-k / top-p selection and its renormalisation, the balance and z-losses, the routing
+            signature and statistics, ``inspect-routing``); their routes are numbered after the E routed
+            experts (E … E+N−1). With a shared expert, an input routed to a null gets the shared expert alone.
         router_init_std: std of the router's normal initialisation.
         task_hints: names of the tasks an input may declare (``EmbedInput.task``, e.g. the MMEB meta-tasks).
             Each layer learns one logit bias per hint, added to the router's logits, so routing can depend
@@ -67,6 +73,7 @@ class MoELoRAConfig:
     temperature: float = 1.0
     jitter: float = 0.0
     num_shared_experts: int = 0
+    num_null_experts: int = 0
     router_init_std: float = 0.02
     task_hints: list[str] = field(default_factory=list)
     task_hint_init: float = 0.0
@@ -87,15 +94,17 @@ class MoELoRAConfig:
         _check_int("num_experts", self.num_experts, minimum=1)
         _check_int("rank", self.rank, minimum=1)
         _check_int("num_shared_experts", self.num_shared_experts, minimum=0)
+        _check_int("num_null_experts", self.num_null_experts, minimum=0)
         if self.routing not in ROUTERS:  # the gate functions' registry is the one list of routing modes
             raise ConfigError(f"moe.routing must be one of {tuple(ROUTERS)}, got {self.routing!r}")
         if self.level not in ROUTING_LEVELS:
             raise ConfigError(f"moe.level must be one of {ROUTING_LEVELS}, got {self.level!r}")
         _check_int("top_k", self.top_k, minimum=1)
-        if self.top_k > self.num_experts:
+        if self.top_k > self.num_routes:
+            nulls = f" + moe.num_null_experts={self.num_null_experts}" if self.num_null_experts else ""
             raise ConfigError(
-                f"moe.top_k={self.top_k} is larger than moe.num_experts={self.num_experts}; "
-                "top_k must be between 1 and num_experts"
+                f"moe.top_k={self.top_k} is larger than moe.num_experts={self.num_experts}{nulls}, the router's "
+                f"{self.num_routes} choices; top_k must be between 1 and num_experts + num_null_experts"
             )
         if not 0.0 < float(self.top_p) <= 1.0:
             raise ConfigError(f"moe.top_p must be in (0, 1], got {self.top_p!r}")
@@ -125,6 +134,11 @@ class MoELoRAConfig:
         if self.adapter_dtype not in DTYPES:
             raise ConfigError(f"moe.adapter_dtype must be one of {sorted(DTYPES)}, got {self.adapter_dtype!r}")
         _check_positive("alpha", self.alpha)
+
+    @property
+    def num_routes(self) -> int:
+        """The router's choices: E routed experts then N null experts."""
+        return self.num_experts + self.num_null_experts
 
     @property
     def scaling(self) -> float:

@@ -3,6 +3,8 @@
 y = W x + (α/r) · B_cat ((A_cat x) ⊙ repeat(g, r)): all experts (and the always-on shared experts,
 stored after them with gate 1) live in one ``lora_A`` [(E+S)·r, d_in] and one ``lora_B``
 [d_out, (E+S)·r], so a forward is two GEMMs and an elementwise product, with no per-expert loop.
+The router chooses among E + N routes: the E routed experts, then N null experts (no parameters, output
+zero), whose gates are computed with the others and then dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from tsembed.precision import compute_input
 
 
 class MoELoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus E routed LoRA experts and S shared ones.
+    """A frozen ``nn.Linear`` plus E routed LoRA experts, S shared ones and N null (no-op) routes.
+
+    Every ``lora_B`` starts at zero, so at initialisation the layer computes its base linear, and the routed
+    experts add nothing until trained: a shared + routed layer starts as its shared experts alone, i.e. one
+    plain LoRA of rank S·r.
 
     Args:
         base_layer: the linear to adapt; kept as a frozen submodule.
@@ -36,6 +42,7 @@ class MoELoRALinear(nn.Module):
         self.name = name
         self.num_experts = config.num_experts
         self.num_shared = config.num_shared_experts
+        self.num_null = config.num_null_experts
         self.rank = config.rank
         self.scaling = config.scaling
         self.level = config.level
@@ -54,10 +61,10 @@ class MoELoRALinear(nn.Module):
         factory = {"device": weight.device, "dtype": config.dtype}
         self.lora_A = nn.Parameter(torch.empty(total, base_layer.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, total, **factory))
-        self.router = nn.Linear(base_layer.in_features, self.num_experts, bias=False, **factory)
+        self.router = nn.Linear(base_layer.in_features, self.num_routes, bias=False, **factory)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         # one learned logit bias per declared task; zero at init, so hints change nothing until trained
-        hint_shape = (len(config.task_hints), self.num_experts)
+        hint_shape = (len(config.task_hints), self.num_routes)
         self.router_hint = nn.Parameter(torch.zeros(hint_shape, **factory)) if config.task_hints else None
         if self.router_hint is not None and config.task_hint_init:
             with torch.no_grad():  # hint i leans towards expert i mod E
@@ -65,6 +72,11 @@ class MoELoRALinear(nn.Module):
                 self.router_hint[hints, hints % self.num_experts] = float(config.task_hint_init)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # fan_in = d_in, as in peft's LoRA
         nn.init.normal_(self.router.weight, std=config.router_init_std)
+
+    @property
+    def num_routes(self) -> int:
+        """The router's choices: the E routed experts, then the N null experts."""
+        return self.num_experts + self.num_null
 
     @property
     def in_features(self) -> int:
@@ -75,7 +87,7 @@ class MoELoRALinear(nn.Module):
         return self.base_layer.out_features
 
     def route(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Router logits and probabilities (fp32) for x [B, L, d]: [B, L, E] (token) or [B, E] (sequence)."""
+        """Router logits and probabilities (fp32) for x [B, L, d]: [B, L, E+N] (token) or [B, E+N] (sequence)."""
         if self.level == "token":
             router_in = x
         else:
@@ -108,7 +120,9 @@ class MoELoRALinear(nn.Module):
 
         logits, probs = self.route(x3, mask)
         self._state.records[self.name] = LayerRouting(probs=probs, logits=logits, mask=mask)
-        gates = self._gate_fn(probs, self.top_k, self.top_p)  # [B, L, E] or [B, E]
+        gates = self._gate_fn(probs, self.top_k, self.top_p)  # [B, L, E+N] or [B, E+N]
+        if self.num_null:  # a null route's gate (renormalised with the others) multiplies a zero output
+            gates = gates[..., : self.num_experts]
         if gates.dim() == 2:
             gates = gates.unsqueeze(1)  # [B, 1, E], broadcast over tokens
         if self.num_shared:
@@ -157,8 +171,9 @@ class MoELoRALinear(nn.Module):
     def keep_experts(self, keep: list[int]) -> None:
         """Drop every routed expert not in ``keep``; the kept ones are renumbered in ``keep``'s order.
 
-        The LoRA rows, router rows and task-hint columns of the dropped experts go; shared experts stay;
-        ``top_k`` shrinks to the number of experts left. On inputs whose chosen experts are all kept,
+        The LoRA rows, router rows and task-hint columns of the dropped experts go; shared experts and null
+        experts (which own nothing but their router rows) stay, numbered after the kept ones; ``top_k``
+        shrinks to the number of routes left. On inputs whose chosen experts are all kept,
         the layer computes what it computed before.
 
         Raises:
@@ -169,9 +184,10 @@ class MoELoRALinear(nn.Module):
         for e in keep:
             self._check_expert(e)
         rows = self._rows(keep)
-        experts = torch.tensor(keep, dtype=torch.long, device=self.router.weight.device)
+        routes = [*keep, *range(self.num_experts, self.num_routes)]  # the null routes follow the kept experts
+        experts = torch.tensor(routes, dtype=torch.long, device=self.router.weight.device)
         old = self.router.weight
-        router = nn.Linear(old.shape[1], len(keep), bias=False, device=old.device, dtype=old.dtype)
+        router = nn.Linear(old.shape[1], len(routes), bias=False, device=old.device, dtype=old.dtype)
         with torch.no_grad():
             router.weight.copy_(old[experts])
         router.weight.requires_grad_(old.requires_grad)
@@ -181,11 +197,12 @@ class MoELoRALinear(nn.Module):
             self.router_hint = _sliced(self.router_hint, experts, dim=1)
         self.router = router
         self.num_experts = len(keep)
-        self.top_k = min(self.top_k, len(keep))
+        self.top_k = min(self.top_k, self.num_routes)
 
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, experts={self.num_experts}, shared={self.num_shared}, "
+            f"null={self.num_null}, "
             f"rank={self.rank}, routing={self.routing}, level={self.level}"
         )
 

@@ -18,8 +18,14 @@ def _merged_linear(layer: MoELoRALinear, expert: int) -> nn.Linear:
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge single-expert adapters (E = 1, whose gate is always 1) into the base weights."""
+    """Merge single-expert adapters (E = 1 and no null expert, so the gate is always 1) into the base weights."""
     config = get_moe_config(model)
+    if config.num_null_experts:
+        raise AdapterError(
+            f"merge_and_unload cannot fold adapters with null experts (moe.num_null_experts="
+            f"{config.num_null_experts}): the router may choose the no-op route, so whether the expert applies "
+            "depends on the input; use merge_expert(model, e) to fold one routed expert of a sequence-level router"
+        )
     if config.num_experts != 1:
         raise AdapterError(
             f"merge_and_unload needs num_experts=1 (got {config.num_experts}): with several experts the gate depends "
@@ -32,6 +38,8 @@ def merge_expert(model: nn.Module, expert: int) -> nn.Module:
     """Fold routed expert ``expert`` (plus shared experts) into the base weights.
 
     The result equals the routed model on inputs that a top-1 sequence-level router sends to ``expert``.
+    Null experts own no weights and cannot be named here (an input routed to one gets the shared experts
+    alone).
     """
     config = get_moe_config(model)
     if config.level != "sequence":
@@ -40,5 +48,7 @@ def merge_expert(model: nn.Module, expert: int) -> nn.Module:
             "input mixes several experts, so no single merged expert reproduces it"
         )
     if not 0 <= expert < config.num_experts:
-        raise AdapterError(f"expert must be in [0, {config.num_experts - 1}], got {expert}")
+        nulls = (f"; routes {config.num_experts}..{config.num_routes - 1} are null experts, which have no weights "
+                 "to merge") if config.num_null_experts and expert >= config.num_experts else ""
+        raise AdapterError(f"expert must be in [0, {config.num_experts - 1}], got {expert}{nulls}")
     return replace_adapted(model, lambda layer: _merged_linear(layer, expert))

@@ -14,8 +14,8 @@ from tsembed.moe.config import MoELoRAConfig
 def prune_experts(model: nn.Module, keep: list[int]) -> MoELoRAConfig:
     """Keep only routed experts ``keep`` (renumbered in that order) in every MoE layer of ``model``.
 
-    Shared experts stay; ``top_k`` shrinks to the experts left. Everything is checked before any layer
-    changes, so a bad ``keep`` leaves the model as it was.
+    Shared and null experts stay; ``top_k`` shrinks to the routes left (kept experts + null experts).
+    Everything is checked before any layer changes, so a bad ``keep`` leaves the model as it was.
 
     Returns:
         The model's new adapter config (also attached to ``model``).
@@ -26,10 +26,12 @@ def prune_experts(model: nn.Module, keep: list[int]) -> MoELoRAConfig:
     config = get_moe_config(model)
     bad = [e for e in keep if not 0 <= e < config.num_experts]
     if not keep or bad or len(set(keep)) != len(keep):
+        nulls = (f" (routes {config.num_experts}..{config.num_routes - 1} are null experts: they own no parameters "
+                 "and always stay)") if config.num_null_experts else ""
         raise AdapterError(f"experts to keep must be distinct experts of [0, {config.num_experts - 1}] and "
-                           f"not empty, got {keep}")
+                           f"not empty, got {keep}{nulls}")
     for layer in adapter_layers(model).values():
         layer.keep_experts(keep)
-    new = replace(config, num_experts=len(keep), top_k=min(config.top_k, len(keep)))
+    new = replace(config, num_experts=len(keep), top_k=min(config.top_k, len(keep) + config.num_null_experts))
     setattr(model, CONFIG_ATTR, new)
     return new

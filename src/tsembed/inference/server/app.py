@@ -282,6 +282,7 @@ def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
         "backbone": config.backbone.get("kind"),
         "pooling": model.pooling,
         "num_experts": config.moe.num_experts if config.moe else 0,
+        "num_null_experts": config.moe.num_null_experts if config.moe else 0,
         "routing": {"mode": config.moe.routing, "level": config.moe.level, "top_k": config.moe.top_k}
         if config.moe else None,
         "query_instruction": config.query_instruction,
