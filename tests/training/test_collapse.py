@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
+from tsembed.health import mean_pairwise_cosine as _mean_pairwise_cosine
 from tsembed.training.collapse import CollapseWatch
 from tsembed.training.eans import EANSConfig
-from tsembed.training.objective import ContrastiveObjective, LossConfig, _mean_pairwise_cosine
+from tsembed.training.objective import ContrastiveObjective, LossConfig
 
 
 def test_mean_pairwise_cosine_matches_the_pair_loop():
@@ -34,3 +35,15 @@ def test_collapse_watch_warns_once_after_a_streak(caplog):
     assert fired == [False, False, False, False, False, True, False, False]  # the streak restarts after 0.5
     assert "dataset A" in caplog.text and "log(64 targets)" in caplog.text
     assert not watch.update("mixed", 1.0, 4.16, 64, 9) and not watch.update("B", None, 4.16, 64, 9)
+
+
+def test_collapse_watch_names_what_it_flagged_and_survives_a_checkpoint():
+    watch = CollapseWatch(threshold=0.99, patience=2)
+    for step in range(3):
+        watch.update("B", 0.999, 4.16, 64, step)
+        watch.update("A", 0.2, 1.0, 64, step)
+    assert watch.flagged == ["B"]
+    resumed = CollapseWatch(threshold=0.99, patience=2)
+    resumed.load_state_dict(watch.state_dict())
+    assert resumed.flagged == ["B"] and resumed.streaks == {"B": 3, "A": 0}
+    assert not resumed.update("B", 1.0, 4.16, 64, 4)  # warned once per run, resumes included
