@@ -97,6 +97,28 @@ def test_paired_differences_and_training_loss(tmp_path):
     assert final_train_loss(tmp_path / "missing.jsonl") is None
 
 
+def test_a_collapsed_run_is_marked_and_left_out_of_means_and_differences():
+    def rec(variant, seed, overall, collapsed=False):
+        return {"variant": variant, "description": "d", "seed": seed, "aggregates": {"overall": {"hit@1": overall}},
+                "datasets": {"A": {"hit@1": overall}}, "collapsed": collapsed,
+                "collapsed_datasets": ["A"] if collapsed else []}
+
+    records = [rec("lora", 0, 0.30), rec("lora", 1, 0.02, collapsed=True), rec("lora", 2, 0.40),
+               rec("moe", 0, 0.33), rec("moe", 1, 0.50), rec("moe", 2, 0.41)]
+    table = summarize(records)
+    assert table["lora"]["overall"]["values"] == pytest.approx([30.0, 40.0])  # not 24.0 with the collapsed 2.0
+    assert table["lora"]["collapsed_runs"] == 1 and table["lora"]["collapsed_seeds"] == [1]
+    assert table["lora"]["seeds"] == [0, 2] and table["moe"]["collapsed_runs"] == 0
+    text = markdown_table(table)
+    assert "| lora † (1/3 runs collapsed, left out) | – | – | – | – | – | – | 35.0 ± 7.1 |" in text
+    assert "| moe | " in text and "† collapsed" in text
+    diff = paired_differences(records)
+    assert diff["moe"]["overall"]["values"] == pytest.approx([3.0, 1.0])  # seed 1's baseline collapsed
+    assert "| variant − lora † |" in differences_table(diff, collapsed={"lora"})
+    assert "†" not in markdown_table(summarize([r for r in records if not r["collapsed"]]))
+    assert summarize([{**records[1], "collapsed": False, "collapsed_datasets": []}])["lora"]["collapsed_runs"] == 0
+
+
 @pytest.mark.slow  # trains and evaluates two models on the real default backbone
 def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
