@@ -84,3 +84,24 @@ def test_conflict_summary_pairs_seeds_and_conditions(tmp_path):
     path.write_text(json.dumps(ablation))
     assert main(["conflict-summary", "--ablation", str(path), "--out", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["seeds"] == [0, 1]
+    assert out["collapsed_runs"] == 0 and out["collapsed"] == []
+
+
+def test_conflict_summary_leaves_out_a_seed_whose_baseline_collapsed():
+    from tsembed.experiments.conflict_summary import conflict_summary
+
+    def rec(variant, seed, overall, collapsed=False):
+        return {"variant": variant, "seed": seed, "aggregates": {"overall": {"hit@1": overall}},
+                "datasets": {"ToneSameTone": {"hit@1": overall}}, "collapsed": collapsed}
+
+    ablation = {"split": "eval", "per_seed": [
+        rec("lora", 0, 0.30), rec("tsembed_weight", 0, 0.35),
+        rec("lora", 1, 0.05, collapsed=True), rec("tsembed_weight", 1, 0.41),  # +36 against a collapsed baseline
+        rec("lora", 2, 0.40), rec("tsembed_weight", 2, 0.41)]}
+    out = conflict_summary(ablation, None, "tsembed_weight", "lora")
+    assert out["seeds"] == [0, 2] and out["collapsed_runs"] == 1 and out["collapsed"] == ["lora/seed1"]
+    assert isinstance(out["collapsed_runs"], int)
+    assert out["paired_diff_overall"]["mean"] == pytest.approx(3.0) and out["lora_overall"]["mean"] == 35.0
+    only_collapsed = {"per_seed": [rec("lora", 1, 0.05, collapsed=True), rec("tsembed_weight", 1, 0.41)]}
+    with pytest.raises(ConfigError, match="collapsed run"):
+        conflict_summary(only_collapsed, None, "tsembed_weight", "lora")
