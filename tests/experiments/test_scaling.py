@@ -36,6 +36,22 @@ def test_relative_hit1_by_hand():
     assert drop_from_first_to_last(table) == {"lora": pytest.approx(0.375)}
 
 
+def test_collapsed_runs_are_left_out_of_the_relative_hit1_and_marked():
+    from tsembed.experiments.scaling import markdown
+
+    def rec(seed, hit, collapsed=False):
+        return {"variant": "moe", "seed": seed, "size": 1, "tasks": ["a"], "datasets": {"a": {"hit@1": hit}},
+                "collapsed": collapsed}
+
+    specialists = {(0, "a"): 50.0, (1, "a"): 50.0, (2, "a"): None}  # seed 2's specialist collapsed
+    table = relative_table([rec(0, 0.5), rec(1, 0.01, collapsed=True), rec(2, 0.4)], specialists)
+    cell = table["moe"]["1"]
+    assert cell["values"] == pytest.approx([1.0]) and cell["collapsed_runs"] == 1  # not (1.0 + 0.02) / 2
+    text = markdown(table, drop_from_first_to_last(table))
+    assert "| moe | 1.00 ± 0.00 † |" in text and "† collapsed" in text
+    assert "†" not in markdown(relative_table([rec(0, 0.5)], specialists), {})
+
+
 @pytest.mark.slow  # trains and evaluates several models on the real default backbone
 def test_task_scaling_end_to_end_and_resumes(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
