@@ -119,6 +119,21 @@ def test_a_collapsed_run_is_marked_and_left_out_of_means_and_differences():
     assert summarize([{**records[1], "collapsed": False, "collapsed_datasets": []}])["lora"]["collapsed_runs"] == 0
 
 
+def test_the_demo_report_marks_a_collapsed_baseline_and_computes_no_difference(tmp_path):
+    from tsembed.experiments.demo import render_report
+
+    def rec(overall, collapsed):
+        return {"aggregates": {"overall": {"hit@1": overall}}, "collapsed": collapsed,
+                "collapsed_datasets": ["A"] if collapsed else []}
+
+    report = render_report({"tsembed_weight": rec(0.4, False), "lora": rec(0.02, True)}, {}, tmp_path, True, 0, [], 1.0)
+    assert "| single LoRA † |" in report and "| TSEmbed | " in report and "lora (A)" in report
+    assert "| difference | – | – | – | – | – | – | – |" in report and "+38.0" not in report
+    healthy = render_report({"tsembed_weight": rec(0.4, False), "lora": rec(0.02, False)}, {}, tmp_path, True, 0, [],
+                            1.0)
+    assert "+38.0" in healthy and "†" not in healthy
+
+
 @pytest.mark.slow  # trains and evaluates two models on the real default backbone
 def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
@@ -134,7 +149,7 @@ def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     report = (tmp_path / "report" / "README.md").read_text()
     assert "| TSEmbed |" in report and "| single LoRA |" in report
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert set(summary) == {"tsembed_weight", "lora"} and "overall" in summary["lora"]
+    assert set(summary) == {"tsembed_weight", "lora", "collapsed_runs"} and "overall" in summary["lora"]
     assert list((tmp_path / "report" / "routing").glob("*.png"))
     assert (tmp_path / "report" / "training_tsembed_weight.png").is_file()
     lines = (tmp_path / "work" / "tsembed_weight" / "metrics.jsonl").read_text().splitlines()
