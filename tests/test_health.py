@@ -11,6 +11,7 @@ from tsembed.health import (
     is_collapsed,
     mark,
     mean_pairwise_cosine,
+    run_checked,
     run_collapsed,
 )
 
@@ -41,3 +42,4 @@ def test_run_records_and_marks():
     assert run_collapsed({"collapsed": True}) and run_collapsed({"collapsed_datasets": ["A"]})
     assert not run_collapsed({"variant": "lora"}) and not run_collapsed({"collapsed": False, "collapsed_datasets": []})
     assert mark("lora80", True) == f"lora80 {DAGGER}" and mark("lora80", False) == "lora80"
+    assert run_checked({"collapsed": False}) and run_checked({"query_cosine": {}}) and not run_checked({"seed": 0})

@@ -62,6 +62,12 @@ def run_collapsed(record: Mapping[str, Any]) -> bool:
     return bool(record.get("collapsed")) or bool(record.get("collapsed_datasets"))
 
 
+def run_checked(record: Mapping[str, Any]) -> bool:
+    """Whether a run record carries the check at all (older records have neither key): an unchecked run is
+    counted apart (``unchecked_runs``), never silently taken as healthy."""
+    return "collapsed" in record or "query_cosine" in record
+
+
 def mark(label: str, collapsed: bool) -> str:
     """``label`` with the dagger when ``collapsed``."""
     return f"{label} {DAGGER}" if collapsed else label

@@ -178,6 +178,26 @@ def test_summary_only_trains_nothing_and_names_missing_runs(tmp_path, caplog):
     assert summary["variants"]["lora"]["overall"]["mean"] == pytest.approx(25.0)
     assert not (tmp_path / "seed0" / "moe").exists() and not (tmp_path / "no-suite").exists()
     assert "moe seed 0: no" in caplog.text
+    assert summary["unchecked_runs"] == 2 and summary["collapsed_runs"] == 0  # records from before the check
+    assert "2 run(s) predate the collapse check" in (tmp_path / "ablation.md").read_text()
+
+
+def test_summary_only_leaves_out_a_collapsed_run_and_says_so(tmp_path):
+    for seed, value, collapsed in ((0, 0.30, False), (1, 0.02, True), (2, 0.40, False)):
+        run = tmp_path / f"seed{seed}" / "lora"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({
+            "variant": "lora", "description": "d", "seed": seed, "train_seconds": 1.0, "trainable_parameters": 5,
+            "aggregates": {"overall": {"hit@1": value}}, "datasets": {"A": {"hit@1": value}},
+            "query_cosine": {"A": 1.0 if collapsed else 0.4}, "collapsed": collapsed,
+            "collapsed_datasets": ["A"] if collapsed else []}))
+    assert main(["ablate", "--summary-only", "--seeds", "0", "--seeds", "1", "--seeds", "2", "--variant", "lora",
+                 "--out", str(tmp_path), "--suite", str(tmp_path / "no-suite")]) == 0
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    assert summary["variants"]["lora"]["overall"]["mean"] == pytest.approx(35.0)  # 24.0 with the collapsed run
+    assert summary["collapsed_runs"] == 1 and summary["collapsed"] == ["lora/seed1"] and summary["unchecked_runs"] == 0
+    assert [r["collapsed"] for r in summary["per_seed"]] == [False, True, False]
+    assert "| lora † (1/3 runs collapsed, left out) |" in (tmp_path / "ablation.md").read_text()
 
 
 @pytest.mark.slow  # trains and evaluates on the real default backbone

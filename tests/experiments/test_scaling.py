@@ -101,6 +101,7 @@ def test_conflict_summary_pairs_seeds_and_conditions(tmp_path):
     assert main(["conflict-summary", "--ablation", str(path), "--out", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["seeds"] == [0, 1]
     assert out["collapsed_runs"] == 0 and out["collapsed"] == []
+    assert out["unchecked_runs"] == 4  # these records predate the check: counted, not taken as healthy
 
 
 def test_conflict_summary_leaves_out_a_seed_whose_baseline_collapsed():
@@ -116,7 +117,7 @@ def test_conflict_summary_leaves_out_a_seed_whose_baseline_collapsed():
         rec("lora", 2, 0.40), rec("tsembed_weight", 2, 0.41)]}
     out = conflict_summary(ablation, None, "tsembed_weight", "lora")
     assert out["seeds"] == [0, 2] and out["collapsed_runs"] == 1 and out["collapsed"] == ["lora/seed1"]
-    assert isinstance(out["collapsed_runs"], int)
+    assert isinstance(out["collapsed_runs"], int) and out["unchecked_runs"] == 0
     assert out["paired_diff_overall"]["mean"] == pytest.approx(3.0) and out["lora_overall"]["mean"] == 35.0
     only_collapsed = {"per_seed": [rec("lora", 1, 0.05, collapsed=True), rec("tsembed_weight", 1, 0.41)]}
     with pytest.raises(ConfigError, match="collapsed run"):

@@ -20,7 +20,7 @@ from tsembed.evaluation.results import GROUPS, HIT1
 from tsembed.experiments.runner import load_base_config, results_path, run_variant
 from tsembed.experiments.variants import derive, pick, variants_for
 from tsembed.fileio import atomic_write
-from tsembed.health import DAGGER, DAGGER_NOTE, mark, run_collapsed
+from tsembed.health import DAGGER, DAGGER_NOTE, mark, run_checked, run_collapsed
 from tsembed.training.checkpoint import METRICS_NAME, MODEL_DIR
 
 logger = logging.getLogger(__name__)
@@ -240,14 +240,19 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
     collapsed = [f"{r['variant']}/seed{r['seed']}" for r in records if run_collapsed(r)]
     for run in collapsed:
         logger.warning("%s %s collapsed: left out of every mean and paired difference", DAGGER, run)
+    unchecked = [f"{r['variant']}/seed{r['seed']}" for r in records if not run_checked(r)]
+    if unchecked:
+        logger.warning("%d run record(s) predate the collapse check (no query_cosine), so whether they collapsed is "
+                       "unknown: %s", len(unchecked), ", ".join(unchecked))
     summary = {"split": split, "seeds": seeds, "variants": table, "differences_vs_lora": differences,
-               "collapsed_runs": len(collapsed), "collapsed": collapsed,
+               "collapsed_runs": len(collapsed), "collapsed": collapsed, "unchecked_runs": len(unchecked),
                "dataset_differences_vs_lora": per_dataset,
                "environment": environment(), "base_config": base,
                "per_seed": [{k: r[k] for k in ("variant", "seed", "train_seconds", "trainable_parameters",
                                                 "aggregates", "datasets")}
                             | {k: r.get(k) for k in (*EXTRAS, "query_cosine", "train_collapsed_datasets")}
-                            | {"collapsed": run_collapsed(r), "collapsed_datasets": r.get("collapsed_datasets", [])}
+                            | {"collapsed": run_collapsed(r), "collapsed_datasets": r.get("collapsed_datasets", []),
+                               "collapse_checked": run_checked(r)}
                             for r in records]}
     stem = summary_stem(split)
     atomic_write(out_dir / f"{stem}.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
@@ -255,6 +260,9 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
     text = markdown_table(table) + ("\n" + differences_table(differences, collapsed=lost) if differences else "")
     if per_dataset:
         text += "\nPer dataset:\n\n" + differences_table(per_dataset, groups=datasets, collapsed=lost)
+    if unchecked:
+        text += (f"\n{len(unchecked)} run(s) predate the collapse check (no `query_cosine` in their record): "
+                 + ", ".join(unchecked) + ".\n")
     atomic_write(out_dir / f"{stem}.md", lambda p: p.write_text(text))
     plot_summary(table, out_dir / f"{stem}.png", split)
     return summary

@@ -14,7 +14,7 @@ from tsembed.data.registry import DATASETS
 from tsembed.errors import ConfigError
 from tsembed.evaluation.results import HIT1, OVERALL
 from tsembed.experiments.ablation import mean_std
-from tsembed.health import DAGGER, run_collapsed
+from tsembed.health import DAGGER, run_checked, run_collapsed
 
 
 def _overall(record: dict[str, Any]) -> float:
@@ -69,5 +69,7 @@ def conflict_summary(ablation: dict[str, Any], conflict: dict[str, Any] | None, 
         "conflict_cosine_min": None if cosines is None else round(cosines, 4),
         "conflict_pair_cosines": (conflict or {}).get("pairs"),
         "collapsed_runs": len(collapsed), "collapsed": collapsed,
+        "unchecked_runs": sum(not runs[(v, s)].get("collapse_checked", run_checked(runs[(v, s)]))
+                              for s in seeds for v in (tsembed, lora)),
         "commit": commit or (ablation.get("environment") or {}).get("commit"),
     }
