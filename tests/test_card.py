@@ -72,6 +72,17 @@ def test_results_json_path_and_unknown_origin(tmp_path):
     assert free_form.data.eval_results is None and "| prune / after | 0.5000 |" in free_form.text
 
 
+def test_the_card_of_a_collapsed_model_says_so():
+    results = _results()
+    results.datasets[1].query_cosine = 1.0  # name_to_emoji's queries on one point
+    model = toy_model()
+    model.config.extra = {"collapsed_datasets": ["name_to_emoji"]}
+    text = build_model_card(model, results).text
+    assert "**Collapsed †**: the query embeddings of name_to_emoji" in text
+    assert "collapse watch flagged: name_to_emoji" in text
+    assert "Collapsed" not in build_model_card(toy_model(), _results()).text
+
+
 def test_packaged_minilm_is_named_by_its_hub_id_and_licence():
     assert pretrained_card_metadata("", packaged_text_model_path(), hub_id=MINILM_HUB_ID) == {
         "base_model": ["sentence-transformers/all-MiniLM-L6-v2"], "license": "apache-2.0"}

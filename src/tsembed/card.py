@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tsembed.fileio import atomic_write
+from tsembed.health import DAGGER
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -96,6 +97,9 @@ def _results_table(results: dict[str, Any]) -> str:
     shown = results.get("aggregates") or {} if _is_protocol_results(results) else results
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {name} | {_fmt(value)} |" for name, value in _flatten(shown)]
+    if _is_protocol_results(results) and results.get("collapsed"):  # tsembed.health
+        lines = [f"**Collapsed {DAGGER}**: the query embeddings of {', '.join(results.get('collapsed_datasets') or [])}"
+                 f" fell onto one point; these numbers do not measure a working model.", "", *lines]
     return "\n".join(lines)
 
 
@@ -128,6 +132,8 @@ def _describe(model: nn.Module) -> list[str]:
     if "trained_steps" in extra:
         lines.append(f"- trained: {extra['trained_steps']} steps (EANS `{extra.get('eans_mode', '?')}` from step "
                      f"{extra.get('switch_step', '?')})")
+    if extra.get("collapsed_datasets"):
+        lines.append(f"- {DAGGER} training's collapse watch flagged: {', '.join(extra['collapsed_datasets'])}")
     return lines
 
 

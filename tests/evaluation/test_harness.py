@@ -150,3 +150,41 @@ def test_an_input_s_own_task_wins_over_the_eval_set_s_as_in_encode():
     expected = encode(model, [own, "a red apple"], task="retrieval")
     np.testing.assert_allclose(got.embeddings, expected, atol=1e-6)
     assert not np.allclose(got.embeddings[0], got.embeddings[1], atol=1e-4)
+
+
+def test_results_record_query_cosine_and_flag_a_collapsed_model(suite, tmp_path):
+    from tsembed.health import DAGGER
+    from tsembed.inputs import input_key
+
+    healthy = evaluate(toy_model(adapters=False), suite, progress=False)
+    assert not healthy.collapsed and healthy.to_dict()["collapsed_datasets"] == []
+    first = healthy.datasets[0]  # the reference: the model's own embeddings of the dataset's distinct queries
+    from tsembed.evaluation.loading import load_eval_set
+    from tsembed.evaluation.sources import resolve_eval_sets
+
+    spec = resolve_eval_sets(suite, [first.name], "eval")[0]
+    queries = list({input_key(q): q for q in (row.query_input(spec.image_root) for row in load_eval_set(spec).rows)
+                    }.values())
+    assert len(queries) >= 2
+    unit = encode(toy_model(adapters=False), queries, show_progress_bar=False)
+    pairs = [float(unit[i] @ unit[j]) for i in range(len(unit)) for j in range(len(unit)) if i != j]
+    reference = sum(pairs) / len(pairs)
+    assert first.query_cosine == pytest.approx(reference, abs=1e-4) and first.query_cosine < 0.99
+
+    model = toy_model(adapters=False)
+    with torch.no_grad():  # every input the same embedding: the collapsed point
+        model.backbone.proj.weight.zero_()
+        model.backbone.proj.bias.fill_(1.0)
+    collapsed = evaluate(model, suite, progress=False)
+    assert collapsed.collapsed and collapsed.collapsed_datasets == [d.name for d in collapsed.datasets]
+    assert all(d.query_cosine == pytest.approx(1.0) for d in collapsed.datasets)
+    json_path, md_path = collapsed.save(tmp_path)
+    data = json.loads(json_path.read_text())
+    assert data["collapsed"] is True and data["collapsed_datasets"] == collapsed.collapsed_datasets
+    back = EvalResults.from_json(json_path)
+    assert back.to_dict() == collapsed.to_dict() and back.collapsed
+    assert f"{collapsed.datasets[0].name} {DAGGER}" in md_path.read_text()
+    for d in data["datasets"]:  # a file written before query_cosine was recorded still loads, as not collapsed
+        del d["query_cosine"]
+    old = EvalResults.from_dict({k: v for k, v in data.items() if not k.startswith("collapse")})
+    assert not old.collapsed and old.datasets[0].query_cosine is None

@@ -97,6 +97,43 @@ def test_paired_differences_and_training_loss(tmp_path):
     assert final_train_loss(tmp_path / "missing.jsonl") is None
 
 
+def test_a_collapsed_run_is_marked_and_left_out_of_means_and_differences():
+    def rec(variant, seed, overall, collapsed=False):
+        return {"variant": variant, "description": "d", "seed": seed, "aggregates": {"overall": {"hit@1": overall}},
+                "datasets": {"A": {"hit@1": overall}}, "collapsed": collapsed,
+                "collapsed_datasets": ["A"] if collapsed else []}
+
+    records = [rec("lora", 0, 0.30), rec("lora", 1, 0.02, collapsed=True), rec("lora", 2, 0.40),
+               rec("moe", 0, 0.33), rec("moe", 1, 0.50), rec("moe", 2, 0.41)]
+    table = summarize(records)
+    assert table["lora"]["overall"]["values"] == pytest.approx([30.0, 40.0])  # not 24.0 with the collapsed 2.0
+    assert table["lora"]["collapsed_runs"] == 1 and table["lora"]["collapsed_seeds"] == [1]
+    assert table["lora"]["seeds"] == [0, 2] and table["moe"]["collapsed_runs"] == 0
+    text = markdown_table(table)
+    assert "| lora † (1/3 runs collapsed, left out) | – | – | – | – | – | – | 35.0 ± 7.1 |" in text
+    assert "| moe | " in text and "† collapsed" in text
+    diff = paired_differences(records)
+    assert diff["moe"]["overall"]["values"] == pytest.approx([3.0, 1.0])  # seed 1's baseline collapsed
+    assert "| variant − lora † |" in differences_table(diff, collapsed={"lora"})
+    assert "†" not in markdown_table(summarize([r for r in records if not r["collapsed"]]))
+    assert summarize([{**records[1], "collapsed": False, "collapsed_datasets": []}])["lora"]["collapsed_runs"] == 0
+
+
+def test_the_demo_report_marks_a_collapsed_baseline_and_computes_no_difference(tmp_path):
+    from tsembed.experiments.demo import render_report
+
+    def rec(overall, collapsed):
+        return {"aggregates": {"overall": {"hit@1": overall}}, "collapsed": collapsed,
+                "collapsed_datasets": ["A"] if collapsed else []}
+
+    report = render_report({"tsembed_weight": rec(0.4, False), "lora": rec(0.02, True)}, {}, tmp_path, True, 0, [], 1.0)
+    assert "| single LoRA † |" in report and "| TSEmbed | " in report and "lora (A)" in report
+    assert "| difference | – | – | – | – | – | – | – |" in report and "+38.0" not in report
+    healthy = render_report({"tsembed_weight": rec(0.4, False), "lora": rec(0.02, False)}, {}, tmp_path, True, 0, [],
+                            1.0)
+    assert "+38.0" in healthy and "†" not in healthy
+
+
 @pytest.mark.slow  # trains and evaluates two models on the real default backbone
 def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
@@ -112,7 +149,7 @@ def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
     report = (tmp_path / "report" / "README.md").read_text()
     assert "| TSEmbed |" in report and "| single LoRA |" in report
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert set(summary) == {"tsembed_weight", "lora"} and "overall" in summary["lora"]
+    assert set(summary) == {"tsembed_weight", "lora", "collapsed_runs"} and "overall" in summary["lora"]
     assert list((tmp_path / "report" / "routing").glob("*.png"))
     assert (tmp_path / "report" / "training_tsembed_weight.png").is_file()
     lines = (tmp_path / "work" / "tsembed_weight" / "metrics.jsonl").read_text().splitlines()
@@ -141,6 +178,26 @@ def test_summary_only_trains_nothing_and_names_missing_runs(tmp_path, caplog):
     assert summary["variants"]["lora"]["overall"]["mean"] == pytest.approx(25.0)
     assert not (tmp_path / "seed0" / "moe").exists() and not (tmp_path / "no-suite").exists()
     assert "moe seed 0: no" in caplog.text
+    assert summary["unchecked_runs"] == 2 and summary["collapsed_runs"] == 0  # records from before the check
+    assert "2 run(s) predate the collapse check" in (tmp_path / "ablation.md").read_text()
+
+
+def test_summary_only_leaves_out_a_collapsed_run_and_says_so(tmp_path):
+    for seed, value, collapsed in ((0, 0.30, False), (1, 0.02, True), (2, 0.40, False)):
+        run = tmp_path / f"seed{seed}" / "lora"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({
+            "variant": "lora", "description": "d", "seed": seed, "train_seconds": 1.0, "trainable_parameters": 5,
+            "aggregates": {"overall": {"hit@1": value}}, "datasets": {"A": {"hit@1": value}},
+            "query_cosine": {"A": 1.0 if collapsed else 0.4}, "collapsed": collapsed,
+            "collapsed_datasets": ["A"] if collapsed else []}))
+    assert main(["ablate", "--summary-only", "--seeds", "0", "--seeds", "1", "--seeds", "2", "--variant", "lora",
+                 "--out", str(tmp_path), "--suite", str(tmp_path / "no-suite")]) == 0
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    assert summary["variants"]["lora"]["overall"]["mean"] == pytest.approx(35.0)  # 24.0 with the collapsed run
+    assert summary["collapsed_runs"] == 1 and summary["collapsed"] == ["lora/seed1"] and summary["unchecked_runs"] == 0
+    assert [r["collapsed"] for r in summary["per_seed"]] == [False, True, False]
+    assert "| lora † (1/3 runs collapsed, left out) |" in (tmp_path / "ablation.md").read_text()
 
 
 @pytest.mark.slow  # trains and evaluates on the real default backbone

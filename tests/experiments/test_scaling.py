@@ -36,6 +36,22 @@ def test_relative_hit1_by_hand():
     assert drop_from_first_to_last(table) == {"lora": pytest.approx(0.375)}
 
 
+def test_collapsed_runs_are_left_out_of_the_relative_hit1_and_marked():
+    from tsembed.experiments.scaling import markdown
+
+    def rec(seed, hit, collapsed=False):
+        return {"variant": "moe", "seed": seed, "size": 1, "tasks": ["a"], "datasets": {"a": {"hit@1": hit}},
+                "collapsed": collapsed}
+
+    specialists = {(0, "a"): 50.0, (1, "a"): 50.0, (2, "a"): None}  # seed 2's specialist collapsed
+    table = relative_table([rec(0, 0.5), rec(1, 0.01, collapsed=True), rec(2, 0.4)], specialists)
+    cell = table["moe"]["1"]
+    assert cell["values"] == pytest.approx([1.0]) and cell["collapsed_runs"] == 1  # not (1.0 + 0.02) / 2
+    text = markdown(table, drop_from_first_to_last(table))
+    assert "| moe | 1.00 ± 0.00 † |" in text and "† collapsed" in text
+    assert "†" not in markdown(relative_table([rec(0, 0.5)], specialists), {})
+
+
 @pytest.mark.slow  # trains and evaluates several models on the real default backbone
 def test_task_scaling_end_to_end_and_resumes(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
@@ -84,3 +100,25 @@ def test_conflict_summary_pairs_seeds_and_conditions(tmp_path):
     path.write_text(json.dumps(ablation))
     assert main(["conflict-summary", "--ablation", str(path), "--out", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["seeds"] == [0, 1]
+    assert out["collapsed_runs"] == 0 and out["collapsed"] == []
+    assert out["unchecked_runs"] == 4  # these records predate the check: counted, not taken as healthy
+
+
+def test_conflict_summary_leaves_out_a_seed_whose_baseline_collapsed():
+    from tsembed.experiments.conflict_summary import conflict_summary
+
+    def rec(variant, seed, overall, collapsed=False):
+        return {"variant": variant, "seed": seed, "aggregates": {"overall": {"hit@1": overall}},
+                "datasets": {"ToneSameTone": {"hit@1": overall}}, "collapsed": collapsed}
+
+    ablation = {"split": "eval", "per_seed": [
+        rec("lora", 0, 0.30), rec("tsembed_weight", 0, 0.35),
+        rec("lora", 1, 0.05, collapsed=True), rec("tsembed_weight", 1, 0.41),  # +36 against a collapsed baseline
+        rec("lora", 2, 0.40), rec("tsembed_weight", 2, 0.41)]}
+    out = conflict_summary(ablation, None, "tsembed_weight", "lora")
+    assert out["seeds"] == [0, 2] and out["collapsed_runs"] == 1 and out["collapsed"] == ["lora/seed1"]
+    assert isinstance(out["collapsed_runs"], int) and out["unchecked_runs"] == 0
+    assert out["paired_diff_overall"]["mean"] == pytest.approx(3.0) and out["lora_overall"]["mean"] == 35.0
+    only_collapsed = {"per_seed": [rec("lora", 1, 0.05, collapsed=True), rec("tsembed_weight", 1, 0.41)]}
+    with pytest.raises(ConfigError, match="collapsed run"):
+        conflict_summary(only_collapsed, None, "tsembed_weight", "lora")

@@ -260,3 +260,14 @@ def test_a_fresh_model_starts_its_backbone_routing_from_every_training_input(tra
     assert inputs[0] == trainer.data.query_input(0)
     Trainer(config, model=toy_model())  # a given model keeps the routing it has
     assert len(calls) == 1
+
+
+def test_the_model_records_which_datasets_the_collapse_watch_flagged(train_files, tmp_path):
+    from tsembed.training.collapse import CollapseWatch
+
+    cfg = make_config(train_files, tmp_path, schedule={"steps": 4, "stage1_steps": 2}, run={"checkpoint_every": 100})
+    trainer = Trainer(cfg, model=toy_model())
+    trainer.collapse_watch = CollapseWatch(threshold=-1.0, patience=1)  # every batch counts as collapsed
+    extra = json.loads((trainer.fit() / "tsembed_config.json").read_text())["extra"]
+    assert extra["collapsed_datasets"] == sorted({r["dataset"] for r in trainer.history})
+    assert trainer.state_dict()["collapse_watch"]["warned"] == extra["collapsed_datasets"]

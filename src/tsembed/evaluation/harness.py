@@ -24,6 +24,7 @@ from tsembed.evaluation.loading import LoadedEvalSet, load_eval_set
 from tsembed.evaluation.metrics import DEFAULT_KS, hit_at_k, positive_rank, ranking_metrics
 from tsembed.evaluation.results import GLOBAL_PREFIX, HIT1, DatasetResult, EvalResults
 from tsembed.evaluation.sources import resolve_eval_sets
+from tsembed.health import DAGGER, is_collapsed, mean_pairwise_cosine
 from tsembed.inputs import EmbedInput, InputKey, input_key
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,12 @@ def score_dataset(
     return metrics, len(pool)
 
 
+def query_cosine(embeddings: torch.Tensor, queries: torch.Tensor) -> float | None:
+    """Mean pairwise cosine of a dataset's distinct queries (rows sharing one query count once); None below two."""
+    value = mean_pairwise_cosine(embeddings[torch.unique(queries)])
+    return None if value != value else round(value, 6)  # NaN (fewer than two distinct queries) -> None
+
+
 def evaluate(
     model: nn.Module,
     suite: Any,
@@ -167,9 +174,13 @@ def evaluate(
                 mean_candidates=float(valid.sum()) / max(len(loaded.rows), 1),
                 metrics=metrics,
                 pool_size=pool_size if global_pool else None,
+                query_cosine=query_cosine(embeddings, queries),
             )
         )
         logger.info("%s: hit@1 %s over %d queries", spec.name, _fmt(metrics[HIT1]), len(loaded.rows))
+        if is_collapsed(results[-1].query_cosine):
+            logger.warning("%s %s: its query embeddings have collapsed (mean pairwise cosine %.4f): the run is "
+                           "marked collapsed and summaries leave it out", DAGGER, spec.name, results[-1].query_cosine)
     after = encoder.stats.to_dict()
     timing = {k: after[k] - before[k] for k in ("requested", "from_cache", "encoded", "encode_seconds")}
     timing["total_seconds"] = round(time.perf_counter() - start, 3)

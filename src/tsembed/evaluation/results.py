@@ -15,6 +15,7 @@ from typing import Any
 
 from tsembed.data.registry import META_TASKS
 from tsembed.fileio import atomic_write
+from tsembed.health import COLLAPSE_COSINE, DAGGER, collapsed_datasets, mark
 
 HIT1 = "hit@1"
 #: Column order of the markdown tables; metrics not in a run are left out.
@@ -31,6 +32,8 @@ class DatasetResult:
 
     metrics: ``hit@1`` over each row's own candidates (the MMEB protocol); with a global pool also
         ``global_recall@k``, ``global_mrr``, ``global_ndcg@10`` against the union of the dataset's candidates.
+    query_cosine: mean pairwise cosine of the dataset's distinct query embeddings (``tsembed.health``; at or
+        above ``COLLAPSE_COSINE`` the dataset has collapsed); None in results written before it was recorded.
     """
 
     name: str
@@ -42,6 +45,7 @@ class DatasetResult:
     mean_candidates: float
     metrics: dict[str, float]
     pool_size: int | None = None
+    query_cosine: float | None = None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -85,6 +89,16 @@ class EvalResults:
             self.aggregates = aggregate(self.datasets)
 
     @property
+    def collapsed_datasets(self) -> list[str]:
+        """The datasets whose query embeddings collapsed onto one point (``tsembed.health``)."""
+        return collapsed_datasets({d.name: d.query_cosine for d in self.datasets})
+
+    @property
+    def collapsed(self) -> bool:
+        """True when any dataset collapsed: the run's numbers must not be averaged with healthy runs."""
+        return bool(self.collapsed_datasets)
+
+    @property
     def overall(self) -> float | None:
         """Mean hit@1 over datasets (MMEB overall)."""
         return self.aggregates.get(OVERALL, {}).get(HIT1)
@@ -102,6 +116,9 @@ class EvalResults:
             "aggregates": self.aggregates,
             "settings": self.settings,
             "timing": self.timing,
+            "collapsed": self.collapsed,  # derived from the datasets' query_cosine; from_dict recomputes it
+            "collapsed_datasets": self.collapsed_datasets,
+            "collapse_cosine": COLLAPSE_COSINE,
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -182,7 +199,7 @@ def results_markdown(results: EvalResults) -> str:
         split = "" if d.ood is None else (OOD if d.ood else IND)
         rows.append(
             [
-                d.name,
+                mark(d.name, d.name in results.collapsed_datasets),
                 d.meta_task or "",
                 split,
                 str(d.num_rows),
@@ -194,6 +211,10 @@ def results_markdown(results: EvalResults) -> str:
     skipped = [(d.name, d.num_skipped) for d in results.datasets if d.num_skipped]
     if skipped:
         lines += ["", "Skipped invalid rows: " + ", ".join(f"{n} {c}" for n, c in skipped) + "."]
+    if results.collapsed:
+        lines += ["", f"**{DAGGER} Collapsed run**: the query embeddings of "
+                  + ", ".join(results.collapsed_datasets) + f" fell onto one point (mean pairwise cosine ≥ "
+                  f"{COLLAPSE_COSINE}); summaries leave this run out of their means."]
     if results.timing:
         t = results.timing
         lines += [

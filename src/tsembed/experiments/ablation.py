@@ -1,4 +1,8 @@
-"""`tsembed ablate`: every variant × every seed, then mean ± std per meta-task, IND, OOD and overall."""
+"""`tsembed ablate`: every variant × every seed, then mean ± std per meta-task, IND, OOD and overall.
+
+A collapsed run (``tsembed.health``) is kept in ``per_seed`` but left out of every mean and paired difference;
+its variant is marked † in the tables, with the number of such runs (``collapsed_runs``) beside it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from tsembed.evaluation.results import GROUPS, HIT1
 from tsembed.experiments.runner import load_base_config, results_path, run_variant
 from tsembed.experiments.variants import derive, pick, variants_for
 from tsembed.fileio import atomic_write
+from tsembed.health import DAGGER, DAGGER_NOTE, mark, run_checked, run_collapsed
 from tsembed.training.checkpoint import METRICS_NAME, MODEL_DIR
 
 logger = logging.getLogger(__name__)
@@ -40,10 +45,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """variant -> group -> {mean, std, values} of hit@1 in points (0–100)."""
+    """variant -> group -> {mean, std, values} of hit@1 in points (0–100), over the variant's healthy runs.
+
+    Each row also has ``seeds`` (those in the means), ``collapsed_runs`` and ``collapsed_seeds`` (left out).
+    """
     table: dict[str, dict[str, Any]] = {}
     for rec in records:
-        row = table.setdefault(rec["variant"], {"description": rec["description"], "seeds": []})
+        row = table.setdefault(rec["variant"], {"description": rec["description"], "seeds": [], "collapsed_runs": 0,
+                                                "collapsed_seeds": []})
+        if run_collapsed(rec):
+            row["collapsed_runs"] += 1
+            row["collapsed_seeds"].append(rec["seed"])
+            continue
         row["seeds"].append(rec["seed"])
         for group in GROUPS:
             value = rec["aggregates"].get(group, {}).get(HIT1)
@@ -63,13 +76,14 @@ def paired_differences(records: list[dict[str, Any]], baseline: str = "lora", ke
                        groups: tuple[str, ...] = GROUPS) -> dict[str, dict[str, Any]]:
     """variant -> group -> {mean, std, values} of (variant − baseline) hit@1 points over the shared seeds.
 
-    ``key="datasets"`` with the dataset names as ``groups`` gives the same per dataset.
+    ``key="datasets"`` with the dataset names as ``groups`` gives the same per dataset. A seed where either run
+    collapsed pairs nothing.
     """
     by_key = {(r["variant"], r["seed"]): r for r in records}
     table: dict[str, dict[str, Any]] = {}
     for (variant, seed), rec in by_key.items():
         base = by_key.get((baseline, seed))
-        if variant == baseline or base is None:
+        if variant == baseline or base is None or run_collapsed(rec) or run_collapsed(base):
             continue
         for group in groups:
             a, b = rec[key].get(group, {}).get(HIT1), base[key].get(group, {}).get(HIT1)
@@ -125,23 +139,34 @@ def _cell(cell: dict[str, Any] | None, fmt: str) -> str:
     return "–" if cell is None else f"{cell['mean']:{fmt}} ± {cell['std']:{fmt}}"
 
 
+def collapsed_label(name: str, row: dict[str, Any]) -> str:
+    """The variant's name, marked † with the count of its collapsed runs when it has any."""
+    count = row.get("collapsed_runs", 0)
+    runs = count + len(row.get("seeds", []))
+    return mark(name, bool(count)) + (f" ({count}/{runs} runs collapsed, left out)" if count else "")
+
+
 def markdown_table(table: dict[str, dict[str, Any]]) -> str:
     """hit@1 mean ± std per group, then the training InfoNCE of the last 100 steps and the routing NMI."""
     header = ("| variant | " + " | ".join([*GROUPS, *(title for title, _ in EXTRAS.values())]) + " |\n|---|"
               + "---:|" * (len(GROUPS) + len(EXTRAS)) + "\n")
-    rows = [f"| {name} | " + " | ".join([*(_cell(row.get(g), ".1f") for g in GROUPS),
+    rows = [f"| {collapsed_label(name, row)} | " + " | ".join([*(_cell(row.get(g), ".1f") for g in GROUPS),
                                          *(_cell(row.get(key), fmt) for key, (_, fmt) in EXTRAS.items())]) + " |"
             for name, row in table.items()]
-    return header + "\n".join(rows) + "\n"
+    note = ("\n" + DAGGER_NOTE + "\n") if any(row.get("collapsed_runs") for row in table.values()) else ""
+    return header + "\n".join(rows) + "\n" + note
 
 
 def differences_table(table: dict[str, dict[str, Any]], baseline: str = "lora",
-                      groups: tuple[str, ...] = GROUPS) -> str:
-    header = (f"| variant − {baseline} | " + " | ".join(groups) + " |\n|---|" + "---:|" * len(groups) + "\n")
-    rows = [f"| {name} | " + " | ".join(
+                      groups: tuple[str, ...] = GROUPS, collapsed: set[str] | frozenset[str] = frozenset()) -> str:
+    """Paired differences; ``collapsed`` names the variants (baseline included) that lost runs to a collapse:
+    they are marked †, their collapsed seeds being absent from the pairs."""
+    header = (f"| variant − {mark(baseline, baseline in collapsed)} | " + " | ".join(groups) + " |\n|---|"
+              + "---:|" * len(groups) + "\n")
+    rows = [f"| {mark(name, name in collapsed)} | " + " | ".join(
         "–" if g not in row else f"{row[g]['mean']:+.1f} ± {row[g]['std']:.1f}" for g in groups) + " |"
         for name, row in table.items()]
-    return header + "\n".join(rows) + "\n"
+    return header + "\n".join(rows) + "\n" + (("\n" + DAGGER_NOTE + "\n") if collapsed else "")
 
 
 def plot_summary(table: dict[str, dict[str, Any]], path: Path, split: str = "eval") -> Path:
@@ -155,7 +180,8 @@ def plot_summary(table: dict[str, dict[str, Any]], path: Path, split: str = "eva
     for i, (name, row) in enumerate(table.items()):
         means = [row[g]["mean"] if g in row else 0 for g in GROUPS]
         stds = [row[g]["std"] if g in row else 0 for g in GROUPS]
-        ax.bar([x + i * width for x in range(len(GROUPS))], means, width, yerr=stds, label=name, capsize=2)
+        ax.bar([x + i * width for x in range(len(GROUPS))], means, width, yerr=stds,
+               label=mark(name, bool(row.get("collapsed_runs"))), capsize=2)
     ax.set_xticks([x + width * (len(table) - 1) / 2 for x in range(len(GROUPS))], GROUPS)
     ax.set_ylabel("hit@1 (%)")
     ax.set_title(f"Ablation on the offline suite, {split} split (mean ± std over seeds)")
@@ -211,17 +237,32 @@ def run_ablation(config: Path | None, overrides: list[str], seeds: list[int], va
     differences = paired_differences(records)
     datasets = tuple(dict.fromkeys(name for r in records for name in r.get("datasets", {})))
     per_dataset = paired_differences(records, key="datasets", groups=datasets)
+    collapsed = [f"{r['variant']}/seed{r['seed']}" for r in records if run_collapsed(r)]
+    for run in collapsed:
+        logger.warning("%s %s collapsed: left out of every mean and paired difference", DAGGER, run)
+    unchecked = [f"{r['variant']}/seed{r['seed']}" for r in records if not run_checked(r)]
+    if unchecked:
+        logger.warning("%d run record(s) predate the collapse check (no query_cosine), so whether they collapsed is "
+                       "unknown: %s", len(unchecked), ", ".join(unchecked))
     summary = {"split": split, "seeds": seeds, "variants": table, "differences_vs_lora": differences,
+               "collapsed_runs": len(collapsed), "collapsed": collapsed, "unchecked_runs": len(unchecked),
                "dataset_differences_vs_lora": per_dataset,
                "environment": environment(), "base_config": base,
                "per_seed": [{k: r[k] for k in ("variant", "seed", "train_seconds", "trainable_parameters",
-                                                "aggregates", "datasets")} | {k: r.get(k) for k in EXTRAS}
+                                                "aggregates", "datasets")}
+                            | {k: r.get(k) for k in (*EXTRAS, "query_cosine", "train_collapsed_datasets")}
+                            | {"collapsed": run_collapsed(r), "collapsed_datasets": r.get("collapsed_datasets", []),
+                               "collapse_checked": run_checked(r)}
                             for r in records]}
     stem = summary_stem(split)
     atomic_write(out_dir / f"{stem}.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
-    text = markdown_table(table) + ("\n" + differences_table(differences) if differences else "")
+    lost = {name for name, row in table.items() if row.get("collapsed_runs")}
+    text = markdown_table(table) + ("\n" + differences_table(differences, collapsed=lost) if differences else "")
     if per_dataset:
-        text += "\nPer dataset:\n\n" + differences_table(per_dataset, groups=datasets)
+        text += "\nPer dataset:\n\n" + differences_table(per_dataset, groups=datasets, collapsed=lost)
+    if unchecked:
+        text += (f"\n{len(unchecked)} run(s) predate the collapse check (no `query_cosine` in their record): "
+                 + ", ".join(unchecked) + ".\n")
     atomic_write(out_dir / f"{stem}.md", lambda p: p.write_text(text))
     plot_summary(table, out_dir / f"{stem}.png", split)
     return summary

@@ -14,6 +14,7 @@ from tsembed.experiments.ablation import environment
 from tsembed.experiments.runner import load_base_config, run_variant
 from tsembed.experiments.variants import variants_for
 from tsembed.fileio import atomic_write
+from tsembed.health import DAGGER_NOTE, mark, run_collapsed
 from tsembed.training.checkpoint import METRICS_NAME, MODEL_DIR
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def run_demo(out: Path, suite: Path, work: Path, quick: bool, seed: int, overrid
     routing = analyze_routing(model, suite, out / "routing", cache_dir=cache, max_per_dataset=100)
     report = render_report(records, routing.to_dict(), out, quick, seed, extra, time.perf_counter() - start)
     atomic_write(out / "README.md", lambda p: p.write_text(report))
-    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(
-        {name: r["aggregates"] for name, r in records.items()}, indent=2) + "\n"))
+    summary = {name: r["aggregates"] for name, r in records.items()}
+    summary["collapsed_runs"] = sum(run_collapsed(r) for r in records.values())  # tsembed.health
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return out / "README.md"
 
 
@@ -69,6 +71,11 @@ def _cell(aggregates: dict[str, Any], group: str) -> str:
 def render_report(records: dict[str, dict[str, Any]], routing: dict[str, Any], out: Path, quick: bool, seed: int,
                   overrides: list[str], seconds: float) -> str:
     t, b = records["tsembed_weight"]["aggregates"], records["lora"]["aggregates"]
+    t_bad, b_bad = run_collapsed(records["tsembed_weight"]), run_collapsed(records["lora"])
+    collapsed = ([f"{DAGGER_NOTE} Collapsed here: "
+                  + ", ".join(f"{name} ({', '.join(r.get('collapsed_datasets') or [])})"
+                              for name, r in records.items() if run_collapsed(r))
+                  + ". No difference is computed against a collapsed run.", ""] if t_bad or b_bad else [])
     lines = [
         "# tsembed demo report", "",
         f"TSEmbed (MoE-LoRA + two stages + EANS `weight`) against a single LoRA with the same trainable budget, "
@@ -76,9 +83,10 @@ def render_report(records: dict[str, dict[str, Any]], routing: dict[str, Any], o
         f"Took {seconds / 60:.1f} min on {environment()['threads']} CPU threads.", "",
         "## hit@1 (%) per meta-task, IND, OOD and overall", "",
         "| model | " + " | ".join(GROUPS) + " |", "|---|" + "---:|" * len(GROUPS),
-        "| TSEmbed | " + " | ".join(_cell(t, g) for g in GROUPS) + " |",
-        "| single LoRA | " + " | ".join(_cell(b, g) for g in GROUPS) + " |",
-        "| difference | " + " | ".join(_diff(t, b, g) for g in GROUPS) + " |", "",
+        f"| {mark('TSEmbed', t_bad)} | " + " | ".join(_cell(t, g) for g in GROUPS) + " |",
+        f"| {mark('single LoRA', b_bad)} | " + " | ".join(_cell(b, g) for g in GROUPS) + " |",
+        "| difference | " + " | ".join("–" if t_bad or b_bad else _diff(t, b, g) for g in GROUPS) + " |", "",
+        *collapsed,
         "One seed only: differences of a point or two are within seed noise; `tsembed ablate` reports mean ± std "
         "over seeds (see `docs/results/`).", "",
         "Per-dataset tables: [TSEmbed](results_tsembed_weight.md), [single LoRA](results_lora.md).", "",

@@ -14,6 +14,7 @@ import torch
 from tsembed.card import write_model_card
 from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.experiments.variants import Variant
+from tsembed.health import DAGGER
 from tsembed.model import MODEL_CONFIG_NAME, TSEmbedModel
 from tsembed.training.checkpoint import MODEL_DIR
 from tsembed.training.config import TrainConfig, default_config_path
@@ -53,7 +54,9 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
     """Train (unless the variant is untrained or already trained) and evaluate on ``split`` of the suite.
 
     Returns the record also kept in ``results_path(out_dir, split)``: aggregates, per-dataset metrics,
-    training time (None when the model was trained by an earlier call) and the config.
+    training time (None when the model was trained by an earlier call), the config, and the run's health
+    (``tsembed.health``): per-dataset ``query_cosine``, ``collapsed`` and ``collapsed_datasets`` from the
+    evaluation (what summaries act on), and ``train_collapsed_datasets``, those training's collapse watch flagged.
     """
     from tsembed.evaluation import evaluate
     from tsembed.training.trainer import Trainer, build_model
@@ -91,8 +94,14 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
         "train_seconds": train_seconds, "trainable_parameters": trainable,
         "aggregates": results.aggregates,
         "datasets": {d.name: d.metrics for d in results.datasets},
+        "query_cosine": {d.name: d.query_cosine for d in results.datasets},
+        "collapsed": results.collapsed, "collapsed_datasets": results.collapsed_datasets,
+        "train_collapsed_datasets": model.config.extra.get("collapsed_datasets", []),
         "config": asdict(config),
     }
+    if results.collapsed:
+        logger.warning("%s seed %d: collapsed on %s; summaries mark it %s and leave it out of their means",
+                       variant.name, seed, ", ".join(results.collapsed_datasets), DAGGER)
     result_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -5,6 +5,8 @@ behind per-task specialists (interference), routed experts much less. For each s
 datasets are put in a seeded order; models train on the first 1, 2, 4, … of them (all at the end) with the
 same number of steps per task, and each task's hit@1 is divided by its specialist's (a single LoRA trained
 on that task alone with the same budget). Runs are kept on disk like ``ablate``'s, so a rerun resumes.
+A collapsed run (``tsembed.health``) is left out of the ratios (a collapsed specialist leaves its task out, like
+one that scored 0), its cell is marked †, and ``collapsed_runs`` counts such runs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tsembed.experiments.ablation import environment, mean_std
 from tsembed.experiments.runner import load_base_config, run_variant
 from tsembed.experiments.variants import Variant, derive, pick, variants_for
 from tsembed.fileio import atomic_write
+from tsembed.health import DAGGER_NOTE, mark, run_collapsed
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +72,15 @@ def _hit(record: dict[str, Any], task: str) -> float | None:
 
 
 def relative_table(records: list[dict[str, Any]], specialists: dict[tuple[int, str], float | None]) -> dict[str, Any]:
-    """variant -> size -> {mean, std, values (one per seed), per_task} of the mean relative hit@1 (task / specialist)
-    over the tasks in the set; tasks whose specialist scored 0 are left out of the ratio (and named)."""
+    """variant -> size -> {mean, std, values (one per seed), per_task, collapsed_runs} of the mean relative hit@1
+    (task / specialist) over the tasks in the set; tasks whose specialist scored 0 (or collapsed: None) are left
+    out of the ratio, and collapsed runs are left out of the cell and counted."""
     table: dict[str, Any] = {}
     for rec in records:
+        if run_collapsed(rec):
+            cell = table.setdefault(rec["variant"], {}).setdefault(str(rec["size"]), {"values": [], "per_task": {}})
+            cell["collapsed_runs"] = cell.get("collapsed_runs", 0) + 1
+            continue
         ratios, per_task = [], {}
         for task in rec["tasks"]:
             spec, hit = specialists.get((rec["seed"], task)), _hit(rec, task)
@@ -135,9 +143,12 @@ def markdown(table: dict[str, Any], drops: dict[str, float | None]) -> str:
         cells = []
         for k in sizes:
             cell = row.get(str(k), {})
-            cells.append(f"{cell['mean']:.2f} ± {cell['std']:.2f}" if "mean" in cell else "–")
+            cells.append(mark(f"{cell['mean']:.2f} ± {cell['std']:.2f}" if "mean" in cell else "–",
+                              bool(cell.get("collapsed_runs"))))
         drop = drops.get(variant)
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {'–' if drop is None else f'{drop:+.2f}'} |")
+    if any(cell.get("collapsed_runs") for row in table.values() for cell in row.values()):
+        lines += ["", DAGGER_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -164,12 +175,14 @@ def run_task_scaling(config: Path | None, overrides: list[str], suite: Path, out
     def train(variant: Variant, seed: int, run_dir: Path, chosen: list[str]) -> dict[str, Any]:
         return run_variant(base, variant, seed, run_dir, suite, cache_dir, extra=budget.overrides(chosen), split=split)
 
-    records, specialists = [], {}
+    records, specialists, collapsed = [], {}, []
     for seed in seeds:
         order = task_order(tasks, seed)
         for task in order:
             rec = train(specialist, seed, out_dir / f"seed{seed}" / "specialist" / task, [task])
-            specialists[(seed, task)] = _hit(rec, task)
+            if run_collapsed(rec):
+                collapsed.append(f"seed{seed}/specialist/{task}")
+            specialists[(seed, task)] = None if run_collapsed(rec) else _hit(rec, task)
         for size in sizes:
             chosen = order[:size]
             for variant in variants:
@@ -178,14 +191,17 @@ def run_task_scaling(config: Path | None, overrides: list[str], suite: Path, out
                 else:
                     logger.info("task scaling: %s on %d task(s), seed %d", variant.name, size, seed)
                     rec = train(variant, seed, out_dir / f"seed{seed}" / f"tasks{size}" / variant.name, chosen)
+                    if run_collapsed(rec):
+                        collapsed.append(f"seed{seed}/tasks{size}/{variant.name}")
                 records.append({"variant": variant.name, "seed": seed, "size": size, "tasks": chosen,
-                                "datasets": rec["datasets"]})
+                                "datasets": rec["datasets"], "collapsed": run_collapsed(rec)})
     table = relative_table(records, specialists)
     drops = drop_from_first_to_last(table)
     summary = {"split": split, "seeds": seeds, "sizes": sizes, "budget": vars(budget),
                "orders": {seed: task_order(tasks, seed) for seed in seeds},
                "specialists": {f"{seed}/{task}": value for (seed, task), value in specialists.items()},
-               "relative_hit1": table, "drop_first_to_all": drops, "runs": records, "environment": environment(),
+               "relative_hit1": table, "drop_first_to_all": drops, "runs": records,
+               "collapsed_runs": len(collapsed), "collapsed": collapsed, "environment": environment(),
                "base_config": base}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "task-scaling.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tsembed.errors import ConfigError
+from tsembed.health import mean_pairwise_cosine
 from tsembed.training.distributed import gather_no_grad, gather_with_grad, rank
 from tsembed.training.eans import PLAIN_INFONCE, EANSConfig
 from tsembed.training.losses import false_negative_mask, info_nce, negative_mask, uniformity
@@ -136,7 +137,7 @@ class ContrastiveObjective(nn.Module):
         weights = mode.negative_weights(affinity, scores, usable, self.eans_config, keep)
         loss = info_nce(scores, positive, self.tau, weights)
         logs = _eans_logs(weights, affinity, negatives, usable)
-        logs["query_cosine"] = _mean_pairwise_cosine(queries)
+        logs["query_cosine"] = mean_pairwise_cosine(queries)  # tsembed.health: the collapse measure
         logs["num_targets"] = float(scores.shape[1])
         if mode.reweights:  # the unweighted loss, comparable across stages and variants
             with torch.no_grad():
@@ -148,17 +149,6 @@ class ContrastiveObjective(nn.Module):
             logs["uniformity"] = float(spread.detach())
             loss = loss + self.loss_config.uniformity_weight * spread
         return ContrastiveOutput(loss, logs)
-
-
-def _mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
-    """Mean cosine over distinct pairs; 1.0 when the batch has collapsed onto one direction (see training.collapse)."""
-    n = embeddings.shape[0]
-    if n < 2:
-        return float("nan")
-    with torch.no_grad():
-        unit = torch.nn.functional.normalize(embeddings.detach().float(), dim=-1)
-        total = unit.sum(0).pow(2).sum() - n  # Σ_{i≠j} cos(i, j) = |Σ u|² − Σ |u_i|²
-        return float(total / (n * (n - 1)))
 
 
 def _eans_logs(weights: torch.Tensor, affinity: torch.Tensor, negatives: torch.Tensor, usable: torch.Tensor) -> dict:

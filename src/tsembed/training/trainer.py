@@ -316,6 +316,7 @@ class Trainer:
             "query_bank": self.query_bank.state_dict() if self.query_bank else None,
             "expert_usage": self.expert_usage.state_dict() if self.expert_usage else None,
             "grad_scaler": self.scaler.state_dict() if self.scaler else None,
+            "collapse_watch": self.collapse_watch.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], model_dir: Path) -> None:
@@ -329,6 +330,8 @@ class Trainer:
             self.expert_usage.load_state_dict(state["expert_usage"])
         if self.scaler is not None and state.get("grad_scaler"):  # fp16 resumes at the loss scale it had reached
             self.scaler.load_state_dict(state["grad_scaler"])
+        if state.get("collapse_watch"):  # none in checkpoints written before the record
+            self.collapse_watch.load_state_dict(state["collapse_watch"])
         self.step, self.stage, self.switch_step = state["step"], state["stage"], state["switch_step"]
         ckpt.set_rng_state(state["rng"])
 
@@ -381,7 +384,8 @@ class Trainer:
         if main:
             self.model.config.extra = {"trained_steps": self.step, "switch_step": self.switch_step,
                                        "eans_mode": self.config.eans.mode,
-                                       "train_datasets": [s.name for s in self.data.sources]}  # for the card
+                                       "train_datasets": [s.name for s in self.data.sources],  # for the card
+                                       "collapsed_datasets": self.collapse_watch.flagged}  # training's collapse watch
             self.model.save_pretrained(final)
             logger.info("saved model to %s", final)
         return final
