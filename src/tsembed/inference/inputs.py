@@ -127,6 +127,17 @@ def prompt_as_instruction(prompt: str | None) -> str | None:
     return prompt + TEXT_SLOT
 
 
+def instructed_length(instruction: str | None, content: str | None) -> int:
+    """The length of ``apply_instruction``'s text for ``content``, computed without building it: an instruction
+    repeating ``{text}`` k times makes it k times the content, which a limit checked before applying misses."""
+    content = content or ""
+    if not instruction:
+        return len(content)
+    if TEXT_SLOT in instruction:
+        return len(instruction) + instruction.count(TEXT_SLOT) * (len(content) - len(TEXT_SLOT))
+    return len(instruction) + 1 + len(content) if content else len(instruction)
+
+
 def apply_instruction(instruction: str | None, item: EmbedInput) -> EmbedInput:
     """Instruction + content (MMEB): ``"{text}"`` in the instruction marks the content's slot, else a space
     joins them. An image-only input gets the instruction as its text (the image goes first, as in MMEB's
