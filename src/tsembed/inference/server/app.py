@@ -31,7 +31,7 @@ from tsembed.errors import TaskError
 from tsembed.inference.inputs import apply_instruction, instructed_length
 from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, request_pixels_error
 from tsembed.inference.server.batcher import MicroBatcher
-from tsembed.inference.server.errors import APIError, error_body, install_error_handlers
+from tsembed.inference.server.errors import APIError, error_body, install_error_handlers, validation_message
 from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
 from tsembed.inference.server.metrics import Metrics
 from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
@@ -147,8 +147,16 @@ async def _no_receive() -> Message:  # pragma: no cover - never called for a pla
 
 
 async def parse_request(raw: Request) -> EmbeddingRequest:
-    """JSON body → ``EmbeddingRequest`` whatever the Content-Type (``curl -d`` sends form encoding)."""
+    """JSON body → ``EmbeddingRequest`` whatever the Content-Type (``curl -d`` sends form encoding).
+
+    Parsing, validation and the validation message run in a worker thread: a body of thousands of bad items
+    costs that thread milliseconds, never the event loop (``/health`` and every other request) its time.
+    """
     body = await raw.body()
+    return await asyncio.to_thread(_parse_body, body)
+
+
+def _parse_body(body: bytes) -> EmbeddingRequest:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -161,7 +169,9 @@ async def parse_request(raw: Request) -> EmbeddingRequest:
     try:
         return EmbeddingRequest.model_validate(data)
     except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+        errors = RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+        message, param = validation_message(errors)  # here, in the worker thread, not in the loop's handler
+        raise APIError(400, message, param=param, code="invalid_request") from None
 
 
 def _reject_lone_surrogates(data: Any) -> None:

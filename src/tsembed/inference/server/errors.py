@@ -53,7 +53,7 @@ def _param(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """The most specific problem first: union branches that merely failed to match are left out.
 
     Linear in the number of errors (a 97 kB body of 10 000 bad items gives 20 000): a location is dropped when it
@@ -91,7 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_request"), 400)
 
     @app.exception_handler(StarletteHTTPException)
