@@ -91,3 +91,9 @@ def test_d1_validation_runs_off_the_event_loop(model, monkeypatch):
         bad.join()
     assert health.status_code == 200 and answers == [400]
     assert waited < 1.0, f"/health waited {waited:.2f}s behind the validation"
+
+
+@pytest.mark.parametrize("dimensions", [True, "8", 8.0])
+def test_d12_dimensions_must_be_an_integer(client, dimensions):
+    r = client.post("/v1/embeddings", json={"input": "x", "dimensions": dimensions})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
