@@ -51,8 +51,8 @@ def test_missing_suite_names_the_path_and_build_suite(tmp_path, capsys):
 
 
 def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
+    from tsembed.devices import check_device
     from tsembed.inference.cli import _device
-    from tsembed.inference.loading import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device in ("cuda", "cuda:1"):

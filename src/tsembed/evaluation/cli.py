@@ -20,7 +20,7 @@ def default_cache_dir() -> Path:
 def _load_model(model_dir: Path, device: str, backbone_path: str | None = None):
     import torch
 
-    from tsembed.inference.loading import check_device
+    from tsembed.devices import check_device
     from tsembed.model import TSEmbedModel
 
     if device == "auto":

@@ -23,7 +23,7 @@ EXPORT_FORMATS = ("tsembed", "sentence-transformers")
 def _device(device: str, local_rank: int = 0) -> str:
     import torch
 
-    from tsembed.inference.loading import check_device
+    from tsembed.devices import check_device
 
     if device == "auto":
         return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"

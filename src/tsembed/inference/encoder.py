@@ -171,7 +171,7 @@ def encode(
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if device is not None:
-        from tsembed.inference.loading import check_device
+        from tsembed.devices import check_device
 
         model.to(check_device(device))
     single = not isinstance(inputs, list | tuple)
@@ -303,7 +303,7 @@ class Encoder:
         return param.device if param is not None else torch.device("cpu")
 
     def to(self, device: str | torch.device) -> Encoder:
-        from tsembed.inference.loading import check_device
+        from tsembed.devices import check_device
 
         self.model.to(check_device(device))
         return self
