@@ -6,8 +6,8 @@ through the vision tower), with every server limit at its default. N concurrent 
 mix: valid text, image and text+image requests (each checked against a solo ``Encoder.encode`` of the same
 inputs in this process), large but admissible images, decompression-bomb headers, a request of sixteen
 5000x5000 PNGs, truncated and garbled images, invalid JSON, deep nesting, huge integers, lone surrogates,
-oversized fields and wrong content types. A valid request answered 429/503 (busy) is retried after its
-``Retry-After``.
+oversized fields, wrong content types, 10 000 invalid items and an instruction repeating ``{text}``. A valid
+request answered 429/503 (busy) is retried after its ``Retry-After``.
 
     python benchmarks/abuse.py [--requests 400] [--concurrency 8] [--seed 0]
 
@@ -138,6 +138,11 @@ def hostile_probes() -> list[Probe]:
         Probe("bad-dimensions", {"input": "x", "dimensions": 99_999}),
         Probe("unknown-model", {"input": "x", "model": "gpt-4"}),
         Probe("token-ids", {"input": [[1, 2, 3]]}),
+        # issue 24 D1: 10 000 invalid items (97 kB), 20 000 validation errors: refused without holding the loop
+        Probe("ten-thousand-bad-items", {"input": [{"x": 1}] * 10_000}),
+        # issue 24 D2: an instruction repeating {text} 341 times over 16 long inputs: refused by the length limit
+        # counted after the instruction is applied, not run for minutes on gigabytes of text
+        Probe("instruction-repeats-text", {"input": ["w " * 8_000] * 16, "instruction": "{text}" * 341}),
     ]
 
 

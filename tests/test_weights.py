@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -100,4 +101,20 @@ def test_adapters_beside_a_model_config_without_them_are_an_error(saved):
     path = saved / "tsembed_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "moe": None}))
     with pytest.raises(ConfigError, match=r"no adapters \(moe: null\) but .*moe_lora_config.json holds some"):
+        TSEmbedModel.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "holds a JSON list, not an object"),
+    ('"sha256"', "holds a JSON str, not an object"),
+    ("garbage{", "not valid JSON"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    ('{"format": "tsembed-checksums", "sha256": []}', "expected {'format'"),
+    ('{"format": "tsembed-checksums", "sha256": {"adapters/moe_lora.safetensors": 5}}', "not a 64-digit hex"),
+])
+def test_a_garbled_checksums_file_is_a_clear_error(saved, content, message):
+    """D10: `[]` used to raise AttributeError ('list' object has no attribute 'get')."""
+    path = saved / CHECKSUMS_NAME
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(AdapterError, match=rf"{path}: .*{re.escape(message)}"):
         TSEmbedModel.from_pretrained(saved)

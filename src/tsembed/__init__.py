@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from tsembed.errors import AdapterError, ConfigError, DataError, MissingExtraError, TsembedError  # noqa: E402
 from tsembed.lazy import lazy_exports  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it); CHANGELOG.md per release
 
 #: Public name → the module that defines it (imported on first access).
 _EXPORTS: dict[str, str] = {

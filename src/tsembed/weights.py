@@ -66,14 +66,24 @@ def read_checksums(directory: str | Path) -> dict[str, str] | None:
     path = Path(directory) / CHECKSUMS_NAME
     if not path.is_file():
         return None
+    expected = f"expected {{'format': {CHECKSUMS_FORMAT!r}, 'sha256': {{file: hex}}}}; save the model again"
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{path}: not valid JSON ({exc})") from None
-    sums = meta.get("sha256") if isinstance(meta, dict) else None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{path}: not valid JSON ({exc}); {expected}") from None
+    if not isinstance(meta, dict):  # e.g. [] or a bare string: no .get, so say what it is
+        raise AdapterError(f"{path}: holds a JSON {type(meta).__name__}, not an object; {expected}")
+    sums = meta.get("sha256")
     if meta.get("format") != CHECKSUMS_FORMAT or not isinstance(sums, dict):
-        raise AdapterError(f"{path}: expected {{'format': {CHECKSUMS_FORMAT!r}, 'sha256': {{file: hex}}}}")
+        raise AdapterError(f"{path}: {expected}")
+    bad = sorted(str(name) for name, digest in sums.items()
+                 if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX)
+    if bad:
+        raise AdapterError(f"{path}: the sha256 of {bad[:5]} is not a 64-digit hex string; {expected}")
     return sums
+
+
+_HEX = set("0123456789abcdefABCDEF")
 
 
 def verify_checksums(directory: str | Path, files: list[str]) -> dict[str, str] | None:

@@ -1,10 +1,16 @@
+import json
+import re
 from pathlib import Path
 
+import pytest
+
 from tsembed.cli import main
+from tsembed.data import read_eval, read_train
 from tsembed.data.formats import write_records
 from tsembed.data.suite import Suite
+from tsembed.errors import DataError
 
-from .factories import eval_record
+from .factories import eval_record, train_record
 
 
 def test_build_suite_command_writes_a_loadable_suite(tmp_path: Path, capsys) -> None:
@@ -64,3 +70,23 @@ def test_validate_reports_a_non_utf8_byte_and_skips_it(image_root: Path, capsys)
     assert f"{path} row 1: not valid UTF-8: byte 0xff at byte offset" in err and "Traceback" not in err
     assert main(["data", "validate", str(path), "--image-root", str(image_root), "--skip-invalid"]) == 0
     assert "1 of 3 rows would be skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind, field, record", [
+    ("train", "`pos_text`", lambda: train_record(pos_text="red \ud800")),
+    ("train", "`qry`", lambda: train_record(qry="<|image_1|> x \udfff")),
+    ("eval", "`tgt_text[1]`", lambda: eval_record(tgt_text=["a", "b\ud800"], tgt_img_path=["", ""])),
+])
+def test_lone_surrogate_is_rejected_naming_file_row_and_field(image_root: Path, capsys, kind, field, record) -> None:
+    """D5: JSON's "\\ud800" escape decodes to a str that crashes the tokenizer with a bare TypeError later."""
+    good = train_record() if kind == "train" else eval_record()
+    path = image_root / f"{kind}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [good, record(), good]))  # json.dumps escapes it
+    assert "\\ud" in path.read_text()
+    assert main(["data", "validate", str(path), "--image-root", str(image_root)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path} row 2: {field}" in err and "lone surrogate" in err and "Traceback" not in err
+    read = read_train if kind == "train" else read_eval
+    with pytest.raises(DataError, match=f"row 2: {re.escape(field)}.*lone surrogate"):
+        read(path, image_root)
+    assert len(read(path, image_root, skip_invalid=True)) == 2

@@ -119,3 +119,23 @@ def test_truncated_weights_and_a_missing_suite_file_are_one_line_naming_the_file
     assert main(["eval", "-m", str(tmp / "base"), "-s", str(suite), "-o", str(tmp / "e"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and missing.name in err and "Traceback" not in err
+
+
+def test_empty_eval_file_exits_non_zero_with_a_clear_message(saved, capsys):
+    tmp, _ = saved
+    empty = tmp / "Empty.jsonl"
+    empty.write_text("")
+    assert main(["eval", "-m", str(tmp / "model"), "-s", str(empty), "-o", str(tmp / "eval"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no eval rows" in err and "Empty.jsonl" in err
+    assert not (tmp / "eval" / "results.json").exists()
+
+
+def test_cuda_device_on_a_cpu_build_is_one_clear_line(saved, capsys, monkeypatch):
+    import torch
+
+    tmp, suite = saved
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["eval", "-m", str(tmp / "model"), "-s", str(suite), "--device", "cuda", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use --device cpu" in err and "AssertionError" not in err

@@ -167,6 +167,7 @@ def test_two_ranks_split_the_shards(model, tmp_path):
      ('{"id": "a", "text": ""}', "`text` ''", "is empty"),
      ('{"id": "doc0", "text": "dup"}', "`id` 'doc0'", "repeats the id"),
      ('{"id": "a", "text": "x", "embedding": [1]}', "`embedding`", "reserved"),
+     ('{"id": "a", "text": "bad \\ud800 text"}', "`text` 'bad \\ud800 text'", "lone surrogate U+D800"),
      ("not json", "", "invalid JSON")],
 )
 def test_bad_rows_name_file_row_field(tmp_path, line, field, message):

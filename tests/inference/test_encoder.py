@@ -33,13 +33,16 @@ def test_length_sorting_restores_order(model):
 def test_input_forms(model, tmp_path):
     red = make_image(tmp_path / "red.png", (255, 0, 0))
     blue = make_image(tmp_path / "blue.png", (0, 0, 255))
-    forms = [str(red), red, Image.open(red), {"image": str(red)}, {"text": "a photo", "image": blue}, "red.png"]
+    forms = [str(red), red, Image.open(red), {"image": str(red)}, {"text": "a photo", "image": blue}]
     out = encode(model, forms, show_progress_bar=False)
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)
     np.testing.assert_allclose(out[0], out[2], atol=1e-6)
     np.testing.assert_allclose(out[0], out[3], atol=1e-6)
     assert not np.allclose(out[0], out[4])
-    assert to_embed_input("red.png").text == "red.png"  # no such file here: it is text
+    assert to_embed_input({"text": "red.png"}).text == "red.png"  # text that reads as a path: say so
+    assert to_embed_input("I saved it as red.png").text == "I saved it as red.png"  # a sentence, not a path
+    with pytest.raises(DataError, match="looks like an image path but no such file"):
+        to_embed_input("red.png")  # no such file here: an error, not silently text
 
 
 @pytest.mark.parametrize(
@@ -85,8 +88,8 @@ def test_similarity():
     a = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
     b = np.array([[1.0, 1.0]], dtype=np.float32)
     sim = similarity(a, b)
-    assert isinstance(sim, np.ndarray) and sim.shape == (2, 1)
-    np.testing.assert_allclose(sim[:, 0], [2**-0.5, 2**-0.5], rtol=1e-6)
+    assert isinstance(sim, torch.Tensor) and sim.shape == (2, 1)  # a tensor, as sentence-transformers returns
+    np.testing.assert_allclose(sim[:, 0].numpy(), [2**-0.5, 2**-0.5], rtol=1e-6)
     assert isinstance(similarity(torch.tensor(a), b), torch.Tensor)
 
 

@@ -65,7 +65,8 @@ def resolve_pretrained(reference: str | Path, field: str) -> Path:
     cache = hub_cache_dir()
     if not _HUB_ID.fullmatch(text):
         raise ConfigError(f"{field}: {text!r} is not a local directory (nor a Hugging Face Hub id 'org/name' to "
-                          f"look up in the local cache {cache})")
+                          f"look up in the local cache {cache}); for a saved model, pass --backbone-path DIR "
+                          "(or backbone_path=) to point at the backbone's local copy")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
@@ -75,7 +76,8 @@ def resolve_pretrained(reference: str | Path, field: str) -> Path:
         raise ConfigError(
             f"{field}: {text!r} is not a local directory, and Hub id {text!r} is not in the local Hugging Face "
             f"cache {cache} (HF_HUB_CACHE); tsembed never downloads: fetch it where there is internet "
-            f"(`hf download {text}`) and copy the cache here, or pass a local directory"
+            f"(`hf download {text}`) and copy the cache here, or pass a local directory (for a saved model: "
+            "--backbone-path DIR, or backbone_path=)"
         ) from None
 
 

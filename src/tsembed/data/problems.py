@@ -19,6 +19,17 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
+def lone_surrogate(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode, or None: a lone UTF-16 surrogate (what JSON's ``"\\ud800"`` escape
+    decodes to) passes every ``isinstance(str)`` check and then crashes the tokenizer with a bare TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}, which is not valid "
+                "Unicode (a broken \\uXXXX escape?); fix the text or drop the row")
+    return None
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with one row (row numbers are 1-based; in jsonl they are line numbers)."""

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from tsembed.data.formats import RawRecord
 from tsembed.data.images import ImageChecker
-from tsembed.data.problems import Problem, ValidationReport
+from tsembed.data.problems import Problem, ValidationReport, lone_surrogate
 from tsembed.data.rows import (
     EVAL_FIELDS,
     EVAL_REQUIRED,
@@ -116,6 +116,10 @@ class _RecordChecker:
         if not isinstance(value, str):
             self.add(name, value, f"must be a string, got {type(value).__name__}")
             return None
+        broken = lone_surrogate(value)
+        if broken:
+            self.add(name, value, broken)
+            return None
         return value
 
     def str_list(self, name: str) -> list[str] | None:
@@ -129,6 +133,11 @@ class _RecordChecker:
         if bad:
             self.add(f"{name}[{bad[0]}]", value[bad[0]], f"must be a string, got {type(value[bad[0]]).__name__}")
             return None
+        for i, v in enumerate(value):
+            broken = lone_surrogate(v) if v else None
+            if broken:
+                self.add(f"{name}[{i}]", v, broken)
+                return None
         return [v or "" for v in value]
 
     def side(

@@ -20,10 +20,12 @@ def default_cache_dir() -> Path:
 def _load_model(model_dir: Path, device: str, backbone_path: str | None = None):
     import torch
 
+    from tsembed.devices import check_device
     from tsembed.model import TSEmbedModel
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = check_device(device)  # a clear error for cuda on a CPU-only build, before the model loads
     return TSEmbedModel.from_pretrained(model_dir, backbone_path=backbone_path).to(device).eval()
 
 
@@ -110,6 +112,12 @@ def eval_command(
         split=split,
         image_root=image_root,
     )
+    if not any(d.num_rows for d in results.datasets):
+        from tsembed.errors import DataError
+
+        files = sorted({d.file for d in results.datasets}) or [str(suite)]
+        raise DataError(f"nothing to evaluate: no eval rows in {', '.join(files)} (empty, or every row skipped); "
+                        "no results written")
     results.settings["model_dir"] = str(model)
     json_path, md_path = results.save(out)
     typer.echo(results.to_markdown())

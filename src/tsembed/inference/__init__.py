@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "encode_document": "tsembed.inference.encoder",
     "encode_query": "tsembed.inference.encoder",
     "similarity": "tsembed.inference.encoder",
+    "quantize_embeddings": "tsembed.inference.encoder",
     "apply_instruction": "tsembed.inference.inputs",
     "to_embed_input": "tsembed.inference.inputs",
     "to_embed_inputs": "tsembed.inference.inputs",

@@ -23,8 +23,11 @@ EXPORT_FORMATS = ("tsembed", "sentence-transformers")
 def _device(device: str, local_rank: int = 0) -> str:
     import torch
 
+    from tsembed.devices import check_device
+
     if device == "auto":
         return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    check_device(device)  # a clear ConfigError for cuda on a CPU-only build, not torch's bare AssertionError
     return device
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from tsembed.data.formats import read_records
 from tsembed.data.images import ImageChecker
-from tsembed.data.problems import Problem, ValidationReport
+from tsembed.data.problems import Problem, ValidationReport, lone_surrogate
 from tsembed.data.rows import resolve_image
 from tsembed.encoding import embed_items
 from tsembed.errors import ConfigError, DataError, TsembedError
@@ -127,6 +127,10 @@ def _check_row(value: Any, rec_file: str, row: int, fields: CorpusFields, proble
         ok = bad(fields.text, text, f"must be a string, got {type(text).__name__}")
     if image is not None and not isinstance(image, str):
         ok = bad(fields.image, image, f"must be a path string, got {type(image).__name__}")
+    for name, val in ((fields.text, text), (fields.image, image)):
+        broken = lone_surrogate(val) if ok and isinstance(val, str) else None
+        if broken:
+            ok = bad(name, val, broken)
     if ok and not text and not image:
         ok = bad(fields.text, text, f"is empty and the row has no `{fields.image}`")
     return ok

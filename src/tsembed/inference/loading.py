@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tsembed.devices import check_device
 from tsembed.model import MERGED_WEIGHTS_NAME, TSEmbedModel
 
 BACKBONE_WEIGHTS_NAME = MERGED_WEIGHTS_NAME
@@ -23,6 +24,8 @@ def load_model(directory: str | Path, device: str | torch.device | None = None, 
 
     ``backbone_path`` overrides the saved backbone reference (a local directory or a cached Hub id).
     """
+    if device is not None:
+        device = check_device(device)
     model = TSEmbedModel.from_pretrained(directory, strict=strict, backbone_path=backbone_path)
     if device is not None:
         model.to(device)

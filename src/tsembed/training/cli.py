@@ -20,6 +20,11 @@ def register(app: typer.Typer) -> None:
         """Train a TSEmbed model: stage 1 (InfoNCE + routing losses), then stage 2 (EANS).
 
         Runs as one CPU process or under torchrun / accelerate launch unchanged.
+
+        Config keys (sections model, data, loss, eans, schedule, optim, run): each is documented in
+        src/tsembed/training/config.py (the TrainConfig dataclasses; loss and eans in training/objective.py
+        and training/eans.py) and shown with comments in the shipped src/tsembed/configs/default.yaml; an
+        unknown key is an error that lists the valid ones.
         """
         from tsembed.training.config import default_config_path, load_train_config
         from tsembed.training.trainer import Trainer, init_distributed, shutdown_distributed

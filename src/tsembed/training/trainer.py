@@ -78,6 +78,10 @@ def resolve_sources(config: TrainConfig) -> list[TrainSource]:
     if section.train_files:
         sources = [TrainSource(e["name"], Path(e["path"]), Path(e["image_root"]) if e.get("image_root") else None,
                                float(e.get("weight", 1.0)), e.get("task")) for e in section.train_files]
+    elif not Path(section.suite).is_dir():
+        raise ConfigError(f"data.suite: '{section.suite}' does not exist or is not a directory; build the offline "
+                          f"suite there with `tsembed data build-suite --out {section.suite}`, or set data.suite to "
+                          "MMEB-train as downloaded (or give data.train_files)")
     elif is_layout(Path(section.suite)):
         sources = _layout_sources(Path(section.suite), section.train_split, section.image_root)
     else:

@@ -101,6 +101,9 @@ def load_suite(root: str | Path) -> Suite:
     """
     root = Path(root)
     path = root / MANIFEST
+    if not root.is_dir():
+        raise DataError(f"suite directory '{root}' does not exist; build it with "
+                        f"`tsembed data build-suite --out {root}`")
     if not path.is_file():
         raise DataError(
             f"'{root}' is not a tsembed suite: {MANIFEST} not found (build one with "

@@ -28,10 +28,10 @@ from torch import nn
 from tsembed.backbones.vision_cache import VisionFeatureCache
 from tsembed.encoding import embed_items
 from tsembed.errors import TaskError
-from tsembed.inference.inputs import apply_instruction
+from tsembed.inference.inputs import apply_instruction, instructed_length
 from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, request_pixels_error
 from tsembed.inference.server.batcher import MicroBatcher
-from tsembed.inference.server.errors import APIError, error_body, install_error_handlers
+from tsembed.inference.server.errors import APIError, error_body, install_error_handlers, validation_message
 from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
 from tsembed.inference.server.metrics import Metrics
 from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
@@ -147,8 +147,16 @@ async def _no_receive() -> Message:  # pragma: no cover - never called for a pla
 
 
 async def parse_request(raw: Request) -> EmbeddingRequest:
-    """JSON body → ``EmbeddingRequest`` whatever the Content-Type (``curl -d`` sends form encoding)."""
+    """JSON body → ``EmbeddingRequest`` whatever the Content-Type (``curl -d`` sends form encoding).
+
+    Parsing, validation and the validation message run in a worker thread: a body of thousands of bad items
+    costs that thread milliseconds, never the event loop (``/health`` and every other request) its time.
+    """
     body = await raw.body()
+    return await asyncio.to_thread(_parse_body, body)
+
+
+def _parse_body(body: bytes) -> EmbeddingRequest:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -161,7 +169,9 @@ async def parse_request(raw: Request) -> EmbeddingRequest:
     try:
         return EmbeddingRequest.model_validate(data)
     except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+        errors = RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+        message, param = validation_message(errors)  # here, in the worker thread, not in the loop's handler
+        raise APIError(400, message, param=param, code="invalid_request") from None
 
 
 def _reject_lone_surrogates(data: Any) -> None:
@@ -206,6 +216,8 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module,
                        f"{settings.max_instruction_chars}", param="instruction", code="instruction_too_long")
     if request.input_type is not None:
         instruction = getattr(model.config, f"{request.input_type}_instruction", "") or None
+    # the text the model reads is the content after the instruction is applied: bound that, not only the parts
+    max_instructed = settings.max_text_chars + max(settings.max_instruction_chars, len(instruction or ""))
     inputs, images, pixels = [], [], 0
     for i, item in enumerate(items):
         where = "input" if isinstance(request.input, str) else f"input[{i}]"
@@ -215,6 +227,12 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module,
         if text is not None and len(text) > settings.max_text_chars:
             raise APIError(400, f"text has {len(text)} characters; the limit is {settings.max_text_chars}",
                            param=where if isinstance(item, str) else f"{where}.text", code="text_too_long")
+        instructed = instructed_length(instruction, text)
+        if instructed > max_instructed:
+            raise APIError(400, f"with the instruction applied the text has {instructed} characters; the limit is "
+                           f"{max_instructed} (--max-text-chars plus --max-instruction-chars); an instruction "
+                           f"repeating {{text}} repeats the input each time", param="instruction",
+                           code="text_too_long")
         pil = None
         if isinstance(item, InputItem) and image:
             pil = open_data_url(image, f"{where}.image", settings.max_image_bytes, settings.max_image_pixels,

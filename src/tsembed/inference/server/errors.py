@@ -53,8 +53,12 @@ def _param(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """The most specific problem first: union branches that merely failed to match are left out."""
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The most specific problem first: union branches that merely failed to match are left out.
+
+    Linear in the number of errors (a 97 kB body of 10 000 bad items gives 20 000): a location is dropped when it
+    is a proper prefix of another, looked up in a set of every error's prefixes, not by comparing all pairs.
+    """
     errors = [(_clean_loc(tuple(e.get("loc", ()))), e) for e in exc.errors()]
     if not errors:
         return "invalid request", None
@@ -65,7 +69,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     best: dict[tuple[Any, ...], dict[str, Any]] = {}
     for loc, err in sorted(errors, key=rank, reverse=True):
         best.setdefault(loc, err)
-    kept = [loc for loc in best if not any(other[: len(loc)] == loc and other != loc for other in best)]
+    prefixes = {loc[:k] for loc in best for k in range(len(loc))}  # every proper prefix of every location
+    kept = [loc for loc in best if loc not in prefixes]
     listed = []
     for loc in kept[:5]:
         err = best[loc]
@@ -86,7 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_request"), 400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 
 class InputItem(BaseModel):
@@ -45,7 +45,7 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str | InputItem]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: StrictInt | None = Field(default=None, ge=1)  # strict: `true` or "8" is refused, not read as 1 / 8
     user: str | None = None
     instruction: str | None = None
     input_type: Literal["query", "document"] | None = None
