@@ -112,12 +112,14 @@ def selection(study: Study, out: Path) -> Selection:
 def stage_variants(study: Study, out: Path, stage: StageSpec) -> list[str]:
     if not stage.selected:
         return list(stage.variants)
+    if study.selection is None:
+        raise ConfigError(f"{study.path}: stage {stage.name!r} runs the selected variant, but there is no selection")
     sel = study.stage(study.selection.stage)
     missing = [t.label() for t in plan_stage(study, out, sel, {}) if not t.done()]
     if missing:
         raise ConfigError(f"stage {stage.name!r} runs the selected variant: finish stage {sel.name!r} first "
                           f"({len(missing)} runs missing, e.g. {missing[0]})")
-    return [selection(study, out).winner]
+    return list(dict.fromkeys([*stage.variants, selection(study, out).winner]))
 
 
 def plan_stage(study: Study, out: Path, stage: StageSpec, resolved: dict[str, Variant]) -> list[RunTask]:

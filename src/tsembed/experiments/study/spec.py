@@ -1,7 +1,7 @@
 """The study file: a checked-in YAML plan of runs (docs/studies.md), loaded and checked before anything runs.
 
 Every error names the file and the field (``study.yaml: stages[1].suites: unknown suite 'x'``). Paths are
-relative to the root of the git repository holding the study file (the current directory outside one).
+relative to the root of the git repository holding the study file (outside one: to the file's directory).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class StageSpec:
     name: str
     split: str
     suites: tuple[str, ...]
-    variants: tuple[str, ...]  # empty when `selected`
-    selected: bool
+    variants: tuple[str, ...]
+    selected: bool  # the stage also runs the selection's winner
     seeds: tuple[int, ...]
 
 
@@ -134,13 +134,13 @@ def overrides(values: dict[str, Any]) -> list[str]:
 
 
 def repo_root(start: Path) -> Path:
-    """The git work tree holding ``start`` (the current directory when there is none)."""
+    """The git work tree holding ``start`` (``start`` itself when there is none)."""
     try:
         out = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"], capture_output=True,
                              text=True, check=False)
     except OSError:
-        return Path.cwd()
-    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else Path.cwd()
+        return start
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else start
 
 
 class _Checker:
@@ -270,15 +270,15 @@ def load_study(path: str | Path, builtin: set[str] | None = None) -> Study:
         selected = value.get("selected", False)
         if not isinstance(selected, bool):
             c.fail(f"{where}.selected", "expected true or false")
-        if selected == ("variants" in value):
-            c.fail(where, "give either variants (a list) or selected: true (the selection's winner), not both")
+        if not selected and "variants" not in value:
+            c.fail(where, "give variants (a list), selected: true (the selection's winner), or both")
         seeds = value["seeds"]
         if not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds):
             c.fail(f"{where}.seeds", "expected a non-empty list of distinct integers")
         seeds = tuple(c.number(s, f"{where}.seeds", int, 0, 2**32 - 1) for s in seeds)
         stages.append(StageSpec(name, value["split"], c.names(value["suites"], f"{where}.suites", suites, "suite"),
-                                () if selected else c.names(value["variants"], f"{where}.variants", runnable,
-                                                              "variant"), selected, seeds))
+                                c.names(value["variants"], f"{where}.variants", runnable, "variant")
+                                if "variants" in value else (), selected, seeds))
     stage_names = [s.name for s in stages]
 
     selection = None

@@ -112,7 +112,7 @@ def summarize_study(study: Study, out: Path) -> dict[str, Any]:
         if stage.selected and chosen is None:
             summary["stages"][stage.name] = {"split": stage.split, "error": "no selection yet"}
             continue
-        names = [chosen.winner] if stage.selected else list(stage.variants)
+        names = list(dict.fromkeys([*stage.variants, *([chosen.winner] if stage.selected else [])]))
         block: dict[str, Any] = {"split": stage.split, "variants": names, "families": {}}
         for family, suites in families(study, stage).items():
             records = load_records(study, out, stage, names)
