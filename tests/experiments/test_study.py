@@ -207,3 +207,30 @@ def test_every_study_file_in_the_repository_validates(path):
     for stage in study.stages:
         if not stage.selected:
             assert plan_stage(study, Path("/nonexistent"), stage, resolved)
+
+
+@pytest.mark.slow  # builds a tiny suite, trains 2 steps of two variants side by side on the real default backbone
+def test_study_end_to_end_two_jobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    data = {
+        "name": "e2e", "base": {"config": None, "set": {
+            "schedule.steps": 2, "schedule.stage1_steps": 1, "data.batch_size": 4,
+            "model.backbone.num_visual_tokens": 4, "model.backbone.image_size": 64}},
+        "suites": {"tiny": {"path": "suite", "build": ["--max-train", 16, "--max-eval", 4, "--pool-size", 8,
+                                                        "--dev-fraction", 0.15]}},
+        "variants": {"lora16": {"from": "lora", "set": {"model.moe.rank": 16}}},
+        "stages": [{"name": "dev", "split": "dev", "suites": ["tiny"], "variants": ["lora", "lora16"], "seeds": [0]},
+                   {"name": "eval", "split": "eval", "suites": ["tiny"], "variants": ["lora"], "selected": True,
+                    "seeds": [0]}],
+        "selection": {"stage": "dev", "candidates": ["lora16"], "reference": "lora", "max_drop": 100},
+        "compare": [{"a": "lora", "b": "selected", "stage": "eval"}], "bootstrap": {"resamples": 100}}
+    path = tmp_path / "e2e.study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--out", str(out), "--jobs", "2"]) == 0
+    run = out / "runs" / "tiny" / "seed0" / "lora16"
+    assert (run / "dev" / "hits.json").is_file() and (run / "hits.json").is_file()
+    assert "OMP_NUM_THREADS" not in (run / "study.log").read_text() and (run / "study-task.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["selection"]["winner"] == "lora16" and summary["compare"][0]["runs"] == 1
+    assert summary["missing_runs"] == 0
