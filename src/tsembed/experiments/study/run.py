@@ -174,16 +174,28 @@ def check_commit(study: Study, out: Path, allow_change: bool = False) -> dict[st
 
 
 def ensure_suites(study: Study, names: list[str]) -> None:
-    """Build each missing suite with ``tsembed data build-suite --out PATH *build``."""
-    from tsembed.cli import main
-
+    """Build each missing suite with ``tsembed data build-suite --out PATH *build`` (a subprocess: the library
+    does not call the command line in-process)."""
     for name in dict.fromkeys(names):
         spec = study.suites[name]
         if (spec.path / "suite.json").is_file():
             continue
         logger.info("building suite %s at %s", name, spec.path)
-        if main(["data", "build-suite", "--out", str(spec.path), *spec.build, "--no-progress"]) != 0:
-            raise ConfigError(f"{study.path}: suites.{name}: build-suite {' '.join(spec.build)} failed")
+        done = subprocess.run([sys.executable, "-m", "tsembed", "data", "build-suite", "--out", str(spec.path),
+                               *spec.build, "--no-progress"], env=_env(), capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:
+            raise ConfigError(f"{study.path}: suites.{name}: build-suite {' '.join(spec.build)} failed: "
+                              f"{(done.stderr or done.stdout).strip()[-2000:]}")
+
+
+def _env() -> dict[str, str]:
+    """The environment of a child process: this package first on the path, one thread."""
+    import tsembed
+
+    src = str(Path(tsembed.__file__).resolve().parents[1])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def _check_identity(task: RunTask) -> None:
@@ -214,15 +226,10 @@ def in_process(task: RunTask, base: dict[str, Any]) -> None:
 
 def in_subprocess(task: RunTask, base: dict[str, Any]) -> None:
     """``in_process`` in a fresh interpreter with one thread; its output goes to ``RUN/study.log``."""
-    import tsembed
-
     task_file = task.run_dir / TASK
     atomic_write(task_file, lambda p: p.write_text(json.dumps(task.to_dict(base), indent=2) + "\n"))
-    src = str(Path(tsembed.__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
     with open(task.run_dir / "study.log", "a") as log:
-        code = subprocess.run([sys.executable, "-m", "tsembed.experiments.study.run", str(task_file)], env=env,
+        code = subprocess.run([sys.executable, "-m", "tsembed.experiments.study.run", str(task_file)], env=_env(),
                               stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     if code != 0:
         raise RuntimeError(f"{task.label()} failed (exit {code}); see {task.run_dir / 'study.log'}")
