@@ -30,8 +30,9 @@ def register(app: typer.Typer) -> None:
                    f"{len(study.stages)} stages — valid")
         for stage in study.stages:
             if stage.selected and out is None:
-                typer.echo(f"  {stage.name} ({stage.split}): the selected variant × {len(stage.suites)} suites × "
-                           f"{len(stage.seeds)} seeds")
+                names = ", ".join([*stage.variants, "the selected variant"])
+                typer.echo(f"  {stage.name} ({stage.split}): {names} × {len(stage.suites)} suites × "
+                           f"{len(stage.seeds)} seeds (after the selection)")
                 continue
             try:
                 tasks = plan_stage(study, out or Path("/nonexistent"), stage, resolved)
