@@ -1,5 +1,6 @@
 """`tsembed study`: the spec's checks, resumable runs (fake runner), the selection rule and the summary."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import yaml
 
 from tsembed.cli import main
-from tsembed.errors import ConfigError
+from tsembed.errors import ConfigError, DataError
 from tsembed.evaluation.hits import DatasetHits, write_hits
 from tsembed.experiments.study.run import STATE, execute, plan_stage, variants
 from tsembed.experiments.study.selection import select
@@ -28,9 +29,9 @@ def study_dict(**changes) -> dict:
     data = {
         "name": "toy", "description": "a toy study",
         "base": {"config": None, "set": {"schedule.steps": 2, "schedule.stage1_steps": 1}},
-        "suites": {"s0": {"path": "suite0", "build": ["--kind", "conflict"], "clusters": "pair-episode",
+        "suites": {"s0": {"path": "suite0", "build": ["--kind", "conflict"], "clusters": "row",
                           "family": "conflict"},
-                   "s1": {"path": "suite1", "clusters": "pair-episode", "family": "conflict"}},
+                   "s1": {"path": "suite1", "family": "conflict"}},
         "variants": {"cand_a": {"from": "lora", "set": {"model.moe.rank": 16}, "description": "A"},
                      "cand_b": {"from": "cand_a", "set": {"model.moe.router_input": "text"}}},
         "stages": [{"name": "dev", "split": "dev", "suites": ["s0"], "variants": ["lora", "cand_a", "cand_b"],
@@ -173,14 +174,34 @@ def test_commit_change_is_refused_and_runs_are_never_redefined(tmp_path):
         execute(study, out, ["dev"], allow_commit_change=True, runner=fake_runner([]))
 
 
-def test_pair_episode_clusters(tmp_path):
-    study = load_study(write_study(tmp_path, study_dict()))
+def test_episode_clusters_join_the_rows_that_rank_one_gallery(tmp_path):
+    from tsembed.data import write_eval
+
+    galleries = [["a.png", "b.png", "c.png"], ["d.png", "e.png", "f.png"]]
+    rows = {"TintSameEmoji": galleries, "TintSameColour": [g[::-1] for g in galleries],  # other positives
+            "ToneSameEmoji": [["x.png", "y.png"]], "Words": [["", ""]]}  # another episode; text candidates
+    manifest = {"format": "tsembed-suite", "format_version": 1, "image_root": ".", "datasets": {}}
+    for name, items in rows.items():
+        write_eval(tmp_path / "suite" / "eval" / f"{name}.jsonl",
+                   [{"qry_text": "q", "qry_img_path": "", "tgt_img_path": g,
+                     "tgt_text": [f"<|image_1|> {p}" if p else f"t{i}" for i, p in enumerate(g)]} for g in items])
+        manifest["datasets"][name] = {"name": name, "meta_task": "retrieval", "ood": False,
+                                      "query_template": "{text}", "target_template": "{text}",
+                                      "files": {"eval": f"eval/{name}.jsonl"}, "description": "toy"}
+    (tmp_path / "suite" / "suite.json").write_text(json.dumps(manifest))
+    data = study_dict()
+    data["suites"]["s0"]["clusters"] = "episode"
+    study = load_study(write_study(tmp_path, data))
     hits = {"TintSameEmoji": DatasetHits(np.array([1, 0])), "TintSameColour": DatasetHits(np.array([0, 0])),
-            "Other": DatasetHits(np.array([1]))}
-    clustered = with_clusters(study.suites["s0"], hits)
-    assert clustered["TintSameEmoji"].clusters == clustered["TintSameColour"].clusters == (
-        "shape-vs-colour:0", "shape-vs-colour:1")
-    assert clustered["Other"].clusters is None
+            "ToneSameEmoji": DatasetHits(np.array([1])), "Words": DatasetHits(np.array([1]))}
+    spec = dataclasses.replace(study.suites["s0"], path=tmp_path / "suite")
+    clustered = with_clusters(spec, "eval", hits)
+    a, b = clustered["TintSameEmoji"].clusters, clustered["TintSameColour"].clusters
+    assert a == b and a[0] != a[1] and a[0].startswith("episode:")
+    assert clustered["ToneSameEmoji"].clusters[0] not in a and clustered["Words"].clusters == ("Words:0",)
+    assert with_clusters(study.suites["s1"], "eval", hits) == hits  # clusters: row
+    with pytest.raises(DataError, match="2 eval rows, but the run's hits have 3"):
+        with_clusters(spec, "eval", {"TintSameEmoji": DatasetHits(np.array([1, 0, 1]))})
 
 
 def test_cli_check(tmp_path, capsys):

@@ -19,7 +19,7 @@ from tsembed.errors import ConfigError
 from tsembed.experiments.variants import Variant
 
 SPLITS = ("dev", "eval")
-CLUSTERINGS = ("row", "pair-episode")
+CLUSTERINGS = ("row", "episode")
 TOP_KEYS = {"name", "description", "base", "suites", "variants", "stages", "selection", "compare", "bootstrap"}
 
 
@@ -28,7 +28,7 @@ class SuiteSpec:
     name: str
     path: Path  # resolved
     build: tuple[str, ...] = ()  # `tsembed data build-suite` arguments (without --out) when the suite is missing
-    clusters: str = "row"  # row: each query row alone; pair-episode: row i of both datasets of a conflict pair
+    clusters: str = "row"  # row: each query row alone; episode: rows ranking one gallery of images, in any dataset
     family: str = ""  # suites of one family (one build at several seeds) are the bootstrap's suite-seed level
 
 

@@ -8,10 +8,12 @@ interval over suite seeds (the family's suites), training seeds and query cluste
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from tsembed.errors import DataError
 from tsembed.evaluation.bootstrap import paired_bootstrap
 from tsembed.evaluation.hits import DatasetHits, load_hits
 from tsembed.experiments.ablation import markdown_table, summarize
@@ -31,25 +33,33 @@ def families(study: Study, stage: StageSpec) -> dict[str, list[str]]:
     return out
 
 
-def with_clusters(suite: SuiteSpec, hits: dict[str, DatasetHits]) -> dict[str, DatasetHits]:
-    """``pair-episode``: row i of both datasets of each of the suite's pairs (suite.json ``pairs``) is one episode,
-    drawn together; rows that already carry clusters, and every other dataset, are left as they are."""
-    if suite.clusters != "pair-episode":
+def with_clusters(suite: SuiteSpec, split: str, hits: dict[str, DatasetHits]) -> dict[str, DatasetHits]:
+    """``episode``: rows, in any dataset of the suite, that rank the same gallery of candidate images are one
+    episode and are drawn together (the conflict suite: one episode is asked by every dataset of its stream, e.g.
+    both sides of a pair and their reworded and text-query variants). Rows already carrying clusters, and rows
+    whose candidates have no image, are left as they are; ``row``: nothing changes."""
+    if suite.clusters != "episode":
         return hits
-    manifest = json.loads((suite.path / "suite.json").read_text())
+    from tsembed.evaluation.loading import load_eval_set
+    from tsembed.evaluation.sources import resolve_eval_sets
+
     out = dict(hits)
-    for pair, members in (manifest.get("pairs") or {}).items():
-        present = [m for m in members if m in hits and hits[m].clusters is None]
-        if len({len(hits[m]) for m in present}) > 1:
-            raise ValueError(f"suite {suite.name}: pair {pair}'s datasets have different row counts; "
-                             "their rows are not one episode each (use clusters: row)")
-        for m in present:
-            out[m] = DatasetHits(hits[m].hits, tuple(f"{pair}:{i}" for i in range(len(hits[m]))))
+    for spec in resolve_eval_sets(suite.path, [n for n in hits if hits[n].clusters is None], split):
+        rows = load_eval_set(spec, check_images=False).rows
+        if len(rows) != len(hits[spec.name]):
+            raise DataError(f"suite {suite.name}, {spec.name}: {len(rows)} {split} rows, but the run's hits have "
+                            f"{len(hits[spec.name])}; was the suite rebuilt after the run?")
+        ids = []
+        for i, row in enumerate(rows):
+            gallery = sorted(row.tgt_img_path)
+            ids.append(f"{spec.name}:{i}" if not all(gallery) else
+                       "episode:" + hashlib.sha1("\0".join(gallery).encode()).hexdigest()[:16])
+        out[spec.name] = DatasetHits(hits[spec.name].hits, tuple(ids))
     return out
 
 
 def _task_hits(task: RunTask, suite: SuiteSpec) -> dict[str, DatasetHits]:
-    return with_clusters(suite, load_hits(task.hits))
+    return with_clusters(suite, task.split, load_hits(task.hits))
 
 
 def compare_entry(study: Study, out: Path, stage: StageSpec, a: str, b: str, family: str,
