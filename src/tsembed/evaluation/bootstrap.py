@@ -19,8 +19,8 @@ A dataset left without rows by a draw is left out of that resample's mean over d
 
 The interval is the percentile interval of the resampled statistic (numpy's linear percentiles). Random
 numbers come from ``numpy.random.default_rng(seed)`` in a fixed order: per chunk of resamples, the suite
-draws, then for each drawn position and each suite seed its training-seed draw and its cluster draw (used
-where that suite seed was drawn at that position). Chunks do not change the stream, so a result depends only
+draws, then for each position and each suite seed the training-seed and the cluster draws of the resamples
+that drew that suite seed there. With one suite seed, chunks do not change the stream; a result depends only
 on its inputs and seed.
 """
 
@@ -155,11 +155,11 @@ def bootstrap_differences(diffs: Mapping[Any, Mapping[Any, Mapping[str, np.ndarr
         total = np.zeros(k)
         for position in range(n):
             for j, block in enumerate(blocks):
-                seed_weights = _counts(rng, k, block.sums.shape[0])
-                cluster_weights = _counts(rng, k, block.counts.shape[0])
                 chosen = picks[:, position] == j
-                if chosen.any():
-                    total[chosen] += block.statistic(cluster_weights[chosen], seed_weights[chosen])
+                m = int(chosen.sum())
+                if m:
+                    seed_weights = _counts(rng, m, block.sums.shape[0])
+                    total[chosen] += block.statistic(_counts(rng, m, block.counts.shape[0]), seed_weights)
         stats.append(total / n)
     samples = np.concatenate(stats)
     lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)])
