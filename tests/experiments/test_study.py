@@ -174,6 +174,22 @@ def test_commit_change_is_refused_and_runs_are_never_redefined(tmp_path):
         execute(study, out, ["dev"], allow_commit_change=True, runner=fake_runner([]))
 
 
+def test_a_failed_run_fails_its_stage_after_the_others_finish(tmp_path):
+    study = load_study(write_study(tmp_path, study_dict()))
+    calls: list = []
+    good = fake_runner(calls)
+
+    def flaky(task, base):
+        if task.variant.name == "cand_a" and task.seed == 0:
+            raise OSError("disk full")
+        good(task, base)
+
+    with pytest.raises(RuntimeError, match=r"stage dev: 1 run\(s\) failed: dev: cand_a on s0, seed 0 .*disk full"):
+        execute(study, tmp_path / "out", ["dev"], jobs=2, runner=flaky)
+    assert len(calls) == 5
+    assert len(execute(study, tmp_path / "out", ["dev"], runner=good)) == 1  # only the failed one is left
+
+
 def test_episode_clusters_join_the_rows_that_rank_one_gallery(tmp_path):
     from tsembed.data import write_eval
 
