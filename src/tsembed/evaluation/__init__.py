@@ -14,7 +14,8 @@ from tsembed.lazy import lazy_exports
 
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "encoder": ("CachedEncoder", "EncodeStats"),
-    "harness": ("evaluate", "score_dataset"),
+    "harness": ("evaluate", "score_dataset", "score_rows"),
+    "hits": ("DatasetHits", "load_hits", "write_hits"),
     "identity": ("model_identity",),
     "information": ("entropy", "mutual_information", "normalized_mutual_info"),
     "loading": ("LABEL_FIELDS", "load_eval_set"),

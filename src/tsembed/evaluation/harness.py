@@ -15,11 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from tsembed.data.images import ImageChecker
 from tsembed.evaluation.encoder import CachedEncoder, encoder_for
+from tsembed.evaluation.hits import DatasetHits
 from tsembed.evaluation.loading import LoadedEvalSet, load_eval_set
 from tsembed.evaluation.metrics import DEFAULT_KS, hit_at_k, positive_rank, ranking_metrics
 from tsembed.evaluation.results import GLOBAL_PREFIX, HIT1, DatasetResult, EvalResults
@@ -71,6 +73,19 @@ def score_dataset(
     global_pool: bool = False,
     ks: tuple[int, ...] = DEFAULT_KS,
 ) -> tuple[dict[str, float], int]:
+    """Metrics of one dataset from embeddings of its distinct inputs (see ``score_rows``)."""
+    metrics, pool_size, _ = score_rows(embeddings, queries, candidates, valid, global_pool, ks)
+    return metrics, pool_size
+
+
+def score_rows(
+    embeddings: torch.Tensor,
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    valid: torch.Tensor,
+    global_pool: bool = False,
+    ks: tuple[int, ...] = DEFAULT_KS,
+) -> tuple[dict[str, float], int]:
     """Metrics of one dataset from embeddings of its distinct inputs.
 
     Args:
@@ -82,7 +97,7 @@ def score_dataset(
         ks: Cut-offs of recall@k for the global pool.
 
     Returns:
-        The metrics and the size of the global pool (0 without one).
+        The metrics, the size of the global pool (0 without one) and each row's hit@1 ([N] uint8 array).
     """
     pool = torch.unique(candidates[valid]) if global_pool else torch.zeros(0, dtype=torch.long)  # [P] sorted
     pool_pos = torch.searchsorted(pool, candidates[:, 0].contiguous()) if global_pool else None  # [N] in pool
@@ -94,11 +109,12 @@ def score_dataset(
         if global_pool:
             pool_ranks.append(positive_rank(scores[:, pool], pool_pos[sl]))  # [b]
     if not row_ranks:
-        return {HIT1: None}, len(pool)
-    metrics = {HIT1: hit_at_k(torch.cat(row_ranks), 1)}
+        return {HIT1: None}, len(pool), np.zeros(0, dtype=np.uint8)
+    ranks = torch.cat(row_ranks)
+    metrics = {HIT1: hit_at_k(ranks, 1)}
     if global_pool:
         metrics.update({GLOBAL_PREFIX + k: v for k, v in ranking_metrics(torch.cat(pool_ranks), ks).items()})
-    return metrics, len(pool)
+    return metrics, len(pool), (ranks <= 1).numpy().astype(np.uint8)
 
 
 def query_cosine(embeddings: torch.Tensor, queries: torch.Tensor) -> float | None:
@@ -153,6 +169,7 @@ def evaluate(
     specs = resolve_eval_sets(suite, datasets, split, image_root=image_root)
     encoder = encoder_for(model, encoder, cache_dir, batch_size=batch_size, progress=progress)
     before = encoder.stats.to_dict()
+    hits: dict[str, DatasetHits] = {}
     checkers: dict[Path, ImageChecker] = {}  # one per image root: each image is opened once per run
     results = []
     for spec in specs:
@@ -162,7 +179,8 @@ def evaluate(
         if not loaded.rows:
             logger.warning("%s: no valid eval rows in %s", spec.name, spec.path)
         embeddings = torch.from_numpy(encoder.encode(interned.inputs, desc=spec.name, task=spec.task).embeddings)
-        metrics, pool_size = score_dataset(embeddings, queries, candidates, valid, global_pool, ks)
+        metrics, pool_size, row_hits = score_rows(embeddings, queries, candidates, valid, global_pool, ks)
+        hits[spec.name] = DatasetHits(row_hits)  # suite rows carry no cluster id: each row is its own
         results.append(
             DatasetResult(
                 name=spec.name,
@@ -197,7 +215,8 @@ def evaluate(
         "datasets": [s.name for s in specs],
         "image_root": None if image_root is None else str(image_root),
     }
-    return EvalResults(model_id=encoder.model_id, datasets=results, settings=settings, timing=timing)
+    return EvalResults(model_id=encoder.model_id, datasets=results, settings=settings, timing=timing,
+                       hits=hits)
 
 
 def _fmt(value: float | None) -> str:

@@ -83,6 +83,8 @@ class EvalResults:
     aggregates: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    #: Per-query hit@1 of each dataset (``tsembed.evaluation.hits``); saved to ``hits.json``, not ``results.json``.
+    hits: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.aggregates:
@@ -146,8 +148,15 @@ class EvalResults:
         return results_markdown(self)
 
     def save(self, out_dir: str | Path) -> tuple[Path, Path]:
-        """Write ``results.json`` and ``results.md`` into ``out_dir`` (atomically); returns both paths."""
+        """Write ``results.json`` and ``results.md`` into ``out_dir`` (atomically); returns both paths.
+
+        The per-query hits, when the evaluation kept them, go to ``hits.json`` beside them.
+        """
         out_dir = Path(out_dir)
+        if self.hits:
+            from tsembed.evaluation.hits import write_hits
+
+            write_hits(out_dir, self.hits)
         json_path, md_path = out_dir / "results.json", out_dir / "results.md"
         self.to_json(json_path)
         text = self.to_markdown()

@@ -1,4 +1,4 @@
-"""`tsembed demo`, `tsembed ablate` and `tsembed task-conflict`."""
+"""`tsembed demo`, `tsembed ablate`, `tsembed study` and `tsembed task-conflict`."""
 
 from __future__ import annotations
 
@@ -61,6 +61,10 @@ def register(app: typer.Typer) -> None:
         run_ablation(config, overrides, seeds, variants or None, tuple(modes), suite, out, out / "eval-cache",
                      summary_only=summary_only, split=split, derived=derived)
         typer.echo((out / f"{summary_stem(split)}.md").read_text())
+
+    from tsembed.experiments.study.cli import register as register_study
+
+    register_study(app)  # `tsembed study`: the ablation's runs, planned by a checked-in YAML file
 
     @app.command("task-scaling")
     def task_scaling(
