@@ -28,3 +28,26 @@ def test_every_file_of_a_saved_model_gets_the_new_file_mode(tmp_path, monkeypatc
     files = [p for p in directory.rglob("*") if p.is_file()]
     assert any(p.suffix == ".safetensors" for p in files)
     assert {p.name: _mode(p) for p in files} == {p.name: 0o644 for p in files}
+
+
+def test_exclusive_lock_makes_a_second_holder_wait(tmp_path):
+    import threading
+    import time
+
+    from tsembed.fileio import exclusive_lock
+
+    lock, events, held = tmp_path / "x.lock", [], threading.Event()
+
+    def first():
+        with exclusive_lock(lock):
+            held.set()
+            time.sleep(0.3)
+            events.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    held.wait(5)
+    with exclusive_lock(lock):  # a separate open file: blocks until the first holder lets go
+        events.append("second in")
+    thread.join()
+    assert events == ["first done", "second in"]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from tsembed.backbones.minilm_effnet import BRIDGE_FILE
 from tsembed.errors import ConfigError
-from tsembed.fileio import atomic_write, cache_root
+from tsembed.fileio import atomic_write, cache_root, exclusive_lock
 from tsembed.training.losses import info_nce
 
 logger = logging.getLogger(__name__)
@@ -139,12 +139,6 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
     Returns:
         The bridge file's path.
     """
-    from tqdm.auto import tqdm
-
-    from tsembed.backbones.minilm_effnet import MiniLMEfficientNetBackbone  # needs the demo extra
-    from tsembed.data.suite.captions import alignment_pairs
-    from tsembed.training.schedule import lr_factor
-
     config = config or AlignConfig()
     suite, out = Path(suite), Path(out)
     options = {k: v for k, v in (backbone_options or {}).items() if k != "kind"}
@@ -153,10 +147,23 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
     options = effective_options(options)
     ctx, bases = suite_context(suite)
     key = bridge_key(bases, config, options)
+    with exclusive_lock(out / ".align.lock"):  # runs side by side that need this bridge align it once
+        bridge, meta_path = out / BRIDGE_FILE, out / BRIDGE_META
+        if bridge.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
+            logger.info("bridge for this suite and config exists, reusing %s", bridge)
+            return bridge
+        return _align(suite, out, config, options, ctx, bases, key, progress)
+
+
+def _align(suite: Path, out: Path, config: AlignConfig, options: dict[str, Any], ctx: Any, bases: list[Any],
+           key: str, progress: bool) -> Path:
+    from tqdm.auto import tqdm
+
+    from tsembed.backbones.minilm_effnet import MiniLMEfficientNetBackbone  # needs the demo extra
+    from tsembed.data.suite.captions import alignment_pairs
+    from tsembed.training.schedule import lr_factor
+
     bridge, meta_path = out / BRIDGE_FILE, out / BRIDGE_META
-    if bridge.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
-        logger.info("bridge for this suite and config exists, reusing %s", bridge)
-        return bridge
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     backbone = MiniLMEfficientNetBackbone(**options).eval()
