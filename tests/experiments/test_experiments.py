@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.experiments.tiny_align import TINY_ALIGN_ARGS
 from tsembed.cli import main
 from tsembed.errors import ConfigError
 from tsembed.experiments.ablation import (
@@ -144,7 +145,7 @@ def test_demo_end_to_end_on_a_tiny_suite(tmp_path, monkeypatch):
             "--out", str(tmp_path / "report"),
             "--set", "schedule.steps=2", "--set", "schedule.stage1_steps=1", "--set", "data.batch_size=4",
             "--set", "run.progress=false", "--set", "model.backbone.num_visual_tokens=4",
-            "--set", "model.backbone.image_size=64"]
+            "--set", "model.backbone.image_size=64", *TINY_ALIGN_ARGS]
     assert main(args) == 0
     report = (tmp_path / "report" / "README.md").read_text()
     assert "| TSEmbed |" in report and "| single LoRA |" in report
@@ -209,7 +210,7 @@ def test_ablation_on_the_dev_split_then_eval_trains_once(tmp_path, monkeypatch, 
     args = ["ablate", "--seeds", "0", "--variant", "lora", "--suite", str(suite), "--out", str(tmp_path / "abl"),
             "--set", "schedule.steps=2", "--set", "schedule.stage1_steps=1", "--set", "data.batch_size=4",
             "--set", "run.progress=false", "--set", "model.backbone.num_visual_tokens=4",
-            "--set", "model.backbone.image_size=64"]
+            "--set", "model.backbone.image_size=64", *TINY_ALIGN_ARGS]
     assert main([*args, "--eval-split", "dev"]) == 0
     run = tmp_path / "abl" / "seed0" / "lora"
     dev = json.loads((run / "results-dev.json").read_text())

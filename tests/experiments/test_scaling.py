@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.experiments.tiny_align import TINY_ALIGN_ARGS
 from tsembed.cli import main
 from tsembed.errors import ConfigError
 from tsembed.experiments.scaling import Budget, drop_from_first_to_last, nested_sizes, relative_table, task_order
@@ -62,7 +63,7 @@ def test_task_scaling_end_to_end_and_resumes(tmp_path, monkeypatch, caplog):
     args = ["task-scaling", "--suite", str(suite), "--out", str(tmp_path / "ts"), "--variant", "lora",
             "--variant", "tsembed_weight", "--steps-per-task", "1", "--min-steps", "2",
             "--set", "data.batch_size=4", "--set", "run.progress=false", "--set", "model.backbone.num_visual_tokens=4",
-            "--set", "model.backbone.image_size=64"]
+            "--set", "model.backbone.image_size=64", *TINY_ALIGN_ARGS]
     assert main(args) == 0
     summary = json.loads((tmp_path / "ts" / "task-scaling.json").read_text())
     assert summary["sizes"] == [1, 2] and set(summary["relative_hit1"]) == {"lora", "tsembed_weight"}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.experiments.tiny_align import TINY_ALIGN
 from tsembed.cli import main
 from tsembed.errors import ConfigError, DataError
 from tsembed.evaluation.hits import DatasetHits, write_hits
@@ -252,7 +253,7 @@ def test_study_end_to_end_two_jobs(tmp_path, monkeypatch):
     data = {
         "name": "e2e", "base": {"config": None, "set": {
             "schedule.steps": 2, "schedule.stage1_steps": 1, "data.batch_size": 4,
-            "model.backbone.num_visual_tokens": 4, "model.backbone.image_size": 64}},
+            "model.backbone.num_visual_tokens": 4, "model.backbone.image_size": 64, **TINY_ALIGN}},
         "suites": {"tiny": {"path": "suite", "build": ["--max-train", 16, "--max-eval", 4, "--pool-size", 8,
                                                         "--dev-fraction", 0.15]}},
         "variants": {"lora16": {"from": "lora", "set": {"model.moe.rank": 16}}},

@@ -62,7 +62,7 @@ def ablation_variants(num_experts: int, rank: int, modes: tuple[str, ...] = ("we
     ``shared_routed`` (arm A2 of issue 22 §7)."""
     lora_rank = (num_experts + num_shared) * rank
     variants = {
-        "base": Variant("base", "untrained backbone, no adapters (projector at its random init)", trained=False),
+        "base": Variant("base", "the backbone as configured, no adapters (nothing trained)", trained=False),
         "lora": Variant("lora", f"single LoRA of rank {lora_rank} (same trainable budget), InfoNCE",
                         lora_overrides(num_experts, rank, num_shared)),
         "moe": Variant("moe", "MoE-LoRA, InfoNCE only (no EANS)", ("eans.mode=off",)),

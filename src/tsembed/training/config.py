@@ -11,6 +11,7 @@ from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.errors import ConfigError
 from tsembed.moe import MoELoRAConfig
 from tsembed.precision import PRECISIONS
+from tsembed.training.align import AlignConfig
 from tsembed.training.eans import EANSConfig
 from tsembed.training.objective import LossConfig
 
@@ -218,6 +219,8 @@ class TrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+    #: How ``model.backbone.bridge: auto`` aligns the bridge for ``data.suite`` (``tsembed align``'s options).
+    align: AlignConfig = field(default_factory=AlignConfig)
 
 
 def default_config_path() -> Path:

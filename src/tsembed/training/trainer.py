@@ -124,7 +124,7 @@ def resolve_bridge(config: TrainConfig) -> dict:
                           "with data.train_files give a bridge file instead (`tsembed align`)")
     from tsembed.training.align import auto_bridge
 
-    options["bridge"] = str(auto_bridge(config.data.suite, options, progress=config.run.progress))
+    options["bridge"] = str(auto_bridge(config.data.suite, options, config.align, progress=config.run.progress))
     return options
 
 
