@@ -115,13 +115,14 @@ def validate_cmd(
     problem with file, row, field and value. Exit status 1 when there are problems (0 with --skip-invalid).
     """
     from tsembed.data.mmeb import validate_file
+    from tsembed.data.problems import VALIDATE_SKIP_HINT
 
     report = validate_file(file, image_root, kind, check_images=check_images, strict_fields=not allow_extra_fields)
     if report.ok:
         typer.echo(report.summary())
         return
     if not skip_invalid:
-        report.raise_if_problems()
+        report.raise_if_problems(VALIDATE_SKIP_HINT)
     typer.echo(report.describe())
     typer.echo(
         f"--skip-invalid: {report.num_skipped} of {report.num_rows} rows would be skipped, {len(report.kept)} kept"

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from tsembed.data.formats import read_records, write_records
 from tsembed.data.images import ImageChecker
-from tsembed.data.problems import ValidationReport
+from tsembed.data.problems import EVAL_SKIP_HINT, TRAIN_SKIP_HINT, ValidationReport
 from tsembed.data.rows import TRAIN_FIELDS, EvalRow, TrainRow
 from tsembed.data.validation import Kind, infer_kind, validate_records
 
@@ -113,7 +113,8 @@ def _read(
     if skip_invalid:
         report.log_skipped()
     else:
-        report.raise_if_problems()
+        report.raise_if_problems(TRAIN_SKIP_HINT if kind == "train" else EVAL_SKIP_HINT)
+    report.log_notes()
     row_type = TrainRow if kind == "train" else EvalRow
     rows = [row_type.from_record(v) for v in values]
     return MMEBSplit(path=path, kind=kind, image_root=default_image_root(path, image_root), rows=rows, report=report)

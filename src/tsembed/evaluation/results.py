@@ -34,6 +34,7 @@ class DatasetResult:
         ``global_recall@k``, ``global_mrr``, ``global_ndcg@10`` against the union of the dataset's candidates.
     query_cosine: mean pairwise cosine of the dataset's distinct query embeddings (``tsembed.health``; at or
         above ``COLLAPSE_COSINE`` the dataset has collapsed); None in results written before it was recorded.
+    notes: rows read as VLM2Vec reads them rather than refused (``ValidationReport.notes``): what -> how many.
     """
 
     name: str
@@ -46,6 +47,7 @@ class DatasetResult:
     metrics: dict[str, float]
     pool_size: int | None = None
     query_cosine: float | None = None
+    notes: dict[str, int] = field(default_factory=dict)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -85,6 +87,8 @@ class EvalResults:
     timing: dict[str, float] = field(default_factory=dict)
     #: Per-query hit@1 of each dataset (``tsembed.evaluation.hits``); saved to ``hits.json``, not ``results.json``.
     hits: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: Every row's ranked candidate names per dataset (``evaluate(keep_predictions=True)``); not saved in results.json.
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.aggregates:
@@ -192,9 +196,11 @@ def results_markdown(results: EvalResults) -> str:
         if any(c.startswith(GLOBAL_PREFIX) for c, _ in cols)
         else ""
     )
+    ties = ("a tie goes to the candidate listed first, the positive, as VLM2Vec's argmax does"
+            if results.settings.get("tie_rule") == "vlm2vec" else "a tie with the positive counts against it")
     lines += [
-        f"hit@1 ranks each query against its own candidates (MMEB protocol; a tie with the positive "
-        f"counts against it); averages are means over datasets; numbers are %.{pool}",
+        f"hit@1 ranks each query against its own candidates (MMEB protocol; {ties}); averages are means over "
+        f"datasets; numbers are %.{pool}",
         "",
     ]
     summary = [
@@ -220,6 +226,10 @@ def results_markdown(results: EvalResults) -> str:
     skipped = [(d.name, d.num_skipped) for d in results.datasets if d.num_skipped]
     if skipped:
         lines += ["", "Skipped invalid rows: " + ", ".join(f"{n} {c}" for n, c in skipped) + "."]
+    notes = [f"{d.name}: {count} row(s) with {what}." for d in results.datasets
+             for what, count in (d.notes or {}).items()]
+    if notes:
+        lines += ["", *notes]
     if results.collapsed:
         lines += ["", f"**{DAGGER} Collapsed run**: the query embeddings of "
                   + ", ".join(results.collapsed_datasets) + f" fell onto one point (mean pairwise cosine ≥ "
