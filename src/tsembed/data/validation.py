@@ -239,7 +239,8 @@ def _check_eval(c: _RecordChecker, strict: bool) -> None:
             return
         j = 1 + list(zip(texts[1:], paths[1:], strict=True)).index(first)
         c.add("tgt_text[0]", texts[0], f"(the positive, image {paths[0]!r}) is repeated as candidate {j}: it would "
-              f"tie with a distractor; {_REORDER}, once")
+              f"tie with a distractor; {_REORDER}, once, or score ties as VLM2Vec does (tie_rule='vlm2vec', "
+              "--tie-rule vlm2vec), which keeps the row")
 
 
 def _check_label(c: _RecordChecker, name: str, value: object) -> None:
