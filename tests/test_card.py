@@ -84,9 +84,12 @@ def test_the_card_of_a_collapsed_model_says_so():
     assert "Collapsed" not in build_model_card(toy_model(), _results()).text
 
 
-def test_packaged_minilm_is_named_by_its_hub_id_and_licence():
+def test_packaged_minilm_is_named_by_its_hub_id_and_licence(default_backbone_session):
     assert pretrained_card_metadata("", packaged_text_model_path(), hub_id=MINILM_HUB_ID) == {
         "base_model": ["sentence-transformers/all-MiniLM-L6-v2"], "license": "apache-2.0", "language": ["en"]}
+    backbone = default_backbone_session
+    assert backbone.card_metadata()["base_model"] == [MINILM_HUB_ID, EFFNET_HUB_ID]
+    assert backbone.card_metadata()["adapter_base_model"] == [MINILM_HUB_ID]  # what a peft export applies to
 
 
 def test_hub_model_id(tmp_path, monkeypatch):

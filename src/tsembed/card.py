@@ -279,7 +279,8 @@ def build_peft_card(model: nn.Module, expert: int) -> ModelCard:
     """Card of one expert exported as a peft LoRA adapter (``tsembed export --peft``); its ``base_model`` is the
     Hugging Face model the adapter applies to, as the backbone reports it."""
     data = card_data(model, library_name="peft", tags=["peft", f"expert-{expert}"])
-    base = (data.base_model or ["<the base model>"])[0]
+    pretrained = model.backbone.card_metadata()
+    base = (pretrained.get("adapter_base_model", data.base_model) or ["<the base model>"])[0]
     load = ["```python", "from peft import PeftModel", "from transformers import AutoModel", ""]
     note: list[str] = []
     if _packaged_minilm(model):

