@@ -128,6 +128,9 @@ def test_v2_score_and_pred_files_in_v2_layout_with_metadata(clone, tmp_path):
         assert len(preds) == score["num_pred"] and set(preds[0]) == {"prediction", "label", "rel_scores"}
         assert v2_metrics(preds) == {k: v for k, v in score.items() if k not in ("acc", "num_correct", "num_pred",
                                                                                   "num_data")}
+    # V2's metrics live in results.json too, so the score files can be written again from it alone.
+    saved = {d["name"]: d for d in json.loads((out / "results.json").read_text())["datasets"]}
+    assert saved["OK-VQA"]["ranking"]["mrr@10"] == report["metrics"]["image"]["OK-VQA"]["mrr@10"]
     preds = [json.loads(line) for line in (exp / "image" / f"{REPEATED_DATASET}_pred.jsonl").read_text().splitlines()]
     assert [p["label"] for p in preds] == [[r["tgt_text"][0]] for r in rows]
     assert sorted(preds[0]["prediction"]) == sorted(rows[0]["tgt_text"])

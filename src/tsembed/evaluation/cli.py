@@ -139,7 +139,7 @@ def eval_command(
         split=split,
         image_root=image_root,
         tie_rule=tie_rule,
-        keep_predictions=output_format == "mmeb",
+        predictions_dir=out / "mmeb" / "image" if output_format == "mmeb" else None,
     )
     if not any(d.num_rows for d in results.datasets):
         from tsembed.errors import DataError

@@ -180,7 +180,7 @@ def evaluate(
     split: str = "eval",
     image_root: str | Path | None = None,
     tie_rule: str = PESSIMISTIC,
-    keep_predictions: bool = False,
+    predictions_dir: str | Path | None = None,
 ) -> EvalResults:
     """Evaluate ``model`` on an MMEB-format suite.
 
@@ -202,8 +202,9 @@ def evaluate(
             MMEB-eval's ``images.zip`` was unpacked into).
         tie_rule: "pessimistic" (a tie counts against the positive) or "vlm2vec" (VLM2Vec's ``argmax``: a tie goes
             to the candidate listed first, the positive; rows that repeat their positive are then kept).
-        keep_predictions: Also keep every row's ranked candidates (``EvalResults.predictions``, in memory only), for
-            VLM2Vec-V2's metrics and pred files (``tsembed.evaluation.leaderboard``).
+        predictions_dir: Also rank every row's candidates in full, write them there as VLM2Vec-V2's
+            ``<Dataset>_pred.jsonl`` (one file per dataset, written as it is scored, nothing held in memory) and
+            record V2's metrics over them in ``DatasetResult.ranking`` (``tsembed.evaluation.leaderboard``).
 
     Returns:
         Per-dataset metrics with per-meta-task, IND, OOD and overall averages.
@@ -220,7 +221,6 @@ def evaluate(
     hits: dict[str, DatasetHits] = {}
     checkers: dict[Path, ImageChecker] = {}  # one per image root: each image is opened once per run
     results = []
-    kept: dict[str, list[dict[str, Any]]] = {}
     embedding_dim = None
     for spec in specs:
         checker = checkers.setdefault(spec.image_root, ImageChecker(spec.image_root)) if check_images else None
@@ -234,8 +234,13 @@ def evaluate(
         metrics, pool_size, row_hits = score_rows(embeddings, queries, candidates, valid, global_pool, ks,
                                                   tie_rule)
         hits[spec.name] = DatasetHits(row_hits)  # suite rows carry no cluster id: each row is its own
-        if keep_predictions:
-            kept[spec.name] = predictions(loaded, rank_candidates(embeddings, queries, candidates, valid, tie_rule))
+        ranking = None
+        if predictions_dir is not None:
+            from tsembed.evaluation.leaderboard import v2_metrics, write_pred_file
+
+            preds = predictions(loaded, rank_candidates(embeddings, queries, candidates, valid, tie_rule))
+            write_pred_file(Path(predictions_dir) / f"{spec.name}_pred.jsonl", preds)
+            ranking = v2_metrics(preds) if preds else None
         results.append(
             DatasetResult(
                 name=spec.name,
@@ -249,6 +254,7 @@ def evaluate(
                 pool_size=pool_size if global_pool else None,
                 query_cosine=query_cosine(embeddings, queries),
                 notes=dict(loaded.report.notes),
+                ranking=ranking,
             )
         )
         logger.info("%s: hit@1 %s over %d queries", spec.name, _fmt(metrics[HIT1]), len(loaded.rows))
@@ -274,7 +280,7 @@ def evaluate(
         "embedding_dim": embedding_dim,
     }
     return EvalResults(model_id=encoder.model_id, datasets=results, settings=settings, timing=timing,
-                       hits=hits, predictions=kept)
+                       hits=hits)
 
 
 def _fmt(value: float | None) -> str:

@@ -14,8 +14,9 @@ to the leaderboard. We write all three, with ``<exp>`` = ``OUT/mmeb``, and add M
 ``num_correct``) to each score file: ``acc`` is ``num_correct / num_pred`` as a Python float, exactly as V1's
 ``eval.py`` computes it. The metrics follow V2's definitions over candidate *names* (so a positive repeated in the
 list counts wherever it ranks). When rows were skipped (``--skip-invalid``), ``num_pred`` < ``num_data`` says so, and
-a warning is logged, because such a score is not comparable with the leaderboard's. Results read back from
-``results.json`` hold no ranked lists; their score files have hit@1 only.
+a warning is logged, because such a score is not comparable with the leaderboard's. The pred files are written while
+each dataset is scored (``evaluate(predictions_dir=...)``), and V2's metrics kept in ``DatasetResult.ranking``; a run
+without them gets score files with hit@1 only.
 """
 
 from __future__ import annotations
@@ -96,16 +97,17 @@ def v2_metrics(predictions: list[dict[str, Any]], ks: tuple[int, ...] = V2_KS) -
     return {key: (sum(r[key] for r in rows) / len(rows) if rows else 0.0) for key in keys}
 
 
-def score_dict(result: DatasetResult, predictions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def score_dict(result: DatasetResult) -> dict[str, Any]:
     """One dataset's ``<Dataset>_score.json``: MMEB-V1's ``acc``/``num_correct`` and MMEB-V2's metrics (all of them
-    when the ranked lists are at hand, else ``hit@1``/``precision@1``), then ``num_pred``/``num_data``."""
+    when the run ranked every row in full, ``result.ranking``; else ``hit@1``/``precision@1``), then
+    ``num_pred``/``num_data``."""
     hit1 = result.metrics.get(HIT1)
     num_correct = None if hit1 is None else round(hit1 * result.num_rows)
     acc = None if num_correct is None or not result.num_rows else num_correct / result.num_rows
     out: dict[str, Any] = {"acc": acc, "num_correct": num_correct}
-    if predictions:
-        v2 = v2_metrics(predictions)
-        if round(v2["hit@1"] * len(predictions)) != num_correct:  # candidates that share a name with the positive
+    v2 = getattr(result, "ranking", None)
+    if v2:
+        if round(v2["hit@1"] * result.num_rows) != num_correct:  # candidates that share a name with the positive
             logger.warning("%s: hit@1 over candidate names is %.4f, over candidates %.4f; the score file keeps the "
                            "latter", result.name, v2["hit@1"], acc or 0.0)
         out.update(v2)
@@ -123,7 +125,7 @@ def leaderboard_report(results: EvalResults, model_name: str, metadata: dict[str
     meta = {key: None for key in METADATA_KEYS}
     meta.update({"model_name": model_name, "data_source": "Self-Reported", **given})
     meta["report_generated_date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    scores = {d.name: score_dict(d, results.predictions.get(d.name)) for d in results.datasets}
+    scores = {d.name: score_dict(d) for d in results.datasets}
     return {"metadata": meta, "metrics": {MODALITY: scores}}
 
 
@@ -133,19 +135,25 @@ def _dump(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def _dump_lines(path: Path, lines: list[dict[str, Any]]) -> Path:
-    text = "".join(json.dumps(line) + "\n" for line in lines)
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
-    return path
+def write_pred_file(path: str | Path, lines: list[dict[str, Any]]) -> Path:
+    """``<Dataset>_pred.jsonl`` (atomically): one JSON object per query, as VLM2Vec-V2 writes them."""
+
+    def write(p: Path) -> None:
+        with p.open("w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(json.dumps(line) + "\n")
+
+    return atomic_write(path, write)
 
 
 def write_mmeb(results: EvalResults, out_dir: str | Path, model_name: str,
                metadata: dict[str, Any] | None = None) -> list[Path]:
-    """Write an experiment folder as VLM2Vec-V2 lays it out: ``out_dir/image/<Dataset>_score.json`` and
-    ``<Dataset>_pred.jsonl`` (when the ranked lists are at hand) for every dataset, and ``out_dir/<model_name>.json``.
+    """Write an experiment folder as VLM2Vec-V2 lays it out: ``out_dir/image/<Dataset>_score.json`` for every dataset
+    and ``out_dir/<model_name>.json``, beside the ``<Dataset>_pred.jsonl`` files ``evaluate`` wrote there.
 
     Args:
-        results: One evaluation run (``evaluate(..., keep_predictions=True)`` for the full V2 metrics).
+        results: One evaluation run (``evaluate(..., predictions_dir=out_dir / "image")`` for V2's full metrics and
+            pred files).
         out_dir: The experiment folder (created).
         model_name: The leaderboard's model name; its last path part names the report file.
         metadata: Leaderboard metadata (``model_backbone``, ``model_size``, ``embedding_dimension``,
@@ -162,7 +170,7 @@ def write_mmeb(results: EvalResults, out_dir: str | Path, model_name: str,
             logger.warning("%s: %d of %d rows were skipped; its MMEB score is not comparable with the leaderboard's",
                            d.name, d.num_skipped, d.num_rows + d.num_skipped)
         written.append(_dump(out_dir / MODALITY / f"{d.name}_score.json", report["metrics"][MODALITY][d.name]))
-        if d.name in results.predictions:
-            written.append(_dump_lines(out_dir / MODALITY / f"{d.name}_pred.jsonl", results.predictions[d.name]))
+        if (pred := out_dir / MODALITY / f"{d.name}_pred.jsonl").is_file():
+            written.append(pred)
     written.append(_dump(out_dir / f"{Path(model_name).name or 'model'}.json", report))
     return written

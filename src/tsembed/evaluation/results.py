@@ -35,6 +35,8 @@ class DatasetResult:
     query_cosine: mean pairwise cosine of the dataset's distinct query embeddings (``tsembed.health``; at or
         above ``COLLAPSE_COSINE`` the dataset has collapsed); None in results written before it was recorded.
     notes: rows read as VLM2Vec reads them rather than refused (``ValidationReport.notes``): what -> how many.
+    ranking: VLM2Vec-V2's metrics over each row's full ranking of its own candidates (``hit@1`` ... ``mrr@10``,
+        ``tsembed.evaluation.leaderboard.v2_metrics``), when the run wrote pred files; else None.
     """
 
     name: str
@@ -48,6 +50,7 @@ class DatasetResult:
     pool_size: int | None = None
     query_cosine: float | None = None
     notes: dict[str, int] = field(default_factory=dict)
+    ranking: dict[str, float] | None = None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -87,8 +90,6 @@ class EvalResults:
     timing: dict[str, float] = field(default_factory=dict)
     #: Per-query hit@1 of each dataset (``tsembed.evaluation.hits``); saved to ``hits.json``, not ``results.json``.
     hits: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    #: Every row's ranked candidate names per dataset (``evaluate(keep_predictions=True)``); not saved in results.json.
-    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.aggregates:
