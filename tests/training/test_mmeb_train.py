@@ -86,3 +86,6 @@ def test_train_error_names_only_flags_train_has(tmp_path):
     with pytest.raises(DataError) as err:
         TrainingData(resolve_sources(config(tmp_path, suite=str(tmp_path / "hub"))))
     assert "--set data.skip_invalid=true" in str(err.value) and "--skip-invalid" not in str(err.value)
+    from tsembed.training.config import default_config_path, load_train_config
+
+    assert load_train_config(default_config_path(), ["data.skip_invalid=true"]).data.skip_invalid  # the flag works
