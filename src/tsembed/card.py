@@ -130,7 +130,9 @@ def _results_table(results: dict[str, Any]) -> str:
         return "\n".join(lines + [f"| {name} | {_fmt(value)} |" for name, value in _flatten(results)])
     lines = ["| group / metric | value |", "|---|---|"]
     for name, value in _flatten(results.get("aggregates") or {}):
-        if name.endswith("num_datasets") or not isinstance(value, float):
+        if value is None:
+            lines.append(f"| {name} | – |")
+        elif name.endswith("num_datasets") or not isinstance(value, float):
             lines.append(f"| {name} | {value} |")
         else:
             lines.append(f"| {name} (%) | {_percent(value):.2f} |" if math.isfinite(value) else f"| {name} | – |")
