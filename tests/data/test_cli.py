@@ -90,3 +90,33 @@ def test_lone_surrogate_is_rejected_naming_file_row_and_field(image_root: Path, 
     with pytest.raises(DataError, match=f"row 2: {re.escape(field)}.*lone surrogate"):
         read(path, image_root)
     assert len(read(path, image_root, skip_invalid=True)) == 2
+
+
+def test_validate_reads_an_mmeb_clone_folder_as_eval_and_train_read_it(tmp_path: Path, capsys) -> None:
+    from tests.data.mmeb_hub import (
+        EVAL_FIXTURE,
+        TRAIN_FIXTURE,
+        write_mmeb_eval,
+        write_mmeb_train,
+        write_repeated_positive_eval,
+    )
+
+    root, images = tmp_path / "MMEB-eval", tmp_path / "eval_images"
+    write_mmeb_eval(root, images)
+    assert main(["data", "validate", str(root), "--image-root", str(images)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{root / name / 'test-*.parquet'}: 4 eval rows, all valid" in out for name in EVAL_FIXTURE)
+    # Images default to the clone, as `tsembed eval` resolves them: here they are elsewhere, and it says so.
+    assert main(["data", "validate", str(root), "--no-check-images"]) == 0
+    assert main(["data", "validate", str(root)]) == 1
+    assert "not found under image root" in capsys.readouterr().err
+    # A dataset whose rows repeat their positive: refused as plain `eval` refuses it, kept under VLM2Vec's tie rule.
+    write_repeated_positive_eval(root, images)
+    assert main(["data", "validate", str(root), "--image-root", str(images)]) == 1
+    assert "is repeated as candidate 2" in capsys.readouterr().err
+    assert main(["data", "validate", str(root), "--image-root", str(images), "--tie-rule", "vlm2vec"]) == 0
+    assert "note: 3 row(s) with the positive repeated" in capsys.readouterr().out
+    train = write_mmeb_train(tmp_path / "MMEB-train")
+    assert main(["data", "validate", str(train)]) == 0  # both splits of every subset; images under the clone
+    out = capsys.readouterr().out
+    assert out.count("train rows, all valid") == 2 * len(TRAIN_FIXTURE)

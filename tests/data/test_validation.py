@@ -38,7 +38,6 @@ def _error(reader, path: Path, root: Path) -> str:
             "not a readable image",
         ),
         (train_record(qry="", qry_image_path=""), "qry", "", "is empty"),
-        (train_record(qry="no placeholder"), "qry", "no placeholder", "contains 0 <|image_1|> placeholder(s)"),
         (train_record(qry="<|image_1|> twice <|image_1|>"), "qry", "<|image_1|> twice", "contains 2"),
         (train_record(pos_text="<|image_1|> red"), "pos_text", "<|image_1|> red", "`pos_image_path` is empty"),
         (train_record(qry="<|image_1|><|image_2|>"), "qry", "<|image_1|><|image_2|>", "unsupported placeholder"),
@@ -61,7 +60,7 @@ def test_each_train_problem_names_file_row_field_and_value(image_root, record, f
         (eval_record(tgt_img_path=["img/a.png"]), "tgt_img_path", "has 1 entries but `tgt_text` has 2"),
         (eval_record(tgt_text=[], tgt_img_path=[]), "tgt_text", "needs at least one candidate"),
         (eval_record(tgt_img_path=["img/a.png", "img/nope.png"]), "tgt_img_path[1]", "not found"),
-        (eval_record(tgt_text=["<|image_1|>", "text"]), "tgt_text[1]", "contains 0 <|image_1|>"),
+        (eval_record(tgt_text=["<|image_1|>", "<|image_1|> x <|image_1|>"]), "tgt_text[1]", "contains 2 <|image_1|>"),
         (eval_record(qry_text=" "), "qry_text", "is empty"),
         (eval_record(tgt_text="a"), "tgt_text", "must be a list of strings"),
         (eval_record(tgt_txt=["a"]), "tgt_txt", "did you mean `tgt_text`?"),
@@ -75,10 +74,11 @@ def test_each_eval_problem_names_file_row_field(image_root, record, field, messa
 
 def test_all_problems_are_reported_not_only_the_first(image_root: Path) -> None:
     records = [
-        train_record(qry=""),  # row 1: empty + placeholder mismatch
+        train_record(qry="", qry_image_path=""),  # row 1: empty
         train_record(),  # row 2: fine
         train_record(qry_image_path="img/gone.png"),  # row 3
-        train_record(neg_image_path="img/bad.png"),  # row 4: placeholder missing in neg_text + bad image
+        # row 4: two placeholders and a bad image
+        train_record(neg_image_path="img/bad.png", neg_text="<|image_1|> x <|image_1|>"),
     ]
     path = _write(image_root, "t.jsonl", records)
     report = validate_file(path, image_root)
@@ -91,14 +91,16 @@ def test_all_problems_are_reported_not_only_the_first(image_root: Path) -> None:
 
 
 def test_message_is_capped_with_a_count_of_the_rest(image_root: Path) -> None:
-    path = _write(image_root, "t.jsonl", [train_record(qry="x", qry_image_path="")] * 5 + [train_record(qry="")] * 60)
+    path = _write(image_root, "t.jsonl", [train_record(qry="x", qry_image_path="")] * 5
+                 + [train_record(qry="", qry_image_path="")] * 60)
     text = _error(read_train, path, image_root)
     assert text.count(f"{path} row") == MAX_LISTED
     assert "... and" in text and "more problem(s)" in text
 
 
 def test_skip_invalid_drops_bad_rows_counts_and_logs_them(image_root: Path, caplog) -> None:
-    records = [train_record(), train_record(qry_image_path="img/gone.png"), train_record(), train_record(qry="")]
+    records = [train_record(), train_record(qry_image_path="img/gone.png"), train_record(),
+               train_record(qry="", qry_image_path="")]
     path = _write(image_root, "t.jsonl", records)
     with caplog.at_level(logging.WARNING, logger="tsembed.data.problems"):
         split = read_train(path, image_root, skip_invalid=True)
@@ -116,7 +118,7 @@ def test_invalid_json_line_is_a_problem_with_its_line_number(image_root: Path) -
 
 
 def test_parquet_problems_use_1_based_row_numbers(image_root: Path) -> None:
-    path = _write(image_root, "t.parquet", [train_record(), train_record(qry="")])
+    path = _write(image_root, "t.parquet", [train_record(), train_record(qry="", qry_image_path="")])
     assert f"{path} row 2: `qry`" in _error(read_train, path, image_root)
 
 

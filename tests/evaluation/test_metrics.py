@@ -88,3 +88,28 @@ def test_relevant_ranks_agrees_with_positive_rank_on_ties():
 
 def test_empty_input_gives_nan():
     assert math.isnan(hit_at_k(torch.zeros(0), 1))
+
+
+def test_vlm2vec_tie_rule_gives_the_tie_to_the_first_candidate_as_argmax_does():
+    from tsembed.evaluation.metrics import candidate_order
+
+    assert positive_rank(SCORES, tie_rule="vlm2vec").tolist() == [1.0, 2.0, 1.0]
+    assert positive_rank(torch.ones(4, 5), tie_rule="vlm2vec").tolist() == [1.0] * 4
+    # Positive at column 2: ties with columns 0 and 1 come before it, a tie with column 3 after.
+    scores = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    assert positive_rank(scores, 2, tie_rule="vlm2vec").tolist() == [3.0]
+    assert positive_rank(scores, 2).tolist() == [4.0]
+    argmax_hits = (SCORES.argmax(dim=1) == 0).float().mean().item()
+    assert hit_at_k(positive_rank(SCORES, tie_rule="vlm2vec"), 1) == pytest.approx(argmax_hits)
+    valid = torch.tensor([[True, True, True], [True, True, True], [True, True, False]])
+    for rule in ("pessimistic", "vlm2vec"):
+        order = candidate_order(SCORES, valid, 0, rule)
+        ranks = positive_rank(SCORES, 0, valid, rule)
+        assert [row.index(0) + 1 for row in order.tolist()] == ranks.tolist()
+        assert order[2, -1].item() == 2  # padding last
+    with pytest.raises(ValueError, match="tie_rule"):
+        positive_rank(SCORES, tie_rule="optimistic")
+
+
+def test_hit_at_k_is_an_exact_fraction_not_float32():
+    assert hit_at_k(torch.tensor([1.0, 2.0, 3.0]), 1) == 1 / 3

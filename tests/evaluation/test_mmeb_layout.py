@@ -58,7 +58,7 @@ def test_missing_image_names_file_row_and_field_and_skipped_rows_are_reported(mm
     (d,) = results.datasets
     assert (d.num_rows, d.num_skipped) == (0, 4)  # every row lists all four colours
     assert score_dict(d) == {"acc": None, "num_correct": None, "hit@1": None, "precision@1": None,
-                             "num_pred": 0, "num_data": 4}
+                             "num_pred": 0, "num_data": 4}  # nothing scored: no numbers, and the count says why
 
 
 def test_leaderboard_files_hold_each_dataset_score(mmeb):
@@ -84,11 +84,14 @@ def test_cli_eval_format_mmeb(mmeb, tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["aggregates"]["IND"]["num_datasets"] == 3 and results["aggregates"]["OOD"]["num_datasets"] == 2
-    assert sorted(p.name for p in (out / "mmeb").iterdir()) == sorted(
-        [f"{n}_score.json" for n in EVAL_FIXTURE] + ["my-model.json"])
-    score = json.loads((out / "mmeb" / "OK-VQA_score.json").read_text())
+    # VLM2Vec-V2's experiment layout: <exp>/image/<Dataset>_score.json and _pred.jsonl, <exp>/<model>.json.
+    assert sorted(p.name for p in (out / "mmeb").iterdir()) == ["image", "my-model.json"]
+    assert sorted(p.name for p in (out / "mmeb" / "image").iterdir()) == sorted(
+        [f"{n}_score.json" for n in EVAL_FIXTURE] + [f"{n}_pred.jsonl" for n in EVAL_FIXTURE])
+    score = json.loads((out / "mmeb" / "image" / "OK-VQA_score.json").read_text())
     by_name = {d["name"]: d for d in results["datasets"]}
     assert score["acc"] == by_name["OK-VQA"]["metrics"]["hit@1"] and score["num_pred"] == 4
+    assert results["settings"]["tie_rule"] == "vlm2vec"  # --format mmeb scores ties as the leaderboard does
     report = json.loads((out / "mmeb" / "my-model.json").read_text())
     assert report["metadata"]["model_name"] == "my-model" and set(report["metrics"]["image"]) == set(EVAL_FIXTURE)
     assert "| grounding |" in capsys.readouterr().out

@@ -146,6 +146,36 @@ def test_model_meta_and_loading_from_a_directory(model, tmp_path, monkeypatch):
 
 
 @needs_mteb
+def test_model_meta_release_date_languages_and_training_datasets(model, tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from tsembed.integrations.mteb import MTEBEncoder, model_meta
+
+    monkeypatch.setitem(BACKBONES, ImageToyBackbone.kind, ImageToyBackbone)
+    meta = model_meta(model, "me/toy", release_date="2026-12-01", languages=["eng-Latn"],
+                      training_datasets={"MSCOCOT2IRetrieval"})
+    assert (meta.release_date, meta.languages, meta.training_datasets) == (
+        "2026-12-01", ["eng-Latn"], {"MSCOCOT2IRetrieval"})
+    assert model_meta(model, "me/toy").training_datasets is None  # untrained: unknown
+    model.config.extra = {"train_datasets": ["MSCOCO_t2i", "CIRR", "EmojiGroup"]}  # MMEB-train subsets and our own
+    assert model_meta(model, "me/toy").training_datasets == {"MSCOCOT2IRetrieval", "CIRRIT2IRetrieval"}
+    model.config.extra = {"train_datasets": ["EmojiGroup"]}
+    assert model_meta(model, "me/toy").training_datasets == set()  # trained, on nothing mteb has
+    model.save_pretrained(tmp_path / "toy-model")
+    saved = MTEBEncoder.from_pretrained(tmp_path / "toy-model", device="cpu").mteb_model_meta
+    assert saved.release_date == datetime.now(UTC).date().isoformat()  # the day it was saved
+
+
+def test_model_meta_languages_from_the_pretrained_card(default_backbone_session):
+    pytest.importorskip("mteb")
+    from tsembed.integrations.mteb import model_meta
+    from tsembed.model import ModelConfig, TSEmbedModel
+
+    model = TSEmbedModel(default_backbone_session, ModelConfig(backbone=default_backbone_session.config()))
+    assert model_meta(model, "me/default").languages == ["eng-Latn"]  # all-MiniLM-L6-v2's card: language en
+
+
+@needs_mteb
 def test_instructions_and_task_hints(model):
     from mteb.types import PromptType
 

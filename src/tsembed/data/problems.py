@@ -10,6 +10,11 @@ from tsembed.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+#: How to drop bad rows, per reader: each names only flags its command has.
+TRAIN_SKIP_HINT = "pass --set data.skip_invalid=true to `tsembed train` (skip_invalid=True in Python)"
+EVAL_SKIP_HINT = "pass --skip-invalid to `tsembed eval` (skip_invalid=True in Python)"
+VALIDATE_SKIP_HINT = "pass --skip-invalid to see which rows would be dropped"
+SKIP_HINT = "pass skip_invalid=True"
 #: How many problems an error message lists before it only counts the rest.
 MAX_LISTED = 50
 
@@ -58,6 +63,8 @@ class ValidationReport:
         problems: Every problem found, in row order.
         kept: 0-based indices of the rows that passed (all rows when nothing was wrong).
         image_root: Root the image paths were resolved against.
+        notes: Rows read as VLM2Vec reads them rather than refused (a placeholder added, a repeated positive kept
+            under the vlm2vec tie rule): what was done -> how many kept rows.
     """
 
     file: str
@@ -67,6 +74,7 @@ class ValidationReport:
     kept: list[int] = field(default_factory=list)
     image_root: str | None = None
     hints: list[str] = field(default_factory=list)
+    notes: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -81,6 +89,14 @@ class ValidationReport:
         """1-based row numbers with at least one problem."""
         return sorted({p.row for p in self.problems if p.row is not None})
 
+    def note_lines(self) -> list[str]:
+        return [f"note: {count} row(s) with {what}" for what, count in self.notes.items()]
+
+    def log_notes(self) -> None:
+        """Rows read as VLM2Vec reads them are said so in the log, once per file and kind of change."""
+        for what, count in self.notes.items():
+            logger.info("%s: %d of %d rows with %s", self.file, count, self.num_rows, what)
+
     def summary(self) -> str:
         if self.ok:
             return f"{self.file}: {self.num_rows} {self.kind} rows, all valid"
@@ -91,19 +107,20 @@ class ValidationReport:
 
     def describe(self, limit: int = MAX_LISTED) -> str:
         """Summary line plus the first `limit` problems, one per line."""
-        lines = [self.summary(), *(f"hint: {h}" for h in self.hints)]
+        lines = [self.summary(), *(f"hint: {h}" for h in self.hints), *self.note_lines()]
         lines += [f"  {p}" for p in self.problems[:limit]]
         if len(self.problems) > limit:
             lines.append(f"  ... and {len(self.problems) - limit} more problem(s)")
         return "\n".join(lines)
 
-    def raise_if_problems(self) -> None:
-        """Raise one DataError listing the problems (capped at MAX_LISTED)."""
+    def raise_if_problems(self, skip_hint: str = SKIP_HINT) -> None:
+        """Raise one DataError listing the problems (capped at MAX_LISTED).
+
+        Args:
+            skip_hint: How the caller's user drops bad rows (a flag the command really has).
+        """
         if not self.ok:
-            raise DataError(
-                self.describe() + "\n(fix the rows, or pass skip_invalid=True / --skip-invalid "
-                "to drop them with a report)"
-            )
+            raise DataError(self.describe() + f"\n(fix the rows, or {skip_hint} to drop them with a report)")
 
     def log_skipped(self) -> None:
         """Skipped rows are always reported, never silent."""

@@ -50,6 +50,51 @@ def merge_instructions(record: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+#: (text field, image field) of each input of a train row.
+TRAIN_SIDES: tuple[tuple[str, str], ...] = (("qry", "qry_image_path"), ("pos_text", "pos_image_path"),
+                                           ("neg_text", "neg_image_path"))
+#: How a report names rows whose image had no placeholder (``add_image_placeholders``).
+PLACEHOLDER_ADDED = (f"an image without a {IMAGE_PLACEHOLDER} placeholder in its text: added one in front, as "
+                     "VLM2Vec's readers do")
+
+
+def _with_placeholder(text: Any, image: Any) -> Any:
+    """``text`` with ``<|image_1|>`` in front when ``image`` is set and the text names no image placeholder at all
+    (VLM2Vec's readers prepend the image token the same way); anything else unchanged."""
+    if not (isinstance(image, str) and image) or not (text is None or isinstance(text, str)):
+        return text
+    text = text or ""
+    if "<|image_" in text:
+        return text  # has a placeholder (or a wrong one, which validation reports)
+    return f"{IMAGE_PLACEHOLDER} {text.strip()}" if text.strip() else IMAGE_PLACEHOLDER
+
+
+def add_image_placeholders(record: Any, kind: str) -> tuple[Any, list[str]]:
+    """A train (``kind="train"``) or eval record where every input with an image and no placeholder in its text
+    gets ``<|image_1|>`` in front, as VLM2Vec reads MMEB (e.g. MMEB-train's VisDial rows: ``neg_text: ""`` with
+    ``neg_image_path`` set). Returns the record (a new dict when changed) and the text fields changed."""
+    if not isinstance(record, dict):
+        return record, []
+    changed: dict[str, Any] = {}
+    if kind == "train":
+        for text_field, image_field in TRAIN_SIDES:
+            new = _with_placeholder(record.get(text_field), record.get(image_field))
+            if new != record.get(text_field):
+                changed[text_field] = new
+    else:
+        new = _with_placeholder(record.get("qry_text"), record.get("qry_img_path"))
+        if new != record.get("qry_text"):
+            changed["qry_text"] = new
+        texts, paths = record.get("tgt_text"), record.get("tgt_img_path")
+        if isinstance(texts, list | tuple) and isinstance(paths, list | tuple) and len(texts) == len(paths):
+            fixed = [_with_placeholder(t, p) for t, p in zip(texts, paths, strict=True)]
+            if fixed != list(texts):
+                changed["tgt_text"] = fixed
+    if not changed:
+        return record, []
+    return {**record, **changed}, list(changed)
+
+
 def resolve_image(path: str, image_root: str | Path | None) -> Path | None:
     """'' -> None; a relative path is joined to `image_root` (absolute paths are kept)."""
     if not path:
@@ -94,7 +139,9 @@ class TrainRow:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> TrainRow:
-        """Build from a validated record; missing optional fields and None become ''."""
+        """Build from a validated record; missing optional fields and None become ''; an image without a placeholder
+        gets one (``add_image_placeholders``)."""
+        record, _ = add_image_placeholders(record, "train")
         return cls(**{name: record.get(name) or "" for name in TRAIN_FIELDS})
 
 
@@ -140,7 +187,7 @@ class EvalRow:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> EvalRow:
         """Build from a validated record (`qry_inst`/`tgt_inst` merged in); None image paths become ''."""
-        record = merge_instructions(record)
+        record, _ = add_image_placeholders(merge_instructions(record), "eval")
         return cls(
             qry_text=record.get("qry_text") or "",
             qry_img_path=record.get("qry_img_path") or "",

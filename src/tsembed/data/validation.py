@@ -13,8 +13,13 @@ in another order cannot be detected in general. What can be checked is checked, 
   candidate j must have j = 0 (a string matching no candidate, e.g. a bare class name beside
   instruction-wrapped candidates, says nothing and is accepted);
 * candidate 0 must not repeat another candidate (same text and image path): the positive would tie
-  with a distractor, and a file built with a shuffled list often shows exactly this;
+  with a distractor, and a file built with a shuffled list often shows exactly this. Under the ``vlm2vec`` tie rule
+  (VLM2Vec's ``argmax``: the tie goes to the positive) such a row is kept, and counted in the report's notes;
 * candidate 0 must not be empty ("neither text nor image").
+
+An input with an image but no ``<|image_1|>`` in its text (MMEB-train's VisDial negatives: ``neg_text: ""``
+with ``neg_image_path`` set) is read as VLM2Vec reads it: the placeholder is added in front
+(``tsembed.data.rows.add_image_placeholders``), and the report counts the rows in its notes.
 
 These label fields, and MMEB-V2's separate instructions `qry_inst`/`tgt_inst` (merged into the texts before any
 check, see `tsembed.data.rows.merge_instructions`), are the only extra fields an eval row may carry.
@@ -37,8 +42,10 @@ from tsembed.data.rows import (
     EVAL_FIELDS,
     EVAL_REQUIRED,
     INSTRUCTION_FIELDS,
+    PLACEHOLDER_ADDED,
     TRAIN_FIELDS,
     TRAIN_REQUIRED,
+    add_image_placeholders,
     merge_instructions,
 )
 from tsembed.errors import DataError
@@ -49,6 +56,8 @@ _ANY_PLACEHOLDER = re.compile(r"<\|image_(\d+)\|>")
 # A path to check: (record index, field label, path).
 _ImageRef = tuple[int, str, str]
 LABEL_FIELDS: tuple[str, ...] = ("pos_index", "positive_index", "label", "tgt_label")
+#: How a report names the rows kept under the vlm2vec tie rule although the positive is repeated.
+REPEATED_POSITIVE = "the positive repeated among the candidates: kept, the tie goes to the positive (vlm2vec tie rule)"
 _REORDER = "the MMEB protocol scores candidate 0 as the positive; put the positive first in `tgt_text`/`tgt_img_path`"
 
 
@@ -84,9 +93,19 @@ def infer_kind(records: Sequence[RawRecord], file: str) -> Kind:
 class _RecordChecker:
     """Collects the problems of one record; keeps the per-field checks short and uniform."""
 
-    def __init__(self, rec: RawRecord, index: int, refs: list[_ImageRef]) -> None:
+    def __init__(self, rec: RawRecord, index: int, refs: list[_ImageRef], allow_repeated_positive: bool = False
+                 ) -> None:
         self.rec, self.index, self.refs = rec, index, refs
+        self.allow_repeated_positive = allow_repeated_positive
         self.problems: list[Problem] = []
+        self.notes: list[str] = []
+
+    def add_placeholders(self, kind: str) -> None:
+        """Read an image without a placeholder as VLM2Vec does (one added in front), noting it."""
+        value, changed = add_image_placeholders(self.rec.value, kind)
+        if changed:
+            self.rec = replace(self.rec, value=value)
+            self.notes.append(PLACEHOLDER_ADDED)
 
     def add(self, field: str | None, value: Any, message: str) -> None:
         self.problems.append(Problem(self.rec.file, self.rec.row, field, value, message))
@@ -178,6 +197,7 @@ class _RecordChecker:
 def _check_train(c: _RecordChecker, strict: bool) -> None:
     if not c.fields(TRAIN_FIELDS, TRAIN_REQUIRED, strict):
         return
+    c.add_placeholders("train")
     t = {name: c.text(name) for name in TRAIN_FIELDS}
     c.side("qry", t["qry"], "qry_image_path", t["qry_image_path"], "query")
     c.side("pos_text", t["pos_text"], "pos_image_path", t["pos_image_path"], "positive")
@@ -190,6 +210,7 @@ def _check_eval(c: _RecordChecker, strict: bool) -> None:
     if any(c.text(name) is None for name in INSTRUCTION_FIELDS if name in c.rec.value):
         return
     c.rec = replace(c.rec, value=merge_instructions(c.rec.value))  # checks run on the texts the model will see
+    c.add_placeholders("eval")
     value = c.rec.value
     for name in LABEL_FIELDS:
         if name in value:
@@ -213,9 +234,13 @@ def _check_eval(c: _RecordChecker, strict: bool) -> None:
         c.side(f"tgt_text[{i}]", text, f"tgt_img_path[{i}]", path, f"candidate {i}")
     first = (texts[0], paths[0])
     if first != ("", "") and first in zip(texts[1:], paths[1:], strict=True):
+        if c.allow_repeated_positive:
+            c.notes.append(REPEATED_POSITIVE)
+            return
         j = 1 + list(zip(texts[1:], paths[1:], strict=True)).index(first)
         c.add("tgt_text[0]", texts[0], f"(the positive, image {paths[0]!r}) is repeated as candidate {j}: it would "
-              f"tie with a distractor; {_REORDER}, once")
+              f"tie with a distractor; {_REORDER}, once, or score ties as VLM2Vec does (tie_rule='vlm2vec', "
+              "--tie-rule vlm2vec), which keeps the row")
 
 
 def _check_label(c: _RecordChecker, name: str, value: object) -> None:
@@ -254,6 +279,7 @@ def validate_records(
     strict_fields: bool = True,
     checker: ImageChecker | None = None,
     read_problems: Sequence[Problem] = (),
+    tie_rule: str = "pessimistic",
 ) -> ValidationReport:
     """Check every record and return a report listing all problems (nothing is raised here).
 
@@ -266,16 +292,22 @@ def validate_records(
         strict_fields: Unknown fields are problems (a typo such as `qry_image` would otherwise be ignored).
         checker: Reuse an `ImageChecker` (and its cache) across files.
         read_problems: Problems met while decoding the file (e.g. invalid JSON lines), merged in row order.
+        tie_rule: How eval rows will be scored (``tsembed.evaluation.metrics``): under "vlm2vec" a repeated positive
+            is kept (noted), under "pessimistic" it is a problem.
     """
     if kind not in ("train", "eval"):
         raise DataError(f"kind must be 'train' or 'eval', got {kind!r}")
     check = _check_train if kind == "train" else _check_eval
     refs: list[_ImageRef] = []
     per_record: list[list[Problem]] = []
+    notes: dict[str, int] = {}
     for index, rec in enumerate(records):
-        c = _RecordChecker(rec, index, refs)
+        c = _RecordChecker(rec, index, refs, allow_repeated_positive=tie_rule == "vlm2vec")
         check(c, strict_fields)
         per_record.append(c.problems)
+        if not c.problems:
+            for note in dict.fromkeys(c.notes):
+                notes[note] = notes.get(note, 0) + 1
     hints = []
     if check_images and refs:
         checker = checker or ImageChecker(image_root)
@@ -301,4 +333,5 @@ def validate_records(
         kept=kept,
         hints=hints,
         image_root=None if image_root is None else str(image_root),
+        notes=notes,
     )

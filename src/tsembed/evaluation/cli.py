@@ -81,12 +81,33 @@ def eval_command(
     split: str = _SPLIT,
     image_root: Path | None = _IMAGE_ROOT,
     output_format: str = typer.Option(
-        "tsembed", "--format", help="tsembed: results.json + results.md; mmeb: also the MMEB leaderboard's files "
-        "(<Dataset>_score.json per dataset and <model-name>.json) in OUT/mmeb.",
+        "tsembed", "--format", help="tsembed: results.json + results.md; mmeb: also the MMEB leaderboard's files as "
+        "VLM2Vec-V2 lays them out: OUT/mmeb/image/<Dataset>_score.json and <Dataset>_pred.jsonl, and "
+        "OUT/mmeb/<model-name>.json (what its report_score_v2.py reads and writes).",
+    ),
+    tie_rule: str | None = typer.Option(
+        None, "--tie-rule", help="vlm2vec: a tie goes to the candidate listed first, the positive, as VLM2Vec's "
+        "argmax scores it (rows that repeat their positive are kept); pessimistic: a tie counts against the "
+        "positive (a collapsed model scores 0). [default: vlm2vec with --format mmeb, so the numbers compare with "
+        "the leaderboard's; else pessimistic]",
     ),
     model_name: str | None = typer.Option(
-        None, "--model-name", help="Model name in the MMEB leaderboard file [default: the model folder's name]."
+        None, "--model-name", help="Model name in the MMEB leaderboard file [default: the model folder's name; "
+        "for runs/x/model or runs/x/checkpoint-N the run's]."
     ),
+    model_backbone: str | None = typer.Option(
+        None, "--model-backbone", help="Leaderboard metadata: backbone [default: the model's backbone kind]."),
+    model_size: str | None = typer.Option(
+        None, "--model-size", help="Leaderboard metadata, e.g. '2B parameters' [default: counted from the model]."),
+    embedding_dimension: int | None = typer.Option(
+        None, "--embedding-dimension", help="Leaderboard metadata [default: the embeddings' size]."),
+    max_length_tokens: int | None = typer.Option(
+        None, "--max-length-tokens", help="Leaderboard metadata [default: the backbone's max_length, when it has one].",
+    ),
+    release_date: str | None = typer.Option(
+        None, "--release-date", help="Leaderboard metadata: model_release_date, YYYY-MM-DD."),
+    model_url: str | None = typer.Option(None, "--model-url", help="Leaderboard metadata: paper, code or Hub link."),
+    data_source: str = typer.Option("Self-Reported", "--data-source", help="Leaderboard metadata: who ran it."),
     update_card: bool = typer.Option(
         False, "--update-card", help="Also write the results into the model directory's README.md model card "
         "(its model-index: one entry per dataset)."
@@ -95,9 +116,15 @@ def eval_command(
 ) -> None:
     """Evaluate a model on an MMEB-format suite: hit@1 per dataset, meta-task, IND/OOD and overall."""
     from tsembed.evaluation.harness import evaluate
+    from tsembed.evaluation.metrics import TIE_RULES, VLM2VEC
 
     if output_format not in FORMATS:
         raise typer.BadParameter(f"must be one of {list(FORMATS)}, got {output_format!r}", param_hint="--format")
+    if tie_rule is not None and tie_rule not in TIE_RULES:
+        raise typer.BadParameter(f"must be one of {list(TIE_RULES)}, got {tie_rule!r}", param_hint="--tie-rule")
+    if release_date is not None:
+        _check_date(release_date)
+    tie_rule = tie_rule or (VLM2VEC if output_format == "mmeb" else "pessimistic")
     loaded = _load_model(model, device, backbone_path)
     results = evaluate(
         loaded,
@@ -111,6 +138,8 @@ def eval_command(
         progress=not no_progress,
         split=split,
         image_root=image_root,
+        tie_rule=tie_rule,
+        predictions_dir=out / "mmeb" / "image" if output_format == "mmeb" else None,
     )
     if not any(d.num_rows for d in results.datasets):
         from tsembed.errors import DataError
@@ -123,14 +152,39 @@ def eval_command(
     typer.echo(results.to_markdown())
     typer.echo(f"wrote {json_path} and {md_path}")
     if output_format == "mmeb":
-        from tsembed.evaluation.leaderboard import write_mmeb
+        from tsembed.evaluation.leaderboard import default_model_name, write_mmeb
 
-        written = write_mmeb(results, out / "mmeb", model_name or model.resolve().name)
-        typer.echo(f"wrote {len(written) - 1} MMEB score files and {written[-1]}")
+        metadata = {
+            "model_backbone": model_backbone or loaded.config.backbone.get("kind"),
+            "model_size": model_size or _parameter_count(loaded),
+            "embedding_dimension": embedding_dimension or results.settings.get("embedding_dim"),
+            "max_length_tokens": max_length_tokens or getattr(loaded.backbone, "max_length", None),
+            "model_release_date": release_date,
+            "data_source": data_source,
+            "url": model_url,
+        }
+        written = write_mmeb(results, out / "mmeb", model_name or default_model_name(model), metadata)
+        typer.echo(f"wrote {len(written) - 1} MMEB score and pred files under {out / 'mmeb' / 'image'} and "
+                   f"{written[-1]}")
     if update_card:
         from tsembed.card import write_model_card
 
         typer.echo(f"wrote {write_model_card(model, loaded, results)}")
+
+
+def _check_date(value: str) -> None:
+    from datetime import date
+
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected YYYY-MM-DD, got {value!r}", param_hint="--release-date") from None
+
+
+def _parameter_count(model) -> str:
+    """'22.7M parameters' / '2.2B parameters', as the leaderboard writes sizes."""
+    n = sum(p.numel() for p in model.parameters())
+    return f"{n / 1e9:.1f}B parameters" if n >= 1e9 else f"{n / 1e6:.1f}M parameters"
 
 
 def inspect_routing_command(

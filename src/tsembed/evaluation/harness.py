@@ -23,7 +23,15 @@ from tsembed.data.images import ImageChecker
 from tsembed.evaluation.encoder import CachedEncoder, encoder_for
 from tsembed.evaluation.hits import DatasetHits
 from tsembed.evaluation.loading import LoadedEvalSet, load_eval_set
-from tsembed.evaluation.metrics import DEFAULT_KS, hit_at_k, positive_rank, ranking_metrics
+from tsembed.evaluation.metrics import (
+    DEFAULT_KS,
+    PESSIMISTIC,
+    candidate_order,
+    check_tie_rule,
+    hit_at_k,
+    positive_rank,
+    ranking_metrics,
+)
 from tsembed.evaluation.results import GLOBAL_PREFIX, HIT1, DatasetResult, EvalResults
 from tsembed.evaluation.sources import resolve_eval_sets
 from tsembed.health import DAGGER, is_collapsed, mean_pairwise_cosine
@@ -72,9 +80,10 @@ def score_dataset(
     valid: torch.Tensor,
     global_pool: bool = False,
     ks: tuple[int, ...] = DEFAULT_KS,
+    tie_rule: str = PESSIMISTIC,
 ) -> tuple[dict[str, float], int]:
     """Metrics of one dataset from embeddings of its distinct inputs (see ``score_rows``)."""
-    metrics, pool_size, _ = score_rows(embeddings, queries, candidates, valid, global_pool, ks)
+    metrics, pool_size, _ = score_rows(embeddings, queries, candidates, valid, global_pool, ks, tie_rule)
     return metrics, pool_size
 
 
@@ -85,7 +94,8 @@ def score_rows(
     valid: torch.Tensor,
     global_pool: bool = False,
     ks: tuple[int, ...] = DEFAULT_KS,
-) -> tuple[dict[str, float], int]:
+    tie_rule: str = PESSIMISTIC,
+) -> tuple[dict[str, float], int, np.ndarray]:
     """Metrics of one dataset from embeddings of its distinct inputs.
 
     Args:
@@ -95,6 +105,7 @@ def score_rows(
         valid: [N, C] False on padding.
         global_pool: Also rank against the union of all candidates.
         ks: Cut-offs of recall@k for the global pool.
+        tie_rule: "pessimistic" or "vlm2vec" (``tsembed.evaluation.metrics``), for hit@1 and the pool metrics.
 
     Returns:
         The metrics, the size of the global pool (0 without one) and each row's hit@1 ([N] uint8 array).
@@ -105,9 +116,9 @@ def score_rows(
     for start in range(0, len(queries), SCORE_CHUNK):
         sl = slice(start, start + SCORE_CHUNK)
         scores = embeddings[queries[sl]] @ embeddings.T  # [b, M]; identical inputs share one score
-        row_ranks.append(positive_rank(scores.gather(1, candidates[sl]), 0, valid[sl]))  # [b]
+        row_ranks.append(positive_rank(scores.gather(1, candidates[sl]), 0, valid[sl], tie_rule))  # [b]
         if global_pool:
-            pool_ranks.append(positive_rank(scores[:, pool], pool_pos[sl]))  # [b]
+            pool_ranks.append(positive_rank(scores[:, pool], pool_pos[sl], tie_rule=tie_rule))  # [b]
     if not row_ranks:
         return {HIT1: None}, len(pool), np.zeros(0, dtype=np.uint8)
     ranks = torch.cat(row_ranks)
@@ -115,6 +126,36 @@ def score_rows(
     if global_pool:
         metrics.update({GLOBAL_PREFIX + k: v for k, v in ranking_metrics(torch.cat(pool_ranks), ks).items()})
     return metrics, len(pool), (ranks <= 1).numpy().astype(np.uint8)
+
+
+def rank_candidates(embeddings: torch.Tensor, queries: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor,
+                    tie_rule: str = PESSIMISTIC) -> list[list[int]]:
+    """Each row's candidate columns, best first (padding left out), as ``score_dataset`` ranks them."""
+    orders = []
+    for start in range(0, len(queries), SCORE_CHUNK):
+        sl = slice(start, start + SCORE_CHUNK)
+        scores = embeddings[queries[sl]] @ embeddings.T  # [b, M]
+        order = candidate_order(scores.gather(1, candidates[sl]), valid[sl], 0, tie_rule)  # [b, C]
+        counts = valid[sl].sum(dim=1).tolist()
+        orders += [row[:n] for row, n in zip(order.tolist(), counts, strict=True)]
+    return orders
+
+
+def candidate_names(texts: tuple[str, ...], paths: tuple[str, ...]) -> list[str]:
+    """How VLM2Vec's pred files name a row's candidates: the text of a text candidate, the image path of an image
+    (``path:text`` where the row's image candidates differ in text, as for RefCOCO-Matching)."""
+    image_texts = {t for t, p in zip(texts, paths, strict=True) if p}
+    return [(f"{p}:{t.strip()}" if len(image_texts) > 1 else p) if p else t for t, p in zip(texts, paths, strict=True)]
+
+
+def predictions(loaded: LoadedEvalSet, orders: list[list[int]]) -> list[dict[str, Any]]:
+    """One ``<dataset>_pred.jsonl`` line per row, as VLM2Vec-V2 writes them: the ranked candidate names and the
+    positive's name (candidate 0)."""
+    out = []
+    for row, order in zip(loaded.rows, orders, strict=True):
+        names = candidate_names(row.tgt_text, row.tgt_img_path)
+        out.append({"prediction": [names[c] for c in order], "label": [names[0]], "rel_scores": None})
+    return out
 
 
 def query_cosine(embeddings: torch.Tensor, queries: torch.Tensor) -> float | None:
@@ -138,6 +179,8 @@ def evaluate(
     encoder: CachedEncoder | None = None,
     split: str = "eval",
     image_root: str | Path | None = None,
+    tie_rule: str = PESSIMISTIC,
+    predictions_dir: str | Path | None = None,
 ) -> EvalResults:
     """Evaluate ``model`` on an MMEB-format suite.
 
@@ -157,6 +200,11 @@ def evaluate(
         split: "eval", or "dev" for a suite's development split (compare configs there, report on eval).
         image_root: Where relative image paths resolve, replacing the suite's own root (e.g. the folder
             MMEB-eval's ``images.zip`` was unpacked into).
+        tie_rule: "pessimistic" (a tie counts against the positive) or "vlm2vec" (VLM2Vec's ``argmax``: a tie goes
+            to the candidate listed first, the positive; rows that repeat their positive are then kept).
+        predictions_dir: Also rank every row's candidates in full, write them there as VLM2Vec-V2's
+            ``<Dataset>_pred.jsonl`` (one file per dataset, written as it is scored, nothing held in memory) and
+            record V2's metrics over them in ``DatasetResult.ranking`` (``tsembed.evaluation.leaderboard``).
 
     Returns:
         Per-dataset metrics with per-meta-task, IND, OOD and overall averages.
@@ -166,21 +214,33 @@ def evaluate(
         ConfigError: Unknown dataset names.
     """
     start = time.perf_counter()
+    check_tie_rule(tie_rule)
     specs = resolve_eval_sets(suite, datasets, split, image_root=image_root)
     encoder = encoder_for(model, encoder, cache_dir, batch_size=batch_size, progress=progress)
     before = encoder.stats.to_dict()
     hits: dict[str, DatasetHits] = {}
     checkers: dict[Path, ImageChecker] = {}  # one per image root: each image is opened once per run
     results = []
+    embedding_dim = None
     for spec in specs:
         checker = checkers.setdefault(spec.image_root, ImageChecker(spec.image_root)) if check_images else None
-        loaded = load_eval_set(spec, skip_invalid=skip_invalid, check_images=check_images, checker=checker)
+        loaded = load_eval_set(spec, skip_invalid=skip_invalid, check_images=check_images, checker=checker,
+                               tie_rule=tie_rule)
         interned, queries, candidates, valid = _index_rows(loaded)
         if not loaded.rows:
             logger.warning("%s: no valid eval rows in %s", spec.name, spec.path)
         embeddings = torch.from_numpy(encoder.encode(interned.inputs, desc=spec.name, task=spec.task).embeddings)
-        metrics, pool_size, row_hits = score_rows(embeddings, queries, candidates, valid, global_pool, ks)
+        embedding_dim = int(embeddings.shape[1]) if embeddings.dim() == 2 and len(embeddings) else embedding_dim
+        metrics, pool_size, row_hits = score_rows(embeddings, queries, candidates, valid, global_pool, ks,
+                                                  tie_rule)
         hits[spec.name] = DatasetHits(row_hits)  # suite rows carry no cluster id: each row is its own
+        ranking = None
+        if predictions_dir is not None:
+            from tsembed.evaluation.leaderboard import v2_metrics, write_pred_file
+
+            preds = predictions(loaded, rank_candidates(embeddings, queries, candidates, valid, tie_rule))
+            write_pred_file(Path(predictions_dir) / f"{spec.name}_pred.jsonl", preds)
+            ranking = v2_metrics(preds) if preds else None
         results.append(
             DatasetResult(
                 name=spec.name,
@@ -193,6 +253,8 @@ def evaluate(
                 metrics=metrics,
                 pool_size=pool_size if global_pool else None,
                 query_cosine=query_cosine(embeddings, queries),
+                notes=dict(loaded.report.notes),
+                ranking=ranking,
             )
         )
         logger.info("%s: hit@1 %s over %d queries", spec.name, _fmt(metrics[HIT1]), len(loaded.rows))
@@ -214,6 +276,8 @@ def evaluate(
         "cache_dir": None if encoder.cache.directory is None else str(encoder.cache.directory),
         "datasets": [s.name for s in specs],
         "image_root": None if image_root is None else str(image_root),
+        "tie_rule": tie_rule,
+        "embedding_dim": embedding_dim,
     }
     return EvalResults(model_id=encoder.model_id, datasets=results, settings=settings, timing=timing,
                        hits=hits)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tsembed.data.formats import read_records
 from tsembed.data.images import ImageChecker
-from tsembed.data.problems import ValidationReport
+from tsembed.data.problems import EVAL_SKIP_HINT, ValidationReport
 from tsembed.data.rows import EvalRow
 from tsembed.data.validation import LABEL_FIELDS, validate_records
 from tsembed.evaluation.sources import EvalSet
@@ -28,9 +28,11 @@ class LoadedEvalSet:
 
 
 def load_eval_set(
-    spec: EvalSet, *, skip_invalid: bool = False, check_images: bool = True, checker: ImageChecker | None = None
+    spec: EvalSet, *, skip_invalid: bool = False, check_images: bool = True, checker: ImageChecker | None = None,
+    tie_rule: str = "pessimistic",
 ) -> LoadedEvalSet:
-    """Read and check every row of ``spec``; raise on the first bad file unless ``skip_invalid``.
+    """Read and check every row of ``spec``; raise on the first bad file unless ``skip_invalid``. ``tie_rule``:
+    how the rows will be scored ("vlm2vec" keeps a row whose positive is repeated; see ``validate_records``).
 
     Raises:
         DataError: A row is malformed and ``skip_invalid`` is False; the message lists file, row and field
@@ -46,10 +48,12 @@ def load_eval_set(
         strict_fields=True,
         checker=checker,
         read_problems=read_problems,
+        tie_rule=tie_rule,
     )
     if skip_invalid:
         report.log_skipped()
     else:
-        report.raise_if_problems()
+        report.raise_if_problems(EVAL_SKIP_HINT)
+    report.log_notes()
     rows = [EvalRow.from_record(records[i].value) for i in report.kept]  # label fields are not read
     return LoadedEvalSet(spec, rows, report)

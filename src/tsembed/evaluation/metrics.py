@@ -9,6 +9,12 @@ candidates keep their index order. So a distractor that ties with the positive c
 A model that embeds everything to the same vector therefore scores hit@1 = 0, not 1 (an optimistic
 rule would reward a collapsed model). A NaN score counts as -inf: it ranks last and never wins a tie.
 
+Tie rule ``"vlm2vec"`` (``TIE_RULES``): VLM2Vec's own MMEB scorer takes ``argmax`` over the candidates, so a tie
+goes to the candidate listed first (MMEB lists the positive first): candidates are ordered by score, descending,
+then by index. ``tsembed eval --format mmeb`` uses it so the numbers compare with the leaderboard's:
+
+    rank(positive) = 1 + #{j valid : s_j > s_positive} + #{j < positive, valid : s_j == s_positive}
+
 Ranks are 1-based floats; ``inf`` marks padding (a query with fewer relevant items than columns), so
 ``[N]`` (one relevant item per query, the MMEB case) and ``[N, R]`` (several) share every function.
 """
@@ -18,6 +24,15 @@ from __future__ import annotations
 import torch
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+PESSIMISTIC, VLM2VEC = "pessimistic", "vlm2vec"
+#: The tie rules ``positive_rank`` and ``candidate_order`` know (see the module docstring).
+TIE_RULES: tuple[str, ...] = (PESSIMISTIC, VLM2VEC)
+
+
+def check_tie_rule(tie_rule: str) -> str:
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"tie_rule must be one of {list(TIE_RULES)}, got {tie_rule!r}")
+    return tie_rule
 
 
 def _clean(scores: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -29,14 +44,17 @@ def _clean(scores: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
 
 
 def positive_rank(
-    scores: torch.Tensor, positive: torch.Tensor | int = 0, valid: torch.Tensor | None = None
+    scores: torch.Tensor, positive: torch.Tensor | int = 0, valid: torch.Tensor | None = None,
+    tie_rule: str = PESSIMISTIC,
 ) -> torch.Tensor:
-    """Rank of each query's single relevant candidate under the tie rule of this module.
+    """Rank of each query's single relevant candidate under a tie rule of this module.
 
     Args:
         scores: [N, C] query-candidate similarities.
         positive: [N] column of each query's positive, or one int for all (MMEB: 0).
         valid: [N, C] bool, False for padding columns (rows with fewer candidates); None: all valid.
+        tie_rule: "pessimistic" (a tie counts against the positive) or "vlm2vec" (a tie goes to the
+            candidate listed first, as ``argmax`` does).
 
     Returns:
         [N] float ranks in 1..C.
@@ -47,8 +65,37 @@ def positive_rank(
     pos_score = clean.gather(1, pos[:, None])  # [N, 1]
     if torch.isnan(pos_score).any():
         raise ValueError("positive_rank: a positive column is marked invalid (padding)")
+    if check_tie_rule(tie_rule) == VLM2VEC:
+        before = torch.arange(clean.shape[1], device=clean.device)[None, :] < pos[:, None]  # [N, C]
+        beats = (clean > pos_score) | ((clean == pos_score) & before)  # [N, C]
+        return 1.0 + beats.sum(dim=1).float()
     beats = clean >= pos_score  # [N, C]; NaN (padding) compares False
     return beats.sum(dim=1).float()  # the positive itself is counted once: that is the "1 +"
+
+
+def candidate_order(scores: torch.Tensor, valid: torch.Tensor | None = None, positive: int = 0,
+                    tie_rule: str = PESSIMISTIC) -> torch.Tensor:
+    """Each row's candidate columns, best first, under a tie rule (padding last): the ranked list a pred file holds.
+
+    The positive's place in it is ``positive_rank`` for the same rule.
+
+    Args:
+        scores: [N, C] similarities.
+        valid: [N, C] bool, False for padding; None: all valid.
+        positive: Column of the positive (pessimistic ties put it after the distractors it ties with).
+        tie_rule: "pessimistic" or "vlm2vec".
+
+    Returns:
+        [N, C] long column indices.
+    """
+    ok = valid.bool() if valid is not None else torch.ones_like(scores, dtype=torch.bool)  # [N, C]
+    clean = torch.nan_to_num(scores.float(), nan=float("-inf"))  # [N, C]
+    order = torch.arange(clean.shape[1], device=clean.device).expand_as(clean).contiguous()  # [N, C]
+    if check_tie_rule(tie_rule) == PESSIMISTIC:
+        last = (order == positive).int()
+        order = order.gather(1, torch.argsort(last, dim=1, stable=True))
+    order = order.gather(1, torch.argsort(clean.gather(1, order), dim=1, descending=True, stable=True))
+    return order.gather(1, torch.argsort(ok.gather(1, order).int(), dim=1, descending=True, stable=True))
 
 
 def relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,7 +129,7 @@ def _as_2d(ranks: torch.Tensor) -> torch.Tensor:
 
 
 def _mean(values: torch.Tensor) -> float:
-    return float(values.mean()) if values.numel() else float("nan")
+    return float(values.double().mean()) if values.numel() else float("nan")  # float64: 1/3, not 0.33333334
 
 
 def hit_at_k(ranks: torch.Tensor, k: int) -> float:

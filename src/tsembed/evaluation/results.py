@@ -34,6 +34,9 @@ class DatasetResult:
         ``global_recall@k``, ``global_mrr``, ``global_ndcg@10`` against the union of the dataset's candidates.
     query_cosine: mean pairwise cosine of the dataset's distinct query embeddings (``tsembed.health``; at or
         above ``COLLAPSE_COSINE`` the dataset has collapsed); None in results written before it was recorded.
+    notes: rows read as VLM2Vec reads them rather than refused (``ValidationReport.notes``): what -> how many.
+    ranking: VLM2Vec-V2's metrics over each row's full ranking of its own candidates (``hit@1`` ... ``mrr@10``,
+        ``tsembed.evaluation.leaderboard.v2_metrics``), when the run wrote pred files; else None.
     """
 
     name: str
@@ -46,6 +49,8 @@ class DatasetResult:
     metrics: dict[str, float]
     pool_size: int | None = None
     query_cosine: float | None = None
+    notes: dict[str, int] = field(default_factory=dict)
+    ranking: dict[str, float] | None = None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -192,9 +197,11 @@ def results_markdown(results: EvalResults) -> str:
         if any(c.startswith(GLOBAL_PREFIX) for c, _ in cols)
         else ""
     )
+    ties = ("a tie goes to the candidate listed first, the positive, as VLM2Vec's argmax does"
+            if results.settings.get("tie_rule") == "vlm2vec" else "a tie with the positive counts against it")
     lines += [
-        f"hit@1 ranks each query against its own candidates (MMEB protocol; a tie with the positive "
-        f"counts against it); averages are means over datasets; numbers are %.{pool}",
+        f"hit@1 ranks each query against its own candidates (MMEB protocol; {ties}); averages are means over "
+        f"datasets; numbers are %.{pool}",
         "",
     ]
     summary = [
@@ -220,6 +227,10 @@ def results_markdown(results: EvalResults) -> str:
     skipped = [(d.name, d.num_skipped) for d in results.datasets if d.num_skipped]
     if skipped:
         lines += ["", "Skipped invalid rows: " + ", ".join(f"{n} {c}" for n, c in skipped) + "."]
+    notes = [f"{d.name}: {count} row(s) with {what}." for d in results.datasets
+             for what, count in (d.notes or {}).items()]
+    if notes:
+        lines += ["", *notes]
     if results.collapsed:
         lines += ["", f"**{DAGGER} Collapsed run**: the query embeddings of "
                   + ", ".join(results.collapsed_datasets) + f" fell onto one point (mean pairwise cosine ≥ "

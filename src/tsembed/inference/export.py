@@ -127,7 +127,8 @@ def peft_lora_config(targets: list[str], rank: int, alpha: float, base: str | No
 def peft_base_reference(model: nn.Module, local_path: str | None, adapter_dir: str | Path) -> str | None:
     """``base_model_name_or_path`` for an adapter written to ``adapter_dir``: the base model's Hub id as the
     backbone reports it (``card_metadata``), else its local directory relative to ``adapter_dir``."""
-    hub_ids = model.backbone.card_metadata().get("base_model") or []
+    pretrained = model.backbone.card_metadata()
+    hub_ids = pretrained.get("adapter_base_model", pretrained.get("base_model")) or []  # not the image tower's
     if hub_ids:
         return hub_ids[0]
     if local_path and Path(local_path).exists():

@@ -56,6 +56,45 @@ TASK_HINTS: dict[str, str] = {
     "Any2AnyReranking": "retrieval",
     "DocumentUnderstanding": "retrieval",
 }
+#: MMEB-train subsets -> the mteb tasks built on the same data (what ``ModelMeta.training_datasets`` names, so mteb's
+#: leaderboard marks them as seen in training).
+MMEB_TRAIN_TO_MTEB: dict[str, tuple[str, ...]] = {
+    "ImageNet_1K": ("Imagenet1k", "Imagenet1kZeroShot"),
+    "SUN397": ("SUN397", "SUN397ZeroShot"),
+    "HatefulMemes": ("HatefulMemesI2TRetrieval", "HatefulMemesT2IRetrieval"),
+    "OK-VQA": ("OKVQAIT2TRetrieval",),
+    "CIRR": ("CIRRIT2IRetrieval",),
+    "VisualNews_t2i": ("VisualNewsT2IRetrieval",),
+    "VisualNews_i2t": ("VisualNewsI2TRetrieval",),
+    "MSCOCO_t2i": ("MSCOCOT2IRetrieval",),
+    "MSCOCO_i2t": ("MSCOCOI2TRetrieval",),
+    "NIGHTS": ("NIGHTSI2IRetrieval",),
+    "WebQA": ("WebQAT2ITRetrieval", "WebQAT2TRetrieval"),
+}
+#: Model-card language codes (ISO 639-1) -> mteb's language-script codes.
+MTEB_LANGUAGES = {"en": "eng-Latn", "zh": "cmn-Hans", "de": "deu-Latn", "fr": "fra-Latn", "es": "spa-Latn",
+                  "ja": "jpn-Jpan", "multilingual": None}
+
+
+def training_tasks(train_datasets: Iterable[str]) -> set[str]:
+    """The mteb tasks a model's training datasets cover (empty when none is known to mteb)."""
+    return {task for name in train_datasets for task in MMEB_TRAIN_TO_MTEB.get(name, ())}
+
+
+def _release_date(directory: str | Path | None) -> str | None:
+    """The day a saved model was written (its config's modification date), as mteb wants it: YYYY-MM-DD."""
+    if directory is None:
+        return None
+    from datetime import UTC, datetime
+
+    from tsembed.model import MODEL_CONFIG_NAME
+
+    config = Path(directory) / MODEL_CONFIG_NAME
+    if not config.is_file():
+        return None
+    return datetime.fromtimestamp(config.stat().st_mtime, UTC).date().isoformat()
+
+
 #: Items embedded per call into the model; bounds how many decoded images are held at once.
 CHUNK = 1024
 
@@ -71,6 +110,7 @@ def model_meta(
     training_datasets: set[str] | None = None,
     reference: str | None = None,
     directory: str | Path | None = None,
+    release_date: str | None = None,
 ) -> ModelMeta:
     """mteb's ``ModelMeta`` for a tsembed model.
 
@@ -79,10 +119,14 @@ def model_meta(
         name: "organization/model_name", as mteb requires; it names the results folder.
         revision: Default: the first 12 hex digits of the model's content hash (config and every weight), so
             mteb's result cache never mixes two trainings of one name.
-        license, languages, reference: As in mteb (``languages`` like ``["eng-Latn"]``).
+        license, reference: As in mteb.
+        languages: mteb codes like ``["eng-Latn"]``; default: the pretrained weights' card languages, mapped.
         modalities: What the model embeds; every tsembed backbone but the text-only test toy embeds images.
-        training_datasets: mteb task names the model was trained on (marks contamination on mteb's leaderboard).
+        training_datasets: mteb task names the model was trained on (marks contamination on mteb's leaderboard);
+            default: the mteb tasks built on the MMEB-train subsets it trained on (``MMEB_TRAIN_TO_MTEB``), an
+            empty set for a trained model none of whose data mteb has, None (unknown) for an untrained one.
         directory: The saved model; with it, ``meta.load_model()`` (and mteb's CLI) can load the model.
+        release_date: YYYY-MM-DD; default: the day ``directory`` was saved (None without a directory).
     """
     if revision is None:
         from tsembed.evaluation.identity import model_identity
@@ -90,12 +134,18 @@ def model_meta(
         revision = model_identity(model)[:12]
     backbone = getattr(model, "backbone", model)
     params = list(model.parameters())
+    pretrained = backbone.card_metadata() if hasattr(backbone, "card_metadata") else {}
+    if languages is None and pretrained.get("language"):
+        languages = [MTEB_LANGUAGES[code] for code in pretrained["language"] if MTEB_LANGUAGES.get(code)] or None
+    trained_on = getattr(getattr(model, "config", None), "extra", {}).get("train_datasets")
+    if training_datasets is None and trained_on is not None:
+        training_datasets = training_tasks(trained_on)
     return ModelMeta(
         loader=load_mteb_encoder if directory is not None else None,
         loader_kwargs={"directory": str(directory)} if directory is not None else {},
         name=name,
         revision=revision,
-        release_date=None,
+        release_date=release_date or _release_date(directory),
         languages=languages,
         n_parameters=sum(p.numel() for p in params),
         memory_usage_mb=round(sum(p.numel() * p.element_size() for p in params) / 2**20, 1),
