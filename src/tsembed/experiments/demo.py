@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 # 40 steps per model keep the whole quick demo (two trainings, two evaluations with a cold image cache, routing)
 # under 5 minutes on 2 CPU cores (timings in docs/results/demo-quick/README.md).
-QUICK = ["schedule.steps=40", "schedule.stage1_steps=20", "optim.warmup_steps=4", "run.checkpoint_every=20"]
+QUICK = ["schedule.steps=40", "schedule.stage1_steps=20", "optim.warmup_steps=4", "run.checkpoint_every=20",
+         "align.steps=100"]  # a shorter bridge alignment: the quick demo shows the pipeline, not its best numbers
 
 
 def ensure_suite(suite: Path, seed: int) -> Path:
