@@ -16,7 +16,10 @@ from tsembed.training.objective import ContrastiveObjective, LossConfig
 from tsembed.training.step import ContrastiveBatch, ContrastiveTask, contrastive_step
 from tsembed.training.trainer import Trainer, init_distributed, shutdown_distributed
 
+from .device_guard import VirtualDevice
 from .helpers import grads, toy_batch, toy_model
+
+DEVICE = torch.device("cpu")  # the training device; VirtualDevice keeps host tensors out of the collectives
 
 
 def _combined(world: int, step: int = 0) -> tuple[list[ContrastiveBatch], ContrastiveBatch]:
@@ -42,20 +45,22 @@ def _in_process_group(rank: int, world: int, port: int, body, *args) -> None:
     torch.set_num_threads(1)
     init_distributed()
     try:
-        body(rank, world, *args)
+        with VirtualDevice(DEVICE):  # what NCCL refuses fails here too
+            body(rank, world, *args)
     finally:
         shutdown_distributed()
 
 
 def _step_body(rank: int, world: int, chunk, out_path: str) -> None:
-    model = toy_model()
-    objective = ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1), EANSConfig(mode="weight"))
+    model = toy_model().to(DEVICE)
+    objective = ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1),
+                                     EANSConfig(mode="weight")).to(DEVICE)
     parts, _ = _combined(world)
-    task = wrap_ddp(ContrastiveTask(model, objective), torch.device("cpu"))  # DDP averages the gradients
+    task = wrap_ddp(ContrastiveTask(model, objective), DEVICE)  # DDP averages the gradients
     out = contrastive_step(model, objective, parts[rank], eans_active=True, chunk_size=chunk, task=task)
     g = grads(model)
-    losses = [torch.zeros(1) for _ in range(world)]
-    dist.all_gather(losses, torch.tensor([out.contrastive]))
+    losses = [torch.zeros(1, device=DEVICE) for _ in range(world)]
+    dist.all_gather(losses, torch.tensor([out.contrastive], device=DEVICE))
     if rank == 0:
         torch.save({"grads": g, "loss": float(torch.cat(losses).mean())}, out_path)
 
@@ -108,11 +113,11 @@ def _objective() -> ContrastiveObjective:
 
 
 def _ddp_steps_body(rank: int, world: int, out_path: str) -> None:
-    model, objective = toy_model(), _objective()
-    task = wrap_ddp(ContrastiveTask(model, objective), torch.device("cpu"))
+    model, objective = toy_model().to(DEVICE), _objective().to(DEVICE)
+    task = wrap_ddp(ContrastiveTask(model, objective), DEVICE)
     losses = _train(model, objective, [_combined(world, s)[0][rank] for s in range(STEPS)], task)
-    gathered = [torch.zeros(STEPS) for _ in range(world)]
-    dist.all_gather(gathered, torch.tensor(losses))
+    gathered = [torch.zeros(STEPS, device=DEVICE) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor(losses, device=DEVICE))
     if rank == 0:
         state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         torch.save({"state": state, "tau": objective.log_tau.detach().clone(),

@@ -142,7 +142,8 @@ def _totals(outputs: list[EmbeddingOutput]) -> tuple[dict[str, torch.Tensor], di
             units[name] = units.get(name, 0) + s.num_units
     names = list(counts)
     packed = all_reduce_sum(torch.stack([counts[n].float() for n in names]))  # [layers, E]
-    unit_tensor = all_reduce_sum(torch.tensor([float(units[n]) for n in names]))
+    # on the counts' device: NCCL reduces no CPU tensor (gloo does, so only tests/training/device_guard.py sees it)
+    unit_tensor = all_reduce_sum(torch.tensor([float(units[n]) for n in names], device=packed.device))
     return {n: packed[i] for i, n in enumerate(names)}, {n: int(unit_tensor[i]) for i, n in enumerate(names)}
 
 

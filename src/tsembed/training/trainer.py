@@ -397,12 +397,18 @@ def _tensorboard(path: Path) -> Any:
 
 
 def init_distributed() -> None:
-    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
+    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1).
+
+    On GPUs the group is NCCL only: every tensor a collective sees must be on the rank's GPU (the 2-process
+    tests check it on CPU with tests/training/device_guard.py).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        if torch.cuda.is_available():  # NCCL: every collective on this rank's GPU, chosen before the group starts
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
 
 
 def shutdown_distributed() -> None:
