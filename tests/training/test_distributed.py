@@ -22,10 +22,12 @@ from .helpers import grads, toy_batch, toy_model
 DEVICE = torch.device("cpu")  # the training device; VirtualDevice keeps host tensors out of the collectives
 
 
-def _combined(world: int, step: int = 0) -> tuple[list[ContrastiveBatch], ContrastiveBatch]:
-    """The ranks' batches and their concatenation (all positives first, then all hard negatives)."""
-    n, hard = 4, 2
-    parts = [toy_batch(n=n, hard=hard, seed=r + 10 * step) for r in range(world)]
+def _combined(world: int, step: int = 0, hard: tuple[int, ...] = (2, 2)) -> tuple[list[ContrastiveBatch],
+                                                                                 ContrastiveBatch]:
+    """The ranks' batches (rank r with hard[r] hard negatives) and their concatenation (all positives first,
+    then all hard negatives)."""
+    n = 4
+    parts = [toy_batch(n=n, hard=hard[r], seed=r + 10 * step) for r in range(world)]
     queries = [q for p in parts for q in p.queries]
     targets = [t for p in parts for t in p.targets[:n]] + [t for p in parts for t in p.targets[n:]]
     ids = torch.cat([p.target_ids[:n] for p in parts] + [p.target_ids[n:] for p in parts])
@@ -51,11 +53,11 @@ def _in_process_group(rank: int, world: int, port: int, body, *args) -> None:
         shutdown_distributed()
 
 
-def _step_body(rank: int, world: int, chunk, out_path: str) -> None:
+def _step_body(rank: int, world: int, chunk, out_path: str, hard: tuple[int, ...]) -> None:
     model = toy_model().to(DEVICE)
     objective = ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1),
                                      EANSConfig(mode="weight")).to(DEVICE)
-    parts, _ = _combined(world)
+    parts, _ = _combined(world, hard=hard)
     task = wrap_ddp(ContrastiveTask(model, objective), DEVICE)  # DDP averages the gradients
     out = contrastive_step(model, objective, parts[rank], eans_active=True, chunk_size=chunk, task=task)
     g = grads(model)
@@ -72,17 +74,19 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow  # starts two processes
-@pytest.mark.parametrize("chunk", [None, 3])
-def test_two_processes_equal_one_process_with_whole_batch(tmp_path, chunk):
+@pytest.mark.parametrize(("chunk", "hard"), [(None, (2, 2)), (3, (2, 2)), (3, (2, 0)), (None, (0, 3))])
+def test_two_processes_equal_one_process_with_whole_batch(tmp_path, chunk, hard):
+    """Also with uneven hard negatives (one rank's rows have none, as when MMEB-train mixes subsets with and
+    without ``neg_*``): the gathers pad to the largest rank and drop the padding."""
     world = 2
     out_path = str(tmp_path / "rank0.pt")
-    mp.start_processes(_in_process_group, args=(world, _free_port(), _step_body, chunk, out_path), nprocs=world,
-                       start_method="spawn")
+    mp.start_processes(_in_process_group, args=(world, _free_port(), _step_body, chunk, out_path, hard),
+                       nprocs=world, start_method="spawn")
     result = torch.load(out_path)
 
     model = toy_model()
     objective = ContrastiveObjective(LossConfig(tau=0.05, load_balance_weight=0.1), EANSConfig(mode="weight"))
-    _, whole = _combined(world)
+    _, whole = _combined(world, hard=hard)
     single = contrastive_step(model, objective, whole, eans_active=True)
     assert result["loss"] == pytest.approx(single.contrastive, rel=1e-5)
     expected = grads(model)
