@@ -1,8 +1,10 @@
 """Two gloo processes must give the loss and gradients of one process with the concatenated batch."""
 
+import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,25 +152,44 @@ def test_ddp_training_with_gradcache_and_a_learnable_tau_equals_one_process(tmp_
 def _trainer_body(rank: int, world: int, config, out_path: str) -> None:
     trainer = Trainer(config, model=toy_model())
     assert isinstance(trainer.task, DistributedDataParallel)
+    # each rank's own bank would see its own drift: rank 1's says "stable" from the start, rank 0's never
+    trainer.target_bank.drift = lambda: 1.0 if rank == 0 else 0.0
     trainer.fit()
     flat = torch.cat([p.detach().flatten() for p in trainer.trainable])
+    banks = torch.cat([trainer.target_bank.signatures.flatten(), trainer.query_bank.signatures.flatten()]).to(DEVICE)
     replicas = [torch.zeros_like(flat) for _ in range(world)]
     dist.all_gather(replicas, flat)
+    bank_copies = [torch.zeros_like(banks) for _ in range(world)]
+    dist.all_gather(bank_copies, banks)
+    switch = [torch.zeros(1, device=DEVICE) for _ in range(world)]
+    dist.all_gather(switch, torch.tensor([float(trainer.switch_step)], device=DEVICE))
     if rank == 0:
-        torch.save({"replicas": replicas, "losses": [r["loss"] for r in trainer.history]}, out_path)
+        torch.save({"replicas": replicas, "banks": bank_copies, "switch": [int(x) for x in switch],
+                    "losses": [r["loss"] for r in trainer.history],
+                    "targets": [r["num_targets"] for r in trainer.history]}, out_path)
 
 
 @pytest.mark.slow  # starts two processes, each with a DataLoader worker
 def test_trainer_under_two_processes_keeps_the_replicas_identical(tmp_path):
-    """The trainer as torchrun runs it: DDP over model + objective, GradCache, DataLoader workers, EANS stage 2."""
+    """The trainer as torchrun runs it: DDP over model + objective, GradCache, DataLoader workers, EANS stage 2
+    (``mine``) after a ``stability`` switch, one dataset with hard negatives and one without (uneven targets)."""
     from .test_trainer import make_config, write_train_files
 
-    config = make_config(write_train_files(tmp_path), tmp_path, data={"num_workers": 1, "batch_size": 4},
-                         run={"chunk_size": 3}, loss={"learnable_tau": True}, eans={"mode": "mine"})
+    files = write_train_files(tmp_path)
+    path = Path(files[1]["path"])  # "animals" without hard negatives
+    path.write_text("".join(json.dumps({**json.loads(line), "neg_text": ""}) + "\n"
+                            for line in path.read_text().splitlines()))
+    config = make_config(files, tmp_path, data={"num_workers": 1, "batch_size": 4},
+                         run={"chunk_size": 3}, loss={"learnable_tau": True}, eans={"mode": "mine"},
+                         schedule={"stage1_steps": 5, "switch": "stability", "min_stage1_steps": 2,
+                                   "stability_interval": 1, "stability_threshold": 0.6})
     out_path = str(tmp_path / "rank0.pt")
     mp.start_processes(_in_process_group, args=(2, _free_port(), _trainer_body, config, out_path), nprocs=2,
                        start_method="spawn")
     result = torch.load(out_path)
     assert len(result["losses"]) == 6 and all(math.isfinite(x) for x in result["losses"])
+    assert result["switch"] == [2, 2]  # both ranks switch on the mean drift 0.5 < 0.6, at the same step
+    assert len(set(result["targets"])) > 1  # steps with and without hard negatives (and mined ones)
     torch.testing.assert_close(result["replicas"][1], result["replicas"][0], rtol=0, atol=0)
+    torch.testing.assert_close(result["banks"][1], result["banks"][0], rtol=0, atol=0)
     assert (tmp_path / "run" / "model" / "tsembed_config.json").is_file()  # rank 0 saved the model

@@ -33,7 +33,15 @@ from tsembed.training import checkpoint as ckpt
 from tsembed.training.collapse import CollapseWatch
 from tsembed.training.config import TrainConfig
 from tsembed.training.data import BatchPlan, StepBatches, StepInputs, TrainingData, TrainSource, step_loader
-from tsembed.training.distributed import is_distributed, rank, world_size, wrap_ddp
+from tsembed.training.distributed import (
+    all_reduce_sum,
+    gather_no_grad,
+    gather_sizes,
+    is_distributed,
+    rank,
+    world_size,
+    wrap_ddp,
+)
 from tsembed.training.eans import SignatureBank
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 from tsembed.training.schedule import lr_factor
@@ -214,6 +222,36 @@ class Trainer:
             logger.info("stage 2 from step %d (EANS %s on; router lr x%g; last signature drift %s)", self.step,
                         self.config.eans.mode, s.stage2_router_lr_scale, "n/a" if drift is None else f"{drift:.4f}")
 
+    # ----- what the ranks share ----------------------------------------------------------------------
+    def _diverged_ranks(self, loss: float) -> list[int]:
+        """The ranks whose loss is not finite (one all_gather on the training device when distributed)."""
+        flag = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.device)
+        flags = gather_no_grad(flag, [1] * world_size()).tolist()
+        return [r for r, bad in enumerate(flags) if bad]
+
+    def _all_ranks(self, ids: torch.Tensor, signatures: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's (ids, signatures), in rank order: each rank banks all of them, so the banks (hence the
+        drift, the mined negatives and a resumed run's banks) are the same on every rank, as in one process."""
+        if not is_distributed():
+            return ids, signatures
+        # ids ride as a float64 column (exact below 2^53): one gather per bank
+        packed = torch.cat([signatures.detach().double(), ids.to(signatures.device).double()[:, None]], dim=1)
+        gathered = gather_no_grad(packed, gather_sizes(packed.shape[0], packed.device))
+        return gathered[:, -1].long(), gathered[:, :-1].float()
+
+    def _agreed_drift(self) -> float | None:
+        """The signature drift of the stage switch as every rank sees it: the ranks' mean.
+
+        The banks are shared (``_all_ranks``), but the switch changes the loss and (``mine``) the collectives'
+        shapes, so it is decided from one all-reduced value rather than trusted to agree bit for bit.
+        """
+        local = self.target_bank.drift()
+        if not is_distributed():
+            return local
+        both = all_reduce_sum(torch.tensor([0.0 if local is None else local, 0.0 if local is None else 1.0],
+                                           dtype=torch.float64, device=self.device)).tolist()
+        return both[0] / both[1] if both[1] else None
+
     # ----- one step ------------------------------------------------------------------------------------
     def _mined(self, rows: list[int]) -> list[list[int]] | None:
         if self.stage != 2 or not self.config.eans.spec.mines or self.query_bank is None:
@@ -258,9 +296,11 @@ class Trainer:
         out = contrastive_step(self.model, self.objective, batch, eans_active=self.stage == 2,
                                chunk_size=self.config.run.chunk_size, usage=self.expert_usage, prepared=prepared,
                                task=self.task, scaler=self.scaler)
-        if not math.isfinite(out.loss):
+        diverged = self._diverged_ranks(out.loss)
+        if diverged:  # every rank raises at the same step: none is left waiting in a collective
             raise TrainingDiverged(
-                f"loss is {out.loss} at step {self.step} (stage {self.stage}, batch of dataset {batch.dataset!r}, "
+                f"loss is {out.loss} on rank {rank()} at step {self.step} (non-finite on rank(s) {diverged}; "
+                f"stage {self.stage}, this rank's batch of dataset {batch.dataset!r}, "
                 f"rows {rows[:8]}{'...' if len(rows) > 8 else ''}); lower optim.lr or loss.tau, or check the data"
             )
         if self.scaler is not None:
@@ -275,13 +315,13 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.target_bank is not None and out.target_signatures is not None:
-            self.target_bank.update(batch.target_ids, out.target_signatures)
-            self.query_bank.update(batch.query_ids, out.query_signatures)
+            self.target_bank.update(*self._all_ranks(batch.target_ids, out.target_signatures))
+            self.query_bank.update(*self._all_ranks(batch.query_ids, out.query_signatures))
         elapsed = time.perf_counter() - start
         self.step += 1
         drift = None
         if self.target_bank is not None and self.step % self.config.schedule.stability_interval == 0:
-            drift = self.target_bank.drift()
+            drift = self._agreed_drift()
         record = {
             "step": self.step, "stage": self.stage, "loss": out.loss, "contrastive": out.contrastive,
             "load_balance": out.load_balance, "z_loss": out.z_loss, "lr": lr, "tau": float(self.objective.tau),
