@@ -298,10 +298,11 @@ class Trainer:
                                task=self.task, scaler=self.scaler)
         diverged = self._diverged_ranks(out.loss)
         if diverged:  # every rank raises at the same step: none is left waiting in a collective
+            where = f"; rank {rank()}, non-finite on rank(s) {diverged}" if is_distributed() else ""
             raise TrainingDiverged(
-                f"loss is {out.loss} on rank {rank()} at step {self.step} (non-finite on rank(s) {diverged}; "
-                f"stage {self.stage}, this rank's batch of dataset {batch.dataset!r}, "
-                f"rows {rows[:8]}{'...' if len(rows) > 8 else ''}); lower optim.lr or loss.tau, or check the data"
+                f"loss is {out.loss} at step {self.step} (stage {self.stage}, batch of dataset {batch.dataset!r}, "
+                f"rows {rows[:8]}{'...' if len(rows) > 8 else ''}{where}); lower optim.lr or loss.tau, "
+                "or check the data"
             )
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
