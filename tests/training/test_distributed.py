@@ -193,3 +193,31 @@ def test_trainer_under_two_processes_keeps_the_replicas_identical(tmp_path):
     torch.testing.assert_close(result["replicas"][1], result["replicas"][0], rtol=0, atol=0)
     torch.testing.assert_close(result["banks"][1], result["banks"][0], rtol=0, atol=0)
     assert (tmp_path / "run" / "model" / "tsembed_config.json").is_file()  # rank 0 saved the model
+
+
+def _nan_body(rank: int, world: int, config, out_dir: str) -> None:
+    from tsembed.training.trainer import TrainingDiverged
+
+    trainer = Trainer(config, model=toy_model())
+    if rank == 1:  # this rank's loss only becomes NaN
+        trainer.objective.log_tau.data = torch.tensor(math.nan, device=DEVICE)
+    try:
+        trainer.fit()
+        message = "no error"
+    except TrainingDiverged as error:
+        message = str(error)
+    Path(out_dir, f"rank{rank}.txt").write_text(message)
+
+
+@pytest.mark.slow  # starts two processes
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    """Not only the rank that saw it: the others would wait in their next collective until NCCL's timeout."""
+    from .test_trainer import make_config, write_train_files
+
+    config = make_config(write_train_files(tmp_path), tmp_path, data={"batch_size": 4})
+    mp.start_processes(_in_process_group, args=(2, _free_port(), _nan_body, config, str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    for r in range(2):
+        message = (tmp_path / f"rank{r}.txt").read_text()
+        assert message.startswith("loss is") and "at step 0" in message, message
+        assert f"rank {r}, non-finite on rank(s) [1]" in message
