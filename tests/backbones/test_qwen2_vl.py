@@ -104,3 +104,48 @@ def test_bad_configs(tiny_qwen2_vl_dir, tiny_clip_dir, tmp_path) -> None:
         Qwen2VLBackbone(str(tiny_qwen2_vl_dir), prompt_template="no slot")
     with pytest.raises(ConfigError, match="dtype must be one of"):
         Qwen2VLBackbone(str(tiny_qwen2_vl_dir), dtype="float64")
+
+
+@pytest.mark.parametrize("level", ["sequence", "token"])
+def test_task_hints_with_gradient_checkpointing_equal_without(tiny_qwen2_vl_dir, backbone_test_images, level) -> None:
+    """The backward's recompute sees the forward's hints and masks (issue 23 §5: the hints were cleared before
+    it, a CheckpointError), also when several forwards (queries, then targets) precede one backward."""
+    from tsembed.model import ModelConfig, TSEmbedModel
+    from tsembed.training.eans import EANSConfig
+    from tsembed.training.objective import ContrastiveObjective, LossConfig
+    from tsembed.training.step import ContrastiveBatch, contrastive_step
+
+    hints = ("ret", "cls")
+    queries = [EmbedInput(text="a picture of a cat", task="ret"), EmbedInput(image=backbone_test_images[0], task="cls"),
+               EmbedInput(text="the sun")]
+    targets = [EmbedInput(image=backbone_test_images[1], task="ret"), EmbedInput(text="cat", task="cls"),
+               EmbedInput(text="a long sentence about a small tree on a hill", task="ret")]
+    batch = ContrastiveBatch(queries, targets, torch.arange(3), torch.arange(3), torch.full((3,), -1))
+    grads = []
+    for checkpointing in (False, True):
+        backbone = Qwen2VLBackbone(str(tiny_qwen2_vl_dir), gradient_checkpointing=checkpointing)
+        moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=2, rank=2, level=level,
+                            task_hints=list(hints), task_hint_init=1.0)
+        torch.manual_seed(0)
+        model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe)).train()
+        objective = ContrastiveObjective(LossConfig(tau=0.1), EANSConfig(mode="off"))
+        torch.manual_seed(1)
+        contrastive_step(model, objective, batch, eans_active=False)  # queries and targets, then one backward
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) and any("router_hint" in n for n in grads[0])
+    for name, value in grads[0].items():
+        torch.testing.assert_close(grads[1][name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_run_gradient_checkpointing_reaches_a_backbone_built_without_it(tiny_qwen2_vl_dir) -> None:
+    """``run.gradient_checkpointing`` calls ``enable_gradient_checkpointing`` on a built backbone: the decoder
+    must leave the eval pin it had then, or HF never checkpoints (it checkpoints in training mode only)."""
+    backbone = Qwen2VLBackbone(str(tiny_qwen2_vl_dir))
+    backbone.enable_gradient_checkpointing()
+    backbone.train()
+    assert backbone.model.is_gradient_checkpointing
+    visual = {id(m) for m in backbone.model.visual.modules()}
+    layers = [m for m in backbone.model.modules()
+              if getattr(m, "gradient_checkpointing", False) and id(m) not in visual]
+    assert layers and all(m.training for m in layers)
+    assert not backbone.model.visual.training  # the frozen vision tower stays in eval

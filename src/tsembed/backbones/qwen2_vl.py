@@ -111,10 +111,23 @@ class Qwen2VLBackbone(Backbone):
         self.suffix_ids = self._encode([suffix])[0]
         self.freeze_pretrained()
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.keep_in_eval([self.model.visual])  # checkpointing only runs in training mode
+            self.enable_gradient_checkpointing()
         else:
             self.keep_in_eval([self.model])
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the decoder layers in the backward (the backbone option, or ``run.gradient_checkpointing``).
+
+        The recompute replays the routing state of its forward (``tsembed.moe.checkpoint_context``): task hints
+        are cleared when a forward returns, and a full batch runs several forwards before its one backward.
+        """
+        from tsembed.moe import checkpoint_context
+
+        visual = {id(m) for m in self.model.visual.modules()}  # the decoder must train for HF to checkpoint it
+        self._always_eval = [m for m in self._always_eval if id(m) in visual]
+        self.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": checkpoint_context(self)})
+        self.keep_in_eval([self.model.visual])  # checkpointing only runs in training mode
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **self._options}
