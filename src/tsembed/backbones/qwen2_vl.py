@@ -127,6 +127,10 @@ class Qwen2VLBackbone(Backbone):
         self._always_eval = [m for m in self._always_eval if id(m) in visual]
         self.model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": checkpoint_context(self)})
+        # HF adds a hook (a local function) making the embeddings require grad, which only reentrant checkpointing
+        # needs; it cannot be pickled, and DataLoader workers started by spawn / forkserver pickle the model
+        if getattr(self.model, "_require_grads_hook", None) is not None:
+            self.model.disable_input_require_grads()
         self.keep_in_eval([self.model.visual])  # checkpointing only runs in training mode
 
     def config(self) -> dict[str, Any]:

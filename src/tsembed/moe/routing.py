@@ -11,7 +11,7 @@ backbone whose adapted layers see another sequence (e.g. visual tokens fused int
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,20 +161,24 @@ def set_routing_mask(model: nn.Module, attention_mask: torch.Tensor | None,
         state.text_mask = text_mask
 
 
-def checkpoint_context(model: nn.Module) -> Callable[[], tuple[Any, Any]]:
+class checkpoint_context:  # noqa: N801 - used like the function it was: checkpoint_context(model)
     """``context_fn`` for ``torch.utils.checkpoint`` (non-reentrant) over layers of ``model``: the recompute in
     the backward sees the routing state (mask, text mask, task hints) of its forward, not whatever a later
     forward left (``TSEmbedModel.forward`` clears the hints on return; a full batch embeds queries, then
     targets, then runs one backward). Its routing records go to a scratch dict, leaving the forward's.
 
-    The state is looked up at each call, so this may be given before adapters are attached.
+    The state is looked up at each call, so this may be given before adapters are attached. A class, not a
+    closure: DataLoader workers started by spawn pickle the model, and the model holds this.
     """
-    def context_fn() -> tuple[Any, Any]:
-        state = getattr(model, "tsembed_routing_state", None)
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self) -> tuple[Any, Any]:
+        state = getattr(self.model, "tsembed_routing_state", None)
         if not isinstance(state, RoutingState):
             return contextlib.nullcontext(), contextlib.nullcontext()
         return contextlib.nullcontext(), _replayed(state, (state.mask, state.text_mask, state.hints))
-    return context_fn
 
 
 @contextlib.contextmanager
