@@ -221,3 +221,39 @@ def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path):
         message = (tmp_path / f"rank{r}.txt").read_text()
         assert message.startswith("loss is") and "at step 0" in message, message
         assert f"rank {r}, non-finite on rank(s) [1]" in message
+
+
+def _resume_body(rank: int, world: int, config_a, config_b, out_path: str) -> None:
+    Trainer(config_a, model=toy_model()).fit()
+    draws = {"uninterrupted": torch.rand(4)}  # each rank's generator after the last step
+    resumed = Trainer(config_b, model=toy_model())
+    resumed.fit(resume=str(Path(config_a.run.output_dir) / "checkpoint-0000002"))
+    draws["resumed"] = torch.rand(4)
+    gathered = {k: [torch.zeros(4, device=DEVICE) for _ in range(world)] for k in draws}
+    for key, value in draws.items():
+        dist.all_gather(gathered[key], value.to(DEVICE))
+    if rank == 0:
+        torch.save(gathered, out_path)
+
+
+@pytest.mark.slow  # starts two processes
+def test_resume_under_two_processes_gives_each_rank_its_own_generators(tmp_path):
+    """A checkpoint holds every rank's generators, and a resumed rank continues its own stream (the one its
+    dropout and router jitter would have drawn), not rank 0's."""
+    from tsembed.training.checkpoint import load_state
+
+    from .test_trainer import make_config, write_train_files
+
+    files = write_train_files(tmp_path)
+    sections = {"data": {"batch_size": 4}, "schedule": {"steps": 3, "stage1_steps": 1},
+                "run": {"checkpoint_every": 2}}
+    config_a = make_config(files, tmp_path / "a", **sections)
+    config_b = make_config(files, tmp_path / "b", **sections)
+    out_path = str(tmp_path / "rank0.pt")
+    mp.start_processes(_in_process_group, args=(2, _free_port(), _resume_body, config_a, config_b, out_path),
+                       nprocs=2, start_method="spawn")
+    draws = torch.load(out_path)
+    assert len(load_state(tmp_path / "a" / "run" / "checkpoint-0000002")["rng_ranks"]) == 2
+    assert not torch.equal(draws["uninterrupted"][0], draws["uninterrupted"][1])  # the ranks' streams differ
+    for r in range(2):
+        torch.testing.assert_close(draws["resumed"][r], draws["uninterrupted"][r], rtol=0, atol=0)

@@ -352,12 +352,21 @@ class Trainer:
         return {
             "step": self.step, "stage": self.stage, "switch_step": self.switch_step,
             "optimizer": self.optimizer.state_dict(), "objective": self.objective.state_dict(),
-            "rng": ckpt.rng_state(), "config": asdict(self.config),
+            "rng": ckpt.rng_state(), "rng_ranks": self._rank_rng_states(), "config": asdict(self.config),
             "target_bank": self.target_bank.state_dict() if self.target_bank else None,
             "query_bank": self.query_bank.state_dict() if self.query_bank else None,
             "expert_usage": self.expert_usage.state_dict() if self.expert_usage else None,
             "grad_scaler": self.scaler.state_dict() if self.scaler else None,
         }
+
+    def _rank_rng_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's generators (a collective: ``state_dict`` runs on every rank), so that a resumed rank
+        continues its own dropout / jitter stream rather than rank 0's; None in one process."""
+        if not is_distributed():
+            return None
+        states: list[Any] = [None] * world_size()
+        dist.all_gather_object(states, ckpt.rng_state())
+        return states
 
     def load_state_dict(self, state: dict[str, Any], model_dir: Path) -> None:
         self.model.load_weights(model_dir)
@@ -371,7 +380,16 @@ class Trainer:
         if self.scaler is not None and state.get("grad_scaler"):  # fp16 resumes at the loss scale it had reached
             self.scaler.load_state_dict(state["grad_scaler"])
         self.step, self.stage, self.switch_step = state["step"], state["stage"], state["switch_step"]
-        ckpt.set_rng_state(state["rng"])
+        # the banks and everything above are the same on every rank (the banks hold every rank's signatures);
+        # the generators are not: each rank takes its own, as long as the world size is the checkpoint's
+        per_rank = state.get("rng_ranks")
+        if per_rank and len(per_rank) == world_size():
+            ckpt.set_rng_state(per_rank[rank()])
+        else:
+            if per_rank or world_size() > 1:
+                logger.warning("checkpoint holds the generators of %d rank(s), this run has %d: every rank "
+                               "resumes from rank 0's", len(per_rank or [None]), world_size())
+            ckpt.set_rng_state(state["rng"])
 
     def fit(self, resume: str | None = None) -> Path:
         """Train to ``schedule.steps``; returns the final model directory (``<output_dir>/model``)."""
@@ -411,8 +429,10 @@ class Trainer:
                     if self.step % run.log_every == 0 and main:
                         logger.info("step %d stage %d loss %.4f lr %.2e %.1f samples/s", self.step, self.stage,
                                     record["loss"], record["lr"], record["samples_per_s"])
-                    if self.step % run.checkpoint_every == 0 and self.step < self.config.schedule.steps and main:
-                        ckpt.save_checkpoint(self.output_dir, self.model, self.state_dict(), run.keep_checkpoints)
+                    if self.step % run.checkpoint_every == 0 and self.step < self.config.schedule.steps:
+                        state = self.state_dict()  # on every rank: it gathers the ranks' generators
+                        if main:
+                            ckpt.save_checkpoint(self.output_dir, self.model, state, run.keep_checkpoints)
         finally:
             self._batches = None  # shuts the workers down
         bar.close()
