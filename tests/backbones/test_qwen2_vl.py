@@ -149,3 +149,31 @@ def test_run_gradient_checkpointing_reaches_a_backbone_built_without_it(tiny_qwe
               if getattr(m, "gradient_checkpointing", False) and id(m) not in visual]
     assert layers and all(m.training for m in layers)
     assert not backbone.model.visual.training  # the frozen vision tower stays in eval
+
+
+def test_large_images_shrink_so_the_question_is_kept_whole(tiny_qwen2_vl_dir) -> None:
+    """A tall page and a DocVQA-sized page with a 30-token question: the images give up tokens, the question
+    none (issue 23 §4; the tiny processor allows 4 to 16 image tokens). It used to cut the question instead."""
+    question = "what is the total amount due on this invoice page?"
+    probe = Qwen2VLBackbone(str(tiny_qwen2_vl_dir))
+    q_tokens = len(probe._encode([" " + question])[0])
+    assert q_tokens >= 30
+    # room for the prompt, <|vision_start|> / <|vision_end|>, the question, and 8 image tokens
+    max_length = len(probe.prefix_ids) + len(probe.suffix_ids) + 2 + q_tokens + 8
+    b = Qwen2VLBackbone(str(tiny_qwen2_vl_dir), max_length=max_length)
+    inputs = [EmbedInput("<|image_1|> " + question, Image.new("RGB", (1000, 4000), "white")),
+              EmbedInput("<|image_1|> " + question, Image.new("RGB", (1700, 2200), "gray")),
+              EmbedInput("<|image_1|> short", Image.new("RGB", (1700, 2200), "gray"))]
+    prepared = b.prepare(inputs)
+    ids = prepared["input_ids"]
+    assert ids.shape[1] <= max_length
+    pads = (ids == b.image_pad_id).sum(dim=1).tolist()
+    full = int((probe.prepare(inputs[2:])["input_ids"] == b.image_pad_id).sum())
+    assert 4 <= pads[0] <= 8 and 4 <= pads[1] <= 8 and pads[2] == full > 8  # a short text leaves room for all
+    for row in ids[:2].tolist():
+        text = b.tokenizer.decode([t for t in row if t != b.image_pad_id])
+        assert question in text  # every question token kept
+    assert prepared["image_grid_thw"].prod(-1).div(4).tolist() == pads
+    with torch.no_grad():
+        out = b(**prepared)
+    assert torch.isfinite(out.hidden_states).all()

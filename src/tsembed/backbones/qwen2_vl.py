@@ -10,15 +10,19 @@ whose hidden state is the embedding (last-token pooling).
 Ids are assembled here from the checkpoint's tokenizer and image processor instead of
 ``Qwen2VLProcessor.__call__``: the expansion rule is the processor's own (``grid_thw.prod() //
 merge_size²`` pads per image), but this way truncation can shorten only the text and never cut an
-image's tokens, and the processor's torchvision-only video component is not needed.
+image's tokens, and the processor's torchvision-only video component is not needed. An image whose tokens
+would push its input past ``max_length`` is first downscaled to the tokens left after the whole text; only an
+image already at the processor's minimum makes the text give way.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 from tsembed.backbones import hf
@@ -36,6 +40,19 @@ QWEN_TARGET_MODULES = [
     r"model\.language_model\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)",
 ]
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def _shrunk(image: Any, factor: int, tokens: int) -> Any:
+    """``image`` resized (aspect kept, sides multiples of ``factor``) to at most ``tokens`` merged patches."""
+    width, height = image.size
+    scale = math.sqrt(tokens * factor * factor / (width * height))
+    w, h = max(1, math.floor(width * scale / factor)), max(1, math.floor(height * scale / factor))
+    while w * h > tokens:  # flooring both sides keeps w·h ≤ tokens unless one side was clamped to 1
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return image.resize((max(w, 1) * factor, max(h, 1) * factor), Image.Resampling.BICUBIC)
 
 
 class Qwen2VLBackbone(Backbone):
@@ -152,12 +169,17 @@ class Qwen2VLBackbone(Backbone):
         images = [load_image(seg.image, i) for i, seg in enumerate(segments) if seg.image is not None]
         batch: dict[str, torch.Tensor] = {}
         pads_per_image: list[int] = []
+        encoded = self._encode([text for seg in segments for text in (seg.before, seg.after)])
         if images:
             vision = self.image_processor(images=images, return_tensors="pt")
-            batch["pixel_values"], batch["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
             merge = int(self.image_processor.merge_size)
             pads_per_image = (vision["image_grid_thw"].prod(-1) // merge**2).tolist()
-        rows = self._token_rows(segments, pads_per_image)
+            fitted = self._fit_images(segments, encoded, images, pads_per_image)
+            if fitted is not images:  # some image shrank to leave its text whole
+                vision = self.image_processor(images=fitted, return_tensors="pt")
+                pads_per_image = (vision["image_grid_thw"].prod(-1) // merge**2).tolist()
+            batch["pixel_values"], batch["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
+        rows = self._token_rows(segments, pads_per_image, encoded)
         length = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -168,8 +190,26 @@ class Qwen2VLBackbone(Backbone):
         batch["mm_token_type_ids"] = (input_ids == self.image_pad_id).int()  # 1 = image, as the processor marks it
         return batch
 
-    def _token_rows(self, segments: list[Segments], pads_per_image: list[int]) -> list[list[int]]:
-        encoded = self._encode([text for seg in segments for text in (seg.before, seg.after)])
+    def _fit_images(self, segments: list[Segments], encoded: list[list[int]], images: list, pads: list[int]) -> list:
+        """``images`` with every image whose tokens would not leave room for its input's whole text within
+        ``max_length`` downscaled (aspect kept) to the tokens that do (VLM2Vec cuts the text instead; a DocVQA
+        page then leaves a question 2 tokens). The image keeps at least the processor's minimum; only when even
+        that does not fit is the text cut (``_token_rows``). The same list when nothing needs to shrink."""
+        factor = int(self.image_processor.patch_size) * int(self.image_processor.merge_size)
+        fixed = len(self.prefix_ids) + len(self.suffix_ids) + 2  # + <|vision_start|> and <|vision_end|>
+        out = list(images)
+        index = 0
+        for i, seg in enumerate(segments):
+            if not seg.has_image:
+                continue
+            budget = self.max_length - fixed - len(encoded[2 * i]) - len(encoded[2 * i + 1])
+            if pads[index] > budget >= 1:
+                out[index] = _shrunk(images[index], factor, budget)
+            index += 1
+        return out if any(a is not b for a, b in zip(out, images, strict=True)) else images
+
+    def _token_rows(self, segments: list[Segments], pads_per_image: list[int],
+                    encoded: list[list[int]]) -> list[list[int]]:
         images = iter(pads_per_image)
         rows = []
         for i, seg in enumerate(segments):
