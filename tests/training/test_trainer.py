@@ -260,3 +260,32 @@ def test_a_fresh_model_starts_its_backbone_routing_from_every_training_input(tra
     assert inputs[0] == trainer.data.query_input(0)
     Trainer(config, model=toy_model())  # a given model keeps the routing it has
     assert len(calls) == 1
+
+
+def test_a_row_that_cannot_be_prepared_is_replaced_counted_and_logged(tmp_path, caplog):
+    """One bad sample (a broken image, an input that cannot fit) never ends a run (issue 23 §4): its row is
+    replaced by the next good row of its dataset, so the batch keeps its size on every rank."""
+    from tsembed.errors import DataError
+
+    files = write_train_files(tmp_path)
+    path = tmp_path / "colors.jsonl"
+    lines = path.read_text().splitlines()
+    lines[5] = json.dumps({**json.loads(lines[5]), "qry": "BROKEN"})
+    path.write_text("\n".join(lines) + "\n")
+    model = toy_model()
+    prepare = model.prepare
+
+    def fragile(inputs):
+        if any(getattr(x, "text", None) and "BROKEN" in x.text for x in inputs):
+            raise DataError("input 0: cannot be prepared")
+        return prepare(inputs)
+
+    model.prepare = fragile
+    trainer = Trainer(make_config(files, tmp_path, schedule={"steps": 12}), model=model)
+    with caplog.at_level("WARNING"):
+        trainer.fit()
+    assert trainer.history[-1]["skipped_rows"] >= 1
+    assert "skipped row 5 of dataset colors" in caplog.text
+    assert all(math.isfinite(r["loss"]) for r in trainer.history)
+    plan_rows = {r for s in range(12) for r in trainer.steps[s].rows}
+    assert 5 not in plan_rows and all(len(trainer.steps[s].rows) == 8 for s in range(12))

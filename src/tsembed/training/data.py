@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tsembed.data.mmeb import read_train
 from tsembed.data.rows import TrainRow
-from tsembed.errors import ConfigError
+from tsembed.errors import ConfigError, DataError
 from tsembed.inputs import EmbedInput, InputKey, input_key, with_task
 from tsembed.training.step import ContrastiveBatch, PreparedBatch, prepare_batch
 
@@ -174,6 +174,20 @@ class BatchPlan:
         return epoch, self.epoch(epoch)[position]
 
 
+#: What preparing one bad sample raises (a missing or broken image, an input that cannot fit): skipped, not fatal.
+SAMPLE_ERRORS = (DataError, OSError)
+
+
+@dataclass
+class SkippedRow:
+    """A training row that could not be prepared, and the row that took its place in the batch."""
+
+    dataset: str
+    row: int
+    replaced_by: int
+    error: str
+
+
 @dataclass
 class StepInputs:
     """Everything one training step reads from the data: its rows, batch and prepared (CPU) inputs."""
@@ -182,6 +196,7 @@ class StepInputs:
     rows: list[int]
     batch: ContrastiveBatch
     prepared: PreparedBatch
+    skipped: list[SkippedRow] = field(default_factory=list)
 
     def pin_memory(self) -> StepInputs:
         return replace(self, prepared=self.prepared.pin_memory())
@@ -204,9 +219,42 @@ class StepBatches(Dataset):
         self.hard_negatives, self.chunk_size = hard_negatives, chunk_size
 
     def __getitem__(self, step: int) -> StepInputs:
-        _, rows = self.plan.batch_at(step)
-        batch = self.data.make_batch(rows, self.hard_negatives)
-        return StepInputs(step, rows, batch, prepare_batch(self.model, batch, self.chunk_size))
+        """The step's batch; a row that cannot be prepared (``SAMPLE_ERRORS``) is replaced by the next row of
+        its dataset that can, and reported in ``skipped``: one bad sample never ends a run, and the batch keeps
+        its size (the same on every rank). Still a pure function of the step."""
+        _, planned = self.plan.batch_at(step)
+        rows, skipped = list(planned), []
+        while True:
+            batch = self.data.make_batch(rows, self.hard_negatives)
+            try:
+                return StepInputs(step, rows, batch, prepare_batch(self.model, batch, self.chunk_size), skipped)
+            except SAMPLE_ERRORS:
+                found = self._first_bad(rows)
+                if found is None or len(skipped) >= len(self.data):
+                    raise
+                bad, error = found
+                substitute = self._substitute(bad, rows, {s.row for s in skipped})
+                skipped.append(SkippedRow(self.data.dataset_name(bad), bad, substitute, error))
+                rows[rows.index(bad)] = substitute
+
+    def _first_bad(self, rows: list[int]) -> tuple[int, str] | None:
+        for row in rows:
+            batch = self.data.make_batch([row], self.hard_negatives)
+            try:
+                prepare_batch(self.model, batch, None)
+            except SAMPLE_ERRORS as error:
+                return row, f"{type(error).__name__}: {error}"
+        return None
+
+    def _substitute(self, bad: int, rows: list[int], known_bad: set[int]) -> int:
+        """The next row of ``bad``'s dataset (cyclically) that is neither in the batch nor known to be bad."""
+        same = self.data.by_dataset[self.data.rows[bad][0]]
+        start = same.index(bad)
+        for offset in range(1, len(same)):
+            candidate = same[(start + offset) % len(same)]
+            if candidate not in rows and candidate not in known_bad and candidate != bad:
+                return candidate
+        raise DataError(f"dataset {self.data.dataset_name(bad)!r}: no row left to replace unpreparable row {bad}")
 
 
 def step_loader(steps: StepBatches, start: int, stop: int, num_workers: int, prefetch_factor: int,

@@ -32,7 +32,15 @@ from tsembed.precision import check_precision, grad_scaler
 from tsembed.training import checkpoint as ckpt
 from tsembed.training.collapse import CollapseWatch
 from tsembed.training.config import TrainConfig
-from tsembed.training.data import BatchPlan, StepBatches, StepInputs, TrainingData, TrainSource, step_loader
+from tsembed.training.data import (
+    SAMPLE_ERRORS,
+    BatchPlan,
+    StepBatches,
+    StepInputs,
+    TrainingData,
+    TrainSource,
+    step_loader,
+)
 from tsembed.training.distributed import (
     all_reduce_sum,
     gather_no_grad,
@@ -180,6 +188,7 @@ class Trainer:
         self.stage = 1 if config.schedule.stage1_steps > 0 or not config.eans.spec.active else 2
         self.switch_step: int | None = None if self.stage == 1 else 0
         self.history: list[dict[str, Any]] = []
+        self.skipped_rows = 0  # rows (or mined negatives) that could not be prepared, this process's run
         self.collapse_watch = CollapseWatch()
 
     def _init_routing(self, model: TSEmbedModel, seed: int) -> None:
@@ -280,11 +289,20 @@ class Trainer:
         if item.step != self.step:
             raise RuntimeError(f"the data loader delivered step {item.step} for step {self.step}")
         rows, batch, prepared = item.rows, item.batch, item.prepared
+        for skip in item.skipped:  # prepared in a worker: counted and logged here
+            self.skipped_rows += 1
+            logger.warning("step %d: skipped row %d of dataset %s, which cannot be prepared (%s); row %d took "
+                           "its place", self.step, skip.row, skip.dataset, skip.error, skip.replaced_by)
         mined = self._mined(rows)
         if mined is not None:
-            batch = self.data.make_batch(rows, self.config.data.hard_negatives, mined)
-            extra = prepare_chunks(self.model, batch.targets[len(item.batch.targets):], self.config.run.chunk_size)
-            prepared = PreparedBatch(prepared.queries, prepared.targets + extra)
+            with_mined = self.data.make_batch(rows, self.config.data.hard_negatives, mined)
+            try:
+                extra = prepare_chunks(self.model, with_mined.targets[len(batch.targets):], self.config.run.chunk_size)
+            except SAMPLE_ERRORS as error:  # ranks may differ in targets: this one goes without mined ones
+                self.skipped_rows += 1
+                logger.warning("step %d: mined negatives not used, one cannot be prepared (%s)", self.step, error)
+            else:
+                batch, prepared = with_mined, PreparedBatch(prepared.queries, prepared.targets + extra)
         return rows, batch, prepared
 
     def train_step(self) -> StepOutput:
@@ -327,7 +345,8 @@ class Trainer:
             "step": self.step, "stage": self.stage, "loss": out.loss, "contrastive": out.contrastive,
             "load_balance": out.load_balance, "z_loss": out.z_loss, "lr": lr, "tau": float(self.objective.tau),
             "grad_norm": grad_norm, "dataset": batch.dataset, "step_time_s": elapsed, "data_wait_s": start - waited,
-            "samples_per_s": len(batch.queries) * world_size() / elapsed, "signature_drift": drift, **out.logs,
+            "samples_per_s": len(batch.queries) * world_size() / elapsed, "signature_drift": drift,
+            "skipped_rows": self.skipped_rows, **out.logs,
         }
         if self.scaler is not None:  # fp16: the loss scale after this step (it halves on every overflow)
             record["loss_scale"] = self.scaler.get_scale()
