@@ -289,3 +289,23 @@ def test_a_row_that_cannot_be_prepared_is_replaced_counted_and_logged(tmp_path, 
     assert all(math.isfinite(r["loss"]) for r in trainer.history)
     plan_rows = {r for s in range(12) for r in trainer.steps[s].rows}
     assert 5 not in plan_rows and all(len(trainer.steps[s].rows) == 8 for s in range(12))
+
+
+def test_max_per_dataset_keeps_the_first_rows_and_plans_are_built_once_per_epoch(train_files, tmp_path,
+                                                                                monkeypatch):
+    from tsembed.training.data import BatchPlan
+
+    trainer = Trainer(make_config(train_files, tmp_path, data={"max_per_dataset": 16}), model=toy_model())
+    assert len(trainer.data) == 32 and trainer.data.by_dataset == {0: list(range(16)), 1: list(range(16, 32))}
+    with pytest.raises(ConfigError, match="data.max_per_dataset must be"):
+        make_config(train_files, tmp_path, data={"max_per_dataset": 0})
+    plan = BatchPlan(trainer.data, 8, True, {}, seed=0)
+    built = []
+    original = BatchPlan.epoch
+    monkeypatch.setattr(BatchPlan, "epoch", lambda self, e: built.append(e) or original(self, e))
+    per_epoch = len(plan.epoch(0))
+    built.clear()
+    for step in range(per_epoch * 5):
+        plan.batch_at(step)
+    # each step asks for its own epoch's plan only (it used to rebuild every earlier epoch's, per step)
+    assert built.count(0) <= per_epoch and max(built) == 4 and len(built) <= 5 * per_epoch + 5

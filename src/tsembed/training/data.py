@@ -42,7 +42,8 @@ class TrainingData:
     as one target. A dataset's ``task`` is declared by every input that declares none (``with_task``).
     """
 
-    def __init__(self, sources: list[TrainSource], skip_invalid: bool = False) -> None:
+    def __init__(self, sources: list[TrainSource], skip_invalid: bool = False,
+                 max_per_dataset: int | None = None) -> None:
         if not sources:
             raise ConfigError("no training datasets selected")
         self.sources = sources
@@ -56,7 +57,11 @@ class TrainingData:
         for d, source in enumerate(sources):
             split = read_train(source.path, source.image_root, skip_invalid=skip_invalid)
             root = split.image_root
-            for row in split.rows:
+            kept = split.rows[:max_per_dataset] if max_per_dataset else split.rows
+            if len(kept) < len(split.rows):
+                logger.info("training data %s: the first %d of %d rows (data.max_per_dataset)", source.name,
+                            len(kept), len(split.rows))
+            for row in kept:
                 index = len(self.rows)
                 self.rows.append((d, row))
                 self.by_dataset.setdefault(d, []).append(index)
@@ -64,7 +69,7 @@ class TrainingData:
                 negative = row.negative_input(root)
                 self.negative_ids.append(self._target_id(negative, source.task) if negative else -1)
             self._roots[d] = root
-            logger.info("training data %s: %d rows from %s", source.name, len(split.rows), source.path)
+            logger.info("training data %s: %d rows from %s", source.name, len(kept), source.path)
 
     def _target_id(self, item: EmbedInput, task: str | None) -> int:
         (item,) = with_task([item], task)
@@ -129,6 +134,7 @@ class BatchPlan:
         self.weights = {s.name: float(weights.get(s.name, s.weight)) for s in data.sources}
         self.seed, self.world_size, self.rank = seed, world_size, rank
         self._cache: dict[int, list[list[int]]] = {}
+        self._lengths: dict[int, int] = {}  # batches per epoch: plans are rebuilt only for the epoch asked for
 
     def _epoch_rows(self, rng: random.Random, rows: list[int], weight: float) -> list[int]:
         count = max(1, round(len(rows) * weight))
@@ -158,6 +164,7 @@ class BatchPlan:
             rng.shuffle(batches)
             usable = len(batches) - len(batches) % self.world_size
             self._cache = {epoch: batches[self.rank : usable : self.world_size]}
+            self._lengths[epoch] = len(self._cache[epoch])
             if not self._cache[epoch]:
                 raise ConfigError(
                     f"data.batch_size={self.batch_size} leaves no full batch per rank: every dataset needs at least "
@@ -168,10 +175,15 @@ class BatchPlan:
     def batch_at(self, step: int) -> tuple[int, list[int]]:
         """(epoch, row indices) of global step ``step``."""
         epoch, position = 0, step
-        while position >= len(self.epoch(epoch)):
-            position -= len(self.epoch(epoch))
+        while position >= self._length(epoch):
+            position -= self._length(epoch)
             epoch += 1
         return epoch, self.epoch(epoch)[position]
+
+    def _length(self, epoch: int) -> int:
+        if epoch not in self._lengths:
+            self.epoch(epoch)
+        return self._lengths[epoch]
 
 
 #: What preparing one bad sample raises (a missing or broken image, an input that cannot fit): skipped, not fatal.

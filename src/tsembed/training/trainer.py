@@ -153,7 +153,8 @@ class Trainer:
             else torch.device("cpu")
         check_precision(run.precision, self.device)
         torch.manual_seed(run.seed + rank())
-        self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid)
+        self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid,
+                                         max_per_dataset=config.data.max_per_dataset)
         if model is None:
             model = build_model(config)
             self._init_routing(model, run.seed)
