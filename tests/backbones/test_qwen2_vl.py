@@ -177,3 +177,32 @@ def test_large_images_shrink_so_the_question_is_kept_whole(tiny_qwen2_vl_dir) ->
     with torch.no_grad():
         out = b(**prepared)
     assert torch.isfinite(out.hidden_states).all()
+
+
+def test_gradcache_runs_the_frozen_vision_tower_once_per_chunk(tiny_qwen2_vl_dir, backbone_test_images) -> None:
+    """GradCache's second pass reuses the first pass's image features (issue 23 §7): same gradients as the
+    full batch, and one vision forward per chunk with images instead of two."""
+    from tsembed.model import ModelConfig, TSEmbedModel
+    from tsembed.training.eans import EANSConfig
+    from tsembed.training.objective import ContrastiveObjective, LossConfig
+    from tsembed.training.step import ContrastiveBatch, contrastive_step
+
+    queries = [EmbedInput(image=backbone_test_images[i]) for i in range(4)]
+    targets = [EmbedInput(text=w) for w in ("smile", "heart", "star", "tree")]
+    batch = ContrastiveBatch(queries, targets, torch.arange(4), torch.arange(4), torch.full((4,), -1))
+    grads, calls = [], []
+    for chunk in (None, 2):
+        backbone = Qwen2VLBackbone(str(tiny_qwen2_vl_dir))
+        moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=2, rank=2)
+        torch.manual_seed(0)
+        model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe)).train()
+        count = [0]
+        backbone.model.visual.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        objective = ContrastiveObjective(LossConfig(tau=0.1), EANSConfig(mode="off"))
+        contrastive_step(model, objective, batch, eans_active=False, chunk_size=chunk)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        calls.append(count[0])
+    assert calls == [1, 2]  # full batch: one forward of the query chunk; GradCache: 2 image chunks, once each
+    assert backbone._vision_cache is None  # nothing kept after the step
+    for name, value in grads[0].items():
+        torch.testing.assert_close(grads[1][name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -17,8 +17,9 @@ image already at the processor's minimum makes the text give way.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -238,12 +239,37 @@ class Qwen2VLBackbone(Backbone):
     ) -> BackboneOutput:
         # image pads are already in the sequence; everything else is text (moe.router_input="text")
         set_routing_mask(self, attention_mask, text_mask=mm_token_type_ids == 0)
+        encoded = None
+        cache = getattr(self, "_vision_cache", None)
+        if cache is not None and pixel_values is not None:
+            hit = cache.get(id(pixel_values))
+            if hit is None or hit[0] is not pixel_values:
+                with torch.no_grad():  # the tower is frozen: no gradient reaches or leaves it
+                    hit = cache[id(pixel_values)] = (
+                        pixel_values, self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True))
+            encoded, pixel_values = {"image": hit[1]}, None
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             mm_token_type_ids=mm_token_type_ids,
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
+            mm_encoder_outputs=encoded,
             use_cache=False,
         )
         return BackboneOutput(hidden_states=out.last_hidden_state, attention_mask=attention_mask)
+
+    @contextlib.contextmanager
+    def reuse_vision(self) -> Iterator[None]:
+        """Within it, the vision tower runs once per ``pixel_values`` tensor: GradCache's second pass re-embeds
+        each chunk with a graph, but the frozen tower's output is the same (about a quarter of an image input's
+        FLOPs). The features are kept until the block ends (one step's images). A no-op when any vision weight
+        trains."""
+        if any(p.requires_grad for p in self.model.visual.parameters()):
+            yield
+            return
+        self._vision_cache: dict[int, tuple] | None = {}
+        try:
+            yield
+        finally:
+            self._vision_cache = None

@@ -219,7 +219,20 @@ def contrastive_step(
             scale(trained).backward()
         return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
 
-    # GradCache pass 1: embeddings and routing statistics without a graph
+    # GradCache pass 1: embeddings and routing statistics without a graph (a frozen vision tower's features are
+    # kept for pass 2, see Qwen2VLBackbone.reuse_vision)
+    reuse = getattr(model.backbone, "reuse_vision", None)
+    with reuse() if reuse is not None else contextlib.nullcontext():
+        return _gradcache(model, objective, batch, eans_active, backward, usage, task, scale, q_prepared,
+                          t_prepared, ids, owner, combine, ranks)
+
+
+def _gradcache(model, objective, batch, eans_active, backward, usage, task, scale, q_prepared, t_prepared, ids,
+               owner, combine, ranks) -> StepOutput:
+    """GradCache's two passes (``contrastive_step`` with a ``chunk_size``)."""
+    device = _device(model)
+    n_q = len(q_prepared)
+    lb_w, z_w = objective.loss_config.load_balance_weight, objective.loss_config.z_loss_weight
     bare = _bare(task)
     rng_states: list[dict] = []
     outputs: list[EmbeddingOutput] = []
