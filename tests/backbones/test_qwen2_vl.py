@@ -197,7 +197,7 @@ def test_gradcache_runs_the_frozen_vision_tower_once_per_chunk(tiny_qwen2_vl_dir
         torch.manual_seed(0)
         model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe)).train()
         count = [0]
-        backbone.model.visual.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        backbone.model.visual.register_forward_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
         objective = ContrastiveObjective(LossConfig(tau=0.1), EANSConfig(mode="off"))
         contrastive_step(model, objective, batch, eans_active=False, chunk_size=chunk)
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -206,3 +206,9 @@ def test_gradcache_runs_the_frozen_vision_tower_once_per_chunk(tiny_qwen2_vl_dir
     assert backbone._vision_cache is None  # nothing kept after the step
     for name, value in grads[0].items():
         torch.testing.assert_close(grads[1][name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_auto_attention_is_sdpa_without_flash_attention(tiny_qwen2_vl_dir) -> None:
+    b = Qwen2VLBackbone(str(tiny_qwen2_vl_dir), attn_implementation="auto")
+    assert b.model.config._attn_implementation == "sdpa"  # no CUDA / flash_attn here
+    assert b.config()["attn_implementation"] == "auto"  # saved as asked: another machine resolves it again

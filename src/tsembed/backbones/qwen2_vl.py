@@ -18,6 +18,7 @@ image already at the processor's minimum makes the text give way.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -43,6 +44,14 @@ QWEN_TARGET_MODULES = [
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
+def _attention(name: str, dtype: str) -> str:
+    """``attn_implementation`` with ``"auto"`` resolved (see ``Qwen2VLBackbone``)."""
+    if name != "auto":
+        return name
+    flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    return "flash_attention_2" if flash and dtype in ("bfloat16", "float16") else "sdpa"
+
+
 def _shrunk(image: Any, factor: int, tokens: int) -> Any:
     """``image`` resized (aspect kept, sides multiples of ``factor``) to at most ``tokens`` merged patches."""
     width, height = image.size
@@ -66,7 +75,9 @@ class Qwen2VLBackbone(Backbone):
         prompt_template: instruction format with one ``{text}`` slot.
         min_pixels, max_pixels: override the image processor's resize bounds (fewer pixels, fewer tokens).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` weights.
-        attn_implementation: transformers attention backend (``"sdpa"``, ``"eager"``, ...).
+        attn_implementation: transformers attention backend (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``,
+            ...); ``"auto"``: flash-attention-2 when the ``flash_attn`` package is installed, CUDA is present and
+            the weights are bf16 / fp16, else sdpa.
         gradient_checkpointing: recompute decoder layers in backward (large models on GPUs).
     """
 
@@ -107,7 +118,7 @@ class Qwen2VLBackbone(Backbone):
                 f"path: {str(path)!r} holds a {model_type!r} model; qwen2-vl supports {SUPPORTED_MODEL_TYPES}"
             )
         self.model = load_model(
-            AutoModel, directory, "path", dtype=torch_dtype, attn_implementation=attn_implementation
+            AutoModel, directory, "path", dtype=torch_dtype, attn_implementation=_attention(attn_implementation, dtype)
         )
         self.tokenizer = load_component(AutoTokenizer, directory, "path")
         pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
