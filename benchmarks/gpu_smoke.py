@@ -11,7 +11,9 @@ and runs, on every rank:
   workers, EANS ``mine`` after a ``stability`` switch, one dataset with hard negatives and one without. Checks:
   finite losses, every adapter tensor moved, replicas bit-identical across ranks, the same switch step on all;
 * ``encode_eval``: the trained model encodes the queries and positives of a training file (``embed_items``,
-  bf16 autocast) and scores recall@1 among them: finite, unit-norm embeddings.
+  bf16 autocast) and scores recall@1 among them: finite, unit-norm embeddings;
+* ``resume``: a new ``Trainer`` resumes from the checkpoint two steps before the end and repeats the last two
+  losses.
 
 Each check prints PASS or FAIL; the last line is a JSON object; the exit status is 1 when a check fails.
 Without CUDA it prints SKIP and exits 0 (``--cpu`` runs the same checks on 2 gloo processes, fp32: a test of
@@ -37,7 +39,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 LABELS = ["smile", "heart", "star", "tree", "cat", "fire", "moon", "flag"]
-CHECKS = ("nccl_collectives", "train", "encode_eval")
+CHECKS = ("nccl_collectives", "train", "encode_eval", "resume")
 
 
 def write_rows(root: Path, images: list[Path]) -> list[dict]:
@@ -79,7 +81,7 @@ def make_config(root: Path, checkpoint: Path, files: list[dict], args: argparse.
                      "min_stage1_steps": 2, "stability_interval": 1, "stability_threshold": 1e9},
         "optim": {"lr": 2e-3, "warmup_steps": 2},
         "run": {"output_dir": str(root / "run"), "chunk_size": args.chunk, "precision": "bf16" if cuda else "fp32",
-                "gradient_checkpointing": True, "checkpoint_every": 10**6, "progress": False,
+                "gradient_checkpointing": True, "checkpoint_every": args.steps - 2, "progress": False,
                 "tensorboard": False, "seed": 0},
     })
 
@@ -153,6 +155,23 @@ def check_encode(trainer, cuda: bool) -> dict:
     return {"items": len(rows) * 2, "recall_at_1": round(recall, 3)}
 
 
+def check_resume(root: Path, args: argparse.Namespace, cuda: bool, trainer) -> dict:
+    """Resume the run from its checkpoint 2 steps before the end (every rank its own generators): the last two
+    losses match the uninterrupted run's (bitwise on CPU; within bf16 kernel nondeterminism on GPU)."""
+    from tsembed.training.trainer import Trainer
+
+    config = trainer.config
+    resumed = Trainer(config)
+    resumed.fit(resume=str(Path(config.run.output_dir) / f"checkpoint-{args.steps - 2:07d}"))
+    expected = [r["loss"] for r in trainer.history[-2:]]
+    got = [r["loss"] for r in resumed.history]
+    tolerance = 2e-2 if cuda else 1e-6
+    close = len(got) == 2 and all(abs(a - b) <= tolerance * max(1.0, abs(b))
+                                  for a, b in zip(got, expected, strict=True))
+    assert close, f"resumed losses {got} vs uninterrupted {expected}"
+    return {"resumed_losses": [round(x, 5) for x in got], "uninterrupted_losses": [round(x, 5) for x in expected]}
+
+
 def rank_main(rank: int, world: int, port: int, root: str, args: argparse.Namespace) -> None:
     """One rank: joins the group as torchrun would, runs the checks in order, writes its results."""
     cuda = not args.cpu
@@ -178,6 +197,10 @@ def rank_main(rank: int, world: int, port: int, root: str, args: argparse.Namesp
                 detail = check_collectives(device)
             elif name == "train":
                 detail, trainer = check_train(root_path, args, cuda, device)
+            elif name == "resume":
+                if trainer is None:
+                    raise RuntimeError("training failed; nothing to resume")
+                detail = check_resume(root_path, args, cuda, trainer)
             else:
                 if trainer is None:
                     raise RuntimeError("training failed; nothing to encode")
@@ -206,6 +229,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--cpu", action="store_true", help="2 gloo processes on CPU, fp32 (tests this script)")
     args = parser.parse_args()
+    if args.steps < 4:
+        parser.error("--steps must be at least 4 (the resume check starts 2 steps before the end)")
     if not args.cpu and not torch.cuda.is_available():
         print("SKIP: no CUDA device; this is a GPU check (--cpu runs the same checks on gloo to test the script)")
         print(json.dumps({"ok": None, "skipped": "no CUDA device"}))
