@@ -303,7 +303,7 @@ class Trainer:
                 self.skipped_rows += 1
                 logger.warning("step %d: mined negatives not used, one cannot be prepared (%s)", self.step, error)
             else:
-                batch, prepared = with_mined, PreparedBatch(prepared.queries, prepared.targets + extra)
+                batch, prepared = with_mined, prepared.with_targets(extra, len(with_mined.targets) - len(batch.targets))
         return rows, batch, prepared
 
     def train_step(self) -> StepOutput:
