@@ -231,3 +231,20 @@ def test_prepared_batches_and_bf16_autocast_reach_the_forward():
     assert low.loss != reference.loss and low.loss == pytest.approx(reference.loss, rel=0.05)
     with pytest.raises(ValueError, match="task must wrap the model and objective"):
         contrastive_step(toy_model(), objective, batch, eans_active=False, task=task)
+
+
+def test_gradcache_chunks_are_length_bucketed():
+    """Inputs of similar length share a chunk (less padding); test_gradcache_equals_full_batch shows the loss,
+    gradients and signatures (in batch order) do not change."""
+    model = toy_model()
+    batch = toy_batch(n=8, hard=3)
+    prepared = prepare_batch(model, batch, 3)
+    assert prepared.query_order is not None and sorted(prepared.query_order) == list(range(8))
+    assert sorted(prepared.target_order) == list(range(11))
+    lengths = [len(batch.queries[i].text) for i in prepared.query_order]
+    assert lengths == sorted(lengths)
+    padded = sum(c["input_ids"].numel() for c in prepared.queries)
+    plain = sum(model.prepare(batch.queries[i : i + 3])["input_ids"].numel() for i in range(0, 8, 3))
+    assert padded <= plain
+    extended = prepared.with_targets(prepared.targets[:1], 3)
+    assert extended.target_order == prepared.target_order + [11, 12, 13]

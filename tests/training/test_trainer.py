@@ -271,3 +271,52 @@ def test_the_model_records_which_datasets_the_collapse_watch_flagged(train_files
     extra = json.loads((trainer.fit() / "tsembed_config.json").read_text())["extra"]
     assert extra["collapsed_datasets"] == sorted({r["dataset"] for r in trainer.history})
     assert trainer.state_dict()["collapse_watch"]["warned"] == extra["collapsed_datasets"]
+
+
+def test_a_row_that_cannot_be_prepared_is_replaced_counted_and_logged(tmp_path, caplog):
+    """One bad sample (a broken image, an input that cannot fit) never ends a run (issue 23 §4): its row is
+    replaced by the next good row of its dataset, so the batch keeps its size on every rank."""
+    from tsembed.errors import DataError
+
+    files = write_train_files(tmp_path)
+    path = tmp_path / "colors.jsonl"
+    lines = path.read_text().splitlines()
+    lines[5] = json.dumps({**json.loads(lines[5]), "qry": "BROKEN"})
+    path.write_text("\n".join(lines) + "\n")
+    model = toy_model()
+    prepare = model.prepare
+
+    def fragile(inputs):
+        if any(getattr(x, "text", None) and "BROKEN" in x.text for x in inputs):
+            raise DataError("input 0: cannot be prepared")
+        return prepare(inputs)
+
+    model.prepare = fragile
+    trainer = Trainer(make_config(files, tmp_path, schedule={"steps": 12}), model=model)
+    with caplog.at_level("WARNING"):
+        trainer.fit()
+    assert trainer.history[-1]["skipped_rows"] >= 1
+    assert "skipped row 5 of dataset colors" in caplog.text
+    assert all(math.isfinite(r["loss"]) for r in trainer.history)
+    plan_rows = {r for s in range(12) for r in trainer.steps[s].rows}
+    assert 5 not in plan_rows and all(len(trainer.steps[s].rows) == 8 for s in range(12))
+
+
+def test_max_per_dataset_keeps_the_first_rows_and_plans_are_built_once_per_epoch(train_files, tmp_path,
+                                                                                monkeypatch):
+    from tsembed.training.data import BatchPlan
+
+    trainer = Trainer(make_config(train_files, tmp_path, data={"max_per_dataset": 16}), model=toy_model())
+    assert len(trainer.data) == 32 and trainer.data.by_dataset == {0: list(range(16)), 1: list(range(16, 32))}
+    with pytest.raises(ConfigError, match="data.max_per_dataset must be"):
+        make_config(train_files, tmp_path, data={"max_per_dataset": 0})
+    plan = BatchPlan(trainer.data, 8, True, {}, seed=0)
+    built = []
+    original = BatchPlan.epoch
+    monkeypatch.setattr(BatchPlan, "epoch", lambda self, e: built.append(e) or original(self, e))
+    per_epoch = len(plan.epoch(0))
+    built.clear()
+    for step in range(per_epoch * 5):
+        plan.batch_at(step)
+    # each step asks for its own epoch's plan only (it used to rebuild every earlier epoch's, per step)
+    assert built.count(0) <= per_epoch and max(built) == 4 and len(built) <= 5 * per_epoch + 5

@@ -10,15 +10,21 @@ whose hidden state is the embedding (last-token pooling).
 Ids are assembled here from the checkpoint's tokenizer and image processor instead of
 ``Qwen2VLProcessor.__call__``: the expansion rule is the processor's own (``grid_thw.prod() //
 merge_size²`` pads per image), but this way truncation can shorten only the text and never cut an
-image's tokens, and the processor's torchvision-only video component is not needed.
+image's tokens, and the processor's torchvision-only video component is not needed. An image whose tokens
+would push its input past ``max_length`` is first downscaled to the tokens left after the whole text; only an
+image already at the processor's minimum makes the text give way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import importlib.util
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 from tsembed.backbones.base import Backbone, BackboneOutput
@@ -43,6 +49,27 @@ QWEN_TARGET_MODULES = [
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
+def _attention(name: str, dtype: str) -> str:
+    """``attn_implementation`` with ``"auto"`` resolved (see ``Qwen2VLBackbone``)."""
+    if name != "auto":
+        return name
+    flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    return "flash_attention_2" if flash and dtype in ("bfloat16", "float16") else "sdpa"
+
+
+def _shrunk(image: Any, factor: int, tokens: int) -> Any:
+    """``image`` resized (aspect kept, sides multiples of ``factor``) to at most ``tokens`` merged patches."""
+    width, height = image.size
+    scale = math.sqrt(tokens * factor * factor / (width * height))
+    w, h = max(1, math.floor(width * scale / factor)), max(1, math.floor(height * scale / factor))
+    while w * h > tokens:  # flooring both sides keeps w·h ≤ tokens unless one side was clamped to 1
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return image.resize((max(w, 1) * factor, max(h, 1) * factor), Image.Resampling.BICUBIC)
+
+
 class Qwen2VLBackbone(Backbone):
     """Qwen2-VL family decoder, last-token pooled (registry name ``qwen2-vl``).
 
@@ -53,7 +80,9 @@ class Qwen2VLBackbone(Backbone):
         prompt_template: instruction format with one ``{text}`` slot.
         min_pixels, max_pixels: override the image processor's resize bounds (fewer pixels, fewer tokens).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` weights.
-        attn_implementation: transformers attention backend (``"sdpa"``, ``"eager"``, ...).
+        attn_implementation: transformers attention backend (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``,
+            ...); ``"auto"``: flash-attention-2 when the ``flash_attn`` package is installed, CUDA is present and
+            the weights are bf16 / fp16, else sdpa.
         gradient_checkpointing: recompute decoder layers in backward (large models on GPUs).
     """
 
@@ -88,7 +117,7 @@ class Qwen2VLBackbone(Backbone):
         }
         directory, _ = resolve_model_type(path, "path", SUPPORTED_MODEL_TYPES, "qwen2-vl")
         self.model = load_model(
-            AutoModel, directory, "path", dtype=torch_dtype, attn_implementation=attn_implementation
+            AutoModel, directory, "path", dtype=torch_dtype, attn_implementation=_attention(attn_implementation, dtype)
         )
         self.tokenizer = load_component(AutoTokenizer, directory, "path")
         pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
@@ -110,10 +139,27 @@ class Qwen2VLBackbone(Backbone):
         self.suffix_ids = self._encode([suffix])[0]
         self.freeze_pretrained()
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.keep_in_eval([self.model.visual])  # checkpointing only runs in training mode
+            self.enable_gradient_checkpointing()
         else:
             self.keep_in_eval([self.model])
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the decoder layers in the backward (the backbone option, or ``run.gradient_checkpointing``).
+
+        The recompute replays the routing state of its forward (``tsembed.moe.checkpoint_context``): task hints
+        are cleared when a forward returns, and a full batch runs several forwards before its one backward.
+        """
+        from tsembed.moe import checkpoint_context
+
+        visual = {id(m) for m in self.model.visual.modules()}  # the decoder must train for HF to checkpoint it
+        self._always_eval = [m for m in self._always_eval if id(m) in visual]
+        self.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": checkpoint_context(self)})
+        # HF adds a hook (a local function) making the embeddings require grad, which only reentrant checkpointing
+        # needs; it cannot be pickled, and DataLoader workers started by spawn / forkserver pickle the model
+        if getattr(self.model, "_require_grads_hook", None) is not None:
+            self.model.disable_input_require_grads()
+        self.keep_in_eval([self.model.visual])  # checkpointing only runs in training mode
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, **self._options}
@@ -134,12 +180,17 @@ class Qwen2VLBackbone(Backbone):
         images = [load_image(seg.image, i) for i, seg in enumerate(segments) if seg.image is not None]
         batch: dict[str, torch.Tensor] = {}
         pads_per_image: list[int] = []
+        encoded = self._encode([text for seg in segments for text in (seg.before, seg.after)])
         if images:
             vision = self.image_processor(images=images, return_tensors="pt")
-            batch["pixel_values"], batch["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
             merge = int(self.image_processor.merge_size)
             pads_per_image = (vision["image_grid_thw"].prod(-1) // merge**2).tolist()
-        rows = self._token_rows(segments, pads_per_image)
+            fitted = self._fit_images(segments, encoded, images, pads_per_image)
+            if fitted is not images:  # some image shrank to leave its text whole
+                vision = self.image_processor(images=fitted, return_tensors="pt")
+                pads_per_image = (vision["image_grid_thw"].prod(-1) // merge**2).tolist()
+            batch["pixel_values"], batch["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
+        rows = self._token_rows(segments, pads_per_image, encoded)
         length = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -150,8 +201,26 @@ class Qwen2VLBackbone(Backbone):
         batch["mm_token_type_ids"] = (input_ids == self.image_pad_id).int()  # 1 = image, as the processor marks it
         return batch
 
-    def _token_rows(self, segments: list[Segments], pads_per_image: list[int]) -> list[list[int]]:
-        encoded = self._encode([text for seg in segments for text in (seg.before, seg.after)])
+    def _fit_images(self, segments: list[Segments], encoded: list[list[int]], images: list, pads: list[int]) -> list:
+        """``images`` with every image whose tokens would not leave room for its input's whole text within
+        ``max_length`` downscaled (aspect kept) to the tokens that do (VLM2Vec cuts the text instead; a DocVQA
+        page then leaves a question 2 tokens). The image keeps at least the processor's minimum; only when even
+        that does not fit is the text cut (``_token_rows``). The same list when nothing needs to shrink."""
+        factor = int(self.image_processor.patch_size) * int(self.image_processor.merge_size)
+        fixed = len(self.prefix_ids) + len(self.suffix_ids) + 2  # + <|vision_start|> and <|vision_end|>
+        out = list(images)
+        index = 0
+        for i, seg in enumerate(segments):
+            if not seg.has_image:
+                continue
+            budget = self.max_length - fixed - len(encoded[2 * i]) - len(encoded[2 * i + 1])
+            if pads[index] > budget >= 1:
+                out[index] = _shrunk(images[index], factor, budget)
+            index += 1
+        return out if any(a is not b for a, b in zip(out, images, strict=True)) else images
+
+    def _token_rows(self, segments: list[Segments], pads_per_image: list[int],
+                    encoded: list[list[int]]) -> list[list[int]]:
         images = iter(pads_per_image)
         rows = []
         for i, seg in enumerate(segments):
@@ -180,12 +249,37 @@ class Qwen2VLBackbone(Backbone):
     ) -> BackboneOutput:
         # image pads are already in the sequence; everything else is text (moe.router_input="text")
         set_routing_mask(self, attention_mask, text_mask=mm_token_type_ids == 0)
+        encoded = None
+        cache = getattr(self, "_vision_cache", None)
+        if cache is not None and pixel_values is not None:
+            hit = cache.get(id(pixel_values))
+            if hit is None or hit[0] is not pixel_values:
+                with torch.no_grad():  # the tower is frozen: no gradient reaches or leaves it
+                    hit = cache[id(pixel_values)] = (
+                        pixel_values, self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True))
+            encoded, pixel_values = {"image": hit[1]}, None
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             mm_token_type_ids=mm_token_type_ids,
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
+            mm_encoder_outputs=encoded,
             use_cache=False,
         )
         return BackboneOutput(hidden_states=out.last_hidden_state, attention_mask=attention_mask)
+
+    @contextlib.contextmanager
+    def reuse_vision(self) -> Iterator[None]:
+        """Within it, the vision tower runs once per ``pixel_values`` tensor: GradCache's second pass re-embeds
+        each chunk with a graph, but the frozen tower's output is the same (about a quarter of an image input's
+        FLOPs). The features are kept until the block ends (one step's images). A no-op when any vision weight
+        trains."""
+        if any(p.requires_grad for p in self.model.visual.parameters()):
+            yield
+            return
+        self._vision_cache: dict[int, tuple] | None = {}
+        try:
+            yield
+        finally:
+            self._vision_cache = None

@@ -10,6 +10,8 @@ backbone whose adapted layers see another sequence (e.g. visual tokens fused int
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +159,37 @@ def set_routing_mask(model: nn.Module, attention_mask: torch.Tensor | None,
             text_mask = text_mask.bool() & attention_mask.bool()
             text_mask = torch.where(text_mask.any(dim=1, keepdim=True), text_mask, attention_mask.bool())
         state.text_mask = text_mask
+
+
+class checkpoint_context:  # noqa: N801 - used like the function it was: checkpoint_context(model)
+    """``context_fn`` for ``torch.utils.checkpoint`` (non-reentrant) over layers of ``model``: the recompute in
+    the backward sees the routing state (mask, text mask, task hints) of its forward, not whatever a later
+    forward left (``TSEmbedModel.forward`` clears the hints on return; a full batch embeds queries, then
+    targets, then runs one backward). Its routing records go to a scratch dict, leaving the forward's.
+
+    The state is looked up at each call, so this may be given before adapters are attached. A class, not a
+    closure: DataLoader workers started by spawn pickle the model, and the model holds this.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self) -> tuple[Any, Any]:
+        state = getattr(self.model, "tsembed_routing_state", None)
+        if not isinstance(state, RoutingState):
+            return contextlib.nullcontext(), contextlib.nullcontext()
+        return contextlib.nullcontext(), _replayed(state, (state.mask, state.text_mask, state.hints))
+
+
+@contextlib.contextmanager
+def _replayed(state: RoutingState, saved: tuple) -> Iterator[None]:
+    current = (state.mask, state.text_mask, state.hints, state.records)
+    state.mask, state.text_mask, state.hints = saved
+    state.records = {}
+    try:
+        yield
+    finally:
+        state.mask, state.text_mask, state.hints, state.records = current
 
 
 def set_routing_hints(model: nn.Module, hint_ids: torch.Tensor | None) -> None:

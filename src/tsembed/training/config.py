@@ -76,6 +76,9 @@ class DataSection:
     num_workers: DataLoader worker processes that tokenise and decode images for the coming steps while the
     model trains (0: on the training thread, as before); each keeps ``prefetch_factor`` steps ready. A step's
     batch depends only on the step, so a resumed run sees the same batches with or without workers.
+    max_per_dataset: read at most this many rows of each dataset, its first ones (VLM2Vec's
+    ``num_sample_per_subset``; 50000 turns MMEB-train's 1,069,150 ``original`` pairs into VLM2Vec's and LLaVE's
+    662K); None reads all.
     """
 
     suite: str | None = None
@@ -90,9 +93,14 @@ class DataSection:
     skip_invalid: bool = False
     num_workers: int = 0
     prefetch_factor: int = 2
+    max_per_dataset: int | None = None
 
     def __post_init__(self) -> None:
         _check("data.batch_size", self.batch_size, self.batch_size >= 2, ">= 2 (in-batch negatives)")
+        if self.max_per_dataset is not None:
+            _check("data.max_per_dataset", self.max_per_dataset,
+                   isinstance(self.max_per_dataset, int) and not isinstance(self.max_per_dataset, bool)
+                   and self.max_per_dataset >= 1, "an integer >= 1, or null (every row)")
         _check("data.num_workers", self.num_workers, self.num_workers >= 0, ">= 0 (0: batches built on the "
                "training thread)")
         _check("data.prefetch_factor", self.prefetch_factor, self.prefetch_factor >= 1, ">= 1 (batches per worker)")

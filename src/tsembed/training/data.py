@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tsembed.data.mmeb import read_train
 from tsembed.data.rows import TrainRow
-from tsembed.errors import ConfigError
+from tsembed.errors import ConfigError, DataError
 from tsembed.inputs import EmbedInput, InputKey, input_key, with_task
 from tsembed.training.step import ContrastiveBatch, PreparedBatch, prepare_batch
 
@@ -42,7 +42,8 @@ class TrainingData:
     as one target. A dataset's ``task`` is declared by every input that declares none (``with_task``).
     """
 
-    def __init__(self, sources: list[TrainSource], skip_invalid: bool = False) -> None:
+    def __init__(self, sources: list[TrainSource], skip_invalid: bool = False,
+                 max_per_dataset: int | None = None) -> None:
         if not sources:
             raise ConfigError("no training datasets selected")
         self.sources = sources
@@ -56,7 +57,11 @@ class TrainingData:
         for d, source in enumerate(sources):
             split = read_train(source.path, source.image_root, skip_invalid=skip_invalid)
             root = split.image_root
-            for row in split.rows:
+            kept = split.rows[:max_per_dataset] if max_per_dataset else split.rows
+            if len(kept) < len(split.rows):
+                logger.info("training data %s: the first %d of %d rows (data.max_per_dataset)", source.name,
+                            len(kept), len(split.rows))
+            for row in kept:
                 index = len(self.rows)
                 self.rows.append((d, row))
                 self.by_dataset.setdefault(d, []).append(index)
@@ -64,7 +69,7 @@ class TrainingData:
                 negative = row.negative_input(root)
                 self.negative_ids.append(self._target_id(negative, source.task) if negative else -1)
             self._roots[d] = root
-            logger.info("training data %s: %d rows from %s", source.name, len(split.rows), source.path)
+            logger.info("training data %s: %d rows from %s", source.name, len(kept), source.path)
 
     def _target_id(self, item: EmbedInput, task: str | None) -> int:
         (item,) = with_task([item], task)
@@ -129,6 +134,7 @@ class BatchPlan:
         self.weights = {s.name: float(weights.get(s.name, s.weight)) for s in data.sources}
         self.seed, self.world_size, self.rank = seed, world_size, rank
         self._cache: dict[int, list[list[int]]] = {}
+        self._lengths: dict[int, int] = {}  # batches per epoch: plans are rebuilt only for the epoch asked for
 
     def _epoch_rows(self, rng: random.Random, rows: list[int], weight: float) -> list[int]:
         count = max(1, round(len(rows) * weight))
@@ -158,6 +164,7 @@ class BatchPlan:
             rng.shuffle(batches)
             usable = len(batches) - len(batches) % self.world_size
             self._cache = {epoch: batches[self.rank : usable : self.world_size]}
+            self._lengths[epoch] = len(self._cache[epoch])
             if not self._cache[epoch]:
                 raise ConfigError(
                     f"data.batch_size={self.batch_size} leaves no full batch per rank: every dataset needs at least "
@@ -168,10 +175,29 @@ class BatchPlan:
     def batch_at(self, step: int) -> tuple[int, list[int]]:
         """(epoch, row indices) of global step ``step``."""
         epoch, position = 0, step
-        while position >= len(self.epoch(epoch)):
-            position -= len(self.epoch(epoch))
+        while position >= self._length(epoch):
+            position -= self._length(epoch)
             epoch += 1
         return epoch, self.epoch(epoch)[position]
+
+    def _length(self, epoch: int) -> int:
+        if epoch not in self._lengths:
+            self.epoch(epoch)
+        return self._lengths[epoch]
+
+
+#: What preparing one bad sample raises (a missing or broken image, an input that cannot fit): skipped, not fatal.
+SAMPLE_ERRORS = (DataError, OSError)
+
+
+@dataclass
+class SkippedRow:
+    """A training row that could not be prepared, and the row that took its place in the batch."""
+
+    dataset: str
+    row: int
+    replaced_by: int
+    error: str
 
 
 @dataclass
@@ -182,6 +208,7 @@ class StepInputs:
     rows: list[int]
     batch: ContrastiveBatch
     prepared: PreparedBatch
+    skipped: list[SkippedRow] = field(default_factory=list)
 
     def pin_memory(self) -> StepInputs:
         return replace(self, prepared=self.prepared.pin_memory())
@@ -204,9 +231,42 @@ class StepBatches(Dataset):
         self.hard_negatives, self.chunk_size = hard_negatives, chunk_size
 
     def __getitem__(self, step: int) -> StepInputs:
-        _, rows = self.plan.batch_at(step)
-        batch = self.data.make_batch(rows, self.hard_negatives)
-        return StepInputs(step, rows, batch, prepare_batch(self.model, batch, self.chunk_size))
+        """The step's batch; a row that cannot be prepared (``SAMPLE_ERRORS``) is replaced by the next row of
+        its dataset that can, and reported in ``skipped``: one bad sample never ends a run, and the batch keeps
+        its size (the same on every rank). Still a pure function of the step."""
+        _, planned = self.plan.batch_at(step)
+        rows, skipped = list(planned), []
+        while True:
+            batch = self.data.make_batch(rows, self.hard_negatives)
+            try:
+                return StepInputs(step, rows, batch, prepare_batch(self.model, batch, self.chunk_size), skipped)
+            except SAMPLE_ERRORS:
+                found = self._first_bad(rows)
+                if found is None or len(skipped) >= len(self.data):
+                    raise
+                bad, error = found
+                substitute = self._substitute(bad, rows, {s.row for s in skipped})
+                skipped.append(SkippedRow(self.data.dataset_name(bad), bad, substitute, error))
+                rows[rows.index(bad)] = substitute
+
+    def _first_bad(self, rows: list[int]) -> tuple[int, str] | None:
+        for row in rows:
+            batch = self.data.make_batch([row], self.hard_negatives)
+            try:
+                prepare_batch(self.model, batch, None)
+            except SAMPLE_ERRORS as error:
+                return row, f"{type(error).__name__}: {error}"
+        return None
+
+    def _substitute(self, bad: int, rows: list[int], known_bad: set[int]) -> int:
+        """The next row of ``bad``'s dataset (cyclically) that is neither in the batch nor known to be bad."""
+        same = self.data.by_dataset[self.data.rows[bad][0]]
+        start = same.index(bad)
+        for offset in range(1, len(same)):
+            candidate = same[(start + offset) % len(same)]
+            if candidate not in rows and candidate not in known_bad and candidate != bad:
+                return candidate
+        raise DataError(f"dataset {self.data.dataset_name(bad)!r}: no row left to replace unpreparable row {bad}")
 
 
 def step_loader(steps: StepBatches, start: int, stop: int, num_workers: int, prefetch_factor: int,

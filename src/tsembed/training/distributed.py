@@ -35,8 +35,33 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
                                    find_unused_parameters=True)
 
 
+def gather_sizes(rows: int, device: torch.device) -> list[int]:
+    """Every rank's ``rows`` (one small all_gather on ``device``: NCCL reduces no CPU tensor)."""
+    if not is_distributed():
+        return [rows]
+    local = torch.tensor([rows], dtype=torch.long, device=device)
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local)
+    return [int(p.item()) for p in parts]
+
+
+def _padded(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if tensor.shape[0] == rows:
+        return tensor.contiguous()
+    return torch.cat([tensor, tensor.new_zeros((rows - tensor.shape[0], *tensor.shape[1:]))]).contiguous()
+
+
+def _unpadded(gathered: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """The rows of [W·max, ...] that are real: rank r's first sizes[r] of its max."""
+    most = max(sizes)
+    if all(s == most for s in sizes):
+        return gathered
+    index = torch.cat([torch.arange(r * most, r * most + s, device=gathered.device) for r, s in enumerate(sizes)])
+    return gathered.index_select(0, index)
+
+
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient for the local slice.
+    """all_gather (padded to the largest rank's rows) whose backward sums every rank's gradient for the local slice.
 
     Ours rather than ``torch.distributed.nn.functional.all_gather``: in the torch we pin (2.13) that function is
     deprecated (a FutureWarning) in favour of ``torch.distributed._functional_collectives.all_gather_single``,
@@ -60,21 +85,38 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.local_rows]
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` [n, ...] of every rank (equal n), keeping the autograd graph to the local part."""
-    return _GatherWithGrad.apply(tensor) if is_distributed() else tensor
+def gather_with_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate ``tensor`` [n, ...] of every rank, keeping the autograd graph to the local part.
 
-
-def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    ``sizes``: every rank's n (``gather_sizes``; None: asked here). Ranks may differ in n (e.g. hard negatives
+    in one rank's batch only): each pads to the largest n, and the padding is dropped after the gather.
+    """
     if not is_distributed():
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+    sizes = sizes if sizes is not None else gather_sizes(tensor.shape[0], tensor.device)
+    return _unpadded(_GatherWithGrad.apply(_padded(tensor, max(sizes))), sizes)
+
+
+def gather_no_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """``gather_with_grad`` without a graph."""
+    if not is_distributed():
+        return tensor
+    sizes = sizes if sizes is not None else gather_sizes(tensor.shape[0], tensor.device)
+    padded = _padded(tensor, max(sizes))
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return _unpadded(torch.cat(parts, dim=0), sizes)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor

@@ -15,7 +15,7 @@ from torch import nn
 
 from tsembed.errors import ConfigError
 from tsembed.health import mean_pairwise_cosine
-from tsembed.training.distributed import gather_no_grad, gather_with_grad, rank
+from tsembed.training.distributed import gather_no_grad, gather_sizes, gather_with_grad, rank
 from tsembed.training.eans import PLAIN_INFONCE, EANSConfig
 from tsembed.training.losses import false_negative_mask, info_nce, negative_mask, uniformity
 
@@ -114,10 +114,12 @@ class ContrastiveObjective(nn.Module):
             eans_active: stage 2; False gives plain InfoNCE whatever the EANS mode.
         """
         n, local_t = queries.shape[0], targets.shape[0]
-        offset = rank() * local_t
-        all_targets = gather_with_grad(targets)  # [W·T, D]
-        all_ids = gather_no_grad(target_ids)
-        owner = gather_no_grad(torch.where(target_owner >= 0, target_owner + rank() * n, target_owner))
+        # ranks may hold different numbers of targets (hard negatives in some rows only): gathers pad and cut
+        sizes = gather_sizes(local_t, targets.device)
+        offset = sum(sizes[: rank()])
+        all_targets = gather_with_grad(targets, sizes)  # [ΣT, D]
+        all_ids = gather_no_grad(target_ids, sizes)
+        owner = gather_no_grad(torch.where(target_owner >= 0, target_owner + rank() * n, target_owner), sizes)
         positive = torch.arange(n, device=queries.device) + offset  # [N]
         query_global = positive - offset + rank() * n  # global query index
         scores = queries @ all_targets.T  # [N, M]
@@ -130,7 +132,7 @@ class ContrastiveObjective(nn.Module):
         usable = negatives & ~guarded
 
         if query_signatures is not None and target_signatures is not None:
-            affinity = query_signatures @ gather_no_grad(target_signatures).T  # [N, M]
+            affinity = query_signatures @ gather_no_grad(target_signatures, sizes).T  # [N, M]
         else:
             affinity = torch.zeros_like(scores)
         mode = self.eans_config.spec if eans_active else PLAIN_INFONCE

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -83,12 +83,22 @@ class PreparedBatch:
 
     queries: list[dict]
     targets: list[dict]
+    # length bucketing: the batch index of each position in chunk order (None: the batch's own order)
+    query_order: list[int] | None = None
+    target_order: list[int] | None = None
 
     def pin_memory(self) -> PreparedBatch:
         """Page-locked copies, so host-to-GPU copies run asynchronously (called by the DataLoader)."""
         def pin(chunks: list[dict]) -> list[dict]:
             return [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in c.items()} for c in chunks]
-        return PreparedBatch(pin(self.queries), pin(self.targets))
+        return replace(self, queries=pin(self.queries), targets=pin(self.targets))
+
+    def with_targets(self, chunks: list[dict], count: int) -> PreparedBatch:
+        """These chunks of ``count`` more targets (mined negatives) appended after the batch's own."""
+        order = None
+        if self.target_order is not None:
+            order = self.target_order + list(range(len(self.target_order), len(self.target_order) + count))
+        return replace(self, targets=self.targets + chunks, target_order=order)
 
 
 def prepare_chunks(model: TSEmbedModel, inputs: list, chunk_size: int | None) -> list[dict]:
@@ -96,9 +106,25 @@ def prepare_chunks(model: TSEmbedModel, inputs: list, chunk_size: int | None) ->
     return [model.prepare(c) for c in _chunks(inputs, chunk_size)]
 
 
+def bucket_order(inputs: list, chunk_size: int | None) -> list[int] | None:
+    """An order that puts inputs of similar length into the same GradCache chunk (text-only apart from those
+    with an image, then by text length), so a chunk pads to less; None when there is one chunk or it changes
+    nothing. The loss and gradients do not depend on it (``contrastive_step`` restores the batch order)."""
+    if chunk_size is None or len(inputs) <= chunk_size:
+        return None
+    order = sorted(range(len(inputs)), key=lambda i: (getattr(inputs[i], "image", None) is not None,
+                                                     len(getattr(inputs[i], "text", None) or "")))
+    return None if order == list(range(len(inputs))) else order
+
+
+def _ordered(inputs: list, order: list[int] | None) -> list:
+    return inputs if order is None else [inputs[i] for i in order]
+
+
 def prepare_batch(model: TSEmbedModel, batch: ContrastiveBatch, chunk_size: int | None) -> PreparedBatch:
-    return PreparedBatch(prepare_chunks(model, batch.queries, chunk_size),
-                         prepare_chunks(model, batch.targets, chunk_size))
+    q_order, t_order = bucket_order(batch.queries, chunk_size), bucket_order(batch.targets, chunk_size)
+    return PreparedBatch(prepare_chunks(model, _ordered(batch.queries, q_order), chunk_size),
+                         prepare_chunks(model, _ordered(batch.targets, t_order), chunk_size), q_order, t_order)
 
 
 class ContrastiveTask(nn.Module):
@@ -142,7 +168,8 @@ def _totals(outputs: list[EmbeddingOutput]) -> tuple[dict[str, torch.Tensor], di
             units[name] = units.get(name, 0) + s.num_units
     names = list(counts)
     packed = all_reduce_sum(torch.stack([counts[n].float() for n in names]))  # [layers, E]
-    unit_tensor = all_reduce_sum(torch.tensor([float(units[n]) for n in names]))
+    # on the counts' device: NCCL reduces no CPU tensor (gloo does, so only tests/training/device_guard.py sees it)
+    unit_tensor = all_reduce_sum(torch.tensor([float(units[n]) for n in names], device=packed.device))
     return {n: packed[i] for i, n in enumerate(names)}, {n: int(unit_tensor[i]) for i, n in enumerate(names)}
 
 
@@ -197,14 +224,22 @@ def contrastive_step(
     lb_w, z_w = objective.loss_config.load_balance_weight, objective.loss_config.z_loss_weight
     ranks = world_size()  # gradients are averaged over ranks; the aux surrogate is a sum over ranks
 
-    def combine(outputs: list[EmbeddingOutput]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q_order, t_order = _index(prepared.query_order, device), _index(prepared.target_order, device)
+
+    def combine(outputs: list[EmbeddingOutput], order: torch.Tensor | None) -> tuple[torch.Tensor,
+                                                                                     torch.Tensor | None]:
+        """Chunks' embeddings and signatures concatenated, in the batch's order (bucketing undone)."""
         emb = torch.cat([o.embeddings for o in outputs])
         sig = None if outputs[0].routing is None else torch.cat([o.routing.signature for o in outputs])
+        if order is not None:
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.shape[0], device=order.device)
+            emb, sig = emb[inverse], None if sig is None else sig[inverse]
         return emb, sig
 
     if chunk_size is None:
         def full_loss(outputs: list[EmbeddingOutput]) -> tuple:
-            (q, q_sig), (t, t_sig) = combine(outputs[:n_q]), combine(outputs[n_q:])
+            (q, q_sig), (t, t_sig) = combine(outputs[:n_q], q_order), combine(outputs[n_q:], t_order)
             result = objective(q, t, q_sig, t_sig, ids, owner, eans_active)
             lb = z = torch.zeros((), device=device)
             if model.has_adapters:
@@ -218,7 +253,24 @@ def contrastive_step(
             scale(trained).backward()
         return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
 
-    # GradCache pass 1: embeddings and routing statistics without a graph
+    # GradCache pass 1: embeddings and routing statistics without a graph (a frozen vision tower's features are
+    # kept for pass 2, see Qwen2VLBackbone.reuse_vision)
+    reuse = getattr(model.backbone, "reuse_vision", None)
+    with reuse() if reuse is not None else contextlib.nullcontext():
+        return _gradcache(model, objective, batch, eans_active, backward, usage, task, scale, q_prepared,
+                          t_prepared, ids, owner, combine, ranks, q_order, t_order)
+
+
+def _index(order: list[int] | None, device: torch.device) -> torch.Tensor | None:
+    return None if order is None else torch.tensor(order, dtype=torch.long, device=device)
+
+
+def _gradcache(model, objective, batch, eans_active, backward, usage, task, scale, q_prepared, t_prepared, ids,
+               owner, combine, ranks, q_order, t_order) -> StepOutput:
+    """GradCache's two passes (``contrastive_step`` with a ``chunk_size``)."""
+    device = _device(model)
+    n_q = len(q_prepared)
+    lb_w, z_w = objective.loss_config.load_balance_weight, objective.loss_config.z_loss_weight
     bare = _bare(task)
     rng_states: list[dict] = []
     outputs: list[EmbeddingOutput] = []
@@ -227,7 +279,7 @@ def contrastive_step(
             with _rng_replay(None) as state:
                 rng_states.append(state)
                 outputs.append(bare.embed(chunk))
-    (q, q_sig), (t, t_sig) = combine(outputs[:n_q]), combine(outputs[n_q:])
+    (q, q_sig), (t, t_sig) = combine(outputs[:n_q], q_order), combine(outputs[n_q:], t_order)
     q_leaf, t_leaf = q.detach().requires_grad_(True), t.detach().requires_grad_(True)
     result = objective(q_leaf, t_leaf, q_sig, t_sig, ids, owner, eans_active)
     lb = z = torch.zeros((), device=device)
@@ -240,8 +292,11 @@ def contrastive_step(
     if backward:
         # gradients w.r.t. the cached embeddings (and a learnable τ), scaled like every backward of the step
         scale(result.loss).backward()
-        grads = list(torch.split(q_leaf.grad, [o.embeddings.shape[0] for o in outputs[:n_q]]))
-        grads += list(torch.split(t_leaf.grad, [o.embeddings.shape[0] for o in outputs[n_q:]]))
+        # back in chunk order (bucketing) before splitting by chunk
+        q_grad = q_leaf.grad if q_order is None else q_leaf.grad[q_order]
+        t_grad = t_leaf.grad if t_order is None else t_leaf.grad[t_order]
+        grads = list(torch.split(q_grad, [o.embeddings.shape[0] for o in outputs[:n_q]]))
+        grads += list(torch.split(t_grad, [o.embeddings.shape[0] for o in outputs[n_q:]]))
 
         def surrogate(grad: torch.Tensor) -> Callable[[list[EmbeddingOutput]], torch.Tensor]:
             def head(chunk_outputs: list[EmbeddingOutput]) -> torch.Tensor:

@@ -32,8 +32,24 @@ from tsembed.precision import check_precision, grad_scaler
 from tsembed.training import checkpoint as ckpt
 from tsembed.training.collapse import CollapseWatch
 from tsembed.training.config import TrainConfig
-from tsembed.training.data import BatchPlan, StepBatches, StepInputs, TrainingData, TrainSource, step_loader
-from tsembed.training.distributed import is_distributed, rank, world_size, wrap_ddp
+from tsembed.training.data import (
+    SAMPLE_ERRORS,
+    BatchPlan,
+    StepBatches,
+    StepInputs,
+    TrainingData,
+    TrainSource,
+    step_loader,
+)
+from tsembed.training.distributed import (
+    all_reduce_sum,
+    gather_no_grad,
+    gather_sizes,
+    is_distributed,
+    rank,
+    world_size,
+    wrap_ddp,
+)
 from tsembed.training.eans import SignatureBank
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 from tsembed.training.schedule import lr_factor
@@ -141,7 +157,8 @@ class Trainer:
             else torch.device("cpu")
         check_precision(run.precision, self.device)
         torch.manual_seed(run.seed + rank())
-        self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid)
+        self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid,
+                                         max_per_dataset=config.data.max_per_dataset)
         if model is None:
             model = build_model(config)
             self._init_routing(model, run.seed)
@@ -176,6 +193,7 @@ class Trainer:
         self.stage = 1 if config.schedule.stage1_steps > 0 or not config.eans.spec.active else 2
         self.switch_step: int | None = None if self.stage == 1 else 0
         self.history: list[dict[str, Any]] = []
+        self.skipped_rows = 0  # rows (or mined negatives) that could not be prepared, this process's run
         self.collapse_watch = CollapseWatch()
 
     def _init_routing(self, model: TSEmbedModel, seed: int) -> None:
@@ -218,6 +236,36 @@ class Trainer:
             logger.info("stage 2 from step %d (EANS %s on; router lr x%g; last signature drift %s)", self.step,
                         self.config.eans.mode, s.stage2_router_lr_scale, "n/a" if drift is None else f"{drift:.4f}")
 
+    # ----- what the ranks share ----------------------------------------------------------------------
+    def _diverged_ranks(self, loss: float) -> list[int]:
+        """The ranks whose loss is not finite (one all_gather on the training device when distributed)."""
+        flag = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.device)
+        flags = gather_no_grad(flag, [1] * world_size()).tolist()
+        return [r for r, bad in enumerate(flags) if bad]
+
+    def _all_ranks(self, ids: torch.Tensor, signatures: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's (ids, signatures), in rank order: each rank banks all of them, so the banks (hence the
+        drift, the mined negatives and a resumed run's banks) are the same on every rank, as in one process."""
+        if not is_distributed():
+            return ids, signatures
+        # ids ride as a float64 column (exact below 2^53): one gather per bank
+        packed = torch.cat([signatures.detach().double(), ids.to(signatures.device).double()[:, None]], dim=1)
+        gathered = gather_no_grad(packed, gather_sizes(packed.shape[0], packed.device))
+        return gathered[:, -1].long(), gathered[:, :-1].float()
+
+    def _agreed_drift(self) -> float | None:
+        """The signature drift of the stage switch as every rank sees it: the ranks' mean.
+
+        The banks are shared (``_all_ranks``), but the switch changes the loss and (``mine``) the collectives'
+        shapes, so it is decided from one all-reduced value rather than trusted to agree bit for bit.
+        """
+        local = self.target_bank.drift()
+        if not is_distributed():
+            return local
+        both = all_reduce_sum(torch.tensor([0.0 if local is None else local, 0.0 if local is None else 1.0],
+                                           dtype=torch.float64, device=self.device)).tolist()
+        return both[0] / both[1] if both[1] else None
+
     # ----- one step ------------------------------------------------------------------------------------
     def _mined(self, rows: list[int]) -> list[list[int]] | None:
         if self.stage != 2 or not self.config.eans.spec.mines or self.query_bank is None:
@@ -246,11 +294,20 @@ class Trainer:
         if item.step != self.step:
             raise RuntimeError(f"the data loader delivered step {item.step} for step {self.step}")
         rows, batch, prepared = item.rows, item.batch, item.prepared
+        for skip in item.skipped:  # prepared in a worker: counted and logged here
+            self.skipped_rows += 1
+            logger.warning("step %d: skipped row %d of dataset %s, which cannot be prepared (%s); row %d took "
+                           "its place", self.step, skip.row, skip.dataset, skip.error, skip.replaced_by)
         mined = self._mined(rows)
         if mined is not None:
-            batch = self.data.make_batch(rows, self.config.data.hard_negatives, mined)
-            extra = prepare_chunks(self.model, batch.targets[len(item.batch.targets):], self.config.run.chunk_size)
-            prepared = PreparedBatch(prepared.queries, prepared.targets + extra)
+            with_mined = self.data.make_batch(rows, self.config.data.hard_negatives, mined)
+            try:
+                extra = prepare_chunks(self.model, with_mined.targets[len(batch.targets):], self.config.run.chunk_size)
+            except SAMPLE_ERRORS as error:  # ranks may differ in targets: this one goes without mined ones
+                self.skipped_rows += 1
+                logger.warning("step %d: mined negatives not used, one cannot be prepared (%s)", self.step, error)
+            else:
+                batch, prepared = with_mined, prepared.with_targets(extra, len(with_mined.targets) - len(batch.targets))
         return rows, batch, prepared
 
     def train_step(self) -> StepOutput:
@@ -262,10 +319,13 @@ class Trainer:
         out = contrastive_step(self.model, self.objective, batch, eans_active=self.stage == 2,
                                chunk_size=self.config.run.chunk_size, usage=self.expert_usage, prepared=prepared,
                                task=self.task, scaler=self.scaler)
-        if not math.isfinite(out.loss):
+        diverged = self._diverged_ranks(out.loss)
+        if diverged:  # every rank raises at the same step: none is left waiting in a collective
+            where = f"; rank {rank()}, non-finite on rank(s) {diverged}" if is_distributed() else ""
             raise TrainingDiverged(
                 f"loss is {out.loss} at step {self.step} (stage {self.stage}, batch of dataset {batch.dataset!r}, "
-                f"rows {rows[:8]}{'...' if len(rows) > 8 else ''}); lower optim.lr or loss.tau, or check the data"
+                f"rows {rows[:8]}{'...' if len(rows) > 8 else ''}{where}); lower optim.lr or loss.tau, "
+                "or check the data"
             )
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
@@ -279,18 +339,19 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.target_bank is not None and out.target_signatures is not None:
-            self.target_bank.update(batch.target_ids, out.target_signatures)
-            self.query_bank.update(batch.query_ids, out.query_signatures)
+            self.target_bank.update(*self._all_ranks(batch.target_ids, out.target_signatures))
+            self.query_bank.update(*self._all_ranks(batch.query_ids, out.query_signatures))
         elapsed = time.perf_counter() - start
         self.step += 1
         drift = None
         if self.target_bank is not None and self.step % self.config.schedule.stability_interval == 0:
-            drift = self.target_bank.drift()
+            drift = self._agreed_drift()
         record = {
             "step": self.step, "stage": self.stage, "loss": out.loss, "contrastive": out.contrastive,
             "load_balance": out.load_balance, "z_loss": out.z_loss, "lr": lr, "tau": float(self.objective.tau),
             "grad_norm": grad_norm, "dataset": batch.dataset, "step_time_s": elapsed, "data_wait_s": start - waited,
-            "samples_per_s": len(batch.queries) * world_size() / elapsed, "signature_drift": drift, **out.logs,
+            "samples_per_s": len(batch.queries) * world_size() / elapsed, "signature_drift": drift,
+            "skipped_rows": self.skipped_rows, **out.logs,
         }
         if self.scaler is not None:  # fp16: the loss scale after this step (it halves on every overflow)
             record["loss_scale"] = self.scaler.get_scale()
@@ -315,13 +376,22 @@ class Trainer:
         return {
             "step": self.step, "stage": self.stage, "switch_step": self.switch_step,
             "optimizer": self.optimizer.state_dict(), "objective": self.objective.state_dict(),
-            "rng": ckpt.rng_state(), "config": asdict(self.config),
+            "rng": ckpt.rng_state(), "rng_ranks": self._rank_rng_states(), "config": asdict(self.config),
             "target_bank": self.target_bank.state_dict() if self.target_bank else None,
             "query_bank": self.query_bank.state_dict() if self.query_bank else None,
             "expert_usage": self.expert_usage.state_dict() if self.expert_usage else None,
             "grad_scaler": self.scaler.state_dict() if self.scaler else None,
             "collapse_watch": self.collapse_watch.state_dict(),
         }
+
+    def _rank_rng_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's generators (a collective: ``state_dict`` runs on every rank), so that a resumed rank
+        continues its own dropout / jitter stream rather than rank 0's; None in one process."""
+        if not is_distributed():
+            return None
+        states: list[Any] = [None] * world_size()
+        dist.all_gather_object(states, ckpt.rng_state())
+        return states
 
     def load_state_dict(self, state: dict[str, Any], model_dir: Path) -> None:
         self.model.load_weights(model_dir)
@@ -337,7 +407,16 @@ class Trainer:
         if state.get("collapse_watch"):  # none in checkpoints written before the record
             self.collapse_watch.load_state_dict(state["collapse_watch"])
         self.step, self.stage, self.switch_step = state["step"], state["stage"], state["switch_step"]
-        ckpt.set_rng_state(state["rng"])
+        # the banks and everything above are the same on every rank (the banks hold every rank's signatures);
+        # the generators are not: each rank takes its own, as long as the world size is the checkpoint's
+        per_rank = state.get("rng_ranks")
+        if per_rank and len(per_rank) == world_size():
+            ckpt.set_rng_state(per_rank[rank()])
+        else:
+            if per_rank or world_size() > 1:
+                logger.warning("checkpoint holds the generators of %d rank(s), this run has %d: every rank "
+                               "resumes from rank 0's", len(per_rank or [None]), world_size())
+            ckpt.set_rng_state(state["rng"])
 
     def fit(self, resume: str | None = None) -> Path:
         """Train to ``schedule.steps``; returns the final model directory (``<output_dir>/model``)."""
@@ -377,8 +456,10 @@ class Trainer:
                     if self.step % run.log_every == 0 and main:
                         logger.info("step %d stage %d loss %.4f lr %.2e %.1f samples/s", self.step, self.stage,
                                     record["loss"], record["lr"], record["samples_per_s"])
-                    if self.step % run.checkpoint_every == 0 and self.step < self.config.schedule.steps and main:
-                        ckpt.save_checkpoint(self.output_dir, self.model, self.state_dict(), run.keep_checkpoints)
+                    if self.step % run.checkpoint_every == 0 and self.step < self.config.schedule.steps:
+                        state = self.state_dict()  # on every rank: it gathers the ranks' generators
+                        if main:
+                            ckpt.save_checkpoint(self.output_dir, self.model, state, run.keep_checkpoints)
         finally:
             self._batches = None  # shuts the workers down
         bar.close()
@@ -405,12 +486,18 @@ def _tensorboard(path: Path) -> Any:
 
 
 def init_distributed() -> None:
-    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
+    """Join the process group when launched by torchrun / accelerate (WORLD_SIZE > 1).
+
+    On GPUs the group is NCCL only: every tensor a collective sees must be on the rank's GPU (the 2-process
+    tests check it on CPU with tests/training/device_guard.py).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        if torch.cuda.is_available():  # NCCL: every collective on this rank's GPU, chosen before the group starts
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
 
 
 def shutdown_distributed() -> None:
