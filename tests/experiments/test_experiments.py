@@ -222,6 +222,8 @@ def test_ablation_on_the_dev_split_then_eval_trains_once(tmp_path, monkeypatch, 
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     record = json.loads((run / "results.json").read_text())
     assert record["split"] == "eval" and "OOD" in record["aggregates"] and record["train_seconds"] is None
+    evaluation = json.loads((run / "eval" / "results.json").read_text())  # the evaluation's own file, its own schema
+    assert "variant" not in evaluation and evaluation["aggregates"] == record["aggregates"]
     assert main(["eval", "--model", str(run / "model"), "--suite", str(suite), "--split", "dev", "--no-progress",
                  "--out", str(tmp_path / "ev")]) == 0
     assert "on the dev split" in (tmp_path / "ev" / "results.md").read_text()

@@ -267,7 +267,7 @@ def test_study_end_to_end_two_jobs(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["study", "run", str(path), "--out", str(out), "--jobs", "2"]) == 0
     run = out / "runs" / "tiny" / "seed0" / "lora16"
-    assert (run / "dev" / "hits.json").is_file() and (run / "hits.json").is_file()
+    assert (run / "dev" / "hits.json").is_file() and (run / "eval" / "hits.json").is_file()
     assert "OMP_NUM_THREADS" not in (run / "study.log").read_text() and (run / "study-task.json").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["selection"]["winner"] == "lora16" and summary["compare"][0]["runs"] == 1

@@ -11,7 +11,7 @@ from typing import Any
 
 from tsembed.evaluation.results import GROUPS, HIT1
 from tsembed.experiments.ablation import environment
-from tsembed.experiments.runner import load_base_config, run_variant
+from tsembed.experiments.runner import evaluation_dir, load_base_config, run_variant
 from tsembed.experiments.variants import variants_for
 from tsembed.fileio import atomic_write
 from tsembed.health import DAGGER_NOTE, mark, run_collapsed
@@ -53,7 +53,7 @@ def run_demo(out: Path, suite: Path, work: Path, quick: bool, seed: int, overrid
     out.mkdir(parents=True, exist_ok=True)
     for name in records:
         plot_training_curves(work / name / METRICS_NAME, out / f"training_{name}.png")
-        shutil.copy(work / name / "results.md", out / f"results_{name}.md")
+        shutil.copy(evaluation_dir(work / name) / "results.md", out / f"results_{name}.md")
     model = TSEmbedModel.from_pretrained(work / "tsembed_weight" / MODEL_DIR)
     routing = analyze_routing(model, suite, out / "routing", cache_dir=cache, max_per_dataset=100)
     report = render_report(records, routing.to_dict(), out, quick, seed, extra, time.perf_counter() - start)

@@ -14,6 +14,7 @@ import torch
 from tsembed.card import write_model_card
 from tsembed.configtools import apply_overrides, from_dict, load_yaml
 from tsembed.experiments.variants import Variant
+from tsembed.fileio import atomic_write
 from tsembed.health import DAGGER
 from tsembed.model import MODEL_CONFIG_NAME, TSEmbedModel
 from tsembed.training.checkpoint import MODEL_DIR
@@ -40,6 +41,12 @@ def load_base_config(path: Path | None, overrides: list[str]) -> dict[str, Any]:
 def results_path(out_dir: Path, split: str = "eval") -> Path:
     """A run's record for ``split``: dev and eval records sit side by side over one training."""
     return out_dir / (RESULTS if split == "eval" else f"results-{split}.json")
+
+
+def evaluation_dir(out_dir: Path, split: str = "eval") -> Path:
+    """Where the evaluation of ``split`` keeps its own files (``results.json``, ``results.md``, ``hits.json``):
+    a folder per split, so the run's record (``results_path``) is never a second schema in the same file."""
+    return out_dir / split
 
 
 def finished_model(model_dir: Path, steps: int) -> bool:
@@ -86,7 +93,7 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
         train_seconds, trainable = 0.0, 0
     results = evaluate(model, suite, cache_dir=cache_dir, batch_size=eval_batch_size, progress=config.run.progress,
                        split=split)
-    results.save(out_dir if split == "eval" else out_dir / split)
+    results.save(evaluation_dir(out_dir, split))
     if split == "eval":  # the model's card reports how it scored (dev scores only pick configs)
         write_model_card(model_dir, model, results)
     record = {
@@ -102,7 +109,8 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
     if results.collapsed:
         logger.warning("%s seed %d: collapsed on %s; summaries mark it %s and leave it out of their means",
                        variant.name, seed, ", ".join(results.collapsed_datasets), DAGGER)
-    result_path.write_text(json.dumps(record, indent=2) + "\n")
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(result_path, lambda p: p.write_text(text))
     return record
 
 

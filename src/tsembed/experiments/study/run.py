@@ -24,7 +24,7 @@ from typing import Any
 
 from tsembed.errors import ConfigError
 from tsembed.evaluation.hits import hits_path
-from tsembed.experiments.runner import load_base_config, results_path
+from tsembed.experiments.runner import evaluation_dir, load_base_config, results_path
 from tsembed.experiments.study.selection import Selection, select
 from tsembed.experiments.study.spec import StageSpec, Study, builtin_variants
 from tsembed.experiments.variants import Variant
@@ -56,7 +56,7 @@ class RunTask:
 
     @property
     def hits(self) -> Path:
-        return hits_path(self.run_dir if self.split == "eval" else self.run_dir / self.split)
+        return hits_path(evaluation_dir(self.run_dir, self.split))
 
     def done(self) -> bool:
         return self.results.is_file() and self.hits.is_file()
