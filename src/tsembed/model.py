@@ -37,6 +37,7 @@ from tsembed.moe.io import LEGACY_CONFIG_NAME as LEGACY_ADAPTER_CONFIG_NAME
 from tsembed.moe.io import LEGACY_WEIGHTS_NAME as LEGACY_ADAPTER_WEIGHTS_NAME
 from tsembed.moe.io import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from tsembed.moe.io import adapter_files
+from tsembed.moe.routers import router_parameters
 from tsembed.weights import read_safetensors, sha256_file, verify_checksums, write_checksums
 
 logger = logging.getLogger(__name__)
@@ -164,10 +165,11 @@ class TSEmbedModel(nn.Module):
 
     def router_parameters(self) -> list[nn.Parameter]:
         """Router weights and task-hint biases: the parameters the router learning-rate scale applies to."""
-        return [p for n, p in self.named_parameters() if p.requires_grad and _is_router_param(n)]
+        return [p for p in router_parameters(self) if p.requires_grad]
 
     def non_router_trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if p.requires_grad and not _is_router_param(n)]
+        routers = {id(p) for p in self.router_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in routers]
 
     def backbone_module_parameters(self) -> list[nn.Parameter]:
         """Trainable weights of the backbone's own ``trainable_modules`` (e.g. the visual bridge), adapters and
@@ -336,8 +338,6 @@ def task_hint_ids(inputs: list, hints: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _is_router_param(name: str) -> bool:
-    return name.endswith(("router.weight", "router_hint"))
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:

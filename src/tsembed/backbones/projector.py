@@ -73,6 +73,10 @@ class ProjectorMixture(nn.Module):
     def num_experts(self) -> int:
         return len(self.experts)
 
+    def own_router_parameters(self) -> list[nn.Parameter]:
+        """The projector router's weight (``moe.routers.RouterOwner``): it gets the router learning rate."""
+        return [self.router.weight]
+
     def gates(self, route: torch.Tensor) -> torch.Tensor:
         """Top-1 gates [N, K] for routing embeddings [N, R]: one non-zero entry of value 1 per row."""
         probs = torch.softmax(self.router(route.to(self.router.weight.dtype)).float(), dim=-1)

@@ -136,6 +136,10 @@ class MoELoRALinear(nn.Module):
         out = torch.addmm(result.reshape(batch * length, -1).to(hidden.dtype), hidden, self.lora_B.t())
         return out.view_as(result).to(result.dtype)
 
+    def own_router_parameters(self) -> list[nn.Parameter]:
+        """The router's weight and its task-hint biases (``moe.routers.RouterOwner``)."""
+        return [self.router.weight] + ([self.router_hint] if self.router_hint is not None else [])
+
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """What the adapter adds to the base layer, keyed as in checkpoints (``router.weight``, ...)."""
         params = {"lora_A": self.lora_A, "lora_B": self.lora_B, "router.weight": self.router.weight}

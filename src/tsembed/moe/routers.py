@@ -6,10 +6,30 @@ One function per routing mode, chosen through ``ROUTERS``; all work on the last 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from tsembed.errors import ConfigError
+
+
+@runtime_checkable
+class RouterOwner(Protocol):
+    """A module that routes: it names its router parameters itself (weights, task-hint biases), so that the
+    router learning-rate group is chosen by what a module is, never by a parameter-name suffix."""
+
+    def own_router_parameters(self) -> list[nn.Parameter]: ...
+
+
+def router_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every router parameter of ``model``: those each ``RouterOwner`` submodule names, each once."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, RouterOwner):
+            for p in module.own_router_parameters():
+                seen.setdefault(id(p), p)
+    return list(seen.values())
 
 
 def topk_gates(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
