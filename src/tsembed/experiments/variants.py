@@ -136,6 +136,11 @@ def pick(variants: dict[str, Variant], names: list[str] | None) -> list[Variant]
 
 def variants_for(base: dict, modes: tuple[str, ...] = ("weight",), extra: bool = False) -> dict[str, Variant]:
     """The variants of a resolved base config: the LoRA budget follows its MoE section."""
-    moe = base.get("model", {}).get("moe") or {}
-    return ablation_variants(int(moe.get("num_experts", 4)), int(moe.get("rank", 8)), modes,
-                             num_shared=int(moe.get("num_shared_experts", 0)), extra=extra)
+    from dataclasses import fields
+
+    from tsembed.moe import MoELoRAConfig
+
+    defaults = {f.name: f.default for f in fields(MoELoRAConfig)}  # MoELoRAConfig is the one source of defaults
+    moe = {**defaults, **(base.get("model", {}).get("moe") or {})}
+    return ablation_variants(int(moe["num_experts"]), int(moe["rank"]), modes,
+                             num_shared=int(moe["num_shared_experts"]), extra=extra)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from tsembed.backbones.hf import quiet_transformers
+from tsembed.backbones.minilm_effnet import MiniLMEfficientNetBackbone
 from tsembed.card import build_sentence_transformers_card, write_card
 from tsembed.errors import ConfigError
 from tsembed.extras import require
@@ -41,7 +42,7 @@ from tsembed.inference.loading import load_model
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_KIND = "minilm-effnet"
+SUPPORTED_KIND = MiniLMEfficientNetBackbone.kind
 ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}  # tsembed pooling -> sentence-transformers mode
 PROMPT_NAMES = {"query": "query_instruction", "document": "document_instruction"}
 

@@ -38,6 +38,12 @@ def _check_moe_numbers(moe: dict[str, Any]) -> None:
             _check(f"model.moe.{key}", value, math.isfinite(value), "a finite number")
 
 
+def _default_backbone() -> str:
+    from tsembed.backbones.registry import DEFAULT_BACKBONE  # the one place the default is named
+
+    return DEFAULT_BACKBONE
+
+
 @dataclass
 class ModelSection:
     """backbone: registry config (``kind`` + options); moe: MoE-LoRA settings, or null for no adapters.
@@ -45,7 +51,7 @@ class ModelSection:
     ``moe.target_modules`` may be left out to use the backbone's default targets.
     """
 
-    backbone: dict[str, Any] = field(default_factory=lambda: {"kind": "minilm-effnet"})
+    backbone: dict[str, Any] = field(default_factory=lambda: {"kind": _default_backbone()})
     moe: dict[str, Any] | None = field(default_factory=dict)
     pooling: str | None = None
     query_instruction: str = ""
