@@ -287,7 +287,7 @@ def test_non_finite_embeddings_are_a_500_never_a_vector(model):
             assert r.status_code == 500 and r.json()["error"]["code"] == "nonfinite_embedding", r.text
             assert "[1]" in r.json()["error"]["message"]
         assert _post(c, {"input": "fine"}).status_code == 200
-        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/health").json()["status"] == "ok"
 
 
 def test_health_reports_a_model_that_fails_its_self_check(model, caplog):

@@ -31,6 +31,7 @@ from tsembed.errors import TaskError
 from tsembed.inference.inputs import apply_instruction, instructed_length
 from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, request_pixels_error
 from tsembed.inference.server.batcher import MicroBatcher
+from tsembed.inference.server.cost import max_tokens, token_costs
 from tsembed.inference.server.errors import APIError, error_body, install_error_handlers, validation_message
 from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
 from tsembed.inference.server.metrics import Metrics
@@ -42,7 +43,7 @@ from tsembed.model import check_task
 
 logger = logging.getLogger(__name__)
 
-KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/info", "/metrics")
+KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/ready", "/info", "/metrics")
 DOCS_AND_METRICS = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 TRUNCATED_HEADER = "X-Truncated-Inputs"
 
@@ -193,14 +194,17 @@ def _reject_lone_surrogates(data: Any) -> None:
 
 
 def _to_inputs(request: EmbeddingRequest, model: nn.Module,
-               settings: ServerSettings) -> tuple[list[EmbedInput], list[tuple[str, Image.Image]]]:
-    """Check limits, open images (headers only) and apply the instruction (runs in a thread: base64 is CPU).
+               settings: ServerSettings) -> tuple[list[EmbedInput], list[tuple[str, Image.Image]], list[int]]:
+    """Check limits, open images (headers only), apply the instruction and count tokens (runs in a thread:
+    base64 and tokenizing are CPU).
 
     Returns:
-        The inputs, and the ``(param, image)`` pairs still to decode once the request is admitted.
+        The inputs, the ``(param, image)`` pairs still to decode once the request is admitted, and each
+        input's cost in tokens (``cost.token_costs``).
 
     Raises:
-        APIError: 400 for a bad field, 413 when the images together pass ``max_request_pixels``.
+        APIError: 400 for a bad field, 413 when the images together pass ``max_request_pixels`` or the inputs
+            together pass ``max_request_tokens``.
     """
     items = request.items()
     if len(items) > settings.max_inputs_per_request:
@@ -242,7 +246,14 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module,
                 raise request_pixels_error(pixels, settings.max_request_pixels)
             images.append((f"{where}.image", pil))
         inputs.append(apply_instruction(instruction, EmbedInput(text=text or None, image=pil, task=request.task)))
-    return inputs, images
+    costs = token_costs(model, inputs)
+    total = sum(costs)
+    if total > settings.max_request_tokens:
+        raise APIError(413, f"the request's inputs hold {total} tokens with the instruction applied (each input "
+                       f"counted up to the model's {max_tokens(model)}); the limit is {settings.max_request_tokens} "
+                       "per request (max_request_tokens); send fewer or shorter inputs", param="input",
+                       code="too_many_tokens")
+    return inputs, images, costs
 
 
 def truncated_inputs(token_counts: list[int], max_tokens: int | None) -> list[int]:
@@ -307,7 +318,8 @@ def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
         "document_instruction": config.document_instruction,
         "limits": {k: getattr(settings, k) for k in (
             "max_inputs_per_request", "max_text_chars", "max_instruction_chars", "max_image_bytes", "max_image_pixels",
-            "max_image_side", "max_request_pixels", "max_request_bytes", "max_batch_size")},
+            "max_image_side", "max_request_pixels", "max_request_bytes", "max_batch_size", "max_request_tokens",
+            "max_batch_tokens")},
         "batching": settings.batching,
     }
 
@@ -318,7 +330,7 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     model.eval()
     metrics = Metrics()
     batcher = MicroBatcher(model, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.batching,
-                           settings.max_queue_inputs, metrics)
+                           settings.max_queue_inputs, metrics, settings.max_batch_tokens, settings.saturation_s)
     pixel_budget = PixelBudget(settings.max_inflight_pixels)
     configure_vision_cache(model, settings)
     created = int(time.time())
@@ -352,12 +364,12 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
         if request.dimensions is not None and request.dimensions > info["dimensions"]:
             raise APIError(400, f"dimensions must be at most {info['dimensions']}, got {request.dimensions}",
                            param="dimensions", code="invalid_dimensions")
-        inputs, images = await asyncio.to_thread(_to_inputs, request, model, settings)
+        inputs, images, costs = await asyncio.to_thread(_to_inputs, request, model, settings)
         batcher.check_capacity(len(inputs))  # 429 before any pixel is decoded
         with pixel_budget.reserve(sum(image_pixels(image) for _, image in images)):  # 503 when full
             if images:
                 await asyncio.to_thread(decode_images, images)
-            result = await batcher.submit(inputs)
+            result = await batcher.submit(inputs, costs)
         bad = nonfinite_rows(result.embeddings)
         if bad:  # never answer 200 with NaN: clients would index them and every score would be NaN
             logger.error("the model produced non-finite embeddings for inputs %s of a request", bad[:10])
@@ -394,9 +406,22 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """Liveness: 503 only for a model that failed its self-check. A busy model thread is still alive, so it
+        answers 200 with ``"saturated": true`` (a liveness probe must not restart a server for being busy);
+        load balancers that should send no new work to a saturated server probe ``/ready`` instead."""
         if unhealthy:
             return JSONResponse({"status": "unhealthy", "error": unhealthy}, 503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", **batcher.load()})
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 503 with ``Retry-After`` while the model thread is saturated (or unhealthy), else 200."""
+        if unhealthy:
+            return JSONResponse({"status": "unhealthy", "error": unhealthy}, 503)
+        load = batcher.load()
+        if load["saturated"]:
+            return JSONResponse({"status": "saturated", **load}, 503, headers={"Retry-After": RETRY_AFTER_S})
+        return JSONResponse({"status": "ok", **load})
 
     @app.get("/info")
     async def get_info() -> dict[str, Any]:
