@@ -1,9 +1,10 @@
-"""Cheap requests that used to cost the server seconds (issue 24): D1 and D2."""
+"""Cheap requests that used to cost the server seconds (issue 24): D1, D2, D4 and D12."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -97,3 +98,87 @@ def test_d1_validation_runs_off_the_event_loop(model, monkeypatch):
 def test_d12_dimensions_must_be_an_integer(client, dimensions):
     r = client.post("/v1/embeddings", json={"input": "x", "dimensions": dimensions})
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
+
+
+def _slow_forward(monkeypatch, seconds_per_input: float) -> None:
+    """The model thread's forward, made slow per input (so the tests do not depend on the machine's speed)."""
+    from tsembed.inference.server import batcher as batcher_module
+
+    real = batcher_module.embed_items
+
+    def slow(model, items, *args, **kwargs):
+        time.sleep(seconds_per_input * len(items))
+        return real(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(batcher_module, "embed_items", slow)
+
+
+def test_d4_request_cost_is_bounded_in_tokens_after_the_instruction(model):
+    """D4: a request's cost counts tokens with the instruction applied (each input up to the model's max_length,
+    16 for the toy); over max_request_tokens it is refused before it is queued."""
+    settings = ServerSettings(model_name="toy", max_request_tokens=64, max_batch_tokens=32)
+    with TestClient(create_app(model, settings)) as c:
+        r = c.post("/v1/embeddings", json={"input": ["ab"] * 8, "instruction": "Represent this text: {text}"})
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error["code"] == "too_many_tokens" and error["param"] == "input"
+        assert "128 tokens" in error["message"] and "the limit is 64" in error["message"]
+        assert c.post("/v1/embeddings", json={"input": ["ab"] * 8}).status_code == 200  # 8 × 2 tokens
+        assert c.get("/info").json()["limits"]["max_request_tokens"] == 64
+
+
+def test_d4_a_large_request_takes_turns_with_the_requests_behind_it(model, monkeypatch):
+    """D4: 40 long inputs took the only model thread for one long run (14-26 s for 256 × 16k characters) while
+    every request behind them waited; now they run in turns of max_batch_tokens and a small request slips in
+    between. The large request's vectors are those of one unsplit run."""
+    import threading
+
+    import httpx
+
+    from tsembed.inference import encode
+    from tsembed.inference.server import ServerThread
+
+    _slow_forward(monkeypatch, 0.05)
+    texts = [f"text number {i} " + "word " * 20 for i in range(40)]  # 16 tokens each (the toy's max_length)
+    app = create_app(model, ServerSettings(model_name="toy", max_batch_tokens=32, max_request_tokens=10_000))
+    with ServerThread(app) as url:
+        big: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: big.append(
+            httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60)))
+        thread.start()
+        time.sleep(0.4)  # the large request is being embedded now (20 turns of 0.1 s)
+        start = time.perf_counter()
+        small = httpx.post(f"{url}/v1/embeddings", json={"input": "a short one"}, timeout=60)
+        waited = time.perf_counter() - start
+        thread.join()
+    assert small.status_code == 200 and big[0].status_code == 200
+    assert waited < 1.0, f"the small request waited {waited:.2f}s behind the large one"
+    got = np.array([d["embedding"] for d in big[0].json()["data"]])
+    np.testing.assert_allclose(got, encode(model, texts), atol=1e-5)
+    assert big[0].json()["usage"]["total_tokens"] == 40 * 16
+
+
+def test_d4_health_reports_a_saturated_model_thread(model, monkeypatch):
+    """/health stays 200 (a liveness probe must not restart a busy server) with "saturated": true while a turn has
+    run past saturation_s; /ready answers 503 with Retry-After meanwhile, 200 again after."""
+    import threading
+
+    import httpx
+
+    from tsembed.inference.server import ServerThread
+
+    _slow_forward(monkeypatch, 0.5)
+    app = create_app(model, ServerSettings(model_name="toy", saturation_s=0.3, max_wait_ms=0))
+    with ServerThread(app) as url:
+        assert httpx.get(f"{url}/health").json()["saturated"] is False
+        assert httpx.get(f"{url}/ready").status_code == 200
+        thread = threading.Thread(target=lambda: httpx.post(f"{url}/v1/embeddings", json={"input": ["a"] * 4},
+                                                            timeout=60))
+        thread.start()
+        time.sleep(0.8)  # a turn of 2 s is running
+        health, ready = httpx.get(f"{url}/health"), httpx.get(f"{url}/ready")
+        thread.join()
+        after = httpx.get(f"{url}/ready")
+    assert health.status_code == 200 and health.json()["saturated"] is True and health.json()["busy_s"] > 0.3
+    assert ready.status_code == 503 and ready.json()["status"] == "saturated" and ready.headers["Retry-After"]
+    assert after.status_code == 200 and after.json()["saturated"] is False
