@@ -89,12 +89,10 @@ class GuardMiddleware:
         except _BodyTooLarge:
             if not state["started"]:
                 await self._reply(scope, send_wrapper, *self._too_large())
-        except _BodyTimeout:
+        except _BodyTimeout as exc:
             if not state["started"]:
-                timeout = self.settings.read_timeout_s
                 await self._reply(scope, send_wrapper, 408, error_body(
-                    f"the request body did not arrive within {timeout:g} s", "invalid_request_error", None,
-                    "request_timeout"), {"Connection": "close"})
+                    str(exc), "invalid_request_error", None, "request_timeout"), {"Connection": "close"})
         finally:
             self.metrics.record_request(label, int(state["status"]), time.perf_counter() - start)
 
@@ -121,18 +119,27 @@ class GuardMiddleware:
         return path.startswith("/v1/") or (not self.settings.public_docs_and_metrics and path in DOCS_AND_METRICS)
 
     def _limited(self, receive: Receive) -> Receive:
-        """``receive`` that counts body bytes and bounds how long each body chunk may take to arrive."""
+        """``receive`` that counts body bytes and bounds how long each body chunk may take to arrive
+        (``read_timeout_s``) and how long the whole body may take (``read_timeout_total_s``, from the headers on:
+        a body trickled a byte at a time, each in time, is refused too)."""
         seen, body_done = 0, False
         limit, timeout = self.settings.max_request_bytes, self.settings.read_timeout_s
+        total = self.settings.read_timeout_total_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total
 
         async def wrapped() -> Message:
             nonlocal seen, body_done
             if body_done:  # after the body only a disconnect can come: no timeout on waiting for it
                 return await receive()
+            left = deadline - loop.time()
             try:
-                message = await asyncio.wait_for(receive(), timeout)
+                message = await asyncio.wait_for(receive(), max(0.0, min(timeout, left)))
             except TimeoutError:
-                raise _BodyTimeout from None
+                if left <= timeout:
+                    raise _BodyTimeout(f"the request body did not arrive within {total:g} s "
+                                       "(read_timeout_total_s)") from None
+                raise _BodyTimeout(f"the request body did not arrive within {timeout:g} s") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
