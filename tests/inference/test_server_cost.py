@@ -182,3 +182,42 @@ def test_d4_health_reports_a_saturated_model_thread(model, monkeypatch):
     assert health.status_code == 200 and health.json()["saturated"] is True and health.json()["busy_s"] > 0.3
     assert ready.status_code == 503 and ready.json()["status"] == "saturated" and ready.headers["Retry-After"]
     assert after.status_code == 200 and after.json()["saturated"] is False
+
+
+def test_d6_millions_of_tiny_values_are_refused_before_parsing(client, monkeypatch):
+    """D6: 6 M strings (28 MB) took 2.3 s of parsing and walking before the 256-input check; 10 M empty lists
+    took json.loads alone 10 s, holding the GIL (so the loop too). Separators outside strings are counted first,
+    stopping at the cap: the body is refused without being parsed."""
+    import json
+
+    from tsembed.inference.server import app as app_module
+
+    parsed: list[int] = []
+    real_loads = json.loads
+    monkeypatch.setattr(app_module.json, "loads", lambda body, *a, **k: parsed.append(len(body)) or real_loads(body))
+    for value in (["a"] * 1_000_000, [[]] * 1_000_000):
+        body = json.dumps({"input": value}).encode()
+        start = time.perf_counter()
+        with pytest.raises(app_module.APIError) as info:
+            app_module._parse_body(body, 16)
+        assert time.perf_counter() - start < 1.0
+        assert info.value.code == "too_many_inputs" and "more than 128 JSON values" in info.value.message
+    assert parsed == []
+    # commas inside strings are not separators: 16 texts of commas parse
+    ok = app_module._parse_body(json.dumps({"input": [", " * 100] * 16, "instruction": "a, b: {text}"}).encode(), 16)
+    assert len(ok.items()) == 16 and parsed
+    # end to end: the server answers 400, and a string left open is still just invalid JSON
+    r = client.post("/v1/embeddings", content=json.dumps({"input": ["a"] * 50_000}))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_inputs", r.text
+    r = client.post("/v1/embeddings", content=b'{"input": ["a' + b'\\",' * 5000)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text
+
+
+def test_d6_the_separator_scan_is_linear_on_hostile_escapes():
+    from tsembed.inference.server.app import count_json_values
+
+    body = b'"' + b'\\"' * 1_000_000 + b"," * 2000  # one string left open: every quote after it is escaped
+    start = time.perf_counter()
+    assert count_json_values(body, 100) == 0
+    assert time.perf_counter() - start < 1.0
+    assert count_json_values(b'{"a":[1,2,{"b":"x,y,z"}],"c":"\\\\"}', 7) == 6  # 9 counting the quoted

@@ -11,6 +11,7 @@ import base64
 import hmac
 import json
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -154,17 +155,54 @@ async def _no_receive() -> Message:  # pragma: no cover - never called for a pla
     return {"type": "http.disconnect"}
 
 
-async def parse_request(raw: Request) -> EmbeddingRequest:
+async def parse_request(raw: Request, max_inputs: int = 256) -> EmbeddingRequest:
     """JSON body → ``EmbeddingRequest`` whatever the Content-Type (``curl -d`` sends form encoding).
 
     Parsing, validation and the validation message run in a worker thread: a body of thousands of bad items
-    costs that thread milliseconds, never the event loop (``/health`` and every other request) its time.
+    costs that thread milliseconds, never the event loop (``/health`` and every other request) its time. A body
+    holding more JSON values than ``max_inputs`` inputs can need is refused before it is parsed (see
+    ``count_json_values``): parsing holds the GIL, so millions of tiny values would stall the loop anyway.
     """
     body = await raw.body()
-    return await asyncio.to_thread(_parse_body, body)
+    return await asyncio.to_thread(_parse_body, body, max_inputs)
 
 
-def _parse_body(body: bytes) -> EmbeddingRequest:
+# a string (possessive, and one left open runs to the end: every match consumes what it scans, so the scan is
+# linear whatever the body), or a separator / opening bracket
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)|[,\[{]', re.DOTALL)
+
+
+def json_value_cap(max_inputs: int) -> int:
+    """Separators and containers a valid request may hold: per input a comma, and an object with two fields
+    (a brace and a comma), plus the top-level fields."""
+    return 4 * max_inputs + 64
+
+
+def count_json_values(body: bytes, cap: int) -> int:
+    """Commas and opening brackets outside JSON strings (every value past the first in a container needs one),
+    counted only as far as ``cap`` + 1: a 28 MB body of 6 million strings is judged after reading a few
+    thousand of them, and a body whose commas all sit inside its strings costs a scan of C speed."""
+    bound = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if bound <= cap:  # even counting those inside strings: no scan needed
+        return bound
+    structural = strings = 0
+    for match in _JSON_TOKEN.finditer(body):
+        if match.end() - match.start() == 1:  # , [ { (a string match is at least "")
+            structural += 1
+            if structural > cap:
+                return structural
+        else:
+            strings += 1
+            if strings > 2 * cap + 2:  # valid JSON holds at most two strings per separator
+                return cap + 1
+    return structural
+
+
+def _parse_body(body: bytes, max_inputs: int = 256) -> EmbeddingRequest:
+    cap = json_value_cap(max_inputs)
+    if count_json_values(body, cap) > cap:
+        raise APIError(400, f"the request body holds more than {cap} JSON values; a request may hold at most "
+                       f"{max_inputs} inputs (max_inputs_per_request)", param="input", code="too_many_inputs")
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -365,7 +403,7 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
         if unhealthy:
             raise APIError(503, f"the model failed its self-check at start ({unhealthy}); see /health",
                            type="server_error", code="model_unhealthy", headers={"Retry-After": RETRY_AFTER_S})
-        request = await parse_request(raw)
+        request = await parse_request(raw, settings.max_inputs_per_request)
         if request.model is not None and request.model != settings.model_name:
             raise _model_not_found(request.model, settings.model_name)
         if request.dimensions is not None and request.dimensions > info["dimensions"]:
