@@ -1,5 +1,5 @@
 """Connection-level abuse (issue 24): D3 connections stalled mid-headers, the connection cap and its log lines;
-D7 a body trickled in time for every read but never finishing."""
+D7 a body trickled in time for every read but never finishing; D13 /info behind the key."""
 
 from __future__ import annotations
 
@@ -145,3 +145,18 @@ def test_connection_settings_reach_uvicorn(model):
     thread = ServerThread(create_app(model, ServerSettings(idle_timeout_s=2.5, header_timeout_s=4)))
     assert thread.server.config.timeout_keep_alive == 2.5
     assert thread.server.config.http.__name__ == "GuardedH11Protocol"
+
+
+def test_d13_info_needs_the_key_when_one_is_set(model):
+    """D13: /info (the model's configuration and every server limit) answered without the key."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(model, ServerSettings(api_key="s3cret"))) as c:
+        denied = c.get("/info")
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+        assert c.get("/info", headers={"Authorization": "Bearer s3cret"}).json()["num_experts"] == 4
+        assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
+    with TestClient(create_app(model, ServerSettings(api_key="s3cret", public_docs_and_metrics=True))) as c:
+        assert c.get("/info").status_code == 200
+    with TestClient(create_app(model, ServerSettings())) as c:
+        assert c.get("/info").status_code == 200

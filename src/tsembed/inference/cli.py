@@ -201,7 +201,7 @@ def serve_command(
     saturation_s: float = typer.Option(2.0, "--saturation-s", min=0.01, help="/health says saturated (and /ready "
                                        "answers 503) while a turn or a request's wait for one runs longer."),
     public_docs_and_metrics: bool = typer.Option(False, "--public-docs-and-metrics", help="With an API key set, "
-                                                 "leave /metrics and /docs open (/health always is)."),
+                                                 "leave /info, /metrics and /docs open (/health, /ready always are)."),
     vision_cache_mb: float = typer.Option(64.0, "--vision-cache-mb", min=0.0, help="In-memory vision-feature "
                                           "cache size (0: off)."),
     vision_disk_cache: bool = typer.Option(False, "--vision-disk-cache", help="Also keep vision features on "

@@ -45,7 +45,7 @@ from tsembed.model import check_task
 logger = logging.getLogger(__name__)
 
 KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/ready", "/info", "/metrics")
-DOCS_AND_METRICS = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+DOCS_AND_METRICS = ("/info", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 TRUNCATED_HEADER = "X-Truncated-Inputs"
 
 
@@ -116,7 +116,8 @@ class GuardMiddleware:
         return None
 
     def _guarded(self, path: str) -> bool:
-        """Paths that need the key: the API, and unless made public, metrics and the API docs."""
+        """Paths that need the key: the API, and unless made public, ``/info`` (the model's configuration and the
+        server's limits), metrics and the API docs. ``/health`` and ``/ready`` never do (load balancers)."""
         return path.startswith("/v1/") or (not self.settings.public_docs_and_metrics and path in DOCS_AND_METRICS)
 
     def _limited(self, receive: Receive) -> Receive:

@@ -48,8 +48,9 @@ class ServerSettings:
             opening (or of the previous response); else it is closed without an answer.
         max_connections: open connections beyond this are closed at once (their error log line rate-limited).
         idle_timeout_s: keep-alive connections idle this long are closed (uvicorn's ``timeout_keep_alive``).
-        public_docs_and_metrics: with an API key set, ``/metrics``, ``/docs``, ``/redoc`` and ``/openapi.json``
-            need it too unless this is True (``/health`` is always open, for load balancers).
+        public_docs_and_metrics: with an API key set, ``/info``, ``/metrics``, ``/docs``, ``/redoc`` and
+            ``/openapi.json`` need it too unless this is True (``/health`` and ``/ready`` are always open, for load
+            balancers).
         vision_cache_mb: in-memory LRU of vision features (for backbones that cache them), capped at this many
             MiB; 0 turns it off.
         vision_disk_cache: keep the vision-feature cache on disk. Off by default: a server writes no client
