@@ -14,8 +14,8 @@ class ImageChecker:
 
     Args:
         image_root: Directory relative image paths are resolved against.
-        verify: Also run PIL's `verify()` (reads the file; catches truncated PNGs). Without it only the
-            header is decoded.
+        verify: Also run PIL's `verify()` (reads the file; catches truncated PNGs) and, for a JPEG (whose
+            `verify()` reads nothing), look for its end-of-image marker. Without it only the header is decoded.
         workers: Threads used by `check_many` (the work is file I/O).
     """
 
@@ -39,6 +39,8 @@ class ImageChecker:
             with Image.open(resolved) as im:
                 if self.verify:
                     im.verify()
+                    if im.format == "JPEG" and not _jpeg_complete(resolved):
+                        return "is a truncated JPEG (no end-of-image marker): the file was cut short"
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             return f"is not a readable image ({type(exc).__name__}: {exc})"
         return None
@@ -60,3 +62,16 @@ class ImageChecker:
             for p in todo:
                 self.check(p)
         return {p: self._cache[p] for p in paths}
+
+
+JPEG_TAIL_BYTES = 4096  # some writers pad after the end-of-image marker
+
+
+def _jpeg_complete(path: Path) -> bool:
+    """Whether a JPEG still ends with its end-of-image marker (FF D9), allowing for padding after it. The marker
+    cannot occur inside the entropy-coded data (an FF byte there is stuffed as FF 00), so a file cut short lacks
+    it; reading the last few kB is all this costs, not a decode."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - JPEG_TAIL_BYTES))
+        return b"\xff\xd9" in handle.read()
