@@ -224,3 +224,24 @@ def test_d6_the_separator_scan_is_linear_on_hostile_escapes():
     assert count_json_values(body, 100) == 0
     assert time.perf_counter() - start < 1.0
     assert count_json_values(b'{"a":[1,2,{"b":"x,y,z"}],"c":"\\\\"}', 7) == 6  # 9 counting the quoted
+
+
+def test_d4_tokens_are_counted_with_a_private_copy_of_the_tokenizer(tiny_bert_dir):
+    """Costs come from the backbone's own tokenizer, truncated at max_length; the counter uses its own copy (a fast
+    tokenizer shared with the model thread raises "Already borrowed" under concurrent calls); an image costs
+    max_length; without a tokenizer a text counts one token per character."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from transformers import AutoTokenizer
+
+    from tsembed.inference.server.cost import TokenCounter
+    from tsembed.inputs import EmbedInput
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    counter = TokenCounter(SimpleNamespace(backbone=SimpleNamespace(tokenizer=tokenizer, max_length=8)))
+    assert counter.tokenizer is not tokenizer
+    items = [EmbedInput(text="the"), EmbedInput(text="the " * 50), EmbedInput(image=Image.new("RGB", (4, 4)))]
+    assert counter(items) == [len(tokenizer("the")["input_ids"]), 8, 8]
+    plain = TokenCounter(SimpleNamespace(backbone=SimpleNamespace(max_length=16)))
+    assert plain([EmbedInput(text="abc"), EmbedInput(text="x" * 100)]) == [3, 16]

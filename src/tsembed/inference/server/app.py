@@ -32,7 +32,7 @@ from tsembed.errors import TaskError
 from tsembed.inference.inputs import apply_instruction, instructed_length
 from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, request_pixels_error
 from tsembed.inference.server.batcher import MicroBatcher
-from tsembed.inference.server.cost import max_tokens, token_costs
+from tsembed.inference.server.cost import TokenCounter, max_tokens
 from tsembed.inference.server.errors import APIError, error_body, install_error_handlers, validation_message
 from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
 from tsembed.inference.server.metrics import Metrics
@@ -239,14 +239,15 @@ def _reject_lone_surrogates(data: Any) -> None:
                                f"{exc.start}; send valid Unicode", param=path or None, code="invalid_text") from None
 
 
-def _to_inputs(request: EmbeddingRequest, model: nn.Module,
-               settings: ServerSettings) -> tuple[list[EmbedInput], list[tuple[str, Image.Image]], list[int]]:
+def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSettings,
+               count_tokens: TokenCounter | None = None,
+               ) -> tuple[list[EmbedInput], list[tuple[str, Image.Image]], list[int]]:
     """Check limits, open images (headers only), apply the instruction and count tokens (runs in a thread:
     base64 and tokenizing are CPU).
 
     Returns:
         The inputs, the ``(param, image)`` pairs still to decode once the request is admitted, and each
-        input's cost in tokens (``cost.token_costs``).
+        input's cost in tokens (``count_tokens``; a ``TokenCounter`` of ``model`` when None).
 
     Raises:
         APIError: 400 for a bad field, 413 when the images together pass ``max_request_pixels`` or the inputs
@@ -292,7 +293,7 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module,
                 raise request_pixels_error(pixels, settings.max_request_pixels)
             images.append((f"{where}.image", pil))
         inputs.append(apply_instruction(instruction, EmbedInput(text=text or None, image=pil, task=request.task)))
-    costs = token_costs(model, inputs)
+    costs = (count_tokens or TokenCounter(model))(inputs)
     total = sum(costs)
     if total > settings.max_request_tokens:
         raise APIError(413, f"the request's inputs hold {total} tokens with the instruction applied (each input "
@@ -378,6 +379,7 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     batcher = MicroBatcher(model, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.batching,
                            settings.max_queue_inputs, metrics, settings.max_batch_tokens, settings.saturation_s)
     pixel_budget = PixelBudget(settings.max_inflight_pixels)
+    count_tokens = TokenCounter(model)
     configure_vision_cache(model, settings)
     created = int(time.time())
     info = model_info(model, settings)
@@ -410,7 +412,7 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
         if request.dimensions is not None and request.dimensions > info["dimensions"]:
             raise APIError(400, f"dimensions must be at most {info['dimensions']}, got {request.dimensions}",
                            param="dimensions", code="invalid_dimensions")
-        inputs, images, costs = await asyncio.to_thread(_to_inputs, request, model, settings)
+        inputs, images, costs = await asyncio.to_thread(_to_inputs, request, model, settings, count_tokens)
         batcher.check_capacity(len(inputs))  # 429 before any pixel is decoded
         with pixel_budget.reserve(sum(image_pixels(image) for _, image in images)):  # 503 when full
             if images:

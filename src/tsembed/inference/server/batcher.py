@@ -96,7 +96,7 @@ class MicroBatcher:
 
         Args:
             items: the inputs.
-            costs: tokens per input (``cost.token_costs``); None counts each as the backbone's ``max_length``.
+            costs: tokens per input (``cost.TokenCounter``); None counts each as the backbone's ``max_length``.
 
         Raises:
             APIError: 429 when the line is full; the model's error (400 for a ``DataError``, else 500).

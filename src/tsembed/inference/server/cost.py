@@ -13,11 +13,17 @@ visual tokens are not known before the image is decoded, and no input runs past 
 
 from __future__ import annotations
 
+import copy
+import logging
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
 from tsembed.inputs import EmbedInput
+
+logger = logging.getLogger(__name__)
 
 FALLBACK_MAX_LENGTH = 512
 
@@ -28,19 +34,37 @@ def max_tokens(model: nn.Module) -> int:
     return int(value) if isinstance(value, int) and value > 0 else FALLBACK_MAX_LENGTH
 
 
-def token_costs(model: nn.Module, items: Sequence[EmbedInput]) -> list[int]:
-    """Tokens each input will cost the forward (at least 1 each, at most the backbone's ``max_length``)."""
-    limit = max_tokens(model)
-    tokenizer = getattr(getattr(model, "backbone", None), "tokenizer", None)
-    texts = [item.text or "" for item in items]
-    counts: list[int] | None = None
-    if callable(tokenizer) and any(texts):
-        try:
-            ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
-            counts = [len(i) for i in ids]
-        except Exception:  # a tokenizer that cannot count this way: fall back to the character bound
-            counts = None
-    if counts is None:
-        counts = [len(t) for t in texts]
-    return [limit if item.image is not None else max(1, min(limit, n)) for item, n in zip(items, counts, strict=True)]
+class TokenCounter:
+    """Counts what inputs cost in tokens (see the module docstring); safe to call from any thread.
 
+    It tokenizes with its own copy of the backbone's tokenizer, one call at a time: a fast tokenizer whose
+    truncation settings change under a concurrent call raises "Already borrowed", and the model thread's
+    copy must never see that.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.limit = max_tokens(model)
+        tokenizer = getattr(getattr(model, "backbone", None), "tokenizer", None)
+        self.tokenizer: Any = None
+        if callable(tokenizer):
+            try:
+                self.tokenizer = copy.deepcopy(tokenizer)
+            except Exception:  # a tokenizer that cannot be copied: count characters instead
+                logger.info("the tokenizer cannot be copied; request costs are counted in characters")
+        self._lock = threading.Lock()
+
+    def __call__(self, items: Sequence[EmbedInput]) -> list[int]:
+        """Tokens each input will cost the forward (at least 1 each, at most the backbone's ``max_length``)."""
+        texts = [item.text or "" for item in items]
+        counts: list[int] | None = None
+        if self.tokenizer is not None and any(texts):
+            try:
+                with self._lock:
+                    ids = self.tokenizer(texts, truncation=True, max_length=self.limit)["input_ids"]
+                counts = [len(i) for i in ids]
+            except Exception:  # a tokenizer that cannot count this way: fall back to the character bound
+                counts = None
+        if counts is None:
+            counts = [len(t) for t in texts]
+        return [self.limit if item.image is not None else max(1, min(self.limit, n))
+                for item, n in zip(items, counts, strict=True)]
