@@ -160,3 +160,20 @@ def test_d13_info_needs_the_key_when_one_is_set(model):
         assert c.get("/info").status_code == 200
     with TestClient(create_app(model, ServerSettings())) as c:
         assert c.get("/info").status_code == 200
+
+
+def test_serve_flags_reach_the_settings(monkeypatch, tmp_path):
+    import tsembed.inference.loading as loading
+    import tsembed.inference.server as server_pkg
+    from tsembed.cli import main
+
+    seen = {}
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: object())
+    monkeypatch.setattr(server_pkg, "create_app", lambda model, settings: seen.setdefault("settings", settings))
+    monkeypatch.setattr(server_pkg, "serve", lambda app, **k: None)
+    assert main(["serve", "--model", str(tmp_path), "--read-timeout-total", "7", "--header-timeout", "3",
+                 "--max-connections", "50", "--max-request-tokens", "999", "--max-batch-tokens", "99",
+                 "--saturation-s", "1.5"]) == 0
+    s = seen["settings"]
+    assert (s.read_timeout_total_s, s.header_timeout_s, s.max_connections) == (7, 3, 50)
+    assert (s.max_request_tokens, s.max_batch_tokens, s.saturation_s) == (999, 99, 1.5)
