@@ -90,15 +90,23 @@ def test_d3_accept_errors_at_the_descriptor_limit_are_rate_limited(caplog):
     try:
         install_loop_log_limit(loop)
         install_loop_log_limit(loop)  # idempotent
-        caplog.set_level(logging.ERROR)
+        caplog.set_level(logging.WARNING)
         for _ in range(1000):
             loop.call_exception_handler({"message": "socket.accept() out of system resource",
                                          "exception": OSError(24, "Too many open files")})
+        class Handle:  # what asyncio passes for a failed callback: each failed accept scheduled a retry
+            def __repr__(self):
+                return "<TimerHandle BaseSelectorEventLoop._start_serving(...)>"
+
+        for _ in range(1000):
+            loop.call_exception_handler({"message": "Exception in callback", "handle": Handle(),
+                                         "exception": ValueError("Invalid file descriptor: -1")})
         loop.call_exception_handler({"message": "something else"})  # other errors still reach the default handler
     finally:
         loop.close()
-    accept = [r for r in caplog.records if "accept" in r.getMessage()]
+    accept = [r for r in caplog.records if "cannot accept" in r.getMessage()]
     assert len(accept) == 1 and "Too many open files" in accept[0].getMessage()
+    assert len([r for r in caplog.records if "accept retry failed" in r.getMessage()]) == 1
     assert any("something else" in r.getMessage() for r in caplog.records)
 
 

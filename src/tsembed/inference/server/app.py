@@ -32,6 +32,7 @@ from tsembed.errors import TaskError
 from tsembed.inference.inputs import apply_instruction, instructed_length
 from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, request_pixels_error
 from tsembed.inference.server.batcher import MicroBatcher
+from tsembed.inference.server.connections import install_loop_log_limit
 from tsembed.inference.server.cost import TokenCounter, max_tokens
 from tsembed.inference.server.errors import APIError, error_body, install_error_handlers, validation_message
 from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
@@ -389,6 +390,7 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        install_loop_log_limit(asyncio.get_running_loop())  # before the first accept can fail
         yield
         await batcher.aclose()
 

@@ -64,7 +64,9 @@ def default_max_connections(requested: int) -> int:
 
 def install_loop_log_limit(loop: asyncio.AbstractEventLoop) -> None:
     """Rate-limit asyncio's "socket.accept() out of system resource" error (one per failed accept, each with a
-    traceback, while the process is at its descriptor limit); everything else goes to the usual handler."""
+    traceback, while the process is at its descriptor limit: megabytes a second) and the failures of the accept
+    retries each of them scheduled; everything else goes to the usual handler. Installed at startup, before the
+    first accept can fail."""
     previous = loop.get_exception_handler()
     if getattr(previous, "_tsembed_rate_limited", False):
         return
@@ -74,6 +76,10 @@ def install_loop_log_limit(loop: asyncio.AbstractEventLoop) -> None:
         if message.startswith("socket.accept() out of system resource"):
             connection_log(logging.ERROR, "accept", "cannot accept connections: %s (%s)", message,
                            context.get("exception"))
+            return
+        if "_start_serving" in repr(context.get("handle")):  # each failed accept scheduled a retry; at shutdown
+            connection_log(logging.WARNING, "retry", "a scheduled accept retry failed: %s (%s)", message,
+                           context.get("exception"))  # every one of them fails on the closed socket
             return
         if previous is not None:
             previous(the_loop, context)
