@@ -243,11 +243,3 @@ def test_frozen_projector_stays_frozen_and_is_still_saved(tiny_default_backbone)
     assert names and all(".lora_" in n or ".router." in n for n in names)
     assert set(b.trainable_state_dict()) == {f"projector.{k}" for k in b.projector.state_dict()}  # saved anyway
     assert build_backbone(b.config()).config()["train_projector"] is False
-
-
-def test_d9_max_length_past_the_position_limit_is_refused_when_built(tiny_bert_dir) -> None:
-    """Issue 24, D9: max_length=129 on a text model of 128 positions loaded, then failed (a server 500) on the first
-    input that long; now the backbone refuses it when built (and so when a saved model is loaded)."""
-    with pytest.raises(ConfigError, match=r"max_length=129 is past the text model's position limit of 128 tokens"):
-        build_tiny_minilm_effnet(tiny_bert_dir, max_length=129)
-    assert build_tiny_minilm_effnet(tiny_bert_dir, max_length=128).max_length == 128

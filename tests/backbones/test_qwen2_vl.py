@@ -104,8 +104,3 @@ def test_bad_configs(tiny_qwen2_vl_dir, tiny_clip_dir, tmp_path) -> None:
         Qwen2VLBackbone(str(tiny_qwen2_vl_dir), prompt_template="no slot")
     with pytest.raises(ConfigError, match="dtype must be one of"):
         Qwen2VLBackbone(str(tiny_qwen2_vl_dir), dtype="float64")
-
-
-def test_d9_max_length_past_the_position_limit_is_refused_when_built(tiny_qwen2_vl_dir) -> None:
-    with pytest.raises(ConfigError, match=r"max_length=1025 is past the language model's position limit of 1024"):
-        Qwen2VLBackbone(str(tiny_qwen2_vl_dir), max_length=1025)
