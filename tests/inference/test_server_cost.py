@@ -243,5 +243,16 @@ def test_d4_tokens_are_counted_with_a_private_copy_of_the_tokenizer(tiny_bert_di
     assert counter.tokenizer is not tokenizer
     items = [EmbedInput(text="the"), EmbedInput(text="the " * 50), EmbedInput(image=Image.new("RGB", (4, 4)))]
     assert counter(items) == [len(tokenizer("the")["input_ids"]), 8, 8]
+    assert counter([EmbedInput(text="x " * 100)]) == [8]  # past 8 × max_length characters: not tokenized
     plain = TokenCounter(SimpleNamespace(backbone=SimpleNamespace(max_length=16)))
     assert plain([EmbedInput(text="abc"), EmbedInput(text="x" * 100)]) == [3, 16]
+
+
+def test_d4_a_turn_counts_the_characters_its_tokenizer_reads():
+    """The model thread tokenizes the whole text however little of it is kept: 256 texts of 16k characters at 128
+    tokens each still cost seconds of tokenizing, so for turns a long text weighs one token per 8 characters."""
+    from tsembed.inference.server.cost import turn_costs
+    from tsembed.inputs import EmbedInput
+
+    items = [EmbedInput(text="x" * 16_000), EmbedInput(text="a short one"), EmbedInput(text="y" * 800)]
+    assert turn_costs(items, [128, 3, 128]) == [2000, 3, 128]

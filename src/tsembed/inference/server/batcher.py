@@ -24,7 +24,7 @@ from torch import nn
 
 from tsembed.encoding import embed_items
 from tsembed.inference.server.admission import RETRY_AFTER_S
-from tsembed.inference.server.cost import max_tokens
+from tsembed.inference.server.cost import max_tokens, turn_costs
 from tsembed.inference.server.errors import APIError
 from tsembed.inference.server.metrics import Metrics
 from tsembed.inputs import EmbedInput
@@ -60,7 +60,8 @@ class MicroBatcher:
         enabled: False runs each turn on one request's inputs only (the no-batching baseline).
         max_queue_inputs: waiting inputs beyond which ``submit`` answers 429.
         metrics: where batch sizes and forward times go.
-        max_batch_tokens: tokens per turn (a single input over it makes a turn of its own).
+        max_batch_tokens: tokens per turn (a single input over it makes a turn of its own); a long text counts
+            the characters its tokenizer reads too (``cost.turn_costs``).
         saturation_s: the model thread counts as saturated while a turn has run, or a request has waited for
             its next turn, longer than this (or the line is full); ``/health`` reports it.
     """
@@ -107,7 +108,7 @@ class MicroBatcher:
             costs = [max_tokens(self.model)] * len(items)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.queued_inputs += len(items)
-        self._pending.append(_Job(items, list(costs), future, time.monotonic()))
+        self._pending.append(_Job(items, turn_costs(items, costs), future, time.monotonic()))
         wake.set()
         return await future
 
