@@ -38,7 +38,8 @@ class ServerSettings:
         max_request_tokens: tokens one request may hold, counted after the instruction is applied and each
             input capped at the model's ``max_length`` (like TEI's ``--max-batch-tokens``); over it: 413.
         max_batch_tokens: tokens per turn of the model thread; a larger request runs in several turns, taking
-            turns with the requests behind it, so it cannot hold the model for seconds.
+            turns with the requests behind it, so it cannot hold the model for seconds. A long text weighs one
+            token per 8 characters when that is more: the tokenizer reads all of it, however little is kept.
         saturation_s: ``/health`` reports ``"saturated": true`` (and ``/ready`` answers 503) while a turn has run,
             or a request has waited for its next turn, longer than this, or the queue is full.
         read_timeout_s: a client that stalls this long while sending its body gets 408 (slow-client guard).
