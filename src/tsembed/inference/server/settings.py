@@ -46,7 +46,8 @@ class ServerSettings:
         read_timeout_total_s: the whole body must arrive within this many seconds of the request's headers
             (else 408), however steadily it trickles.
         header_timeout_s: a connection must deliver a request's complete headers within this many seconds of
-            opening (or of the previous response); else it is closed without an answer.
+            opening (or of the previous response); else it is closed without an answer (so it also bounds how long
+            an idle keep-alive connection stays open when ``idle_timeout_s`` is longer).
         max_connections: open connections beyond this are closed at once (their error log line rate-limited).
         idle_timeout_s: keep-alive connections idle this long are closed (uvicorn's ``timeout_keep_alive``).
         public_docs_and_metrics: with an API key set, ``/info``, ``/metrics``, ``/docs``, ``/redoc`` and
