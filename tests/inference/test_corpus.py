@@ -249,3 +249,5 @@ def test_d15_a_truncated_image_is_caught_before_the_job_starts(model_dir, tmp_pa
     assert calls == [] and "row 5" in capsys.readouterr().err
     image.write_bytes(data)  # whole again: the corpus reads
     assert len(read_corpus(path).inputs) == 5
+    image.write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 20_000)  # data after the image (a motion
+    assert len(read_corpus(path).inputs) == 5  # photo's video): still whole, as a decode shows
