@@ -6,15 +6,22 @@ through the vision tower), with every server limit at its default. N concurrent 
 mix: valid text, image and text+image requests (each checked against a solo ``Encoder.encode`` of the same
 inputs in this process), large but admissible images, decompression-bomb headers, a request of sixteen
 5000x5000 PNGs, truncated and garbled images, invalid JSON, deep nesting, huge integers, lone surrogates,
-oversized fields, wrong content types, 10 000 invalid items and an instruction repeating ``{text}``. A valid
-request answered 429/503 (busy) is retried after its ``Retry-After``.
+oversized fields, wrong content types, 10 000 invalid items, an instruction repeating ``{text}``, a 24 MB
+body of 6 million strings, and (once each, checked against reference vectors) a request of 256 texts of 16 000
+characters. A valid request answered 429/503 (busy) is retried after its ``Retry-After``. Meanwhile, on their
+own connections: 64 clients that send half a request head and stall (the server must close them), one body
+trickled at a byte per 2 s (the server must answer 408 at its total body deadline), and ``/health`` polled
+every 0.25 s (it must answer within 1 s throughout). The header and body deadlines are lowered from their
+defaults (``--header-timeout 4 --read-timeout 3 --read-timeout-total 8``) so the run stays short.
 
     python benchmarks/abuse.py [--requests 400] [--concurrency 8] [--seed 0]
 
 Reported: requests, status counts, unexpected 5xx (any 5xx but 503), wrong vectors, valid requests that
 never got through, transport errors, the server's peak RSS growth over its warmed-up RSS (VmHWM after
-resetting it), and files the server left in its vision cache directory. The last line is one JSON object
-with ``unexpected_5xx``, ``wrong_vectors`` and ``peak_rss_growth_mb`` (targets 0, 0, <= 600).
+resetting it), files the server left in its vision cache directory, stalled connections the server closed,
+the trickled body's answer, and the slowest ``/health``. The last line is one JSON object with
+``unexpected_5xx``, ``wrong_vectors``, ``peak_rss_growth_mb`` and ``max_health_latency_s`` (targets 0, 0,
+<= 600, <= 1.0), ``stalled_closed`` (all 64) and ``trickle_status`` (408).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -105,6 +113,10 @@ def valid_probes(model_dir: Path, rng: random.Random) -> list[Probe]:
         inputs = [EmbedInput(image=Image.open(io.BytesIO(raw))), EmbedInput(text=text, image=Image.open(
             io.BytesIO(raw))), EmbedInput(text=text)]
         probes.append(Probe(f"image{i}", {"input": items}, reference=encoder.encode(inputs)))
+    # issue 24 D4: 256 texts of 16 000 characters, admitted (within max_request_tokens) and run in turns of
+    # max_batch_tokens shared with every other request; the vectors must be those of one unsplit run
+    long_texts = [f"{i} " + " ".join(rng.choices(WORDS, k=3_000))[:15_990] for i in range(256)]
+    probes.append(Probe("256-long-texts", {"input": long_texts}, reference=encoder.encode(long_texts)))
     big = png((4000, 4000), (30, 120, 200))  # 16 Mpx: admitted, decoded within the budget
     probes.append(Probe("big-image", {"input": [{"image": url(big)}]},
                         reference=encoder.encode([EmbedInput(image=Image.open(io.BytesIO(big)))])))
@@ -143,14 +155,101 @@ def hostile_probes() -> list[Probe]:
         # issue 24 D2: an instruction repeating {text} 341 times over 16 long inputs: refused by the length limit
         # counted after the instruction is applied, not run for minutes on gigabytes of text
         Probe("instruction-repeats-text", {"input": ["w " * 8_000] * 16, "instruction": "{text}" * 341}),
+        # issue 24 D6: 24 MB of 6 million strings: refused by counting separators, before any parsing
+        Probe("six-million-strings", b'{"input": [' + b'"a",' * 5_999_999 + b'"a"]}', json_body),
+        # issue 24 D6: ten million empty lists (json.loads alone took 10 s holding the GIL)
+        Probe("ten-million-lists", b'{"input": [' + b"[]," * 9_999_999 + b"[]]}", json_body),
     ]
 
 
+ONCE = ("256-long-texts",)  # heavy valid requests sent once each, not drawn into the mix
+
+
+async def stall_headers(host: str, port: int, n: int, wait_s: float) -> int:
+    """Open ``n`` connections that send half a request head and stall (issue 24 D3); how many the server closed
+    within ``wait_s`` seconds."""
+    async def one() -> bool:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        await writer.drain()
+        try:
+            closed = await asyncio.wait_for(reader.read(), wait_s) == b""
+        except (TimeoutError, ConnectionError):
+            closed = False
+        writer.close()
+        return closed
+
+    return sum(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def trickle_body(host: str, port: int, seconds_per_byte: float, limit_s: float) -> tuple[int, float]:
+    """A body sent a byte per ``seconds_per_byte`` (issue 24 D7): the status it got and after how long."""
+    reader, writer = await asyncio.open_connection(host, port)
+    start = time.perf_counter()
+    writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n")
+    await writer.drain()
+
+    async def drip() -> None:
+        with contextlib.suppress(ConnectionError):
+            while time.perf_counter() - start < limit_s:
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(seconds_per_byte)
+
+    dripping = asyncio.create_task(drip())
+    try:
+        head = await asyncio.wait_for(reader.readline(), limit_s)
+        status = int(head.split()[1]) if head.startswith(b"HTTP/") else 0
+    except (TimeoutError, ConnectionError):
+        status = 0
+    dripping.cancel()
+    writer.close()
+    return status, time.perf_counter() - start
+
+
+async def poll_health(base_url: str, stop: asyncio.Event, every_s: float = 0.25) -> dict[str, Any]:
+    """``/health`` on its own connection every ``every_s`` until ``stop``: slowest answer, non-200s, saturated."""
+    slowest, failures, saturated = 0.0, 0, 0
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                r = await http.get("/health")
+                failures += r.status_code != 200
+                saturated += bool(r.json().get("saturated"))
+            except httpx.HTTPError:
+                failures += 1
+            slowest = max(slowest, time.perf_counter() - start)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+    return {"max_health_latency_s": round(slowest, 3), "health_failures": failures, "saturated_seen": saturated}
+
+
+async def run_all(base_url: str, plan: list[Probe], concurrency: int) -> dict[str, Any]:
+    """The mix, with the stalled connections, the trickled body and the /health poll alongside it."""
+    host, port = base_url.removeprefix("http://").split(":")
+    stop = asyncio.Event()
+    health = asyncio.create_task(poll_health(base_url, stop))
+    stalls = asyncio.create_task(stall_headers(host, int(port), STALLED, 30))
+    trickle = asyncio.create_task(trickle_body(host, int(port), 2.0, 30))
+    result = await run_mix(base_url, plan, concurrency)
+    closed, (status, after) = await stalls, await trickle
+    stop.set()
+    return {**result, **await health, "stalled_closed": closed, "trickle_status": status,
+            "trickle_answered_after_s": round(after, 1)}
+
+
+STALLED = 64
+DEADLINES = ["--header-timeout", "4", "--read-timeout", "3", "--read-timeout-total", "8"]
+
+
 def start_server(model_dir: Path, port: int, cache_dir: Path) -> subprocess.Popen:
-    """The server with every limit at its default; its cache dir is watched for files it must not write."""
+    """The server with every limit at its default but the header and body deadlines (``DEADLINES``: shorter, so
+    the run is short); its cache dir is watched for files it must not write."""
     from tsembed.inference.server.run import start_server_process
 
-    args = ["--model", str(model_dir), "--log-level", "error", "--num-threads", "1"]
+    args = ["--model", str(model_dir), "--log-level", "error", "--num-threads", "1", *DEADLINES]
     env = {"TSEMBED_API_KEY": "", "TSEMBED_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
     return start_server_process(args, port, env)
 
@@ -227,17 +326,19 @@ def main() -> None:
         root = Path(tmp)
         model_dir = tiny_model_dir(root)
         valid, hostile = valid_probes(model_dir, rng), hostile_probes()
-        plan = [rng.choice(valid) if i % 2 == 0 else rng.choice(hostile) for i in range(args.requests)]
+        once = [p for p in valid if p.name in ONCE]
+        drawn = [p for p in valid if p.name not in ONCE]
+        plan = [rng.choice(drawn) if i % 2 == 0 else rng.choice(hostile) for i in range(args.requests)] + once
         rng.shuffle(plan)
         port, cache_dir = free_port(), root / "server-cache"
         proc = start_server(model_dir, port, cache_dir)
         base_url = f"http://127.0.0.1:{port}"
         try:
-            warm = asyncio.run(run_mix(base_url, valid, 1))  # every valid request once, alone: warmed up
+            warm = asyncio.run(run_mix(base_url, drawn, 1))  # every valid request once, alone: warmed up
             Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
             baseline_kb = rss_kb(proc.pid, "VmRSS")
             start = time.perf_counter()
-            result = asyncio.run(run_mix(base_url, plan, args.concurrency))
+            result = asyncio.run(run_all(base_url, plan, args.concurrency))
             seconds = time.perf_counter() - start
             peak_kb = rss_kb(proc.pid, "VmHWM")
             healthy = httpx.get(f"{base_url}/health", timeout=5).status_code == 200
@@ -252,6 +353,9 @@ def main() -> None:
           f"{result['statuses']}")
     print(f"baseline RSS {baseline_kb / 1024:.0f} MB, peak {peak_kb / 1024:.0f} MB; healthy after: {healthy}; "
           f"files in the vision cache dir: {len(cache_files)}")
+    print(f"/health: slowest {result['max_health_latency_s']} s, {result['health_failures']} non-200, saturated "
+          f"{result['saturated_seen']} times; stalled connections closed {result['stalled_closed']}/{STALLED}; "
+          f"trickled body answered {result['trickle_status']} after {result['trickle_answered_after_s']} s")
     for line in result["unexpected"]:
         print("  unexpected:", line)
     print(json.dumps({
@@ -263,6 +367,10 @@ def main() -> None:
         "peak_rss_growth_mb": round((peak_kb - baseline_kb) / 1024, 1),
         "healthy_after": healthy,
         "disk_cache_files": len(cache_files),
+        "max_health_latency_s": result["max_health_latency_s"],
+        "health_failures": result["health_failures"],
+        "stalled_closed": result["stalled_closed"],
+        "trickle_status": result["trickle_status"],
     }))
 
 

@@ -51,3 +51,36 @@ def test_exclusive_lock_makes_a_second_holder_wait(tmp_path):
         events.append("second in")
     thread.join()
     assert events == ["first done", "second in"]
+
+
+def test_d11_disk_full_during_a_save_names_the_file(tmp_path, monkeypatch):
+    """Issue 24, D11: a full disk during a save surfaced as torch's "unexpected pos …"; now the error names the file,
+    says the disk is full, and leaves no temporary file (the previous file, if any, untouched)."""
+    import errno
+
+    import pytest
+
+    from tsembed.errors import StorageError, TsembedError
+    from tsembed.training.checkpoint import STATE_NAME, save_checkpoint
+
+    model = toy_model()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("tsembed.model.save_file", full)
+    with pytest.raises(StorageError, match=r"could not write .*trainable\.safetensors: no space left on the") as info:
+        model.save_pretrained(tmp_path / "model")
+    assert isinstance(info.value, OSError) and isinstance(info.value, TsembedError)
+    assert not [p for p in (tmp_path / "model").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+
+    def short_write(*args, **kwargs):  # what torch's zip writer raises when the disk fills mid-file
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 4224 vs 4112")
+
+    monkeypatch.setattr("tsembed.training.checkpoint.torch.save", short_write)
+    with pytest.raises(StorageError, match=rf"could not write .*{STATE_NAME}: the write stopped part-way, the disk is "
+                                           r"probably full \(\[enforce fail"):
+        save_checkpoint(tmp_path / "run", model, {"step": 3}, keep=2)
+    with pytest.raises(RuntimeError, match="unrelated"):  # other failures pass through unchanged
+        fileio.atomic_write(tmp_path / "x", lambda p: (_ for _ in ()).throw(RuntimeError("unrelated")))

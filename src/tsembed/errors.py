@@ -27,3 +27,9 @@ class AdapterError(TsembedError, ValueError):
 
 class MissingExtraError(TsembedError, ImportError):
     """An optional dependency is not installed; the message names the package and the extra that installs it."""
+
+
+class StorageError(TsembedError, OSError):
+    """A file could not be written (the disk is full, or the write failed part-way); the message names the file.
+
+    Also an ``OSError``, so code that catches those still does."""

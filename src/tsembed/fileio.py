@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tsembed.errors import StorageError
 
 
 def _new_file_mode() -> int:
@@ -40,9 +43,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if tmp.is_file():  # some writers (safetensors) create 0600: saved models are meant to be shared
             os.chmod(tmp, NEW_FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        reason = write_failure(exc)
+        if reason is not None:
+            kept = " (the previous file there is untouched)" if path.exists() else ""
+            raise StorageError(f"could not write {path}: {reason}{kept}") from exc
         raise
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+# what torch's zip writer says when a write came up short (a full disk): "unexpected pos 123 vs 456"
+_TORCH_SHORT_WRITE = ("unexpected pos", "PytorchStreamWriter failed writing")
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, in words, when the cause is the disk (full, over quota, a short write); else None."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return f"no space left on the device ({exc.strerror or exc}); free some space and run again"
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_SHORT_WRITE):
+        return (f"the write stopped part-way, the disk is probably full ({str(exc).splitlines()[0][:200]}); "
+                "free some space and run again")
+    return None
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:

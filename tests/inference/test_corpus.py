@@ -227,3 +227,27 @@ def test_task_for_a_model_without_task_hints_is_refused(model_dir, tmp_path, cap
     path, _ = _rows(tmp_path)
     assert _embed_cli(model_dir, path, tmp_path / "o.parquet", "--task", "retrieval") == 1
     assert "trained without task hints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_d15_a_truncated_image_is_caught_before_the_job_starts(model_dir, tmp_path, capsys, monkeypatch, fmt):
+    """Issue 24, D15: the pre-check only decoded image headers, so a file cut short failed the shard that decoded
+    it, mid-job. Now it is read (PNG chunks verified, a JPEG's end marker looked for) before any embedding."""
+    from PIL import Image
+
+    path, _ = _rows(tmp_path, n=4)
+    image = tmp_path / "img" / f"cut.{fmt.lower()}"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(image, format=fmt)
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) * 2 // 3])
+    path.write_text(path.read_text() + json.dumps({"id": "cut", "image": f"img/{image.name}"}) + "\n")
+    with pytest.raises(DataError, match=rf"row 5: `image` 'img/cut\.{fmt.lower()}' .*(truncated|Truncated)"):
+        read_corpus(path)
+    calls = _count_embed_calls(monkeypatch)
+    assert main(["embed", "--model", str(model_dir), "--input", str(path), "--out", str(tmp_path / "o.parquet"),
+                 "--no-progress"]) == 1
+    assert calls == [] and "row 5" in capsys.readouterr().err
+    image.write_bytes(data)  # whole again: the corpus reads
+    assert len(read_corpus(path).inputs) == 5
+    image.write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 20_000)  # data after the image (a motion
+    assert len(read_corpus(path).inputs) == 5  # photo's video): still whole, as a decode shows

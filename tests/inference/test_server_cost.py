@@ -1,9 +1,10 @@
-"""Cheap requests that used to cost the server seconds (issue 24): D1 and D2."""
+"""Cheap requests that used to cost the server seconds (issue 24): D1, D2, D4 and D12."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,12 +19,15 @@ def client(model):
         yield c
 
 
-def test_d1_ten_thousand_bad_items_are_refused_fast(client):
+def test_d1_ten_thousand_bad_items_are_refused_fast(model):
     """D1: 10 000 invalid items (97 kB) give 20 000 validation errors; the message builder compared every pair of
-    locations (23 s on the event loop, /health included). Now linear: well under a second of work."""
-    start = time.perf_counter()
-    r = client.post("/v1/embeddings", json={"input": [{"x": 1}] * 10_000})
-    elapsed = time.perf_counter() - start
+    locations (23 s on the event loop, /health included). Now linear: well under a second of work. (With the
+    default 256 inputs per request such a body is now refused before parsing: D6.)"""
+    settings = ServerSettings(model_name="toy", max_inputs_per_request=10_000, max_request_bytes=1_000_000)
+    with TestClient(create_app(model, settings)) as client:
+        start = time.perf_counter()
+        r = client.post("/v1/embeddings", json={"input": [{"x": 1}] * 10_000})
+        elapsed = time.perf_counter() - start
     assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].x"
     assert "(and 9995 more)" in r.json()["error"]["message"]
     assert elapsed < 5.0, f"took {elapsed:.1f}s"
@@ -78,7 +82,7 @@ def test_d1_validation_runs_off_the_event_loop(model, monkeypatch):
 
     monkeypatch.setattr(app_module, "validation_message", slow)
     monkeypatch.setattr("tsembed.inference.server.errors.validation_message", slow)  # the on-loop handler's path
-    app = create_app(model, ServerSettings(model_name="toy", max_request_bytes=1_000_000))
+    app = create_app(model, ServerSettings(model_name="toy", max_request_bytes=1_000_000, max_inputs_per_request=1000))
     with ServerThread(app) as url:
         answers: list[int] = []
         bad = threading.Thread(target=lambda: answers.append(
@@ -97,3 +101,158 @@ def test_d1_validation_runs_off_the_event_loop(model, monkeypatch):
 def test_d12_dimensions_must_be_an_integer(client, dimensions):
     r = client.post("/v1/embeddings", json={"input": "x", "dimensions": dimensions})
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", r.text
+
+
+def _slow_forward(monkeypatch, seconds_per_input: float) -> None:
+    """The model thread's forward, made slow per input (so the tests do not depend on the machine's speed)."""
+    from tsembed.inference.server import batcher as batcher_module
+
+    real = batcher_module.embed_items
+
+    def slow(model, items, *args, **kwargs):
+        time.sleep(seconds_per_input * len(items))
+        return real(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(batcher_module, "embed_items", slow)
+
+
+def test_d4_request_cost_is_bounded_in_tokens_after_the_instruction(model):
+    """D4: a request's cost counts tokens with the instruction applied (each input up to the model's max_length,
+    16 for the toy); over max_request_tokens it is refused before it is queued."""
+    settings = ServerSettings(model_name="toy", max_request_tokens=64, max_batch_tokens=32)
+    with TestClient(create_app(model, settings)) as c:
+        r = c.post("/v1/embeddings", json={"input": ["ab"] * 8, "instruction": "Represent this text: {text}"})
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error["code"] == "too_many_tokens" and error["param"] == "input"
+        assert "128 tokens" in error["message"] and "the limit is 64" in error["message"]
+        assert c.post("/v1/embeddings", json={"input": ["ab"] * 8}).status_code == 200  # 8 × 2 tokens
+        assert c.get("/info").json()["limits"]["max_request_tokens"] == 64
+
+
+def test_d4_a_large_request_takes_turns_with_the_requests_behind_it(model, monkeypatch):
+    """D4: 40 long inputs took the only model thread for one long run (14-26 s for 256 × 16k characters) while
+    every request behind them waited; now they run in turns of max_batch_tokens and a small request slips in
+    between. The large request's vectors are those of one unsplit run."""
+    import threading
+
+    import httpx
+
+    from tsembed.inference import encode
+    from tsembed.inference.server import ServerThread
+
+    _slow_forward(monkeypatch, 0.05)
+    texts = [f"text number {i} " + "word " * 20 for i in range(40)]  # 16 tokens each (the toy's max_length)
+    app = create_app(model, ServerSettings(model_name="toy", max_batch_tokens=32, max_request_tokens=10_000))
+    with ServerThread(app) as url:
+        big: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: big.append(
+            httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60)))
+        thread.start()
+        time.sleep(0.4)  # the large request is being embedded now (20 turns of 0.1 s)
+        start = time.perf_counter()
+        small = httpx.post(f"{url}/v1/embeddings", json={"input": "a short one"}, timeout=60)
+        waited = time.perf_counter() - start
+        thread.join()
+    assert small.status_code == 200 and big[0].status_code == 200
+    assert waited < 1.0, f"the small request waited {waited:.2f}s behind the large one"
+    got = np.array([d["embedding"] for d in big[0].json()["data"]])
+    np.testing.assert_allclose(got, encode(model, texts), atol=1e-5)
+    assert big[0].json()["usage"]["total_tokens"] == 40 * 16
+
+
+def test_d4_health_reports_a_saturated_model_thread(model, monkeypatch):
+    """/health stays 200 (a liveness probe must not restart a busy server) with "saturated": true while a turn has
+    run past saturation_s; /ready answers 503 with Retry-After meanwhile, 200 again after."""
+    import threading
+
+    import httpx
+
+    from tsembed.inference.server import ServerThread
+
+    _slow_forward(monkeypatch, 0.5)
+    app = create_app(model, ServerSettings(model_name="toy", saturation_s=0.3, max_wait_ms=0))
+    with ServerThread(app) as url:
+        assert httpx.get(f"{url}/health").json()["saturated"] is False
+        assert httpx.get(f"{url}/ready").status_code == 200
+        thread = threading.Thread(target=lambda: httpx.post(f"{url}/v1/embeddings", json={"input": ["a"] * 4},
+                                                            timeout=60))
+        thread.start()
+        time.sleep(0.8)  # a turn of 2 s is running
+        health, ready = httpx.get(f"{url}/health"), httpx.get(f"{url}/ready")
+        thread.join()
+        after = httpx.get(f"{url}/ready")
+    assert health.status_code == 200 and health.json()["saturated"] is True and health.json()["busy_s"] > 0.3
+    assert ready.status_code == 503 and ready.json()["status"] == "saturated" and ready.headers["Retry-After"]
+    assert after.status_code == 200 and after.json()["saturated"] is False
+
+
+def test_d6_millions_of_tiny_values_are_refused_before_parsing(client, monkeypatch):
+    """D6: 6 M strings (28 MB) took 2.3 s of parsing and walking before the 256-input check; 10 M empty lists
+    took json.loads alone 10 s, holding the GIL (so the loop too). Separators outside strings are counted first,
+    stopping at the cap: the body is refused without being parsed."""
+    import json
+
+    from tsembed.inference.server import app as app_module
+
+    parsed: list[int] = []
+    real_loads = json.loads
+    monkeypatch.setattr(app_module.json, "loads", lambda body, *a, **k: parsed.append(len(body)) or real_loads(body))
+    for value in (["a"] * 1_000_000, [[]] * 1_000_000):
+        body = json.dumps({"input": value}).encode()
+        start = time.perf_counter()
+        with pytest.raises(app_module.APIError) as info:
+            app_module._parse_body(body, 16)
+        assert time.perf_counter() - start < 1.0
+        assert info.value.code == "too_many_inputs" and "more than 128 JSON values" in info.value.message
+    assert parsed == []
+    # commas inside strings are not separators: 16 texts of commas parse
+    ok = app_module._parse_body(json.dumps({"input": [", " * 100] * 16, "instruction": "a, b: {text}"}).encode(), 16)
+    assert len(ok.items()) == 16 and parsed
+    # end to end: the server answers 400, and a string left open is still just invalid JSON
+    r = client.post("/v1/embeddings", content=json.dumps({"input": ["a"] * 50_000}))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_inputs", r.text
+    r = client.post("/v1/embeddings", content=b'{"input": ["a' + b'\\",' * 5000)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text
+
+
+def test_d6_the_separator_scan_is_linear_on_hostile_escapes():
+    from tsembed.inference.server.app import count_json_values
+
+    body = b'"' + b'\\"' * 1_000_000 + b"," * 2000  # one string left open: every quote after it is escaped
+    start = time.perf_counter()
+    assert count_json_values(body, 100) == 0
+    assert time.perf_counter() - start < 1.0
+    assert count_json_values(b'{"a":[1,2,{"b":"x,y,z"}],"c":"\\\\"}', 7) == 6  # 9 counting the quoted
+
+
+def test_d4_tokens_are_counted_with_a_private_copy_of_the_tokenizer(tiny_bert_dir):
+    """Costs come from the backbone's own tokenizer, truncated at max_length; the counter uses its own copy (a fast
+    tokenizer shared with the model thread raises "Already borrowed" under concurrent calls); an image costs
+    max_length; without a tokenizer a text counts one token per character."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from transformers import AutoTokenizer
+
+    from tsembed.inference.server.cost import TokenCounter
+    from tsembed.inputs import EmbedInput
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    counter = TokenCounter(SimpleNamespace(backbone=SimpleNamespace(tokenizer=tokenizer, max_length=8)))
+    assert counter.tokenizer is not tokenizer
+    items = [EmbedInput(text="the"), EmbedInput(text="the " * 50), EmbedInput(image=Image.new("RGB", (4, 4)))]
+    assert counter(items) == [len(tokenizer("the")["input_ids"]), 8, 8]
+    assert counter([EmbedInput(text="x " * 100)]) == [8]  # past 8 × max_length characters: not tokenized
+    plain = TokenCounter(SimpleNamespace(backbone=SimpleNamespace(max_length=16)))
+    assert plain([EmbedInput(text="abc"), EmbedInput(text="x" * 100)]) == [3, 16]
+
+
+def test_d4_a_turn_counts_the_characters_its_tokenizer_reads():
+    """The model thread tokenizes the whole text however little of it is kept: 256 texts of 16k characters at 128
+    tokens each still cost seconds of tokenizing, so for turns a long text weighs one token per 8 characters."""
+    from tsembed.inference.server.cost import turn_costs
+    from tsembed.inputs import EmbedInput
+
+    items = [EmbedInput(text="x" * 16_000), EmbedInput(text="a short one"), EmbedInput(text="y" * 800)]
+    assert turn_costs(items, [128, 3, 128]) == [2000, 3, 128]

@@ -167,3 +167,17 @@ def load_component(loader: Any, path: Path, field: str, **kwargs: Any) -> Any:
             return loader.from_pretrained(str(path), local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{field}: cannot load {loader.__name__} from {str(path)!r} ({exc})") from None
+
+
+def check_max_length(max_length: int, config: Any, what: str = "the text model") -> None:
+    """Refuse a ``max_length`` past the model's position limit (``max_position_embeddings``) when the backbone is
+    built: it would load, then fail (a 500 from the server) on the first input that long.
+
+    Raises:
+        ConfigError: naming both numbers.
+    """
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0 and max_length > positions:
+        raise ConfigError(f"max_length={max_length} is past {what}'s position limit of {positions} tokens "
+                          f"(max_position_embeddings); inputs that long could not be embedded: set max_length to "
+                          f"{positions} or less")

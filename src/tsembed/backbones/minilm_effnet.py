@@ -32,7 +32,13 @@ from tsembed.backbones.efficientnet import (
     grid_tokens,
     packaged_weights_path,
 )
-from tsembed.backbones.hf import load_component, load_model, pretrained_card_metadata, resolve_pretrained
+from tsembed.backbones.hf import (
+    check_max_length,
+    load_component,
+    load_model,
+    pretrained_card_metadata,
+    resolve_pretrained,
+)
 from tsembed.backbones.images import DIGEST_BYTES, image_digest, image_to_tensor, load_image
 from tsembed.backbones.placeholder import Segments, split_inputs
 from tsembed.backbones.pooling import pool
@@ -203,6 +209,7 @@ class MiniLMEfficientNetBackbone(Backbone):
         text_path = resolve_pretrained(text_model, "text_model") if text_model else packaged_text_model_path()
         self.tokenizer = load_component(AutoTokenizer, text_path, "text_model")
         self.text = load_model(AutoModel, text_path, "text_model", add_pooling_layer=False)
+        check_max_length(max_length, self.text.config)
         self.vision = EfficientNetLiteFeatures(image_size, vision_weights)
         self.hidden_size = int(self.text.config.hidden_size)
         self.projector: VisualProjector | ProjectorMixture = VisualProjector(

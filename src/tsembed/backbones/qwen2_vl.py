@@ -29,6 +29,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 from tsembed.backbones.base import Backbone, BackboneOutput
 from tsembed.backbones.hf import (
+    check_max_length,
     load_component,
     load_model,
     parse_dtype,
@@ -123,6 +124,7 @@ class Qwen2VLBackbone(Backbone):
         pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         self.image_processor = load_component(AutoImageProcessor, directory, "path", **pixels)
         config = self.model.config
+        check_max_length(max_length, getattr(config, "text_config", config), "the language model")
         self.hidden_size = int(config.text_config.hidden_size)
         self.default_target_modules = list(QWEN_TARGET_MODULES)
         self.max_length = max_length

@@ -14,8 +14,9 @@ class ImageChecker:
 
     Args:
         image_root: Directory relative image paths are resolved against.
-        verify: Also run PIL's `verify()` (reads the file; catches truncated PNGs). Without it only the
-            header is decoded.
+        verify: Also run PIL's `verify()` (reads the file; catches truncated PNGs) and, for a JPEG (whose
+            `verify()` reads nothing), look for its end-of-image marker, decoding the file when it is not near
+            the end. Without it only the header is decoded.
         workers: Threads used by `check_many` (the work is file I/O).
     """
 
@@ -39,6 +40,9 @@ class ImageChecker:
             with Image.open(resolved) as im:
                 if self.verify:
                     im.verify()
+                    if im.format == "JPEG" and not _jpeg_complete(resolved):
+                        with Image.open(resolved) as whole:  # no end marker near the end: decode to be sure
+                            whole.load()  # (a motion photo carries a video after it; a cut file fails here)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             return f"is not a readable image ({type(exc).__name__}: {exc})"
         return None
@@ -60,3 +64,17 @@ class ImageChecker:
             for p in todo:
                 self.check(p)
         return {p: self._cache[p] for p in paths}
+
+
+JPEG_TAIL_BYTES = 4096  # some writers pad after the end-of-image marker
+
+
+def _jpeg_complete(path: Path) -> bool:
+    """Whether a JPEG's end-of-image marker (FF D9) is in its last few kB (padding may follow it). The marker
+    cannot occur inside the entropy-coded data (an FF byte there is stuffed as FF 00), so a file cut short lacks
+    it; reading the tail is all this costs. False is not proof: data may follow the image (a motion photo's
+    video), so the caller decodes such a file."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - JPEG_TAIL_BYTES))
+        return b"\xff\xd9" in handle.read()

@@ -188,8 +188,20 @@ def serve_command(
                                        "connection is closed."),
     read_timeout: float = typer.Option(30.0, "--read-timeout", min=0.1, help="Seconds a client may stall while "
                                        "sending its body (then 408)."),
+    read_timeout_total: float = typer.Option(60.0, "--read-timeout-total", min=0.1, help="Seconds the whole "
+                                             "request body may take to arrive, however steadily (then 408)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1, help="Seconds a connection may take "
+                                         "to send a complete request head (then it is closed)."),
+    max_connections: int = typer.Option(1024, "--max-connections", min=1, help="Open connections at once "
+                                        "(more get 503 and are closed; lowered to fit the open-file limit)."),
+    max_request_tokens: int = typer.Option(131_072, "--max-request-tokens", min=1, help="Tokens one request may "
+                                           "hold, counted with the instruction applied (over it: 413)."),
+    max_batch_tokens: int = typer.Option(16_384, "--max-batch-tokens", min=1, help="Tokens per model turn; a "
+                                         "larger request runs in turns shared with the requests behind it."),
+    saturation_s: float = typer.Option(2.0, "--saturation-s", min=0.01, help="/health says saturated (and /ready "
+                                       "answers 503) while a turn or a request's wait for one runs longer."),
     public_docs_and_metrics: bool = typer.Option(False, "--public-docs-and-metrics", help="With an API key set, "
-                                                 "leave /metrics and /docs open (/health always is)."),
+                                                 "leave /info, /metrics and /docs open (/health, /ready always are)."),
     vision_cache_mb: float = typer.Option(64.0, "--vision-cache-mb", min=0.0, help="In-memory vision-feature "
                                           "cache size (0: off)."),
     vision_disk_cache: bool = typer.Option(False, "--vision-disk-cache", help="Also keep vision features on "
@@ -199,7 +211,7 @@ def serve_command(
     log_level: str = typer.Option("info", "--log-level"),
     backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
-    """Serve the model with an OpenAI-compatible POST /v1/embeddings (plus /health, /metrics, /v1/models).
+    """Serve the model with an OpenAI-compatible POST /v1/embeddings (plus /health, /ready, /metrics, /v1/models).
 
     Set TSEMBED_API_KEY in the environment to require a key; serving beyond loopback without one logs a warning.
     """
@@ -216,6 +228,8 @@ def serve_command(
         max_text_chars=max_text_chars, max_instruction_chars=max_instruction_chars, max_image_bytes=max_image_bytes,
         max_image_pixels=max_image_pixels, max_image_side=max_image_side, max_request_pixels=max_request_pixels,
         max_inflight_pixels=max_inflight_pixels, idle_timeout_s=idle_timeout, read_timeout_s=read_timeout,
+        read_timeout_total_s=read_timeout_total, header_timeout_s=header_timeout, max_connections=max_connections,
+        max_request_tokens=max_request_tokens, max_batch_tokens=max_batch_tokens, saturation_s=saturation_s,
         public_docs_and_metrics=public_docs_and_metrics, vision_cache_mb=vision_cache_mb,
         vision_disk_cache=vision_disk_cache,
     )

@@ -149,7 +149,9 @@ def read_corpus(path: str | Path, image_root: str | Path | None = None, fields: 
     records, problems = read_records(path)
     root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
     kept = [i for i, r in enumerate(records) if _check_row(r.value, r.file, r.row, fields, problems)]
-    checker = ImageChecker(root, verify=False)
+    # verify: a truncated image is caught here, before the job starts, not by the shard that decodes it
+    checker = ImageChecker(root, verify=True)
+    checker.check_many(v for i in kept if (v := records[i].value.get(fields.image)) and isinstance(v, str))
     seen: dict[str, int] = {}
     good: list[tuple[str, dict[str, Any]]] = []
     for i in kept:

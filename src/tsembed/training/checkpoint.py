@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
 import random
 import re
@@ -15,6 +17,8 @@ import torch
 from tsembed.errors import ConfigError
 from tsembed.fileio import atomic_write
 from tsembed.weights import verify_checksums, write_checksums
+
+logger = logging.getLogger(__name__)
 
 STATE_NAME = "trainer_state.pt"
 MODEL_DIR = "model"  # in a checkpoint, and the final model in the run directory
@@ -91,3 +95,34 @@ def load_state(path: Path) -> dict[str, Any]:
             f"{path / STATE_NAME}: refused, it holds objects other than tensors and plain values "
             f"(crafted, or written by a tsembed before weights-only checkpoints): {str(exc).splitlines()[0]}"
         ) from None
+
+
+# sections whose values shape the optimisation: a change between a run and its resume is worth a warning
+WATCHED_SECTIONS = ("optim", "schedule", "loss")
+UNWATCHED_KEYS = {"schedule.steps"}  # extending a run is what a resume is often for
+
+
+def warn_changed_settings(previous_config: Path, current: dict[str, Any]) -> list[str]:
+    """Warn, naming old and new values, about settings in ``WATCHED_SECTIONS`` (``optim.lr`` …) that differ
+    between the run a checkpoint came from (its ``config.json``) and the config resuming it; returns the keys.
+
+    A resume continues the saved optimizer and schedule state with the new values, which is rarely what a
+    changed ``optim.lr`` was meant to do silently. Nothing happens when the old config is missing or unreadable.
+    """
+    try:
+        old = json.loads(previous_config.read_text())
+    except (OSError, ValueError):
+        return []
+    changed = []
+    for section in WATCHED_SECTIONS:
+        before, after = old.get(section), current.get(section)
+        if not isinstance(before, dict) or not isinstance(after, dict):
+            continue
+        for key in sorted(set(before) | set(after)):
+            name = f"{section}.{key}"
+            if name not in UNWATCHED_KEYS and before.get(key) != after.get(key):
+                changed.append(name)
+                logger.warning("%s changed on resume: %r in the checkpointed run, %r now; the run continues from its "
+                               "saved optimizer and schedule state with the new value", name, before.get(key),
+                               after.get(key))
+    return changed

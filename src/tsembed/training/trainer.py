@@ -418,15 +418,43 @@ class Trainer:
                                "resumes from rank 0's", len(per_rank or [None]), world_size())
             ckpt.set_rng_state(state["rng"])
 
+    def _resume(self, resume: str) -> Path | None:
+        """Load the checkpoint ``resume`` names; with ``auto``, the latest one that loads: a damaged latest
+        checkpoint (a checksum that differs, a truncated file) is skipped for the one before it, with a warning.
+
+        Raises:
+            TsembedError: the checkpoint named, or (``auto``) every checkpoint, fails to load; the latest's error.
+        """
+        if resume != "auto":
+            path = ckpt.resolve_resume(resume, self.output_dir)
+            if path is not None:
+                self.load_state_dict(ckpt.load_state(path), path / ckpt.MODEL_DIR)
+            return path
+        candidates = list(reversed(ckpt.list_checkpoints(self.output_dir)))
+        first_error: Exception | None = None
+        for i, path in enumerate(candidates):
+            try:
+                self.load_state_dict(ckpt.load_state(path), path / ckpt.MODEL_DIR)
+                return path
+            except (TsembedError, RuntimeError, EOFError, OSError, KeyError) as exc:
+                first_error = first_error or exc
+                if i + 1 < len(candidates):
+                    logger.warning("checkpoint %s cannot be resumed from (%s: %s); resuming from the one before it, "
+                                   "%s", path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                                   candidates[i + 1].name)
+        if first_error is not None:
+            raise first_error
+        return None
+
     def fit(self, resume: str | None = None) -> Path:
         """Train to ``schedule.steps``; returns the final model directory (``<output_dir>/model``)."""
         run = self.config.run
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            path = ckpt.resolve_resume(resume, self.output_dir)
+            path = self._resume(resume)
             if path is not None:
-                self.load_state_dict(ckpt.load_state(path), path / ckpt.MODEL_DIR)
                 logger.info("resumed from %s at step %d (stage %d)", path, self.step, self.stage)
+                ckpt.warn_changed_settings(path.parent / ckpt.RUN_CONFIG_NAME, asdict(self.config))
         main = rank() == 0
         metrics_path = self.output_dir / ckpt.METRICS_NAME
         if main and metrics_path.exists():  # drop records past the resume point (a killed run wrote them)

@@ -11,6 +11,7 @@ import base64
 import hmac
 import json
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,8 @@ from tsembed.errors import TaskError
 from tsembed.inference.inputs import apply_instruction, instructed_length
 from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, request_pixels_error
 from tsembed.inference.server.batcher import MicroBatcher
+from tsembed.inference.server.connections import install_loop_log_limit
+from tsembed.inference.server.cost import TokenCounter, max_tokens
 from tsembed.inference.server.errors import APIError, error_body, install_error_handlers, validation_message
 from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
 from tsembed.inference.server.metrics import Metrics
@@ -42,8 +45,8 @@ from tsembed.model import check_task
 
 logger = logging.getLogger(__name__)
 
-KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/info", "/metrics")
-DOCS_AND_METRICS = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/ready", "/info", "/metrics")
+DOCS_AND_METRICS = ("/info", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 TRUNCATED_HEADER = "X-Truncated-Inputs"
 
 
@@ -88,12 +91,10 @@ class GuardMiddleware:
         except _BodyTooLarge:
             if not state["started"]:
                 await self._reply(scope, send_wrapper, *self._too_large())
-        except _BodyTimeout:
+        except _BodyTimeout as exc:
             if not state["started"]:
-                timeout = self.settings.read_timeout_s
                 await self._reply(scope, send_wrapper, 408, error_body(
-                    f"the request body did not arrive within {timeout:g} s", "invalid_request_error", None,
-                    "request_timeout"), {"Connection": "close"})
+                    str(exc), "invalid_request_error", None, "request_timeout"), {"Connection": "close"})
         finally:
             self.metrics.record_request(label, int(state["status"]), time.perf_counter() - start)
 
@@ -116,22 +117,32 @@ class GuardMiddleware:
         return None
 
     def _guarded(self, path: str) -> bool:
-        """Paths that need the key: the API, and unless made public, metrics and the API docs."""
+        """Paths that need the key: the API, and unless made public, ``/info`` (the model's configuration and the
+        server's limits), metrics and the API docs. ``/health`` and ``/ready`` never do (load balancers)."""
         return path.startswith("/v1/") or (not self.settings.public_docs_and_metrics and path in DOCS_AND_METRICS)
 
     def _limited(self, receive: Receive) -> Receive:
-        """``receive`` that counts body bytes and bounds how long each body chunk may take to arrive."""
+        """``receive`` that counts body bytes and bounds how long each body chunk may take to arrive
+        (``read_timeout_s``) and how long the whole body may take (``read_timeout_total_s``, from the headers on:
+        a body trickled a byte at a time, each in time, is refused too)."""
         seen, body_done = 0, False
         limit, timeout = self.settings.max_request_bytes, self.settings.read_timeout_s
+        total = self.settings.read_timeout_total_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total
 
         async def wrapped() -> Message:
             nonlocal seen, body_done
             if body_done:  # after the body only a disconnect can come: no timeout on waiting for it
                 return await receive()
+            left = deadline - loop.time()
             try:
-                message = await asyncio.wait_for(receive(), timeout)
+                message = await asyncio.wait_for(receive(), max(0.0, min(timeout, left)))
             except TimeoutError:
-                raise _BodyTimeout from None
+                if left <= timeout:
+                    raise _BodyTimeout(f"the request body did not arrive within {total:g} s "
+                                       "(read_timeout_total_s)") from None
+                raise _BodyTimeout(f"the request body did not arrive within {timeout:g} s") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
@@ -146,17 +157,54 @@ async def _no_receive() -> Message:  # pragma: no cover - never called for a pla
     return {"type": "http.disconnect"}
 
 
-async def parse_request(raw: Request) -> EmbeddingRequest:
+async def parse_request(raw: Request, max_inputs: int = 256) -> EmbeddingRequest:
     """JSON body → ``EmbeddingRequest`` whatever the Content-Type (``curl -d`` sends form encoding).
 
     Parsing, validation and the validation message run in a worker thread: a body of thousands of bad items
-    costs that thread milliseconds, never the event loop (``/health`` and every other request) its time.
+    costs that thread milliseconds, never the event loop (``/health`` and every other request) its time. A body
+    holding more JSON values than ``max_inputs`` inputs can need is refused before it is parsed (see
+    ``count_json_values``): parsing holds the GIL, so millions of tiny values would stall the loop anyway.
     """
     body = await raw.body()
-    return await asyncio.to_thread(_parse_body, body)
+    return await asyncio.to_thread(_parse_body, body, max_inputs)
 
 
-def _parse_body(body: bytes) -> EmbeddingRequest:
+# a string (possessive, and one left open runs to the end: every match consumes what it scans, so the scan is
+# linear whatever the body), or a separator / opening bracket
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)|[,\[{]', re.DOTALL)
+
+
+def json_value_cap(max_inputs: int) -> int:
+    """Separators and containers a valid request may hold: per input a comma, and an object with two fields
+    (a brace and a comma), plus the top-level fields."""
+    return 4 * max_inputs + 64
+
+
+def count_json_values(body: bytes, cap: int) -> int:
+    """Commas and opening brackets outside JSON strings (every value past the first in a container needs one),
+    counted only as far as ``cap`` + 1: a 28 MB body of 6 million strings is judged after reading a few
+    thousand of them, and a body whose commas all sit inside its strings costs a scan of C speed."""
+    bound = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if bound <= cap:  # even counting those inside strings: no scan needed
+        return bound
+    structural = strings = 0
+    for match in _JSON_TOKEN.finditer(body):
+        if match.end() - match.start() == 1:  # , [ { (a string match is at least "")
+            structural += 1
+            if structural > cap:
+                return structural
+        else:
+            strings += 1
+            if strings > 2 * cap + 2:  # valid JSON holds at most two strings per separator
+                return cap + 1
+    return structural
+
+
+def _parse_body(body: bytes, max_inputs: int = 256) -> EmbeddingRequest:
+    cap = json_value_cap(max_inputs)
+    if count_json_values(body, cap) > cap:
+        raise APIError(400, f"the request body holds more than {cap} JSON values; a request may hold at most "
+                       f"{max_inputs} inputs (max_inputs_per_request)", param="input", code="too_many_inputs")
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -192,15 +240,19 @@ def _reject_lone_surrogates(data: Any) -> None:
                                f"{exc.start}; send valid Unicode", param=path or None, code="invalid_text") from None
 
 
-def _to_inputs(request: EmbeddingRequest, model: nn.Module,
-               settings: ServerSettings) -> tuple[list[EmbedInput], list[tuple[str, Image.Image]]]:
-    """Check limits, open images (headers only) and apply the instruction (runs in a thread: base64 is CPU).
+def _to_inputs(request: EmbeddingRequest, model: nn.Module, settings: ServerSettings,
+               count_tokens: TokenCounter | None = None,
+               ) -> tuple[list[EmbedInput], list[tuple[str, Image.Image]], list[int]]:
+    """Check limits, open images (headers only), apply the instruction and count tokens (runs in a thread:
+    base64 and tokenizing are CPU).
 
     Returns:
-        The inputs, and the ``(param, image)`` pairs still to decode once the request is admitted.
+        The inputs, the ``(param, image)`` pairs still to decode once the request is admitted, and each
+        input's cost in tokens (``count_tokens``; a ``TokenCounter`` of ``model`` when None).
 
     Raises:
-        APIError: 400 for a bad field, 413 when the images together pass ``max_request_pixels``.
+        APIError: 400 for a bad field, 413 when the images together pass ``max_request_pixels`` or the inputs
+            together pass ``max_request_tokens``.
     """
     items = request.items()
     if len(items) > settings.max_inputs_per_request:
@@ -242,7 +294,14 @@ def _to_inputs(request: EmbeddingRequest, model: nn.Module,
                 raise request_pixels_error(pixels, settings.max_request_pixels)
             images.append((f"{where}.image", pil))
         inputs.append(apply_instruction(instruction, EmbedInput(text=text or None, image=pil, task=request.task)))
-    return inputs, images
+    costs = (count_tokens or TokenCounter(model))(inputs)
+    total = sum(costs)
+    if total > settings.max_request_tokens:
+        raise APIError(413, f"the request's inputs hold {total} tokens with the instruction applied (each input "
+                       f"counted up to the model's {max_tokens(model)}); the limit is {settings.max_request_tokens} "
+                       "per request (max_request_tokens); send fewer or shorter inputs", param="input",
+                       code="too_many_tokens")
+    return inputs, images, costs
 
 
 def truncated_inputs(token_counts: list[int], max_tokens: int | None) -> list[int]:
@@ -307,7 +366,8 @@ def model_info(model: nn.Module, settings: ServerSettings) -> dict[str, Any]:
         "document_instruction": config.document_instruction,
         "limits": {k: getattr(settings, k) for k in (
             "max_inputs_per_request", "max_text_chars", "max_instruction_chars", "max_image_bytes", "max_image_pixels",
-            "max_image_side", "max_request_pixels", "max_request_bytes", "max_batch_size")},
+            "max_image_side", "max_request_pixels", "max_request_bytes", "max_batch_size", "max_request_tokens",
+            "max_batch_tokens")},
         "batching": settings.batching,
     }
 
@@ -318,8 +378,9 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     model.eval()
     metrics = Metrics()
     batcher = MicroBatcher(model, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.batching,
-                           settings.max_queue_inputs, metrics)
+                           settings.max_queue_inputs, metrics, settings.max_batch_tokens, settings.saturation_s)
     pixel_budget = PixelBudget(settings.max_inflight_pixels)
+    count_tokens = TokenCounter(model)
     configure_vision_cache(model, settings)
     created = int(time.time())
     info = model_info(model, settings)
@@ -329,6 +390,7 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        install_loop_log_limit(asyncio.get_running_loop())  # before the first accept can fail
         yield
         await batcher.aclose()
 
@@ -346,18 +408,18 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
         if unhealthy:
             raise APIError(503, f"the model failed its self-check at start ({unhealthy}); see /health",
                            type="server_error", code="model_unhealthy", headers={"Retry-After": RETRY_AFTER_S})
-        request = await parse_request(raw)
+        request = await parse_request(raw, settings.max_inputs_per_request)
         if request.model is not None and request.model != settings.model_name:
             raise _model_not_found(request.model, settings.model_name)
         if request.dimensions is not None and request.dimensions > info["dimensions"]:
             raise APIError(400, f"dimensions must be at most {info['dimensions']}, got {request.dimensions}",
                            param="dimensions", code="invalid_dimensions")
-        inputs, images = await asyncio.to_thread(_to_inputs, request, model, settings)
+        inputs, images, costs = await asyncio.to_thread(_to_inputs, request, model, settings, count_tokens)
         batcher.check_capacity(len(inputs))  # 429 before any pixel is decoded
         with pixel_budget.reserve(sum(image_pixels(image) for _, image in images)):  # 503 when full
             if images:
                 await asyncio.to_thread(decode_images, images)
-            result = await batcher.submit(inputs)
+            result = await batcher.submit(inputs, costs)
         bad = nonfinite_rows(result.embeddings)
         if bad:  # never answer 200 with NaN: clients would index them and every score would be NaN
             logger.error("the model produced non-finite embeddings for inputs %s of a request", bad[:10])
@@ -394,9 +456,22 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """Liveness: 503 only for a model that failed its self-check. A busy model thread is still alive, so it
+        answers 200 with ``"saturated": true`` (a liveness probe must not restart a server for being busy);
+        load balancers that should send no new work to a saturated server probe ``/ready`` instead."""
         if unhealthy:
             return JSONResponse({"status": "unhealthy", "error": unhealthy}, 503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", **batcher.load()})
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 503 with ``Retry-After`` while the model thread is saturated (or unhealthy), else 200."""
+        if unhealthy:
+            return JSONResponse({"status": "unhealthy", "error": unhealthy}, 503)
+        load = batcher.load()
+        if load["saturated"]:
+            return JSONResponse({"status": "saturated", **load}, 503, headers={"Retry-After": RETRY_AFTER_S})
+        return JSONResponse({"status": "ok", **load})
 
     @app.get("/info")
     async def get_info() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from tsembed.errors import TsembedError
 from tsembed.extras import require
+from tsembed.inference.server.connections import uvicorn_options
 from tsembed.inference.server.settings import API_KEY_ENV
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,13 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = 
     settings = getattr(getattr(app, "state", None), "settings", None)
     warn_if_exposed(host, getattr(settings, "api_key", None))
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                timeout_keep_alive=_idle_timeout(app))
+                **_connection_options(app))
 
 
-def _idle_timeout(app: Any) -> float:
-    """The app's ``idle_timeout_s`` (uvicorn's keep-alive timeout), or uvicorn's default of 5 s."""
-    settings = getattr(getattr(app, "state", None), "settings", None)
-    return float(getattr(settings, "idle_timeout_s", 5.0))
+def _connection_options(app: Any) -> dict[str, Any]:
+    """uvicorn options from the app's settings: keep-alive timeout, header deadline and connection cap
+    (``connections.uvicorn_options``); uvicorn's defaults for an app without settings."""
+    return uvicorn_options(getattr(getattr(app, "state", None), "settings", None))
 
 
 def warn_if_exposed(host: str, api_key: str | None) -> bool:
@@ -91,7 +92,7 @@ class ServerThread:
         uvicorn = require("uvicorn", "the embedding server")
         self.host, self.port = host, port or free_port(host)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level,
-                                timeout_keep_alive=_idle_timeout(app))  # type: ignore[arg-type]
+                                **_connection_options(app))  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="tsembed-uvicorn", daemon=True)
 

@@ -35,10 +35,24 @@ class ServerSettings:
         max_inflight_pixels: decoded image pixels all admitted requests together may hold; a request that
             would pass it gets 503 with Retry-After. With ``max_queue_inputs`` this bounds server memory.
         max_queue_inputs: inputs waiting for the model before new requests get 429 with Retry-After.
+        max_request_tokens: tokens one request may hold, counted after the instruction is applied and each
+            input capped at the model's ``max_length`` (like TEI's ``--max-batch-tokens``); over it: 413.
+        max_batch_tokens: tokens per turn of the model thread; a larger request runs in several turns, taking
+            turns with the requests behind it, so it cannot hold the model for seconds. A long text weighs one
+            token per 8 characters when that is more: the tokenizer reads all of it, however little is kept.
+        saturation_s: ``/health`` reports ``"saturated": true`` (and ``/ready`` answers 503) while a turn has run,
+            or a request has waited for its next turn, longer than this, or the queue is full.
         read_timeout_s: a client that stalls this long while sending its body gets 408 (slow-client guard).
+        read_timeout_total_s: the whole body must arrive within this many seconds of the request's headers
+            (else 408), however steadily it trickles.
+        header_timeout_s: a connection must deliver a request's complete headers within this many seconds of
+            opening (or of the previous response); else it is closed without an answer (so it also bounds how long
+            an idle keep-alive connection stays open when ``idle_timeout_s`` is longer).
+        max_connections: open connections beyond this are closed at once (their error log line rate-limited).
         idle_timeout_s: keep-alive connections idle this long are closed (uvicorn's ``timeout_keep_alive``).
-        public_docs_and_metrics: with an API key set, ``/metrics``, ``/docs``, ``/redoc`` and ``/openapi.json``
-            need it too unless this is True (``/health`` is always open, for load balancers).
+        public_docs_and_metrics: with an API key set, ``/info``, ``/metrics``, ``/docs``, ``/redoc`` and
+            ``/openapi.json`` need it too unless this is True (``/health`` and ``/ready`` are always open, for load
+            balancers).
         vision_cache_mb: in-memory LRU of vision features (for backbones that cache them), capped at this many
             MiB; 0 turns it off.
         vision_disk_cache: keep the vision-feature cache on disk. Off by default: a server writes no client
@@ -62,7 +76,13 @@ class ServerSettings:
     max_request_pixels: int = 40_000_000
     max_inflight_pixels: int = 64_000_000
     max_queue_inputs: int = 8192
+    max_request_tokens: int = 131_072
+    max_batch_tokens: int = 16_384
+    saturation_s: float = 2.0
     read_timeout_s: float = 30.0
+    read_timeout_total_s: float = 60.0
+    header_timeout_s: float = 10.0
+    max_connections: int = 1024
     idle_timeout_s: float = 5.0
     public_docs_and_metrics: bool = False
     vision_cache_mb: float = 64.0
