@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -24,13 +25,10 @@ def test_d1_ten_thousand_bad_items_are_refused_fast(model):
     locations (23 s on the event loop, /health included). Now linear: well under a second of work. (With the
     default 256 inputs per request such a body is now refused before parsing: D6.)"""
     settings = ServerSettings(model_name="toy", max_inputs_per_request=10_000, max_request_bytes=1_000_000)
-    with TestClient(create_app(model, settings)) as client:
-        start = time.perf_counter()
+    with TestClient(create_app(model, settings)) as client:  # its speed: benchmarks/abuse.py, and the test below
         r = client.post("/v1/embeddings", json={"input": [{"x": 1}] * 10_000})
-        elapsed = time.perf_counter() - start
     assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].x"
     assert "(and 9995 more)" in r.json()["error"]["message"]
-    assert elapsed < 5.0, f"took {elapsed:.1f}s"
 
 
 def test_d1_message_builder_is_linear():
@@ -40,25 +38,32 @@ def test_d1_message_builder_is_linear():
     from tsembed.inference.server.errors import validation_message
     from tsembed.inference.server.schemas import EmbeddingRequest
 
-    with pytest.raises(ValidationError) as info:
-        EmbeddingRequest.model_validate({"input": [{"x": 1}] * 20_000})
-    exc = RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()])
-    start = time.perf_counter()
-    message, param = validation_message(exc)
-    assert time.perf_counter() - start < 3.0  # quadratic: minutes
+    def timed(n: int) -> tuple[float, str, str]:
+        with pytest.raises(ValidationError) as info:
+            EmbeddingRequest.model_validate({"input": [{"x": 1}] * n})
+        exc = RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()])
+        best = math.inf
+        for _ in range(3):  # the fastest of three: other jobs on the machine only ever add time
+            start = time.perf_counter()
+            message, param = validation_message(exc)
+            best = min(best, time.perf_counter() - start)
+        return best, message, param
+
+    small, _, _ = timed(2_500)
+    large, message, param = timed(20_000)
     assert param == "input[0].x" and message.endswith("(and 19995 more)")
+    # 8x the errors: about 8x the time when linear, 64x when quadratic (a ratio, not a wall-clock bound)
+    assert large / max(small, 1e-6) < 24, f"8x the errors took {large / small:.0f}x the time"
 
 
 def test_d2_length_limit_counts_the_instruction_applied(client):
     """D2: an instruction repeating {text} 341 times multiplied every input; the limit saw only the raw text."""
     body = {"input": ["x" * 200] * 16, "instruction": "{text}" * 341}
-    start = time.perf_counter()
     r = client.post("/v1/embeddings", json=body)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["code"] == "text_too_long" and error["param"] == "instruction"
     assert "with the instruction applied the text has 68200 characters; the limit is 2248" in error["message"]
-    assert time.perf_counter() - start < 5.0
     # an ordinary template, and a short input under a repeating one, still pass
     assert client.post("/v1/embeddings", json={"input": ["x" * 200], "instruction": "Find: {text}"}).status_code == 200
     assert client.post("/v1/embeddings", json={"input": ["ab"], "instruction": "{text} " * 3}).status_code == 200
@@ -76,8 +81,10 @@ def test_d1_validation_runs_off_the_event_loop(model, monkeypatch):
 
     real = app_module.validation_message
 
-    def slow(exc):
-        time.sleep(1.5)
+    release = threading.Event()
+
+    def slow(exc):  # validation holds its worker thread until the test has asked /health
+        release.wait(30)
         return real(exc)
 
     monkeypatch.setattr(app_module, "validation_message", slow)
@@ -88,13 +95,12 @@ def test_d1_validation_runs_off_the_event_loop(model, monkeypatch):
         bad = threading.Thread(target=lambda: answers.append(
             httpx.post(f"{url}/v1/embeddings", json={"input": [{"x": 1}] * 1000}, timeout=30).status_code))
         bad.start()
-        time.sleep(0.3)  # the bad request is being validated now
-        start = time.perf_counter()
-        health = httpx.get(f"{url}/health", timeout=30)
-        waited = time.perf_counter() - start
+        time.sleep(0.3)  # the bad request is being validated now, and stays so until released
+        health = httpx.get(f"{url}/health", timeout=10)  # on the event loop, this would wait for the release
+        pending = list(answers)
+        release.set()
         bad.join()
-    assert health.status_code == 200 and answers == [400]
-    assert waited < 1.0, f"/health waited {waited:.2f}s behind the validation"
+    assert health.status_code == 200 and pending == [] and answers == [400]
 
 
 @pytest.mark.parametrize("dimensions", [True, "8", 8.0])
@@ -140,8 +146,17 @@ def test_d4_a_large_request_takes_turns_with_the_requests_behind_it(model, monke
 
     from tsembed.inference import encode
     from tsembed.inference.server import ServerThread
+    from tsembed.inference.server import batcher as batcher_module
 
     _slow_forward(monkeypatch, 0.05)
+    turns: list[list[str]] = []  # the texts of each turn, in order (no wall-clock bound: CI machines are busy)
+    timed = batcher_module.embed_items
+
+    def recorded(model, items, *args, **kwargs):
+        turns.append([item.text for item in items])
+        return timed(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(batcher_module, "embed_items", recorded)
     texts = [f"text number {i} " + "word " * 20 for i in range(40)]  # 16 tokens each (the toy's max_length)
     app = create_app(model, ServerSettings(model_name="toy", max_batch_tokens=32, max_request_tokens=10_000))
     with ServerThread(app) as url:
@@ -149,13 +164,14 @@ def test_d4_a_large_request_takes_turns_with_the_requests_behind_it(model, monke
         thread = threading.Thread(target=lambda: big.append(
             httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60)))
         thread.start()
-        time.sleep(0.4)  # the large request is being embedded now (20 turns of 0.1 s)
-        start = time.perf_counter()
+        while not turns:  # the large request is being embedded now (20 turns of 2 inputs)
+            time.sleep(0.01)
         small = httpx.post(f"{url}/v1/embeddings", json={"input": "a short one"}, timeout=60)
-        waited = time.perf_counter() - start
         thread.join()
     assert small.status_code == 200 and big[0].status_code == 200
-    assert waited < 1.0, f"the small request waited {waited:.2f}s behind the large one"
+    # the small request got a turn while the large one still had turns to go: it slipped in between
+    small_turn = next(i for i, texts in enumerate(turns) if "a short one" in texts)
+    assert sum(map(len, turns)) == 41 and small_turn < len(turns) - 5, turns
     got = np.array([d["embedding"] for d in big[0].json()["data"]])
     np.testing.assert_allclose(got, encode(model, texts), atol=1e-5)
     assert big[0].json()["usage"]["total_tokens"] == 40 * 16
@@ -169,8 +185,17 @@ def test_d4_health_reports_a_saturated_model_thread(model, monkeypatch):
     import httpx
 
     from tsembed.inference.server import ServerThread
+    from tsembed.inference.server import batcher as batcher_module
 
-    _slow_forward(monkeypatch, 0.5)
+    started, release = threading.Event(), threading.Event()
+    real = batcher_module.embed_items
+
+    def held(model, items, *args, **kwargs):  # the turn runs until the test has looked (no wall-clock race)
+        started.set()
+        release.wait(30)
+        return real(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(batcher_module, "embed_items", held)
     app = create_app(model, ServerSettings(model_name="toy", saturation_s=0.3, max_wait_ms=0))
     with ServerThread(app) as url:
         assert httpx.get(f"{url}/health").json()["saturated"] is False
@@ -178,8 +203,10 @@ def test_d4_health_reports_a_saturated_model_thread(model, monkeypatch):
         thread = threading.Thread(target=lambda: httpx.post(f"{url}/v1/embeddings", json={"input": ["a"] * 4},
                                                             timeout=60))
         thread.start()
-        time.sleep(0.8)  # a turn of 2 s is running
+        assert started.wait(30)
+        time.sleep(0.4)  # the turn has now run past saturation_s
         health, ready = httpx.get(f"{url}/health"), httpx.get(f"{url}/ready")
+        release.set()
         thread.join()
         after = httpx.get(f"{url}/ready")
     assert health.status_code == 200 and health.json()["saturated"] is True and health.json()["busy_s"] > 0.3
@@ -200,10 +227,8 @@ def test_d6_millions_of_tiny_values_are_refused_before_parsing(client, monkeypat
     monkeypatch.setattr(app_module.json, "loads", lambda body, *a, **k: parsed.append(len(body)) or real_loads(body))
     for value in (["a"] * 1_000_000, [[]] * 1_000_000):
         body = json.dumps({"input": value}).encode()
-        start = time.perf_counter()
         with pytest.raises(app_module.APIError) as info:
             app_module._parse_body(body, 16)
-        assert time.perf_counter() - start < 1.0
         assert info.value.code == "too_many_inputs" and "more than 128 JSON values" in info.value.message
     assert parsed == []
     # commas inside strings are not separators: 16 texts of commas parse
@@ -219,10 +244,17 @@ def test_d6_millions_of_tiny_values_are_refused_before_parsing(client, monkeypat
 def test_d6_the_separator_scan_is_linear_on_hostile_escapes():
     from tsembed.inference.server.app import count_json_values
 
-    body = b'"' + b'\\"' * 1_000_000 + b"," * 2000  # one string left open: every quote after it is escaped
-    start = time.perf_counter()
-    assert count_json_values(body, 100) == 0
-    assert time.perf_counter() - start < 1.0
+    def timed(n: int) -> float:
+        body = b'"' + b'\\"' * n + b"," * 2000  # one string left open: every quote after it is escaped
+        best = math.inf
+        for _ in range(3):  # the fastest of three: other jobs on the machine only ever add time
+            start = time.perf_counter()
+            assert count_json_values(body, 100) == 0
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    # 10x the escapes: about 10x the time when linear, 100x when quadratic (a ratio, not a wall-clock bound)
+    assert timed(1_000_000) / max(timed(100_000), 1e-6) < 30
     assert count_json_values(b'{"a":[1,2,{"b":"x,y,z"}],"c":"\\\\"}', 7) == 6  # 9 counting the quoted
 
 
