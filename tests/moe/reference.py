@@ -74,3 +74,17 @@ def reference_forward(layer: MoELoRALinear, x: torch.Tensor, mask: torch.Tensor 
         a, b = layer.lora_A[e * r : (e + 1) * r], layer.lora_B[:, e * r : (e + 1) * r]
         out = out + layer.scaling * ((x3 @ a.T) @ b.T)
     return out.reshape(*x.shape[:-1], -1)
+
+
+def assert_fused_matches_reference(model: torch.nn.Module, layer: MoELoRALinear, x: torch.Tensor,
+                                   mask: torch.Tensor) -> None:
+    """The fused layer's output and gradients (input, LoRA factors, router) equal the per-expert loop's."""
+    fused = model(x)
+    params = [x, layer.lora_A, layer.lora_B, layer.router.weight]
+    upstream = torch.randn_like(fused)
+    grads = torch.autograd.grad((fused * upstream).sum(), params)
+    ref = reference_forward(layer, x, mask)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), params)
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    for g, rg in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, rg, atol=1e-5, rtol=1e-5)

@@ -7,7 +7,7 @@ from torch import nn
 from tsembed.moe import MoELoRAConfig, attach, collect_routing, set_routing_mask
 from tsembed.moe.routers import dense_gates, topk_gates, topp_gates
 
-from .reference import reference_forward, reference_gates
+from .reference import assert_fused_matches_reference, reference_forward, reference_gates
 
 MODES = [("topk", 1), ("topk", 2), ("topp", 2), ("dense", 2)]
 
@@ -35,17 +35,7 @@ def test_fused_forward_and_grads_equal_per_expert_loop(mode, level, shared):
     set_routing_mask(model, mask)  # as a backbone would, after the root pre-hook ran
     model._forward_pre_hooks.clear()
     model._forward_pre_hooks_with_kwargs.clear()
-
-    fused = model(x)
-    params = [x, layer.lora_A, layer.lora_B, layer.router.weight]
-    upstream = torch.randn_like(fused)
-    grads = torch.autograd.grad((fused * upstream).sum(), params)
-
-    ref = reference_forward(layer, x, mask)
-    ref_grads = torch.autograd.grad((ref * upstream).sum(), params)
-    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
-    for g, rg in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, rg, atol=1e-5, rtol=1e-5)
+    assert_fused_matches_reference(model, layer, x, mask)
 
 
 @pytest.mark.parametrize("gate_fn,mode", [(topk_gates, "topk"), (topp_gates, "topp"), (dense_gates, "dense")])
