@@ -110,6 +110,38 @@ def test_d3_accept_errors_at_the_descriptor_limit_are_rate_limited(caplog):
     assert any("something else" in r.getMessage() for r in caplog.records)
 
 
+def test_d3_a_log_handler_that_cannot_open_its_file_does_not_stop_accepting(monkeypatch):
+    """At the descriptor limit a FileHandler closed by uvicorn's log config raises out of emit() when it reopens
+    its file; raised from the loop's exception handler, that skipped asyncio's accept retry and the server never
+    accepted again (seen in CI)."""
+    connection_log._last.clear()
+    connection_log._skipped.clear()
+
+    def no_descriptors(self, record):  # what every logger does when the root FileHandler cannot reopen its file
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(logging.Logger, "handle", no_descriptors)
+    loop = asyncio.new_event_loop()
+    try:
+        install_loop_log_limit(loop)
+        loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                     "exception": OSError(24, "Too many open files")})  # would raise before
+        loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.close()
+
+
+def test_d3_the_connection_cap_leaves_room_for_the_descriptors_already_open(monkeypatch):
+    import resource
+
+    from tsembed.inference.server import connections
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (200, 4096))
+    monkeypatch.setattr(connections, "_open_descriptors", lambda: 100)
+    assert connections.default_max_connections(1000) == 200 - 100 - connections.FD_RESERVE
+    assert connections.default_max_connections(10) == 10
+
+
 def _trickle(app, seconds_per_byte: float, length: int) -> tuple[list[dict], float]:
     sent: list[dict] = []
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0
-FD_RESERVE = 64  # descriptors kept for the model, log files and the listening socket
+FD_RESERVE = 32  # descriptors kept, beyond those open at startup, for log files, checkpoints and the listener
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n"
            b"retry-after: 1\r\ncontent-length: 27\r\n\r\ntoo many open connections\r\n")
 
@@ -41,11 +42,24 @@ class RateLimitedLog:
         skipped = self._skipped.pop(key, 0)
         self._last[key] = now
         suffix = f" ({skipped} more like it in the last {self.every_s:g} s not logged)" if skipped else ""
-        self.log.log(level, message + suffix, *args)
+        try:
+            self.log.log(level, message + suffix, *args)
+        except OSError:  # a FileHandler reopening its file at the descriptor limit raises out of emit()
+            return False
         return True
 
 
 connection_log = RateLimitedLog(logger)
+
+
+def _open_descriptors() -> int:
+    """How many descriptors the process holds now (the model, libraries and log files count against the limit)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(folder))
+        except OSError:
+            continue
+    return 0
 
 
 def default_max_connections(requested: int) -> int:
@@ -56,9 +70,10 @@ def default_max_connections(requested: int) -> int:
         return requested
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return requested
-    room = max(1, soft - FD_RESERVE)
+    room = max(1, soft - _open_descriptors() - FD_RESERVE)
     if room < requested:
-        logger.info("max_connections lowered from %d to %d: the open-file limit is %d", requested, room, soft)
+        logger.info("max_connections lowered from %d to %d: the open-file limit is %d, %d already open",
+                    requested, room, soft, _open_descriptors())
     return min(requested, room)
 
 
@@ -72,6 +87,14 @@ def install_loop_log_limit(loop: asyncio.AbstractEventLoop) -> None:
         return
 
     def handler(the_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # asyncio schedules the accept retry only after this handler returns: if it raised (a log handler that
+        # cannot open its file at the descriptor limit does), the server would never accept again
+        try:
+            _handle(the_loop, context)
+        except Exception:  # noqa: BLE001 - nothing may stop the retry
+            pass
+
+    def _handle(the_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         message = str(context.get("message", ""))
         if message.startswith("socket.accept() out of system resource"):
             connection_log(logging.ERROR, "accept", "cannot accept connections: %s (%s)", message,
