@@ -91,6 +91,7 @@ def encode_batches(
     consume: Callable[[EncodedBatch], None],
     batch_size: int = 32,
     with_routing: bool = False,
+    base: bool = False,
 ) -> None:
     """Embed ``items`` in length-sorted batches and hand each batch's results to ``consume``.
 
@@ -104,6 +105,8 @@ def encode_batches(
         consume: Called once per batch, longest inputs first.
         batch_size: Inputs per forward.
         with_routing: Also return router probabilities and signatures (models with adapters).
+        base: Embed with the base model (adapters bypassed, ``TSEmbedModel.base_embeddings``): what a pilot
+            router reads.
 
     Raises:
         ConfigError: ``batch_size`` < 1.
@@ -114,6 +117,9 @@ def encode_batches(
         for idx in batches:
             prepared = model.prepare([items[i] for i in idx])
             counts = _token_counts(prepared, len(idx))
+            if base:
+                consume(EncodedBatch(idx, model.base_embeddings(**move_batch(prepared, device)).float().cpu(), counts))
+                continue
             out = model(**move_batch(prepared, device))
             batch = EncodedBatch(idx, out.embeddings.float().cpu(), counts)
             if with_routing and out.routing is not None:
@@ -128,6 +134,7 @@ def embed_items(
     batch_size: int = 32,
     with_routing: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    base: bool = False,
 ) -> EncodeBatchOutput:
     """``encode_batches`` with every result gathered back into input order.
 
@@ -140,7 +147,7 @@ def embed_items(
         if on_batch is not None:
             on_batch(len(batch.indices))
 
-    encode_batches(model, items, keep, batch_size, with_routing)
+    encode_batches(model, items, keep, batch_size, with_routing, base=base)
     # gathered outside inference mode: callers get ordinary tensors they may modify in place
     order = torch.tensor([i for b in done for i in b.indices], dtype=torch.long)
     inverse = torch.empty_like(order)

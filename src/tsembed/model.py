@@ -37,7 +37,9 @@ from tsembed.moe.io import LEGACY_CONFIG_NAME as LEGACY_ADAPTER_CONFIG_NAME
 from tsembed.moe.io import LEGACY_WEIGHTS_NAME as LEGACY_ADAPTER_WEIGHTS_NAME
 from tsembed.moe.io import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from tsembed.moe.io import adapter_files
+from tsembed.moe.pilot import PilotRouter
 from tsembed.moe.routers import router_parameters
+from tsembed.moe.routing import adapters_bypassed, set_routing_gates
 from tsembed.weights import read_safetensors, sha256_file, verify_checksums, write_checksums
 
 logger = logging.getLogger(__name__)
@@ -46,11 +48,12 @@ MODEL_CONFIG_NAME = "tsembed_config.json"
 TRAINABLE_WEIGHTS_NAME = "backbone_trainable.safetensors"
 ADAPTER_DIR = "adapters"
 MERGED_WEIGHTS_NAME = "backbone_weights.safetensors"
+PILOT_ROUTER_NAME = "pilot_router.safetensors"  # in ADAPTER_DIR: the pilots of a model with moe.router="pilot"
 TASK_HINT_KEY = "task_hint_ids"  # rides in a prepared batch next to the backbone's tensors
 #: Every weight file a model directory may hold, relative to it: what ``checksums.json`` covers (adapters under
 #: their legacy name too: directories saved before the rename).
 WEIGHT_FILES = (f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}", f"{ADAPTER_DIR}/{LEGACY_ADAPTER_WEIGHTS_NAME}",
-                TRAINABLE_WEIGHTS_NAME, MERGED_WEIGHTS_NAME)
+                f"{ADAPTER_DIR}/{PILOT_ROUTER_NAME}", TRAINABLE_WEIGHTS_NAME, MERGED_WEIGHTS_NAME)
 
 
 @dataclass
@@ -118,6 +121,7 @@ class TSEmbedModel(nn.Module):
         self._pool = get_pool_fn(self.pooling)
         self.attach_summary = None
         self.fingerprint: str | None = None  # content hash of the directory it was loaded from
+        self.pilot_router: PilotRouter | None = None  # set by `tsembed compose` or loaded (moe.router="pilot")
         if config.moe is not None:
             self.attach_summary = attach(backbone, config.moe)
             logger.info("%s", self.attach_summary)
@@ -145,19 +149,43 @@ class TSEmbedModel(nn.Module):
             batch[TASK_HINT_KEY] = task_hint_ids(inputs, self.task_hints)
         return batch
 
+    @property
+    def pilot_routed(self) -> bool:
+        """One model-level pilot router chooses each input's expert (``tsembed compose``)."""
+        return self.config.moe is not None and self.config.moe.router == "pilot"
+
     def forward(self, **batch: Any) -> EmbeddingOutput:
         hint_ids = batch.pop(TASK_HINT_KEY, None)
         if self.has_adapters:
             set_routing_hints(self.backbone, hint_ids)
+            if self.pilot_routed:  # a second pass: the pilot router reads the base model's embedding
+                if self.pilot_router is None:
+                    raise AdapterError("this model is routed by pilot embeddings (moe.router='pilot') but has none; "
+                                       "build it with `tsembed compose`")
+                set_routing_gates(self.backbone, self.pilot_router(self.base_embeddings(**batch)))
         try:
             out = self.backbone(**batch)
         finally:
             if self.has_adapters:
                 set_routing_hints(self.backbone, None)  # a later call without hints must not inherit these
-        pooled = self._pool(out.hidden_states, out.attention_mask)  # [B, D]
-        embeddings = F.normalize(pooled.float(), dim=-1) if self.config.normalize else pooled.float()
+                if self.pilot_routed:
+                    set_routing_gates(self.backbone, None)
+        embeddings = self._embeddings(out)
         routing = collect_routing(self.backbone) if self.has_adapters else None
         return EmbeddingOutput(embeddings=embeddings, routing=routing)
+
+    def _embeddings(self, out: Any) -> torch.Tensor:
+        pooled = self._pool(out.hidden_states, out.attention_mask)  # [B, D]
+        return F.normalize(pooled.float(), dim=-1) if self.config.normalize else pooled.float()
+
+    @torch.no_grad()
+    def base_embeddings(self, **batch: Any) -> torch.Tensor:
+        """Embeddings [B, D] of a prepared batch by the base model: the adapters bypassed, no routing."""
+        batch = {k: v for k, v in batch.items() if k != TASK_HINT_KEY}
+        if not self.has_adapters:
+            return self._embeddings(self.backbone(**batch))
+        with adapters_bypassed(self.backbone):
+            return self._embeddings(self.backbone(**batch))
 
     def embed(self, inputs: list) -> EmbeddingOutput:
         """prepare + forward, moving the batch to the model's device."""
@@ -188,6 +216,8 @@ class TSEmbedModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         if self.has_adapters:
             save_adapters(self.backbone, directory / ADAPTER_DIR)
+        if self.pilot_router is not None:
+            self.pilot_router.save(directory / ADAPTER_DIR / PILOT_ROUTER_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in self.backbone.trainable_state_dict().items()}
         if state:
             atomic_write(directory / TRAINABLE_WEIGHTS_NAME, lambda p: save_file(state, str(p)))
@@ -246,6 +276,14 @@ class TSEmbedModel(nn.Module):
         """Adapters and routers, the backbone's trainable modules, and an exported expert's merged weights."""
         if self.has_adapters:
             load_adapters(self.backbone, directory / ADAPTER_DIR, strict=strict)
+        if self.pilot_routed:
+            path = directory / ADAPTER_DIR / PILOT_ROUTER_NAME
+            if not path.is_file():
+                raise AdapterError(f"{path} not found: a model routed by pilot embeddings needs its pilots")
+            moe = self.config.moe
+            assert moe is not None
+            device = next(self.parameters()).device
+            self.pilot_router = PilotRouter.load(path, moe.num_experts, moe.top_k).to(device)
         self.load_trainable_backbone_state(directory / TRAINABLE_WEIGHTS_NAME, strict=strict)
         merged = directory / MERGED_WEIGHTS_NAME  # written by `tsembed export --expert`
         if merged.is_file():

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from tsembed.backbones import build_backbone, pool
-from tsembed.backbones.projector import ProjectorMixture, VisualProjector, spherical_kmeans
+from tsembed.backbones.projector import ProjectorMixture, VisualProjector
 from tsembed.backbones.testing import build_tiny_minilm_effnet
 from tsembed.errors import ConfigError
 from tsembed.inputs import EmbedInput
+from tsembed.moe.kmeans import spherical_kmeans
 
 C, D, T = 12, 8, 4
 

@@ -13,7 +13,7 @@ from typing import Any
 from tsembed.inputs import EmbedInput
 
 
-def _pairs(split: Any, limit: int | None = None) -> list[EmbedInput]:
+def pair_inputs(split: Any, limit: int | None = None) -> list[EmbedInput]:
     """Each row's query and positive, for the first ``limit`` rows (None: all)."""
     rows = split.rows if limit is None else split.rows[:limit]
     return [x for row in rows for x in (row.query_input(split.image_root), row.positive_input(split.image_root))]
@@ -32,13 +32,13 @@ def calibration_inputs(
         from tsembed.data.suite import load_suite
 
         suite = load_suite(path)
-        return [x for name in suite.names(split="train") for x in _pairs(suite.train(name), per_dataset)]
+        return [x for name in suite.names(split="train") for x in pair_inputs(suite.train(name), per_dataset)]
     records, _ = read_records(path)
     first = next((r.value for r in records if isinstance(r.value, dict)), {})
     if "qry" in first:
-        return _pairs(read_train(path, image_root))
+        return pair_inputs(read_train(path, image_root))
     if "qry_text" in first:
-        return _pairs(read_eval(path, image_root))
+        return pair_inputs(read_eval(path, image_root))
     from tsembed.inference.corpus import read_corpus
 
     return read_corpus(path, image_root).inputs

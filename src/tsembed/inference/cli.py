@@ -1,4 +1,4 @@
-"""``tsembed embed | index build | search | serve | export``: thin wrappers over the inference modules."""
+"""``tsembed embed | index build | search | serve | export | compose``: thin wrappers over the inference modules."""
 
 from __future__ import annotations
 
@@ -287,6 +287,73 @@ def export_command(
         typer.echo(json.dumps(report, indent=2))
 
 
+def compose_command(
+    expert: list[str] | None = typer.Option(None, "--expert", help="NAME=MODEL_DIR: a single-adapter model that "
+                                            "becomes routed expert NAME (repeat; at least two)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Directory of the composed model."),
+    add: str | None = typer.Option(None, "--add", help="NAME=MODEL_DIR: add one expert to the composed model "
+                                   "--to (in place; every other expert and its pilots stay as they are)."),
+    to: Path | None = typer.Option(None, "--to", help="With --add: the composed model to extend.", exists=True,
+                                   file_okay=False),
+    suite: Path | None = typer.Option(None, "--suite", exists=True, file_okay=False, help="Suite whose train "
+                                      "splits hold each expert's training datasets (as its config lists them)."),
+    pilot_data: list[str] | None = typer.Option(None, "--pilot-data", help="NAME=ROWS: the training rows of "
+                                                "expert NAME (MMEB rows, corpus rows or a suite) [default: --suite]."),
+    pilots: int = typer.Option(4, "--pilots", min=1, help="Pilot embeddings (k-means centroids) per expert."),
+    pilot_rows: int = typer.Option(512, "--pilot-rows", min=1, help="Training rows per expert the pilots "
+                                   "are fitted on (their queries and positives)."),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Experts per input (1: every input gets exactly one "
+                              "expert's vector, and adding an expert changes no other input's vector)."),
+    routing_split: str | None = typer.Option(None, "--routing-split", help="With --suite: measure how often each "
+                                             "dataset of this split (e.g. dev) is routed to its own expert."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the pilots' k-means."),
+    batch_size: int = _BATCH,
+) -> None:
+    """Join single-adapter models trained apart into one MoE-LoRA model routed by pilot embeddings (no joint
+    training), or add an expert to one (--add NAME=DIR --to DIR).
+
+    Each expert's pilots are k-means centroids of the base model's embeddings of its training inputs; an input
+    goes to the expert with the nearest pilot. The sources must share the backbone, its trainable weights (the
+    visual bridge) and the adapters' targets, rank and alpha. This costs a second, base-model forward per input.
+    """
+    from tsembed.inference.compose import ExpertSource, add_expert, compose, parse_expert, routing_accuracy
+
+    if (add is None) == (not expert):
+        raise typer.BadParameter("give --expert NAME=DIR (two or more) with --out, or --add NAME=DIR with --to")
+    if add is not None and (to is None or out is not None):
+        raise typer.BadParameter("--add NAME=DIR extends the composed model given by --to (not --out)")
+    if expert and (out is None or to is not None):
+        raise typer.BadParameter("--expert NAME=DIR ... writes the composed model to --out (--to goes with --add)")
+    data = dict(parse_expert(spec, "--pilot-data") for spec in pilot_data or [])
+    names = [parse_expert(spec)[0] for spec in ([add] if add else expert or [])]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"--pilot-data names experts that are not composed: {unknown} (experts: {names})")
+    sources = [ExpertSource(name, path, data.get(name))
+               for name, path in (parse_expert(spec) for spec in ([add] if add else expert or []))]
+    if add is not None:
+        assert to is not None
+        report = add_expert(sources[0], to, suite, pilots, pilot_rows, seed, batch_size)
+        target = to
+    else:
+        assert out is not None
+        report = compose(sources, out, suite, pilots, pilot_rows, top_k, seed=seed, batch_size=batch_size)
+        target = out
+    if routing_split is not None:
+        if suite is None:
+            raise ConfigError("--routing-split needs --suite")
+        from tsembed.model import TSEmbedModel
+
+        report["routing_accuracy"] = routing_accuracy(TSEmbedModel.from_pretrained(target), suite, routing_split,
+                                                      batch_size)
+        from tsembed.fileio import atomic_write
+        from tsembed.inference.compose import REPORT_NAME
+
+        text = json.dumps(report, indent=2) + "\n"
+        atomic_write(target / REPORT_NAME, lambda p: p.write_text(text))
+    typer.echo(json.dumps(report, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Add the inference commands to the root ``tsembed`` app."""
     app.command("embed")(embed_command)
@@ -294,3 +361,4 @@ def register(app: typer.Typer) -> None:
     app.command("search")(search_command)
     app.command("serve")(serve_command)
     app.command("export")(export_command)
+    app.command("compose")(compose_command)

@@ -45,6 +45,8 @@ def prune_experts(model: nn.Module, keep: list[int]) -> None:
     """Keep only experts ``keep`` (in that order) in every MoE layer of a ``TSEmbedModel`` and in its config."""
     new = moe.prune_experts(model.backbone, keep)
     model.config = replace(model.config, moe=new)
+    if model.pilot_router is not None:  # a composed model: the kept experts keep their pilots
+        model.pilot_router = model.pilot_router.kept(keep)
 
 
 def hit_at_1(model: nn.Module, eval_file: str | Path, image_root: str | Path | None, batch_size: int) -> float | None:

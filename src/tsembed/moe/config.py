@@ -15,6 +15,10 @@ from tsembed.precision import DTYPES
 
 ROUTING_LEVELS = ("token", "sequence")
 ROUTER_INPUTS = ("all", "text")
+#: Who chooses the experts: each layer's ``learned`` linear router, or one model-level ``pilot`` router that sends
+#: an input to the expert whose pilot embeddings (centroids of the base model's embeddings of that expert's training
+#: inputs) are nearest (``tsembed compose``; ``tsembed.moe.pilot``).
+ROUTER_KINDS = ("learned", "pilot")
 
 
 @dataclass
@@ -55,6 +59,11 @@ class MoELoRAConfig:
             the image tokens) where the backbone marks them (minilm-effnet, Qwen2-VL). For an image input the
             text is its instruction, so a query and a target of the same task meet in the same expert instead
             of being routed by picture content; an input with no text tokens routes on all of them.
+        router: ``learned`` (a linear router in every adapted layer) or ``pilot`` (one model-level router over
+            per-expert pilot embeddings, as ``tsembed compose`` builds: sequence level, ``topk``, no null experts
+            or task hints; the layers own no router weights).
+        expert_names: optional names of the routed experts, in order (``tsembed compose`` names each expert after
+            the model it came from); shown by ``inspect-routing`` and in the model card.
         adapter_dtype: dtype of the adapter, router and task-hint parameters, whatever the base's dtype:
             ``float32`` (default: fp32 master weights that AdamW can update; the compute still runs in
             bf16/fp16 under autocast, see ``tsembed.precision``), ``bfloat16`` or ``float16``. Saved adapters
@@ -78,6 +87,8 @@ class MoELoRAConfig:
     task_hints: list[str] = field(default_factory=list)
     task_hint_init: float = 0.0
     router_input: str = "all"
+    router: str = "learned"
+    expert_names: list[str] = field(default_factory=list)
     adapter_dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -131,6 +142,22 @@ class MoELoRAConfig:
             raise ConfigError(f"moe.task_hint_init must be a finite number, got {self.task_hint_init!r}")
         if self.task_hint_init and not self.task_hints:
             raise ConfigError("moe.task_hint_init needs moe.task_hints (the tasks whose bias it initialises)")
+        if self.router not in ROUTER_KINDS:
+            raise ConfigError(f"moe.router must be one of {ROUTER_KINDS}, got {self.router!r}")
+        if self.router == "pilot":
+            needs = {"level": ("sequence", self.level), "routing": ("topk", self.routing),
+                     "num_null_experts": (0, self.num_null_experts),
+                     "num_shared_experts": (0, self.num_shared_experts), "task_hints": ([], self.task_hints)}
+            wrong = [f"moe.{k}={got!r} (needs {want!r})" for k, (want, got) in needs.items() if got != want]
+            if wrong:
+                raise ConfigError("moe.router='pilot' routes whole inputs to routed experts by their pilots: "
+                                  + ", ".join(wrong))
+        self.expert_names = list(self.expert_names)
+        if self.expert_names and (len(self.expert_names) != self.num_experts
+                                  or len(set(self.expert_names)) != len(self.expert_names)
+                                  or not all(isinstance(n, str) and n.strip() for n in self.expert_names)):
+            raise ConfigError(f"moe.expert_names must be {self.num_experts} distinct non-empty names (one per routed "
+                              f"expert), got {self.expert_names!r}")
         if self.adapter_dtype not in DTYPES:
             raise ConfigError(f"moe.adapter_dtype must be one of {sorted(DTYPES)}, got {self.adapter_dtype!r}")
         _check_positive("alpha", self.alpha)

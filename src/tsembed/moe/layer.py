@@ -5,6 +5,11 @@ stored after them with gate 1) live in one ``lora_A`` [(E+S)·r, d_in] and one `
 [d_out, (E+S)·r], so a forward is two GEMMs and an elementwise product, with no per-expert loop.
 The router chooses among E + N routes: the E routed experts, then N null experts (no parameters, output
 zero), whose gates are computed with the others and then dropped.
+
+A pilot-routed layer (``moe.router="pilot"``, what ``tsembed compose`` builds) owns no router: the model's pilot
+router sets each input's expert weights, and the layer adds the experts one at a time with the batch's shape,
+so an input's output depends on its own experts alone (adding an expert leaves every other input's vector
+bit-identical).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class MoELoRALinear(nn.Module):
         self.temperature = float(config.temperature)
         self.jitter = float(config.jitter)
         self.router_input = config.router_input
+        self.router_kind = config.router
         self._gate_fn = get_gate_fn(config.routing)
         object.__setattr__(self, "_state", state)  # shared, so not a submodule
 
@@ -61,7 +67,8 @@ class MoELoRALinear(nn.Module):
         factory = {"device": weight.device, "dtype": config.dtype}
         self.lora_A = nn.Parameter(torch.empty(total, base_layer.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, total, **factory))
-        self.router = nn.Linear(base_layer.in_features, self.num_routes, bias=False, **factory)
+        self.router = (nn.Linear(base_layer.in_features, self.num_routes, bias=False, **factory)
+                       if self.router_kind == "learned" else None)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         # one learned logit bias per declared task; zero at init, so hints change nothing until trained
         hint_shape = (len(config.task_hints), self.num_routes)
@@ -71,7 +78,8 @@ class MoELoRALinear(nn.Module):
                 hints = torch.arange(hint_shape[0])
                 self.router_hint[hints, hints % self.num_experts] = float(config.task_hint_init)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # fan_in = d_in, as in peft's LoRA
-        nn.init.normal_(self.router.weight, std=config.router_init_std)
+        if self.router is not None:
+            nn.init.normal_(self.router.weight, std=config.router_init_std)
 
     @property
     def num_routes(self) -> int:
@@ -88,6 +96,9 @@ class MoELoRALinear(nn.Module):
 
     def route(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Router logits and probabilities (fp32) for x [B, L, d]: [B, L, E+N] (token) or [B, E+N] (sequence)."""
+        if self.router is None:  # pilot-routed: the model chose each input's expert weights
+            probs = self._state.gates_for(x.shape[0], self.name).float()
+            return probs.clamp_min(1e-12).log(), probs
         if self.level == "token":
             router_in = x
         else:
@@ -106,6 +117,8 @@ class MoELoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
+        if self._state.bypass:  # the base model (the pilot router reads its embeddings)
+            return result
         if x.dim() == 2:  # [N, d]: every row is its own one-token input
             x3, mask = x.unsqueeze(1), None
         elif x.dim() == 3:
@@ -120,6 +133,8 @@ class MoELoRALinear(nn.Module):
 
         logits, probs = self.route(x3, mask)
         self._state.records[self.name] = LayerRouting(probs=probs, logits=logits, mask=mask)
+        if self.router is None:
+            return self._dispatch(x3, result.reshape(batch, length, -1), probs).view_as(result).to(result.dtype)
         gates = self._gate_fn(probs, self.top_k, self.top_p)  # [B, L, E+N] or [B, E+N]
         if self.num_null:  # a null route's gate (renormalised with the others) multiplies a zero output
             gates = gates[..., : self.num_experts]
@@ -136,13 +151,36 @@ class MoELoRALinear(nn.Module):
         out = torch.addmm(result.reshape(batch * length, -1).to(hidden.dtype), hidden, self.lora_B.t())
         return out.view_as(result).to(result.dtype)
 
+    def _dispatch(self, x3: torch.Tensor, result: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """result + Σ_e g_e · (α/r) · B_e A_e x, one expert at a time, in expert order, over the whole batch.
+
+        Each expert's GEMMs have the batch's shape whatever the routing, and a zero gate adds an exact zero: an
+        input's output depends only on its own experts, bit for bit (expert e's rows alone would change shape, and
+        with it the GEMM's rounding, whenever another input moved to or from e). Experts no input chose are skipped.
+        """
+        out = result.to(self.lora_A.dtype)
+        x3 = self.dropout(x3)
+        r = self.rank
+        for e in range(self.num_experts):
+            gate = gates[:, e]
+            if not bool((gate != 0).any()):
+                continue
+            scale = (gate * self.scaling).to(out.dtype).view(-1, 1, 1)
+            hidden = F.linear(x3, self.lora_A[e * r:(e + 1) * r]) * scale  # [B, L, r]
+            out = out + F.linear(hidden, self.lora_B[:, e * r:(e + 1) * r])
+        return out
+
     def own_router_parameters(self) -> list[nn.Parameter]:
-        """The router's weight and its task-hint biases (``moe.routers.RouterOwner``)."""
+        """The router's weight and its task-hint biases (``moe.routers.RouterOwner``); none when pilot-routed."""
+        if self.router is None:
+            return []
         return [self.router.weight] + ([self.router_hint] if self.router_hint is not None else [])
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """What the adapter adds to the base layer, keyed as in checkpoints (``router.weight``, ...)."""
-        params = {"lora_A": self.lora_A, "lora_B": self.lora_B, "router.weight": self.router.weight}
+        params = {"lora_A": self.lora_A, "lora_B": self.lora_B}
+        if self.router is not None:
+            params["router.weight"] = self.router.weight
         if self.router_hint is not None:
             params["router_hint"] = self.router_hint
         return params
@@ -189,17 +227,18 @@ class MoELoRALinear(nn.Module):
             self._check_expert(e)
         rows = self._rows(keep)
         routes = [*keep, *range(self.num_experts, self.num_routes)]  # the null routes follow the kept experts
-        experts = torch.tensor(routes, dtype=torch.long, device=self.router.weight.device)
-        old = self.router.weight
-        router = nn.Linear(old.shape[1], len(routes), bias=False, device=old.device, dtype=old.dtype)
-        with torch.no_grad():
-            router.weight.copy_(old[experts])
-        router.weight.requires_grad_(old.requires_grad)
+        experts = torch.tensor(routes, dtype=torch.long, device=self.lora_A.device)
+        if self.router is not None:
+            old = self.router.weight
+            router = nn.Linear(old.shape[1], len(routes), bias=False, device=old.device, dtype=old.dtype)
+            with torch.no_grad():
+                router.weight.copy_(old[experts])
+            router.weight.requires_grad_(old.requires_grad)
+            self.router = router
         self.lora_A = _sliced(self.lora_A, rows, dim=0)
         self.lora_B = _sliced(self.lora_B, rows, dim=1)
         if self.router_hint is not None:
             self.router_hint = _sliced(self.router_hint, experts, dim=1)
-        self.router = router
         self.num_experts = len(keep)
         self.top_k = min(self.top_k, self.num_routes)
 
@@ -207,7 +246,7 @@ class MoELoRALinear(nn.Module):
         return (
             f"in={self.in_features}, out={self.out_features}, experts={self.num_experts}, shared={self.num_shared}, "
             f"null={self.num_null}, "
-            f"rank={self.rank}, routing={self.routing}, level={self.level}"
+            f"rank={self.rank}, routing={self.routing}, level={self.level}, router={self.router_kind}"
         )
 
 

@@ -32,6 +32,8 @@ def prune_experts(model: nn.Module, keep: list[int]) -> MoELoRAConfig:
                            f"not empty, got {keep}{nulls}")
     for layer in adapter_layers(model).values():
         layer.keep_experts(keep)
-    new = replace(config, num_experts=len(keep), top_k=min(config.top_k, len(keep) + config.num_null_experts))
+    names = [config.expert_names[e] for e in keep] if config.expert_names else []
+    new = replace(config, num_experts=len(keep), top_k=min(config.top_k, len(keep) + config.num_null_experts),
+                  expert_names=names)
     setattr(model, CONFIG_ATTR, new)
     return new

@@ -103,6 +103,8 @@ class RoutingState:
         self.mask: torch.Tensor | None = None
         self.text_mask: torch.Tensor | None = None  # [B, L] text tokens, for moe.router_input="text"
         self.hints: torch.Tensor | None = None
+        self.gates: torch.Tensor | None = None  # [B, E] expert weights chosen outside the layers (moe.router="pilot")
+        self.bypass = False  # True: every adapted layer computes its base linear alone (the base model)
         self.records: dict[str, LayerRouting] = {}
         self.hook_id: int | None = None
 
@@ -133,6 +135,36 @@ class RoutingState:
                 "set one hint id per input with tsembed.moe.set_routing_hints(model, ids)"
             )
         return self.hints
+
+
+    def gates_for(self, batch: int, layer: str) -> torch.Tensor:
+        """The model-level router's expert weights [batch, E] for a layer that owns no router."""
+        if self.gates is None:
+            raise AdapterError(
+                f"MoE layer {layer!r} is routed by the model's pilot router, but no expert weights were set; "
+                "embed through TSEmbedModel (or call tsembed.moe.set_routing_gates(model, gates) first)"
+            )
+        if self.gates.shape[0] != batch:
+            raise AdapterError(f"{self.gates.shape[0]} rows of expert weights were set but MoE layer {layer!r} "
+                               f"sees {batch} inputs")
+        return self.gates
+
+
+def set_routing_gates(model: nn.Module, gates: torch.Tensor | None) -> None:
+    """Give every pilot-routed layer of ``model`` the expert weights of each input ([B, E]); None clears."""
+    get_routing_state(model).gates = gates
+
+
+@contextlib.contextmanager
+def adapters_bypassed(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its base model: every adapted layer computes its frozen linear alone (no routing is
+    recorded). The pilot router reads the base model's embedding of an input before choosing its expert."""
+    state = get_routing_state(model)
+    previous, state.bypass = state.bypass, True
+    try:
+        yield
+    finally:
+        state.bypass = previous
 
 
 def get_routing_state(model: nn.Module) -> RoutingState:

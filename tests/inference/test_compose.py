@@ -1,0 +1,151 @@
+"""`tsembed compose`: single-adapter models joined under a pilot router, and an expert added later."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.inference.conftest import ImageToyBackbone
+from tsembed.cli import main
+from tsembed.encoding import embed_items
+from tsembed.errors import ConfigError
+from tsembed.inference.compose import ExpertSource, add_expert, compose, routing_accuracy
+from tsembed.inputs import EmbedInput
+from tsembed.model import ModelConfig, TSEmbedModel
+from tsembed.moe import MoELoRAConfig, MoELoRALinear
+
+TOPICS = {"alpha": "red apples ripe orchard", "beta": "cold snowy mountain peaks", "gamma": "fast cars racing track"}
+
+
+def _texts(topic: str, n: int = 12, offset: int = 0) -> list[str]:
+    words = TOPICS[topic].split()
+    return [f"{topic} {words[(i + offset) % 4]} {words[(i + offset + 1) % 4]} item{i + offset}" for i in range(n)]
+
+
+def _rows_file(tmp: Path, topic: str) -> Path:
+    path = tmp / f"{topic}.jsonl"
+    texts = _texts(topic)
+    rows = [{"qry": t, "qry_image_path": "", "pos_text": f"{topic} passage {i}", "pos_image_path": ""}
+            for i, t in enumerate(texts)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _specialist(tmp: Path, topic: str, seed: int, rank: int = 2) -> Path:
+    """A saved single-LoRA model on the shared toy base (same backbone seed), with its own adapter weights."""
+    backbone = ImageToyBackbone(seed=0)
+    moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=1, rank=rank, alpha=4.0,
+                        level="sequence", top_k=1)
+    model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe,
+                                               extra={"train_datasets": [topic]}))
+    torch.manual_seed(seed)
+    for layer in model.modules():
+        if isinstance(layer, MoELoRALinear):
+            torch.nn.init.normal_(layer.lora_B, std=0.3)
+    return model.eval().save_pretrained(tmp / f"model-{topic}")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    tmp = tmp_path_factory.mktemp("compose")
+    return {t: (_specialist(tmp, t, seed=i + 1), _rows_file(tmp, t)) for i, t in enumerate(TOPICS)}
+
+
+def _expert(sources, name: str) -> ExpertSource:
+    model_dir, rows = sources[name]
+    return ExpertSource(name, model_dir, rows)
+
+
+def _inputs(topic: str) -> list[EmbedInput]:
+    return [EmbedInput(text=t) for t in _texts(topic, 6, offset=20)]  # unseen rows of the topic
+
+
+def test_each_input_gets_its_own_experts_vector(sources, tmp_path):
+    """Routed to its expert, an input's composed embedding is the specialist's own embedding."""
+    out = tmp_path / "composed"
+    report = compose([_expert(sources, t) for t in TOPICS], out, pilots_per_expert=2)
+    assert [e["name"] for e in report["experts"]] == list(TOPICS)
+    composed = TSEmbedModel.from_pretrained(out)
+    assert composed.pilot_routed and composed.config.moe.expert_names == list(TOPICS)
+    for e, topic in enumerate(TOPICS):
+        items = _inputs(topic)
+        routed = embed_items(composed, items, batch_size=4, with_routing=True)
+        chosen = next(iter(routed.layer_probs.values())).argmax(dim=-1)
+        assert chosen.tolist() == [e] * len(items)  # the pilots find the topic
+        own = embed_items(TSEmbedModel.from_pretrained(sources[topic][0]), items, batch_size=4).embeddings
+        torch.testing.assert_close(routed.embeddings, own, atol=1e-5, rtol=1e-5)
+    other = embed_items(TSEmbedModel.from_pretrained(sources["beta"][0]), _inputs("alpha"), 4).embeddings
+    assert not torch.allclose(other, embed_items(composed, _inputs("alpha"), 4).embeddings, atol=1e-3)
+
+
+def test_adding_an_expert_leaves_the_old_experts_inputs_bit_identical(sources, tmp_path):
+    out = tmp_path / "composed"
+    compose([_expert(sources, "alpha"), _expert(sources, "beta")], out, pilots_per_expert=2)
+    items = _inputs("alpha") + _inputs("beta") + _inputs("gamma")
+    before = TSEmbedModel.from_pretrained(out)
+    old = embed_items(before, items, batch_size=5, with_routing=True)
+    add_expert(_expert(sources, "gamma"), out, pilots_per_expert=2)
+    after = TSEmbedModel.from_pretrained(out)
+    assert after.config.moe.expert_names == ["alpha", "beta", "gamma"]
+    assert torch.equal(after.pilot_router.pilots[:2, : before.pilot_router.pilots.shape[1]],
+                       before.pilot_router.pilots)
+    new = embed_items(after, items, batch_size=5, with_routing=True)
+    routes = next(iter(new.layer_probs.values())).argmax(dim=-1)
+    kept = routes < 2
+    assert kept[:12].all() and (routes[12:] == 2).all()  # gamma's inputs move to gamma, no one else does
+    assert torch.equal(new.embeddings[kept], old.embeddings[kept])  # bit-identical
+    assert [e["name"] for e in json.loads((out / "compose.json").read_text())["experts"]] == ["alpha", "beta", "gamma"]
+    assert not list(tmp_path.glob(".composed*"))  # the staging directories are gone
+
+
+def test_routing_accuracy_counts_each_dataset_against_its_expert(sources, tmp_path):
+    compose([_expert(sources, t) for t in TOPICS], tmp_path / "c", pilots_per_expert=2)
+    model = TSEmbedModel.from_pretrained(tmp_path / "c")
+    suite = tmp_path / "suite"
+    (suite / "dev").mkdir(parents=True)
+    datasets = {}
+    for topic in TOPICS:
+        rows = [{"qry_text": t, "qry_img_path": "", "tgt_text": [f"{topic} passage", "other"],
+                 "tgt_img_path": ["", ""]} for t in _texts(topic, 4, offset=40)]
+        (suite / "dev" / f"{topic}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        datasets[topic] = {"name": topic, "meta_task": "retrieval", "ood": False, "query_template": "{x}",
+                           "target_template": "{x}", "description": topic, "files": {"dev": f"dev/{topic}.jsonl"}}
+    datasets["unowned"] = {**datasets["alpha"], "name": "unowned"}
+    (suite / "suite.json").write_text(json.dumps({"format": "tsembed-suite", "format_version": 1,
+                                                  "datasets": datasets}))
+    report = routing_accuracy(model, suite, "dev", batch_size=4)
+    assert report["accuracy"] == 1.0
+    assert report["datasets"]["beta"]["expert"] == "beta" and report["datasets"]["beta"]["query_accuracy"] == 1.0
+    assert "accuracy" not in report["datasets"]["unowned"]  # no expert trained on it: listed, not scored
+
+
+def test_bad_compositions_name_the_expert_and_the_difference(sources, tmp_path):
+    with pytest.raises(ConfigError, match="at least two experts"):
+        compose([_expert(sources, "alpha")], tmp_path / "x")
+    with pytest.raises(ConfigError, match="repeat"):
+        compose([_expert(sources, "alpha"), ExpertSource("alpha", sources["beta"][0], sources["beta"][1])],
+                tmp_path / "x")
+    wide = _specialist(tmp_path, "beta", seed=9, rank=4)
+    with pytest.raises(ConfigError, match=r"expert 'wide'.*moe.rank: 2 vs 4"):
+        compose([_expert(sources, "alpha"), ExpertSource("wide", wide, sources["beta"][1])], tmp_path / "x")
+    with pytest.raises(ConfigError, match="--pilot-data beta=ROWS"):
+        compose([_expert(sources, "alpha"), ExpertSource("beta", sources["beta"][0])], tmp_path / "x")
+    with pytest.raises(ConfigError, match="not a composed model"):
+        add_expert(_expert(sources, "gamma"), sources["alpha"][0])
+    assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_cli_composes_adds_and_reports_routing(sources, tmp_path, capsys):
+    out = tmp_path / "c"
+    args = ["compose", "--out", str(out), "--pilots", "2"]
+    for topic in ("alpha", "beta"):
+        args += ["--expert", f"{topic}={sources[topic][0]}", "--pilot-data", f"{topic}={sources[topic][1]}"]
+    assert main(args) == 0
+    assert main(["compose", "--add", f"gamma={sources['gamma'][0]}", "--pilot-data",
+                 f"gamma={sources['gamma'][1]}", "--to", str(out), "--pilots", "2"]) == 0
+    assert TSEmbedModel.from_pretrained(out).config.moe.expert_names == ["alpha", "beta", "gamma"]
+    assert main(["compose", "--add", "x=y", "--out", str(out)]) == 2  # --add goes with --to
+    assert "--to" in capsys.readouterr().err

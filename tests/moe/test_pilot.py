@@ -1,0 +1,113 @@
+"""The pilot router and the pilot-routed MoE layer, against plain references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tsembed.errors import AdapterError, ConfigError
+from tsembed.moe import MoELoRAConfig, MoELoRALinear, attach
+from tsembed.moe.pilot import PilotRouter, fit_pilots
+from tsembed.moe.routing import adapters_bypassed, set_routing_gates
+
+
+def _pilots() -> torch.Tensor:
+    eye = torch.eye(4)
+    return torch.stack([torch.stack([eye[0], eye[1]]), torch.stack([eye[2], torch.zeros(4)])])  # expert 1: 1 pilot
+
+
+def test_top1_is_one_hot_on_the_nearest_pilot_and_padding_never_wins():
+    router = PilotRouter(_pilots())
+    # the third input is closer to expert 0's pilots than to expert 1's, but its cosine to expert 1's zero padding
+    # row (0) would beat both if padding counted
+    x = torch.tensor([[0.1, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.2], [-1.0, -0.2, -1.0, 0.0]])
+    assert router(x).tolist() == [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
+    assert router.affinity(x)[2].max() < 0
+
+
+def test_top_k_weights_are_a_softmax_of_the_affinities():
+    router = PilotRouter(_pilots(), top_k=2, temperature=0.5)
+    x = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    affinity = router.affinity(x)[0]
+    torch.testing.assert_close(router(x)[0], torch.softmax(affinity / 0.5, dim=-1))
+
+
+def test_extended_and_kept_keep_each_experts_pilots():
+    router = PilotRouter(_pilots())
+    bigger = router.extended(torch.eye(4)[3:4].repeat(3, 1))
+    assert bigger.pilots.shape == (3, 3, 4)
+    assert torch.equal(bigger.pilots[:2, :2], router.pilots) and bigger.pilots[:2, 2].abs().sum() == 0
+    assert torch.equal(bigger.kept([2, 0]).pilots[1], bigger.pilots[0])
+    with pytest.raises(AdapterError, match="top_k"):
+        PilotRouter(_pilots(), top_k=3)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    router = PilotRouter(_pilots(), temperature=0.1)
+    router.save(tmp_path / "p.safetensors")
+    loaded = PilotRouter.load(tmp_path / "p.safetensors", num_experts=2, top_k=1)
+    assert torch.equal(loaded.pilots, router.pilots) and loaded.temperature == 0.1
+    with pytest.raises(AdapterError, match=r"p.safetensors: pilots of shape \(2, 2, 4\), expected \[3, k, dim\]"):
+        PilotRouter.load(tmp_path / "p.safetensors", num_experts=3, top_k=1)
+
+
+def test_fit_pilots_finds_each_cluster():
+    points = torch.cat([torch.eye(3)[i].repeat(5, 1) + 0.01 * torch.randn(5, 3) for i in range(3)])
+    pilots = fit_pilots(points, 3)
+    assert sorted(pilots.argmax(dim=-1).tolist()) == [0, 1, 2]
+
+
+def test_pilot_config_is_sequence_level_topk_without_nulls_hints_or_shared():
+    MoELoRAConfig(target_modules=["x"], router="pilot", level="sequence", top_k=1, expert_names=["a", "b", "c", "d"])
+    with pytest.raises(ConfigError, match=r"moe.level='token' \(needs 'sequence'\)"):
+        MoELoRAConfig(target_modules=["x"], router="pilot")
+    with pytest.raises(ConfigError, match="num_null_experts"):
+        MoELoRAConfig(target_modules=["x"], router="pilot", level="sequence", num_null_experts=1)
+    with pytest.raises(ConfigError, match="expert_names"):
+        MoELoRAConfig(target_modules=["x"], expert_names=["a", "a", "b", "c"])
+    with pytest.raises(ConfigError, match="moe.router must be one of"):
+        MoELoRAConfig(target_modules=["x"], router="oracle")
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(x)
+
+
+def _pilot_net(experts: int = 3) -> tuple[_Net, MoELoRALinear]:
+    torch.manual_seed(0)
+    net = _Net()
+    attach(net, MoELoRAConfig(target_modules=["proj"], num_experts=experts, rank=2, alpha=3.0, router="pilot",
+                              level="sequence", top_k=1))
+    layer = net.proj
+    torch.nn.init.normal_(layer.lora_B, std=0.5)
+    return net, layer
+
+
+def test_the_layer_adds_each_gated_expert_like_a_per_expert_loop_and_owns_no_router():
+    net, layer = _pilot_net()
+    assert layer.router is None and layer.own_router_parameters() == [] and "router.weight" not in (
+        layer.adapter_parameters())
+    x = torch.randn(4, 3, 6)
+    gates = torch.tensor([[1.0, 0, 0], [0, 0.3, 0.7], [0, 0, 1.0], [0.5, 0.5, 0]])
+    set_routing_gates(net, gates)
+    out = net(x)
+    r = layer.rank
+    expected = layer.base_layer(x)
+    for b in range(4):
+        for e in range(3):
+            a, bb = layer.lora_A[e * r:(e + 1) * r], layer.lora_B[:, e * r:(e + 1) * r]
+            expected[b] = expected[b] + gates[b, e] * layer.scaling * (x[b] @ a.T @ bb.T)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()  # the experts train through the dispatch
+    assert layer.lora_A.grad is not None and layer.lora_A.grad[2:4].abs().sum() > 0
+    with adapters_bypassed(net):
+        torch.testing.assert_close(net(x), layer.base_layer(x))
+    set_routing_gates(net, None)
+    with pytest.raises(AdapterError, match="pilot router"):
+        net(x)
