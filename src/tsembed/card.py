@@ -173,6 +173,12 @@ def _describe(model: nn.Module) -> list[str]:
                      f"{extra.get('switch_step', '?')})")
     if extra.get("collapsed_datasets"):
         lines.append(f"- {DAGGER} training's collapse watch flagged: {', '.join(extra['collapsed_datasets'])}")
+    if extra.get("composed_from"):
+        lines.append("- composed (`tsembed compose`, no joint training): each input goes to the expert whose pilot "
+                     "embeddings are nearest its base-model embedding")
+        for e, record in enumerate(extra["composed_from"]):
+            lines.append(f"  - expert {e} `{record['name']}`: trained on {', '.join(record['train_datasets']) or '?'}"
+                         f"; {record['pilots']} pilots from {record['pilot_inputs']} inputs ({record['pilot_data']})")
     return lines
 
 
@@ -182,6 +188,8 @@ def default_title(model: nn.Module) -> str:
         return f"tsembed expert {extra['merged_expert']} (merged)"
     if "pruned_experts" in extra:
         return "tsembed model (pruned experts)"
+    if extra.get("composed_from"):
+        return "tsembed composed model (" + ", ".join(r["name"] for r in extra["composed_from"]) + ")"
     return "tsembed embedding model"
 
 

@@ -70,6 +70,8 @@ def test_each_input_gets_its_own_experts_vector(sources, tmp_path):
     assert [e["name"] for e in report["experts"]] == list(TOPICS)
     composed = TSEmbedModel.from_pretrained(out)
     assert composed.pilot_routed and composed.config.moe.expert_names == list(TOPICS)
+    card = (out / "README.md").read_text()
+    assert "composed model (alpha, beta, gamma)" in card and "expert 1 `beta`: trained on beta" in card
     for e, topic in enumerate(TOPICS):
         items = _inputs(topic)
         routed = embed_items(composed, items, batch_size=4, with_routing=True)
