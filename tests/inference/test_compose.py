@@ -115,13 +115,16 @@ def test_routing_accuracy_counts_each_dataset_against_its_expert(sources, tmp_pa
         (suite / "dev" / f"{topic}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         datasets[topic] = {"name": topic, "meta_task": "retrieval", "ood": False, "query_template": "{x}",
                            "target_template": "{x}", "description": topic, "files": {"dev": f"dev/{topic}.jsonl"}}
-    datasets["unowned"] = {**datasets["alpha"], "name": "unowned"}
+        datasets[topic]["condition"] = f"{topic}-cond"
+    datasets["unowned"] = {**datasets["alpha"], "name": "unowned", "condition": "other"}
+    datasets["reworded"] = {**datasets["beta"], "name": "reworded"}  # no expert trained on it: beta's condition
     (suite / "suite.json").write_text(json.dumps({"format": "tsembed-suite", "format_version": 1,
                                                   "datasets": datasets}))
     report = routing_accuracy(model, suite, "dev", batch_size=4)
     assert report["accuracy"] == 1.0
     assert report["datasets"]["beta"]["expert"] == "beta" and report["datasets"]["beta"]["query_accuracy"] == 1.0
     assert "accuracy" not in report["datasets"]["unowned"]  # no expert trained on it: listed, not scored
+    assert report["datasets"]["reworded"]["expert"] == "beta"
 
 
 def test_bad_compositions_name_the_expert_and_the_difference(sources, tmp_path):

@@ -319,7 +319,8 @@ def routing_accuracy(model: Any, suite: str | Path, split: str = "dev", batch_si
                      max_rows: int | None = None) -> dict[str, Any]:
     """How often the pilot router sends a dataset's queries and positives to the expert trained on that dataset.
 
-    Datasets no expert was trained on are listed with no accuracy. Returns per-dataset and overall accuracy.
+    A dataset no expert was trained on counts against the expert trained on its condition (where the suite names
+    conditions), else it is listed with no accuracy. Returns per-dataset and overall accuracy.
     """
     from tsembed.data.suite import load_suite
     from tsembed.encoding import embed_items
@@ -328,6 +329,13 @@ def routing_accuracy(model: Any, suite: str | Path, split: str = "dev", batch_si
         raise ConfigError("routing accuracy needs a composed model (a pilot router)")
     owner = {d: e for e, r in enumerate(model.config.extra.get("composed_from") or []) for d in r["train_datasets"]}
     loaded = load_suite(suite)
+    # a dataset no expert trained on (e.g. a reworded out-of-distribution variant) belongs to the expert trained on
+    # its condition, where the suite names conditions
+    by_condition = {getattr(loaded.datasets.get(d), "condition", None): e for d, e in owner.items()}
+    by_condition.pop(None, None)
+    for name, info in loaded.datasets.items():
+        if name not in owner and getattr(info, "condition", None) in by_condition:
+            owner[name] = by_condition[info.condition]
     per_dataset, right, total = {}, 0, 0
     for name in loaded.names(split=split):
         split_rows = loaded.eval(name, split=split)
