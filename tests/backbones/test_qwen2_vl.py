@@ -132,7 +132,7 @@ def test_task_hints_with_gradient_checkpointing_equal_without(tiny_qwen2_vl_dir,
         torch.manual_seed(1)
         contrastive_step(model, objective, batch, eans_active=False)  # queries and targets, then one backward
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert set(grads[0]) == set(grads[1]) and any("router_hint" in n for n in grads[0])
+    assert set(grads[0]) == set(grads[1]) and any("router.hint" in n for n in grads[0])
     for name, value in grads[0].items():
         torch.testing.assert_close(grads[1][name], value, rtol=1e-4, atol=1e-6, msg=name)
 

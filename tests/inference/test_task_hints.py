@@ -47,7 +47,7 @@ def test_task_changes_the_embedding_and_is_cleared_after_the_forward(hinted):
 
 def test_hint_biases_train_with_the_router_and_survive_save_load_and_pruning(hinted, tmp_path):
     names = {n for n, p in hinted.named_parameters() if any(p is r for r in hinted.router_parameters())}
-    assert any(n.endswith("router_hint") for n in names) and any(n.endswith("router.weight") for n in names)
+    assert any(n.endswith("router.hint") for n in names) and any(n.endswith("router.weight") for n in names)
     loaded = load_model(hinted.save_pretrained(tmp_path / "m"))
     np.testing.assert_allclose(encode(loaded, TEXTS, task="retrieval"), encode(hinted, TEXTS, task="retrieval"),
                                atol=1e-6)

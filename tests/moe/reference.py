@@ -58,7 +58,7 @@ def reference_forward(layer: MoELoRALinear, x: torch.Tensor, mask: torch.Tensor 
         for b, h in enumerate(hints):
             rows.append(logits[b] + layer.router_hint[h] if h >= 0 else logits[b])
         logits = torch.stack(rows)
-    probs = torch.softmax(logits / layer.temperature, dim=-1)
+    probs = torch.softmax(logits / layer.router.temperature, dim=-1)
     gates = reference_gates(probs, layer.routing, layer.top_k, layer.top_p)
     if gates.dim() == 2:
         gates = gates.unsqueeze(1)

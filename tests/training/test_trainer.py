@@ -193,7 +193,7 @@ def test_task_hints_reach_the_routers_and_train(train_files, tmp_path):
     assert {trainer.data.query_input(i).task for i in range(len(trainer.data))} == {"colors-task", "animals-task"}
     assert all(t.task in ("colors-task", "animals-task") for t in trainer.data.targets)
     trainer.fit()
-    hints = [p for n, p in trainer.model.named_parameters() if n.endswith("router_hint")]
+    hints = [p for n, p in trainer.model.named_parameters() if n.endswith("router.hint")]
     assert hints and all(float(h.detach().abs().sum()) > 0 for h in hints)  # zero at init, learned since
     with pytest.raises(ConfigError, match="unknown keys"):
         make_config([{**train_files[0], "tasks": "x"}], tmp_path)

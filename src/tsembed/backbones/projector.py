@@ -9,6 +9,7 @@ from torch import nn
 
 from tsembed.errors import ConfigError
 from tsembed.moe.kmeans import spherical_kmeans
+from tsembed.moe.router import Router
 from tsembed.moe.routers import topk_gates
 
 PROJECTORS = ("mlp", "linear")
@@ -67,8 +68,7 @@ class ProjectorMixture(nn.Module):
         if num_experts < 2:
             raise ConfigError(f"a projector mixture needs at least 2 experts, got {num_experts}")
         self.experts = nn.ModuleList(copy.deepcopy(base) for _ in range(num_experts))
-        self.router = nn.Linear(route_dim, num_experts, bias=False)
-        nn.init.normal_(self.router.weight, std=0.02)
+        self.router = Router(route_dim, num_experts)
 
     @property
     def num_experts(self) -> int:
@@ -76,12 +76,11 @@ class ProjectorMixture(nn.Module):
 
     def own_router_parameters(self) -> list[nn.Parameter]:
         """The projector router's weight (``moe.routers.RouterOwner``): it gets the router learning rate."""
-        return [self.router.weight]
+        return self.router.own_router_parameters()
 
     def gates(self, route: torch.Tensor) -> torch.Tensor:
         """Top-1 gates [N, K] for routing embeddings [N, R]: one non-zero entry of value 1 per row."""
-        probs = torch.softmax(self.router(route.to(self.router.weight.dtype)).float(), dim=-1)
-        return topk_gates(probs, 1, 1.0)
+        return topk_gates(self.router(route)[1], 1, 1.0)
 
     def choose(self, route: torch.Tensor) -> torch.Tensor:
         """The expert [N] each routing embedding goes to."""
@@ -118,7 +117,5 @@ class ProjectorMixture(nn.Module):
         the router learns to). Returns each embedding's cluster [n].
         """
         centroids, assign = spherical_kmeans(route.float(), min(self.num_experts, route.shape[0]), seed)
-        weight = torch.zeros_like(self.router.weight)
-        weight[: centroids.shape[0]] = centroids.to(weight) * scale
-        self.router.weight.copy_(weight)
+        self.router.start_at(centroids, scale)
         return assign

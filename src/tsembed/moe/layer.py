@@ -22,6 +22,7 @@ from torch import nn
 
 from tsembed.errors import AdapterError
 from tsembed.moe.config import MoELoRAConfig
+from tsembed.moe.router import Router
 from tsembed.moe.routers import get_gate_fn
 from tsembed.moe.routing import LayerRouting, RoutingState, masked_mean
 from tsembed.precision import compute_input
@@ -54,8 +55,6 @@ class MoELoRALinear(nn.Module):
         self.routing = config.routing
         self.top_k = config.top_k
         self.top_p = float(config.top_p)
-        self.temperature = float(config.temperature)
-        self.jitter = float(config.jitter)
         self.router_input = config.router_input
         self.router_kind = config.router
         self._gate_fn = get_gate_fn(config.routing)
@@ -67,19 +66,17 @@ class MoELoRALinear(nn.Module):
         factory = {"device": weight.device, "dtype": config.dtype}
         self.lora_A = nn.Parameter(torch.empty(total, base_layer.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, total, **factory))
-        self.router = (nn.Linear(base_layer.in_features, self.num_routes, bias=False, **factory)
-                       if self.router_kind == "learned" else None)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        # one learned logit bias per declared task; zero at init, so hints change nothing until trained
-        hint_shape = (len(config.task_hints), self.num_routes)
-        self.router_hint = nn.Parameter(torch.zeros(hint_shape, **factory)) if config.task_hints else None
-        if self.router_hint is not None and config.task_hint_init:
-            with torch.no_grad():  # hint i leans towards expert i mod E
-                hints = torch.arange(hint_shape[0])
-                self.router_hint[hints, hints % self.num_experts] = float(config.task_hint_init)
+        self.router = (Router(base_layer.in_features, self.num_routes, init_std=config.router_init_std,
+                              temperature=config.temperature, jitter=config.jitter, num_hints=len(config.task_hints),
+                              hint_init=float(config.task_hint_init), hint_experts=self.num_experts, **factory)
+                       if self.router_kind == "learned" else None)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # fan_in = d_in, as in peft's LoRA
-        if self.router is not None:
-            nn.init.normal_(self.router.weight, std=config.router_init_std)
+
+    @property
+    def router_hint(self) -> nn.Parameter | None:
+        """The task-hint logit biases [hints, E+N] (None without hints)."""
+        return None if self.router is None else self.router.hint
 
     @property
     def num_routes(self) -> int:
@@ -104,16 +101,7 @@ class MoELoRALinear(nn.Module):
         else:
             text = self._state.text_mask if self.router_input == "text" else None
             router_in = masked_mean(x, text if text is not None and text.shape == x.shape[:2] else mask)
-        if self.training and self.jitter > 0:
-            noise = torch.empty_like(router_in).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-            router_in = router_in * noise
-        # the softmax, top-k and auxiliary losses read fp32 logits even when the GEMM ran in bf16
-        logits = self.router(compute_input(router_in, self.router.weight.dtype)).float()
-        hints = self._state.hints_for(x.shape[0], self.name)
-        if hints is not None and self.router_hint is not None:
-            bias = self.router_hint[hints.clamp_min(0)] * (hints >= 0).unsqueeze(-1).to(logits.dtype)  # [B, E]
-            logits = logits + (bias if logits.dim() == 2 else bias.unsqueeze(1))
-        return logits, torch.softmax(logits / self.temperature, dim=-1)
+        return self.router(router_in, self._state.hints_for(x.shape[0], self.name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
@@ -172,9 +160,7 @@ class MoELoRALinear(nn.Module):
 
     def own_router_parameters(self) -> list[nn.Parameter]:
         """The router's weight and its task-hint biases (``moe.routers.RouterOwner``); none when pilot-routed."""
-        if self.router is None:
-            return []
-        return [self.router.weight] + ([self.router_hint] if self.router_hint is not None else [])
+        return [] if self.router is None else self.router.own_router_parameters()
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """What the adapter adds to the base layer, keyed as in checkpoints (``router.weight``, ...)."""
@@ -227,18 +213,10 @@ class MoELoRALinear(nn.Module):
             self._check_expert(e)
         rows = self._rows(keep)
         routes = [*keep, *range(self.num_experts, self.num_routes)]  # the null routes follow the kept experts
-        experts = torch.tensor(routes, dtype=torch.long, device=self.lora_A.device)
         if self.router is not None:
-            old = self.router.weight
-            router = nn.Linear(old.shape[1], len(routes), bias=False, device=old.device, dtype=old.dtype)
-            with torch.no_grad():
-                router.weight.copy_(old[experts])
-            router.weight.requires_grad_(old.requires_grad)
-            self.router = router
+            self.router.keep_routes(torch.tensor(routes, dtype=torch.long, device=self.lora_A.device))
         self.lora_A = _sliced(self.lora_A, rows, dim=0)
         self.lora_B = _sliced(self.lora_B, rows, dim=1)
-        if self.router_hint is not None:
-            self.router_hint = _sliced(self.router_hint, experts, dim=1)
         self.num_experts = len(keep)
         self.top_k = min(self.top_k, self.num_routes)
 
