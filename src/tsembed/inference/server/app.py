@@ -36,6 +36,7 @@ from tsembed.inference.server.connections import install_loop_log_limit
 from tsembed.inference.server.cost import TokenCounter, max_tokens
 from tsembed.inference.server.errors import APIError, error_body, install_error_handlers, validation_message
 from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
+from tsembed.inference.server.memory import IdleTrim
 from tsembed.inference.server.metrics import Metrics
 from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
 from tsembed.inference.server.settings import ServerSettings
@@ -59,10 +60,11 @@ class _BodyTimeout(Exception):
 
 
 class GuardMiddleware:
-    """Auth, the request-size limit, the slow-body timeout and request metrics, before any body is parsed."""
+    """Auth, the request-size limit, the slow-body timeout and request metrics, before any body is parsed; it
+    also tells ``IdleTrim`` when requests start and end, so freed memory goes back once the server is idle."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics, trim: IdleTrim) -> None:
+        self.app, self.settings, self.metrics, self.trim = app, settings, metrics, trim
 
     @staticmethod
     async def _reply(scope: Scope, send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
@@ -82,6 +84,7 @@ class GuardMiddleware:
                 state["status"], state["started"] = message["status"], True
             await send(message)
 
+        self.trim.started(allocates=scope.get("method") not in ("GET", "HEAD"))
         try:
             rejection = self._check(scope)
             if rejection is not None:
@@ -97,6 +100,7 @@ class GuardMiddleware:
                     str(exc), "invalid_request_error", None, "request_timeout"), {"Connection": "close"})
         finally:
             self.metrics.record_request(label, int(state["status"]), time.perf_counter() - start)
+            self.trim.finished()
 
     def _too_large(self) -> tuple[int, dict[str, Any], dict[str, str]]:
         limit = self.settings.max_request_bytes
@@ -380,6 +384,8 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     batcher = MicroBatcher(model, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.batching,
                            settings.max_queue_inputs, metrics, settings.max_batch_tokens, settings.saturation_s)
     pixel_budget = PixelBudget(settings.max_inflight_pixels)
+    trim = IdleTrim(settings.release_memory_s)
+    metrics.memory_releases = lambda: trim.releases
     count_tokens = TokenCounter(model)
     configure_vision_cache(model, settings)
     created = int(time.time())
@@ -392,13 +398,14 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         install_loop_log_limit(asyncio.get_running_loop())  # before the first accept can fail
         yield
+        trim.close()
         await batcher.aclose()
 
     app = FastAPI(title="tsembed", version="1", lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
-    app.state.pixel_budget = pixel_budget
+    app.state.pixel_budget, app.state.trim = pixel_budget, trim
     install_error_handlers(app)
-    app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics)
+    app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics, trim=trim)
 
     schema = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": EmbeddingRequest.model_json_schema()}}}}
