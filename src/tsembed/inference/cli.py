@@ -213,7 +213,8 @@ def serve_command(
     log_level: str = typer.Option("info", "--log-level"),
     backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
-    """Serve the model with an OpenAI-compatible POST /v1/embeddings (plus /health, /ready, /metrics, /v1/models).
+    """Serve the model with an OpenAI-compatible POST /v1/embeddings and TEI's POST /embed (plus /health, /ready,
+    /metrics, /v1/models).
 
     Set TSEMBED_API_KEY in the environment to require a key; serving beyond loopback without one logs a warning.
     """
