@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 import math
 from collections.abc import Callable
@@ -24,9 +23,8 @@ logger = logging.getLogger(__name__)
 @cache
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None on a C library without it (musl, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim  # CDLL releases the GIL for the call
+    try:  # the symbols already loaded (find_library would run ldconfig: a subprocess, descriptors)
+        trim = ctypes.CDLL(None).malloc_trim  # CDLL releases the GIL for the call
     except (OSError, AttributeError, TypeError):
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
