@@ -202,7 +202,7 @@ docs = encoder.encode_document(["apple.png", "a yellow banana"])
 print(encoder.similarity(queries, docs))
 ```
 
-Serve it with an OpenAI-compatible `/v1/embeddings`: `tsembed serve --model path/to/this/dir`."""
+Serve it with an OpenAI-compatible `/v1/embeddings` (and TEI's `/embed`): `tsembed serve --model path/to/this/dir`."""
 
 
 # ----- the card -------------------------------------------------------------------------------------

@@ -206,12 +206,15 @@ def serve_command(
                                           "cache size (0: off)."),
     vision_disk_cache: bool = typer.Option(False, "--vision-disk-cache", help="Also keep vision features on "
                                            "disk (off: the server writes no client data to disk)."),
+    release_memory_s: float = typer.Option(1.0, "--release-memory-s", min=0.0, help="Once idle, hand freed "
+                                           "memory back to the OS at most once per this many seconds (0: never)."),
     device: str = _DEVICE,
     num_threads: int | None = typer.Option(None, "--num-threads", min=1, help="torch CPU threads [default: torch's]."),
     log_level: str = typer.Option("info", "--log-level"),
     backbone_path: str | None = BACKBONE_PATH,
 ) -> None:
-    """Serve the model with an OpenAI-compatible POST /v1/embeddings (plus /health, /ready, /metrics, /v1/models).
+    """Serve the model with an OpenAI-compatible POST /v1/embeddings and TEI's POST /embed (plus /health, /ready,
+    /metrics, /v1/models).
 
     Set TSEMBED_API_KEY in the environment to require a key; serving beyond loopback without one logs a warning.
     """
@@ -231,7 +234,7 @@ def serve_command(
         read_timeout_total_s=read_timeout_total, header_timeout_s=header_timeout, max_connections=max_connections,
         max_request_tokens=max_request_tokens, max_batch_tokens=max_batch_tokens, saturation_s=saturation_s,
         public_docs_and_metrics=public_docs_and_metrics, vision_cache_mb=vision_cache_mb,
-        vision_disk_cache=vision_disk_cache,
+        vision_disk_cache=vision_disk_cache, release_memory_s=release_memory_s,
     )
     app = create_app(load_model(model, device=_device(device), backbone_path=backbone_path), settings)
     serve(app, host=host, port=port, log_level=log_level)

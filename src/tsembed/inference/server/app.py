@@ -1,4 +1,5 @@
-"""The FastAPI app: OpenAI-compatible ``/v1/embeddings`` plus ``/v1/models``, ``/health``, ``/info``, ``/metrics``.
+"""The FastAPI app: OpenAI-compatible ``/v1/embeddings``, TEI-compatible ``/embed``, plus ``/v1/models``,
+``/health``, ``/ready``, ``/info``, ``/metrics``.
 
 ``create_app(model, settings)`` builds it around an already loaded model, so tests run it in-process
 and ``tsembed serve`` hands it to uvicorn.
@@ -14,7 +15,8 @@ import logging
 import re
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from PIL import Image
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
@@ -34,18 +36,27 @@ from tsembed.inference.server.admission import RETRY_AFTER_S, PixelBudget, reque
 from tsembed.inference.server.batcher import MicroBatcher
 from tsembed.inference.server.connections import install_loop_log_limit
 from tsembed.inference.server.cost import TokenCounter, max_tokens
-from tsembed.inference.server.errors import APIError, error_body, install_error_handlers, validation_message
+from tsembed.inference.server.errors import (
+    APIError,
+    error_body,
+    install_error_handlers,
+    shaped,
+    validation_message,
+)
 from tsembed.inference.server.images import decode_images, image_pixels, open_data_url
+from tsembed.inference.server.memory import IdleTrim
 from tsembed.inference.server.metrics import Metrics
-from tsembed.inference.server.schemas import EmbeddingRequest, InputItem
+from tsembed.inference.server.schemas import EmbeddingRequest, InputItem, TEIEmbedRequest
 from tsembed.inference.server.settings import ServerSettings
+from tsembed.inference.server.tei import as_embedding_request, tei_vectors
 from tsembed.inference.vectors import nonfinite_rows
 from tsembed.inputs import EmbedInput
 from tsembed.model import check_task
 
 logger = logging.getLogger(__name__)
 
-KNOWN_PATHS = ("/v1/embeddings", "/v1/models", "/health", "/ready", "/info", "/metrics")
+KNOWN_PATHS = ("/v1/embeddings", "/embed", "/v1/models", "/health", "/ready", "/info", "/metrics")
+API_PATHS = ("/embed",)  # besides /v1/*: need the key like them
 DOCS_AND_METRICS = ("/info", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 TRUNCATED_HEADER = "X-Truncated-Inputs"
 
@@ -59,14 +70,15 @@ class _BodyTimeout(Exception):
 
 
 class GuardMiddleware:
-    """Auth, the request-size limit, the slow-body timeout and request metrics, before any body is parsed."""
+    """Auth, the request-size limit, the slow-body timeout and request metrics, before any body is parsed; it
+    also tells ``IdleTrim`` when requests start and end, so freed memory goes back once the server is idle."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics, trim: IdleTrim) -> None:
+        self.app, self.settings, self.metrics, self.trim = app, settings, metrics, trim
 
     @staticmethod
     async def _reply(scope: Scope, send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
-        await JSONResponse(body, status, headers=headers)(scope, _no_receive, send)
+        await JSONResponse(shaped(scope["path"], status, body), status, headers=headers)(scope, _no_receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,6 +94,7 @@ class GuardMiddleware:
                 state["status"], state["started"] = message["status"], True
             await send(message)
 
+        self.trim.started(allocates=scope.get("method") not in ("GET", "HEAD"))
         try:
             rejection = self._check(scope)
             if rejection is not None:
@@ -97,6 +110,7 @@ class GuardMiddleware:
                     str(exc), "invalid_request_error", None, "request_timeout"), {"Connection": "close"})
         finally:
             self.metrics.record_request(label, int(state["status"]), time.perf_counter() - start)
+            self.trim.finished()
 
     def _too_large(self) -> tuple[int, dict[str, Any], dict[str, str]]:
         limit = self.settings.max_request_bytes
@@ -117,9 +131,11 @@ class GuardMiddleware:
         return None
 
     def _guarded(self, path: str) -> bool:
-        """Paths that need the key: the API, and unless made public, ``/info`` (the model's configuration and the
-        server's limits), metrics and the API docs. ``/health`` and ``/ready`` never do (load balancers)."""
-        return path.startswith("/v1/") or (not self.settings.public_docs_and_metrics and path in DOCS_AND_METRICS)
+        """Paths that need the key: the API (``/v1/*``, ``/embed``), and unless made public, ``/info`` (the model's
+        configuration and the server's limits), metrics and the API docs. ``/health`` and ``/ready`` never do (load
+        balancers)."""
+        return (path.startswith("/v1/") or path in API_PATHS
+                or (not self.settings.public_docs_and_metrics and path in DOCS_AND_METRICS))
 
     def _limited(self, receive: Receive) -> Receive:
         """``receive`` that counts body bytes and bounds how long each body chunk may take to arrive
@@ -157,8 +173,12 @@ async def _no_receive() -> Message:  # pragma: no cover - never called for a pla
     return {"type": "http.disconnect"}
 
 
-async def parse_request(raw: Request, max_inputs: int = 256) -> EmbeddingRequest:
-    """JSON body → ``EmbeddingRequest`` whatever the Content-Type (``curl -d`` sends form encoding).
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def parse_request(raw: Request, max_inputs: int = 256, schema: type[Body] = EmbeddingRequest) -> Body:  # type: ignore[assignment]
+    """JSON body → ``schema`` (``EmbeddingRequest``, or ``TEIEmbedRequest``) whatever the Content-Type
+    (``curl -d`` sends form encoding).
 
     Parsing, validation and the validation message run in a worker thread: a body of thousands of bad items
     costs that thread milliseconds, never the event loop (``/health`` and every other request) its time. A body
@@ -166,7 +186,7 @@ async def parse_request(raw: Request, max_inputs: int = 256) -> EmbeddingRequest
     ``count_json_values``): parsing holds the GIL, so millions of tiny values would stall the loop anyway.
     """
     body = await raw.body()
-    return await asyncio.to_thread(_parse_body, body, max_inputs)
+    return await asyncio.to_thread(_parse_body, body, max_inputs, schema)
 
 
 # a string (possessive, and one left open runs to the end: every match consumes what it scans, so the scan is
@@ -200,7 +220,7 @@ def count_json_values(body: bytes, cap: int) -> int:
     return structural
 
 
-def _parse_body(body: bytes, max_inputs: int = 256) -> EmbeddingRequest:
+def _parse_body(body: bytes, max_inputs: int = 256, schema: type[Body] = EmbeddingRequest) -> Body:  # type: ignore[assignment]
     cap = json_value_cap(max_inputs)
     if count_json_values(body, cap) > cap:
         raise APIError(400, f"the request body holds more than {cap} JSON values; a request may hold at most "
@@ -215,7 +235,7 @@ def _parse_body(body: bytes, max_inputs: int = 256) -> EmbeddingRequest:
         raise APIError(400, "request body holds a number with too many digits", code="invalid_json") from None
     _reject_lone_surrogates(data)
     try:
-        return EmbeddingRequest.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         errors = RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
         message, param = validation_message(errors)  # here, in the worker thread, not in the loop's handler
@@ -315,6 +335,19 @@ def _model_not_found(name: str, served: str) -> APIError:
                     code="model_not_found")
 
 
+@dataclass
+class Embedded:
+    """A request's answer before it is written in a route's shape: vectors [n, D] float32 as the model made them,
+    tokens per input, and the inputs cut at the model's token limit."""
+
+    vectors: np.ndarray
+    token_counts: list[int]
+    cut: list[int]
+
+    def headers(self) -> dict[str, str] | None:
+        return {TRUNCATED_HEADER: ",".join(map(str, self.cut))} if self.cut else None
+
+
 def _encode_vectors(vectors: np.ndarray, dimensions: int | None, fmt: str) -> list[Any]:
     if dimensions is not None:
         vectors = vectors[:, :dimensions]
@@ -380,6 +413,8 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     batcher = MicroBatcher(model, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.batching,
                            settings.max_queue_inputs, metrics, settings.max_batch_tokens, settings.saturation_s)
     pixel_budget = PixelBudget(settings.max_inflight_pixels)
+    trim = IdleTrim(settings.release_memory_s)
+    metrics.memory_releases = lambda: trim.releases
     count_tokens = TokenCounter(model)
     configure_vision_cache(model, settings)
     created = int(time.time())
@@ -392,23 +427,26 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         install_loop_log_limit(asyncio.get_running_loop())  # before the first accept can fail
         yield
+        trim.close()
         await batcher.aclose()
 
     app = FastAPI(title="tsembed", version="1", lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
-    app.state.pixel_budget = pixel_budget
+    app.state.pixel_budget, app.state.trim = pixel_budget, trim
     install_error_handlers(app)
-    app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics)
+    app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics, trim=trim)
 
     schema = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": EmbeddingRequest.model_json_schema()}}}}
 
-    @app.post("/v1/embeddings", openapi_extra=schema)
-    async def embeddings(raw: Request) -> JSONResponse:
+    def check_healthy() -> None:
         if unhealthy:
             raise APIError(503, f"the model failed its self-check at start ({unhealthy}); see /health",
                            type="server_error", code="model_unhealthy", headers={"Retry-After": RETRY_AFTER_S})
-        request = await parse_request(raw, settings.max_inputs_per_request)
+
+    async def embed(request: EmbeddingRequest) -> Embedded:
+        """The one request path of every embedding route: limits and costs (off the loop), the queue check, the
+        pixel budget, decoding, the batcher's turns, then the checks of what came back."""
         if request.model is not None and request.model != settings.model_name:
             raise _model_not_found(request.model, settings.model_name)
         if request.dimensions is not None and request.dimensions > info["dimensions"]:
@@ -431,15 +469,33 @@ def create_app(model: nn.Module, settings: ServerSettings | None = None) -> Fast
             raise APIError(400, f"{len(cut)} input(s) {cut[:10]} reach the model's limit of {info['max_tokens']} "
                            "tokens and would be cut; shorten them or send truncate: true", param=where,
                            code="input_too_long")
-        vectors = _encode_vectors(result.embeddings, request.dimensions, request.encoding_format)
-        tokens = int(sum(result.token_counts))
+        return Embedded(result.embeddings, result.token_counts, cut)
+
+    @app.post("/v1/embeddings", openapi_extra=schema)
+    async def embeddings(raw: Request) -> JSONResponse:
+        check_healthy()
+        request = await parse_request(raw, settings.max_inputs_per_request)
+        done = await embed(request)
+        vectors = _encode_vectors(done.vectors, request.dimensions, request.encoding_format)
+        tokens = int(sum(done.token_counts))
         return JSONResponse({
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
             "model": settings.model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "truncated": len(cut),
-        }, headers={TRUNCATED_HEADER: ",".join(map(str, cut))} if cut else None)
+            "truncated": len(done.cut),
+        }, headers=done.headers())
+
+    tei_schema = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": TEIEmbedRequest.model_json_schema()}}}}
+
+    @app.post("/embed", openapi_extra=tei_schema)
+    async def tei_embed(raw: Request) -> JSONResponse:
+        """text-embeddings-inference's route (see ``tei``): a bare list of vectors, TEI-shaped errors."""
+        check_healthy()
+        tei = await parse_request(raw, settings.max_inputs_per_request, TEIEmbedRequest)
+        done = await embed(as_embedding_request(tei))
+        return JSONResponse(tei_vectors(done.vectors, tei.normalize), headers=done.headers())
 
     card = {"id": settings.model_name, "object": "model", "created": created, "owned_by": "tsembed",
             "dimensions": info["dimensions"], "num_experts": info["num_experts"]}

@@ -1,4 +1,9 @@
-"""OpenAI-style JSON errors: every failure answers ``{"error": {"message", "type", "param", "code"}}``."""
+"""JSON errors: every failure answers ``{"error": {"message", "type", "param", "code"}}`` (OpenAI's shape), or on
+TEI's route ``/embed`` ``{"error": message, "error_type": ...}`` (text-embeddings-inference's shape).
+
+Errors are raised and built in one shape; ``shaped`` turns a body into the shape of the route it answers, so
+every refusal (auth, size, deadlines, validation, admission, the model) reaches a TEI client as TEI's shape.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +35,37 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status, headers=exc.headers)
+TEI_PATHS = frozenset({"/embed"})
+
+
+def tei_error_type(status: int, code: str | None) -> str:
+    """TEI's ``error_type`` for one of our errors: its names (``ErrorType`` in TEI's OpenAPI schema); the status
+    code stays ours (TEI answers every validation error 413, here a bad field is still a 400)."""
+    if code == "model_unhealthy":
+        return "Unhealthy"
+    if status in (429, 503):
+        return "Overloaded"
+    if status >= 500:
+        return "Backend"
+    if code == "empty_input":
+        return "Empty"
+    return "Validation"
+
+
+def shaped(path: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (OpenAI's shape) as the route at ``path`` answers errors."""
+    if path not in TEI_PATHS:
+        return body
+    error = body.get("error") or {}
+    return {"error": error.get("message", ""), "error_type": tei_error_type(status, error.get("code"))}
+
+
+def error_json(path: str, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(shaped(path, status, body), status, headers=headers)
+
+
+def error_response(exc: APIError, path: str = "") -> JSONResponse:
+    return error_json(path, exc.status, error_body(exc.message, exc.type, exc.param, exc.code), exc.headers)
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -87,19 +121,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc)
-        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_request"), 400)
+        return error_json(request.url.path, 400, error_body(message, "invalid_request_error", param, "invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else None
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None, code), exc.status_code)
+        return error_json(request.url.path, exc.status_code,
+                          error_body(str(exc.detail), "invalid_request_error", None, code))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body(f"internal error ({type(exc).__name__})", "server_error"), 500)
+        return error_json(request.url.path, 500, error_body(f"internal error ({type(exc).__name__})", "server_error"))

@@ -50,6 +50,7 @@ class Metrics:
         self.batch = Histogram("tsembed_batch_size", "Inputs per model forward pass.", BATCH_BUCKETS)
         self.forward = Histogram("tsembed_forward_duration_seconds", "Model forward (batch) time.", LATENCY_BUCKETS)
         self.queue_depth: Callable[[], int] = lambda: 0
+        self.memory_releases: Callable[[], int] = lambda: 0
 
     def record_request(self, path: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -75,5 +76,8 @@ class Metrics:
                       f"tsembed_inputs_total {self.inputs_total}"]
             lines += ["# HELP tsembed_queue_inputs Inputs waiting for the model.", "# TYPE tsembed_queue_inputs gauge",
                       f"tsembed_queue_inputs {self.queue_depth()}"]
+            lines += ["# HELP tsembed_memory_releases_total Free memory handed back to the OS after load.",
+                      "# TYPE tsembed_memory_releases_total counter",
+                      f"tsembed_memory_releases_total {self.memory_releases()}"]
             lines += self.latency.render() + self.batch.render() + self.forward.render()
         return "\n".join(lines) + "\n"

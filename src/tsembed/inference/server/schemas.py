@@ -1,4 +1,5 @@
-"""Request bodies of ``POST /v1/embeddings``: OpenAI's fields plus a documented multimodal extension.
+"""Request bodies of ``POST /v1/embeddings`` (OpenAI's fields plus a documented multimodal extension) and of
+``POST /embed`` (text-embeddings-inference's fields; ``tei.as_embedding_request`` turns it into the former).
 
 ``input`` is a string, a list of strings, or a list whose items are strings or objects
 ``{"text": ..., "image": "data:image/png;base64,..."}`` (either or both). Extra fields:
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 
 class InputItem(BaseModel):
@@ -37,6 +38,15 @@ def _is_int_list(value: Any) -> bool:
     return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
+def _texts_not_token_ids(value: Any, field: str, instead: str) -> Any:
+    """Both APIs also take token ids; this server tokenizes itself (its cost limits count its own tokens)."""
+    if _is_int_list(value) or (isinstance(value, list) and value and all(_is_int_list(v) for v in value)):
+        raise ValueError(f"token-id arrays are not supported; {instead}")
+    if isinstance(value, list) and not value:
+        raise ValueError(f"{field} must not be an empty list")
+    return value
+
+
 class EmbeddingRequest(BaseModel):
     """OpenAI ``/v1/embeddings`` request (``model``: the served model's id, or left out)."""
 
@@ -55,11 +65,7 @@ class EmbeddingRequest(BaseModel):
     @field_validator("input", mode="before")
     @classmethod
     def _no_token_arrays(cls, value: Any) -> Any:
-        if _is_int_list(value) or (isinstance(value, list) and value and all(_is_int_list(v) for v in value)):
-            raise ValueError("token-id arrays are not supported; send text (strings) or input objects")
-        if isinstance(value, list) and not value:
-            raise ValueError("input must not be an empty list")
-        return value
+        return _texts_not_token_ids(value, "input", "send text (strings) or input objects")
 
     @model_validator(mode="after")
     def _one_instruction_source(self) -> EmbeddingRequest:
@@ -69,3 +75,28 @@ class EmbeddingRequest(BaseModel):
 
     def items(self) -> list[str | InputItem]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class TEIEmbedRequest(BaseModel):
+    """text-embeddings-inference's ``POST /embed`` body: text only (images go to ``/v1/embeddings``).
+
+    ``truncate`` defaults to false, as in TEI (a text past the token limit is refused); ``prompt_name`` names one
+    of the model's instructions (``query`` / ``document``, what TEI reads from sentence-transformers' prompts);
+    ``truncation_direction`` may only be ``right`` (the backbones cut the end). Unknown fields are refused
+    rather than ignored, so a misspelt option is an error, not a silent default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str | list[str]
+    normalize: StrictBool = True
+    truncate: StrictBool | None = None
+    truncation_direction: Literal["right", "Right", "left", "Left"] = "right"
+    prompt_name: str | None = None
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _no_token_arrays(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            return value  # TEI's own error for it is "Empty" (tei.as_embedding_request)
+        return _texts_not_token_ids(value, "inputs", "send text (strings)")
