@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from tsembed.cli_options import BACKBONE_PATH, DERIVE
-from tsembed.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -156,35 +155,7 @@ def register(app: typer.Typer) -> None:
 
         On a conflict suite (build-suite --kind conflict) it also reports the cosine of each condition pair.
         """
-        import json
+        from tsembed.experiments.conflict import run_task_conflict
 
-        import torch
-
-        from tsembed.data.suite import load_suite
-        from tsembed.experiments.conflict import measure_conflict
-        from tsembed.fileio import atomic_write
-        from tsembed.model import TSEmbedModel
-        from tsembed.training.config import default_config_path, load_train_config
-        from tsembed.training.data import TrainingData
-        from tsembed.training.trainer import build_model, resolve_sources
-
-        if backbone_path is not None and model is None:
-            raise ConfigError("--backbone-path overrides the backbone of --model; for the config's own model set "
-                              "model.backbone's path with --set")
-        cfg = load_train_config(config or default_config_path(), overrides)
-        torch.manual_seed(cfg.run.seed)
-        net = TSEmbedModel.from_pretrained(model, backbone_path=backbone_path) if model else build_model(cfg)
-        data = TrainingData(resolve_sources(cfg), skip_invalid=cfg.data.skip_invalid)
-        groups, pairs = {}, {}
-        if not cfg.data.train_files:
-            suite = load_suite(cfg.data.suite)
-            groups = {name: suite.info(name).meta_task for name in suite.names()}
-            pairs = {name: tuple(sets) for name, sets in suite.manifest.get("pairs", {}).items()}
-        report = measure_conflict(net, data, groups, cfg.loss, batches, cfg.data.batch_size, seed=cfg.run.seed,
-                                  pairs=pairs)
-        text = report.markdown()
-        if out:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write(out / "conflict.json", lambda p: p.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
-            atomic_write(out / "conflict.md", lambda p: p.write_text(text))
+        text = run_task_conflict(config, overrides, model, batches, out, backbone_path).markdown()
         typer.echo(text)

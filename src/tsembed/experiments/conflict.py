@@ -14,11 +14,13 @@ import dataclasses
 import itertools
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from tsembed.encoding import eval_mode
+from tsembed.errors import ConfigError
 from tsembed.model import TSEmbedModel
 from tsembed.training.data import TrainingData
 from tsembed.training.eans import EANSConfig
@@ -153,3 +155,37 @@ def measure_conflict(model: TSEmbedModel, data: TrainingData, groups: dict[str, 
     return ConflictReport(names, {n: groups.get(n, n) for n in names}, cosine_matrix(means),
                           {n: float(g.norm()) for n, g in means.items()}, batches, batch_size,
                           {n: split_half_cosine(g) for n, g in per_batch.items()}, dict(pairs or {}))
+
+
+def run_task_conflict(config: Path | None, overrides: list[str], model_dir: Path | None, batches: int,
+                      out: Path | None, backbone_path: str | None = None) -> Any:
+    """``tsembed task-conflict``: build the model (a trained one, or the config's at initialisation) and the
+    training data, measure, and write conflict.json / conflict.md into ``out`` (atomically) when given."""
+    import json
+
+    from tsembed.data.suite import load_suite
+    from tsembed.fileio import atomic_write
+    from tsembed.training.config import default_config_path, load_train_config
+    from tsembed.training.trainer import build_model, resolve_sources
+
+    if backbone_path is not None and model_dir is None:
+        raise ConfigError("--backbone-path overrides the backbone of --model; for the config's own model set "
+                          "model.backbone's path with --set")
+    cfg = load_train_config(config or default_config_path(), overrides)
+    torch.manual_seed(cfg.run.seed)
+    net = TSEmbedModel.from_pretrained(model_dir, backbone_path=backbone_path) if model_dir else build_model(cfg)
+    data = TrainingData(resolve_sources(cfg), skip_invalid=cfg.data.skip_invalid)
+    groups, pairs = {}, {}
+    if not cfg.data.train_files:
+        suite = load_suite(cfg.data.suite)
+        groups = {name: suite.info(name).meta_task for name in suite.names()}
+        pairs = {name: tuple(sets) for name, sets in suite.manifest.get("pairs", {}).items()}
+    report = measure_conflict(net, data, groups, cfg.loss, batches, cfg.data.batch_size, seed=cfg.run.seed,
+                              pairs=pairs)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        atomic_write(out / "conflict.json", lambda p: p.write_text(text))
+        atomic_write(out / "conflict.md", lambda p: p.write_text(report.markdown()))
+    return report
+
