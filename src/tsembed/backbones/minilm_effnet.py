@@ -394,6 +394,7 @@ class MiniLMEfficientNetBackbone(Backbone):
 
     # --- forward --------------------------------------------------------------------------------
 
+    @torch.compiler.disable  # cache look-ups and the frozen CNN stay eager under run.compile
     def encode_images(
         self,
         image_features: torch.Tensor,
