@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -127,7 +126,7 @@ class BatchPlan:
 
     An epoch's length does not depend on its shuffle, so it is known in closed form (``batches_per_epoch``):
     finding a step's epoch is arithmetic, and only that epoch's plan is built, once per process (the last
-    ``KEEP_EPOCHS`` are kept). A resumed run, or a DataLoader worker, never builds the epochs before it.
+    ``KEEP_EPOCHS`` built are kept). A resumed run, or a DataLoader worker, never builds the epochs before it.
     """
 
     #: Plans kept in memory: the current epoch and the one a prefetching worker may already be in.
@@ -141,7 +140,7 @@ class BatchPlan:
         self.data, self.batch_size, self.homogeneous = data, batch_size, homogeneous
         self.weights = {s.name: float(weights.get(s.name, s.weight)) for s in data.sources}
         self.seed, self.world_size, self.rank = seed, world_size, rank
-        self._cache: OrderedDict[int, list[list[int]]] = OrderedDict()
+        self._cache: dict[int, list[list[int]]] = {}
         self.batches_per_epoch = self._batches_per_epoch()
 
     def _count(self, d: int) -> int:
@@ -193,18 +192,18 @@ class BatchPlan:
 
     def epoch(self, epoch: int) -> list[list[int]]:
         """This rank's batches of ``epoch`` (every rank gets the same number), built once and kept."""
-        self._check_nonempty()
-        if epoch in self._cache:
-            self._cache.move_to_end(epoch)
-        else:
-            self._cache[epoch] = self._build(epoch)
-            while len(self._cache) > self.KEEP_EPOCHS:
-                self._cache.popitem(last=False)
-        return self._cache[epoch]
+        plan = self._cache.get(epoch)
+        if plan is None:
+            self._check_nonempty()
+            plan = self._cache[epoch] = self._build(epoch)
+            while len(self._cache) > self.KEEP_EPOCHS:  # the oldest built goes first
+                del self._cache[next(iter(self._cache))]
+        return plan
 
     def batch_at(self, step: int) -> tuple[int, list[int]]:
         """(epoch, row indices) of global step ``step``."""
-        self._check_nonempty()
+        if not self.batches_per_epoch:
+            self._check_nonempty()
         epoch, position = divmod(step, self.batches_per_epoch)
         return epoch, self.epoch(epoch)[position]
 
