@@ -1,5 +1,6 @@
 """The default early-fusion backbone, on a tiny BERT text side (real frozen EfficientNet-Lite0)."""
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -243,3 +244,52 @@ def test_frozen_projector_stays_frozen_and_is_still_saved(tiny_default_backbone)
     assert names and all(".lora_" in n or ".router." in n for n in names)
     assert set(b.trainable_state_dict()) == {f"projector.{k}" for k in b.projector.state_dict()}  # saved anyway
     assert build_backbone(b.config()).config()["train_projector"] is False
+
+
+def test_gradcache_runs_the_frozen_cnn_once_per_image_even_past_the_memory_lru(tiny_bert_dir,
+                                                                               backbone_test_images) -> None:
+    """GradCache's second pass reuses the first pass's CNN features (issue 23 §7) when a step holds more images
+    than the memory LRU (2 entries here, 8 images): the CNN runs once per image chunk, not twice, and the loss,
+    signatures and gradients are exactly those of the path that reran it (and equal the full batch's)."""
+    from unittest import mock
+
+    from tsembed.model import ModelConfig, TSEmbedModel
+    from tsembed.moe import MoELoRALinear
+    from tsembed.training.eans import EANSConfig
+    from tsembed.training.objective import ContrastiveObjective, LossConfig
+    from tsembed.training.step import ContrastiveBatch, contrastive_step
+
+    torch.manual_seed(0)
+    backbone = build_tiny_minilm_effnet(tiny_bert_dir, memory_cache_items=2)
+    moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=2, rank=2)
+    base = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe)).train()
+    for layer in base.modules():
+        if isinstance(layer, MoELoRALinear):
+            torch.nn.init.normal_(layer.lora_B, std=0.05)
+    queries = [EmbedInput(f"what is <|image_1|> {w}", backbone_test_images[i])
+               for i, w in enumerate(("here", "there", "now", "then"))]
+    targets = [EmbedInput(f"<|image_1|> {w}", backbone_test_images[4 + i])
+               for i, w in enumerate(("smile", "heart", "star", "tree"))]
+    batch = ContrastiveBatch(queries, targets, torch.arange(4), torch.arange(4), torch.full((4,), -1))
+    results = {}
+    for label, chunk, reuse in (("full", None, True), ("rerun", 2, False), ("reuse", 2, True)):
+        model = copy.deepcopy(base)
+        model.backbone.cache.clear_memory()
+        calls = [0]
+        model.backbone.vision.register_forward_hook(lambda *_, c=calls: c.__setitem__(0, c[0] + 1))
+        objective = ContrastiveObjective(LossConfig(tau=0.1, load_balance_weight=0.1), EANSConfig(mode="off"))
+        with mock.patch.object(MiniLMEfficientNetBackbone, "reuse_vision", None) if not reuse else \
+                contextlib.nullcontext():
+            out = contrastive_step(model, objective, batch, eans_active=False, chunk_size=chunk)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[label] = (out, grads, calls[0])
+        assert model.backbone._step_features is None  # nothing kept after the step
+    assert [results[k][2] for k in ("full", "rerun", "reuse")] == [2, 8, 4]
+    (full, g_full, _), (rerun, g_rerun, _), (reuse, g_reuse, _) = results.values()
+    assert reuse.loss == rerun.loss and reuse.load_balance == rerun.load_balance
+    torch.testing.assert_close(reuse.query_signatures, rerun.query_signatures, rtol=0, atol=0)
+    assert set(g_reuse) == set(g_rerun) == set(g_full) and any("projector" in n for n in g_reuse)
+    for name, value in g_rerun.items():
+        torch.testing.assert_close(g_reuse[name], value, rtol=1e-6, atol=1e-8, msg=name)
+        torch.testing.assert_close(g_reuse[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert reuse.loss == pytest.approx(full.loss, rel=1e-5)

@@ -8,15 +8,17 @@ as a modality marker. Pooling: masked mean, as all-MiniLM-L6-v2 was trained.
 
 Vision features are cached by image content (``VisionFeatureCache``): ``prepare`` looks images up and
 only decodes the misses; ``forward`` runs the CNN on the misses and stores their features, so the
-vision tower runs on whatever device the model is on.
+vision tower runs on whatever device the model is on. Within ``reuse_vision`` (a GradCache step) the features
+the CNN computed are also kept on the device until the step ends, so its second pass never reruns the CNN.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,8 @@ class MiniLMEfficientNetBackbone(Backbone):
     image_token = "[unused0]"
     trainable_modules = ("projector",)
     reference_options = ("text_model", "vision_weights")
+    #: Features the CNN computed during this ``reuse_vision`` block, by image digest (None outside one).
+    _step_features: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def packaged_references(cls) -> dict[str, Path]:
@@ -390,6 +394,7 @@ class MiniLMEfficientNetBackbone(Backbone):
 
     # --- forward --------------------------------------------------------------------------------
 
+    @torch.compiler.disable  # cache look-ups and the frozen CNN stay eager under run.compile
     def encode_images(
         self,
         image_features: torch.Tensor,
@@ -403,8 +408,11 @@ class MiniLMEfficientNetBackbone(Backbone):
         if not missing:
             return features
         keys = [bytes(image_digest[i].tolist()).hex() for i in missing]
-        remembered = [self.cache.get_memory(k) for k in keys]  # e.g. GradCache's second pass
-        if all(r is not None for r in remembered):
+        step = self._step_features
+        remembered = [step.get(k) for k in keys] if step is not None else [None]  # this step's, on the device
+        if any(r is None for r in remembered):
+            remembered = [self.cache.get_memory(k) for k in keys]  # else the LRU's (CPU copies)
+        if all(r is not None for r in remembered):  # e.g. GradCache's second pass
             fresh = torch.stack(remembered).to(features)  # type: ignore[arg-type]
         else:
             if pixel_values.shape[0] != len(missing):
@@ -413,8 +421,26 @@ class MiniLMEfficientNetBackbone(Backbone):
                 fresh = grid_tokens(self.vision(pixel_values.to(self.device)), self.grid).to(features.dtype)
             for key, row in zip(keys, fresh, strict=True):
                 self.cache.put(key, row)
+                if step is not None:
+                    step[key] = row
         features[missing] = fresh.to(features.device)
         return features
+
+    @contextlib.contextmanager
+    def reuse_vision(self) -> Iterator[None]:
+        """Within it, the CNN runs at most once per image: GradCache's second pass re-embeds each chunk with a
+        graph, but the frozen tower's output is the same. The memory LRU alone misses there once a step holds more
+        images than ``memory_cache_items`` (its least recent entries are the first chunks' images) and hands back
+        CPU copies; the features kept here stay on the device until the block ends (one step's images).
+        A no-op when any vision weight trains."""
+        if any(p.requires_grad for p in self.vision.parameters()):
+            yield
+            return
+        self._step_features = {}
+        try:
+            yield
+        finally:
+            self._step_features = None
 
     def forward(  # type: ignore[override]
         self,

@@ -251,15 +251,7 @@ class Qwen2VLBackbone(Backbone):
     ) -> BackboneOutput:
         # image pads are already in the sequence; everything else is text (moe.router_input="text")
         set_routing_mask(self, attention_mask, text_mask=mm_token_type_ids == 0)
-        encoded = None
-        cache = getattr(self, "_vision_cache", None)
-        if cache is not None and pixel_values is not None:
-            hit = cache.get(id(pixel_values))
-            if hit is None or hit[0] is not pixel_values:
-                with torch.no_grad():  # the tower is frozen: no gradient reaches or leaves it
-                    hit = cache[id(pixel_values)] = (
-                        pixel_values, self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True))
-            encoded, pixel_values = {"image": hit[1]}, None
+        encoded, pixel_values = self._kept_vision(pixel_values, image_grid_thw)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -270,6 +262,21 @@ class Qwen2VLBackbone(Backbone):
             use_cache=False,
         )
         return BackboneOutput(hidden_states=out.last_hidden_state, attention_mask=attention_mask)
+
+    @torch.compiler.disable  # the step's feature store stays eager under run.compile
+    def _kept_vision(self, pixel_values: torch.Tensor | None,
+                     image_grid_thw: torch.Tensor | None) -> tuple[dict | None, torch.Tensor | None]:
+        """Inside ``reuse_vision``: (the image features, None), computed on the first sight of ``pixel_values``;
+        else (None, ``pixel_values``) for the model's own tower."""
+        cache = getattr(self, "_vision_cache", None)
+        if cache is None or pixel_values is None:
+            return None, pixel_values
+        hit = cache.get(id(pixel_values))
+        if hit is None or hit[0] is not pixel_values:
+            with torch.no_grad():  # the tower is frozen: no gradient reaches or leaves it
+                hit = cache[id(pixel_values)] = (
+                    pixel_values, self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True))
+        return {"image": hit[1]}, None
 
     @contextlib.contextmanager
     def reuse_vision(self) -> Iterator[None]:

@@ -200,6 +200,11 @@ class RunSection:
 
     precision: ``fp32``, or ``bf16`` / ``fp16`` autocast of the forward passes (fp16 with a gradient scaler,
     CUDA only). Trainable parameters stay fp32 either way (``moe.adapter_dtype``); the loss is computed in fp32.
+
+    compile: ``torch.compile`` the backbone's forward (in place: parameter names and checkpoints unchanged). Off by
+    default: the first steps pay the compilation (minutes for a large model) and a backend may lack an op.
+    ``compile_backend`` (``inductor``, or e.g. ``aot_eager`` to debug) and ``compile_mode`` (inductor's modes;
+    ``reduce-overhead`` captures CUDA graphs) are torch.compile's own arguments.
     """
 
     output_dir: str = "runs/tsembed"
@@ -213,15 +218,37 @@ class RunSection:
     tensorboard: bool = True
     progress: bool = True
     precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
 
     def __post_init__(self) -> None:
         _check("run.seed", self.seed, 0 <= self.seed < 2**32, "in [0, 2**32)")
         _check("run.precision", self.precision, self.precision in PRECISIONS, f"one of {sorted(PRECISIONS)}")
+        self._check_compile()
         for name in ("chunk_size", "num_threads"):
             value = getattr(self, name)
             _check(f"run.{name}", value, value is None or value >= 1, ">= 1 or null")
         for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
             _check(f"run.{name}", getattr(self, name), getattr(self, name) >= 1, ">= 1")
+
+    def _check_compile(self) -> None:
+        _check("run.compile", self.compile, isinstance(self.compile, bool), "true or false")
+        if not self.compile:
+            if self.compile_backend != "inductor" or self.compile_mode is not None:
+                raise ConfigError("run.compile_backend and run.compile_mode apply with run.compile: true only")
+            return
+        import torch._dynamo  # only when asked for: importing them takes a moment
+        import torch._inductor
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        _check("run.compile_backend", self.compile_backend, self.compile_backend in backends, f"one of {backends}")
+        if self.compile_mode is not None:
+            modes = list(torch._inductor.list_mode_options())
+            _check("run.compile_mode", self.compile_mode, self.compile_mode in modes, f"null or one of {modes}")
+            if self.compile_backend != "inductor":
+                raise ConfigError(f"run.compile_mode is an inductor option; run.compile_backend is "
+                                  f"{self.compile_backend!r}")
 
 
 @dataclass

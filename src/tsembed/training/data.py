@@ -123,7 +123,14 @@ class BatchPlan:
     homogeneous: each batch comes from one dataset (datasets mixed by ``weights``: a dataset of weight w
     contributes w times its rows per epoch, sampled without replacement where possible); else rows of
     all datasets are shuffled together.
+
+    An epoch's length does not depend on its shuffle, so it is known in closed form (``batches_per_epoch``):
+    finding a step's epoch is arithmetic, and only that epoch's plan is built, once per process (the last
+    ``KEEP_EPOCHS`` built are kept). A resumed run, or a DataLoader worker, never builds the epochs before it.
     """
+
+    #: Plans kept in memory: the current epoch and the one a prefetching worker may already be in.
+    KEEP_EPOCHS = 2
 
     def __init__(self, data: TrainingData, batch_size: int, homogeneous: bool, weights: dict[str, float],
                  seed: int, world_size: int = 1, rank: int = 0) -> None:
@@ -134,10 +141,19 @@ class BatchPlan:
         self.weights = {s.name: float(weights.get(s.name, s.weight)) for s in data.sources}
         self.seed, self.world_size, self.rank = seed, world_size, rank
         self._cache: dict[int, list[list[int]]] = {}
-        self._lengths: dict[int, int] = {}  # batches per epoch: plans are rebuilt only for the epoch asked for
+        self.batches_per_epoch = self._batches_per_epoch()
 
-    def _epoch_rows(self, rng: random.Random, rows: list[int], weight: float) -> list[int]:
-        count = max(1, round(len(rows) * weight))
+    def _count(self, d: int) -> int:
+        """Rows dataset ``d`` contributes per epoch (its weight times its rows, at least one)."""
+        return max(1, round(len(self.data.by_dataset[d]) * self.weights[self.data.sources[d].name]))
+
+    def _batches_per_epoch(self) -> int:
+        """This rank's batches per epoch, without shuffling anything (``_build`` checks it agrees)."""
+        counts = [self._count(d) for d in sorted(self.data.by_dataset)]
+        full = sum(c // self.batch_size for c in counts) if self.homogeneous else sum(counts) // self.batch_size
+        return full // self.world_size
+
+    def _epoch_rows(self, rng: random.Random, rows: list[int], count: int) -> list[int]:
         picked: list[int] = []
         while len(picked) < count:
             chunk = rows[:]
@@ -145,45 +161,51 @@ class BatchPlan:
             picked.extend(chunk[: count - len(picked)])
         return picked
 
+    def _build(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch``, shuffled from scratch (a pure function of seed and epoch)."""
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        batches: list[list[int]] = []
+        if self.homogeneous:
+            for d, rows in sorted(self.data.by_dataset.items()):
+                picked = self._epoch_rows(rng, rows, self._count(d))
+                batches += [picked[i : i + self.batch_size] for i in range(0, len(picked), self.batch_size)]
+        else:
+            picked = []
+            for d, rows in sorted(self.data.by_dataset.items()):
+                picked += self._epoch_rows(rng, rows, self._count(d))
+            rng.shuffle(picked)
+            batches = [picked[i : i + self.batch_size] for i in range(0, len(picked), self.batch_size)]
+        batches = [b for b in batches if len(b) == self.batch_size]  # equal shapes across ranks and steps
+        rng.shuffle(batches)
+        usable = len(batches) - len(batches) % self.world_size
+        mine = batches[self.rank : usable : self.world_size]
+        if len(mine) != self.batches_per_epoch:
+            raise RuntimeError(f"epoch {epoch} has {len(mine)} batches, expected {self.batches_per_epoch}")
+        return mine
+
+    def _check_nonempty(self) -> None:
+        if not self.batches_per_epoch:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} leaves no full batch per rank: every dataset needs at least "
+                f"batch_size rows (homogeneous={self.homogeneous})"
+            )
+
     def epoch(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of ``epoch`` (every rank gets the same number)."""
-        if epoch not in self._cache:
-            rng = random.Random(self.seed * 1_000_003 + epoch)
-            batches: list[list[int]] = []
-            if self.homogeneous:
-                for d, rows in sorted(self.data.by_dataset.items()):
-                    picked = self._epoch_rows(rng, rows, self.weights[self.data.sources[d].name])
-                    batches += [picked[i : i + self.batch_size] for i in range(0, len(picked), self.batch_size)]
-            else:
-                picked = []
-                for d, rows in sorted(self.data.by_dataset.items()):
-                    picked += self._epoch_rows(rng, rows, self.weights[self.data.sources[d].name])
-                rng.shuffle(picked)
-                batches = [picked[i : i + self.batch_size] for i in range(0, len(picked), self.batch_size)]
-            batches = [b for b in batches if len(b) == self.batch_size]  # equal shapes across ranks and steps
-            rng.shuffle(batches)
-            usable = len(batches) - len(batches) % self.world_size
-            self._cache = {epoch: batches[self.rank : usable : self.world_size]}
-            self._lengths[epoch] = len(self._cache[epoch])
-            if not self._cache[epoch]:
-                raise ConfigError(
-                    f"data.batch_size={self.batch_size} leaves no full batch per rank: every dataset needs at least "
-                    f"batch_size rows (homogeneous={self.homogeneous})"
-                )
-        return self._cache[epoch]
+        """This rank's batches of ``epoch`` (every rank gets the same number), built once and kept."""
+        plan = self._cache.get(epoch)
+        if plan is None:
+            self._check_nonempty()
+            plan = self._cache[epoch] = self._build(epoch)
+            while len(self._cache) > self.KEEP_EPOCHS:  # the oldest built goes first
+                del self._cache[next(iter(self._cache))]
+        return plan
 
     def batch_at(self, step: int) -> tuple[int, list[int]]:
         """(epoch, row indices) of global step ``step``."""
-        epoch, position = 0, step
-        while position >= self._length(epoch):
-            position -= self._length(epoch)
-            epoch += 1
+        if not self.batches_per_epoch:
+            self._check_nonempty()
+        epoch, position = divmod(step, self.batches_per_epoch)
         return epoch, self.epoch(epoch)[position]
-
-    def _length(self, epoch: int) -> int:
-        if epoch not in self._lengths:
-            self.epoch(epoch)
-        return self._lengths[epoch]
 
 
 #: What preparing one bad sample raises (a missing or broken image, an input that cannot fit): skipped, not fatal.

@@ -254,7 +254,7 @@ def contrastive_step(
         return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
 
     # GradCache pass 1: embeddings and routing statistics without a graph (a frozen vision tower's features are
-    # kept for pass 2, see Qwen2VLBackbone.reuse_vision)
+    # kept for pass 2: the backbone's reuse_vision, e.g. Qwen2VLBackbone's and MiniLMEfficientNetBackbone's)
     reuse = getattr(model.backbone, "reuse_vision", None)
     with reuse() if reuse is not None else contextlib.nullcontext():
         return _gradcache(model, objective, batch, eans_active, backward, usage, task, scale, q_prepared,

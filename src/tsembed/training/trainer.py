@@ -165,6 +165,8 @@ class Trainer:
         self.model = model.to(self.device)
         if run.gradient_checkpointing and hasattr(self.model.backbone, "enable_gradient_checkpointing"):
             self.model.backbone.enable_gradient_checkpointing()
+        if run.compile:  # in place, before DDP wraps it: state-dict keys and saved models stay as they are
+            self.model.backbone.compile(backend=run.compile_backend, mode=run.compile_mode)
         self.objective = ContrastiveObjective(config.loss, config.eans).to(self.device)
         self.plan = BatchPlan(self.data, config.data.batch_size, config.data.homogeneous, config.data.weights,
                               run.seed, world_size(), rank())
