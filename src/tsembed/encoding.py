@@ -91,7 +91,7 @@ def encode_batches(
     consume: Callable[[EncodedBatch], None],
     batch_size: int = 32,
     with_routing: bool = False,
-    base: bool = False,
+    pilot: bool = False,
 ) -> None:
     """Embed ``items`` in length-sorted batches and hand each batch's results to ``consume``.
 
@@ -105,8 +105,8 @@ def encode_batches(
         consume: Called once per batch, longest inputs first.
         batch_size: Inputs per forward.
         with_routing: Also return router probabilities and signatures (models with adapters).
-        base: Embed with the base model (adapters bypassed, ``TSEmbedModel.base_embeddings``): what a pilot
-            router reads.
+        pilot: Return what a pilot router reads instead (``TSEmbedModel.pilot_embeddings``: the base model's
+            embedding, adapters bypassed).
 
     Raises:
         ConfigError: ``batch_size`` < 1.
@@ -117,8 +117,8 @@ def encode_batches(
         for idx in batches:
             prepared = model.prepare([items[i] for i in idx])
             counts = _token_counts(prepared, len(idx))
-            if base:
-                consume(EncodedBatch(idx, model.base_embeddings(**move_batch(prepared, device)).float().cpu(), counts))
+            if pilot:
+                consume(EncodedBatch(idx, model.pilot_embeddings(**move_batch(prepared, device)).float().cpu(), counts))
                 continue
             out = model(**move_batch(prepared, device))
             batch = EncodedBatch(idx, out.embeddings.float().cpu(), counts)
@@ -134,7 +134,7 @@ def embed_items(
     batch_size: int = 32,
     with_routing: bool = False,
     on_batch: Callable[[int], None] | None = None,
-    base: bool = False,
+    pilot: bool = False,
 ) -> EncodeBatchOutput:
     """``encode_batches`` with every result gathered back into input order.
 
@@ -147,7 +147,7 @@ def embed_items(
         if on_batch is not None:
             on_batch(len(batch.indices))
 
-    encode_batches(model, items, keep, batch_size, with_routing, base=base)
+    encode_batches(model, items, keep, batch_size, with_routing, pilot=pilot)
     # gathered outside inference mode: callers get ordinary tensors they may modify in place
     order = torch.tensor([i for b in done for i in b.indices], dtype=torch.long)
     inverse = torch.empty_like(order)

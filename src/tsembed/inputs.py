@@ -43,6 +43,12 @@ class EmbedInput:
     task: str | None = None
 
 
+def text_only(item: EmbedInput) -> EmbedInput:
+    """The input's text alone (its image and the image placeholder dropped): for an image input, its instruction."""
+    text = " ".join((item.text or "").replace(IMAGE_PLACEHOLDER, " ").split())
+    return EmbedInput(text=text, task=item.task)
+
+
 def length_key(item: EmbedInput) -> int:
     """Sort key for batching similar inputs together: text length, an image counted as ``IMAGE_LENGTH``
     characters (so image inputs share batches with long texts rather than padding short ones)."""

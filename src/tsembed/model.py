@@ -50,6 +50,7 @@ ADAPTER_DIR = "adapters"
 MERGED_WEIGHTS_NAME = "backbone_weights.safetensors"
 PILOT_ROUTER_NAME = "pilot_router.safetensors"  # in ADAPTER_DIR: the pilots of a model with moe.router="pilot"
 TASK_HINT_KEY = "task_hint_ids"  # rides in a prepared batch next to the backbone's tensors
+PILOT_VIEW_KEY = "pilot_view"  # the inputs' text alone, prepared, for a pilot router that reads text only
 #: Every weight file a model directory may hold, relative to it: what ``checksums.json`` covers (adapters under
 #: their legacy name too: directories saved before the rename).
 WEIGHT_FILES = (f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}", f"{ADAPTER_DIR}/{LEGACY_ADAPTER_WEIGHTS_NAME}",
@@ -147,6 +148,10 @@ class TSEmbedModel(nn.Module):
         batch = self.backbone.prepare(inputs)
         if self.task_hints:
             batch[TASK_HINT_KEY] = task_hint_ids(inputs, self.task_hints)
+        if self.pilot_routed and self.config.moe.router_input == "text":
+            from tsembed.inputs import text_only
+
+            batch[PILOT_VIEW_KEY] = self.backbone.prepare([text_only(x) for x in inputs])
         return batch
 
     @property
@@ -156,13 +161,14 @@ class TSEmbedModel(nn.Module):
 
     def forward(self, **batch: Any) -> EmbeddingOutput:
         hint_ids = batch.pop(TASK_HINT_KEY, None)
+        pilot_view = batch.pop(PILOT_VIEW_KEY, None)
         if self.has_adapters:
             set_routing_hints(self.backbone, hint_ids)
             if self.pilot_routed:  # a second pass: the pilot router reads the base model's embedding
                 if self.pilot_router is None:
                     raise AdapterError("this model is routed by pilot embeddings (moe.router='pilot') but has none; "
                                        "build it with `tsembed compose`")
-                set_routing_gates(self.backbone, self.pilot_router(self.base_embeddings(**batch)))
+                set_routing_gates(self.backbone, self.pilot_router(self.base_embeddings(**(pilot_view or batch))))
         try:
             out = self.backbone(**batch)
         finally:
@@ -178,10 +184,16 @@ class TSEmbedModel(nn.Module):
         pooled = self._pool(out.hidden_states, out.attention_mask)  # [B, D]
         return F.normalize(pooled.float(), dim=-1) if self.config.normalize else pooled.float()
 
+    def pilot_embeddings(self, **batch: Any) -> torch.Tensor:
+        """What the pilot router reads for a prepared batch: the base model's embedding of the inputs, or of their
+        text alone (``moe.router_input: text``; ``prepare`` adds that view)."""
+        view = batch.get(PILOT_VIEW_KEY)
+        return self.base_embeddings(**(view if view is not None else batch))
+
     @torch.no_grad()
     def base_embeddings(self, **batch: Any) -> torch.Tensor:
         """Embeddings [B, D] of a prepared batch by the base model: the adapters bypassed, no routing."""
-        batch = {k: v for k, v in batch.items() if k != TASK_HINT_KEY}
+        batch = {k: v for k, v in batch.items() if k not in (TASK_HINT_KEY, PILOT_VIEW_KEY)}
         if not self.has_adapters:
             return self._embeddings(self.backbone(**batch))
         with adapters_bypassed(self.backbone):
@@ -341,7 +353,8 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     non_blocking: a pinned batch (the training DataLoader's, on CUDA) copies while the GPU works on what came
     before; an unpinned one copies as before.
     """
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor)
+            else move_batch(v, device) if isinstance(v, dict) else v for k, v in batch.items()}
 
 
 def check_task(task: str | None, hints: list[str], subject: str = "task") -> None:

@@ -154,3 +154,22 @@ def test_cli_composes_adds_and_reports_routing(sources, tmp_path, capsys):
     assert TSEmbedModel.from_pretrained(out).config.moe.expert_names == ["alpha", "beta", "gamma"]
     assert main(["compose", "--add", "x=y", "--out", str(out)]) == 2  # --add goes with --to
     assert "--to" in capsys.readouterr().err
+
+
+def test_a_text_router_reads_the_instruction_not_the_image(sources, tmp_path):
+    """router_input text: the pilots and the router see an input's text alone, so the same picture under two
+    instructions goes to two experts."""
+    from PIL import Image
+
+    from tsembed.model import PILOT_VIEW_KEY
+
+    compose([_expert(sources, t) for t in TOPICS], tmp_path / "c", pilots_per_expert=2)
+    model = TSEmbedModel.from_pretrained(tmp_path / "c")
+    assert model.config.moe.router_input == "text"
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (8, 8), (250, 10, 10)).save(picture)
+    items = [EmbedInput(text=f"<|image_1|> {t}", image=picture) for t in (_texts("alpha", 1)[0], _texts("gamma", 1)[0])]
+    batch = model.prepare(items)
+    assert batch[PILOT_VIEW_KEY]["input_ids"].shape[1] < batch["input_ids"].shape[1]  # the image's words are gone
+    routed = embed_items(model, items, batch_size=2, with_routing=True)
+    assert next(iter(routed.layer_probs.values())).argmax(dim=-1).tolist() == [0, 2]

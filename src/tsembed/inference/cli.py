@@ -307,6 +307,9 @@ def compose_command(
                                    "are fitted on (their queries and positives)."),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Experts per input (1: every input gets exactly one "
                               "expert's vector, and adding an expert changes no other input's vector)."),
+    router_input: str = typer.Option("text", "--router-input", help="What the pilots and the router read: the "
+                                     "base model's embedding of an input's text alone (text: for an image input, its "
+                                     "instruction) or of the whole input (all)."),
     routing_split: str | None = typer.Option(None, "--routing-split", help="With --suite: measure how often each "
                                              "dataset of this split (e.g. dev) is routed to its own expert."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pilots' k-means."),
@@ -340,7 +343,8 @@ def compose_command(
         target = to
     else:
         assert out is not None
-        report = compose(sources, out, suite, pilots, pilot_rows, top_k, seed=seed, batch_size=batch_size)
+        report = compose(sources, out, suite, pilots, pilot_rows, top_k, seed=seed, batch_size=batch_size,
+                         router_input=router_input)
         target = out
     if routing_split is not None:
         if suite is None:

@@ -125,11 +125,12 @@ def _check_compatible(reference: _Source, other: _Source) -> None:
                           f"({reference.directory}): " + "; ".join(problems))
 
 
-def _composed_config(reference: _Source, names: list[str], top_k: int, extra: dict[str, Any]) -> Any:
+def _composed_config(reference: _Source, names: list[str], top_k: int, router_input: str,
+                     extra: dict[str, Any]) -> Any:
     from tsembed.model import ModelConfig
 
     moe = replace(reference.config.moe, num_experts=len(names), router="pilot", level="sequence", routing="topk",
-                  top_k=top_k, expert_names=list(names), jitter=0.0, router_input="all", task_hints=[],
+                  top_k=top_k, expert_names=list(names), jitter=0.0, router_input=router_input, task_hints=[],
                   task_hint_init=0.0)
     return ModelConfig(backbone=dict(reference.config.backbone), moe=moe, pooling=reference.config.pooling,
                        normalize=reference.config.normalize, query_instruction=reference.config.query_instruction,
@@ -189,7 +190,7 @@ def _pilots(model: Any, items: list, k: int, seed: int, batch_size: int) -> torc
     from tsembed.encoding import embed_items
     from tsembed.moe.pilot import fit_pilots
 
-    embeddings = embed_items(model, items, batch_size, base=True).embeddings
+    embeddings = embed_items(model, items, batch_size, pilot=True).embeddings
     return fit_pilots(embeddings, k, seed)
 
 
@@ -227,14 +228,14 @@ def _record(source: _Source, where: str, rows: int, pilots: int) -> dict[str, An
             "pilot_inputs": rows, "pilots": pilots}
 
 
-def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]], top_k: int,
+def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]], top_k: int, router_input: str,
            records: list[dict[str, Any]]) -> Any:
     """The composed model without its pilots: the reference's backbone and bridge weights, one expert per entry."""
     from tsembed.model import TRAINABLE_WEIGHTS_NAME, TSEmbedModel
 
     datasets = list(dict.fromkeys(d for r in records for d in r["train_datasets"]))
     extra = {"composed_from": records, "train_datasets": datasets}
-    model = TSEmbedModel.from_config(_composed_config(reference, [n for n, _ in experts], top_k, extra))
+    model = TSEmbedModel.from_config(_composed_config(reference, [n for n, _ in experts], top_k, router_input, extra))
     model.load_trainable_backbone_state(reference.directory / TRAINABLE_WEIGHTS_NAME)
     for e, (name, adapters) in enumerate(experts):
         _copy_expert(model, e, adapters, name)
@@ -243,8 +244,11 @@ def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]
 
 def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | None = None, pilots_per_expert: int = 4,
             pilot_rows: int = 512, top_k: int = 1, temperature: float = 0.05, seed: int = 0,
-            batch_size: int = 64) -> dict[str, Any]:
+            batch_size: int = 64, router_input: str = "text") -> dict[str, Any]:
     """Join single-adapter models into one pilot-routed MoE-LoRA model written to ``out``; returns the report.
+
+    ``router_input``: ``text`` (the pilots and the router read the base model's embedding of an input's text
+    alone: for an image input, its instruction) or ``all`` (of the whole input, image included).
 
     Raises:
         ConfigError: fewer than two experts, repeated names, incompatible models or no pilot data.
@@ -255,6 +259,8 @@ def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | No
     if len(set(names)) != len(names):
         raise ConfigError(f"expert names repeat: {names}")
     _check_routing_options(top_k, len(sources), pilots_per_expert, pilot_rows)
+    if router_input not in ("text", "all"):
+        raise ConfigError(f"--router-input must be text or all, got {router_input!r}")
     read = [_read_source(s.name, Path(s.model_dir)) for s in sources]
     for other in read[1:]:
         _check_compatible(read[0], other)
@@ -262,14 +268,15 @@ def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | No
     suite_path = Path(suite) if suite else None
     inputs = [pilot_inputs(r, s.pilot_data, suite_path, pilot_rows) for r, s in zip(read, sources, strict=True)]
     records = [_record(r, where, len(items), pilots_per_expert) for r, (items, where) in zip(read, inputs, strict=True)]
-    model = _build(read[0], [(r.name, r.adapters) for r in read], top_k, records)
+    model = _build(read[0], [(r.name, r.adapters) for r in read], top_k, router_input, records)
     pilots = []
     for r, (items, _), record in zip(read, inputs, records, strict=True):
         logger.info("expert %s: pilots from %d inputs", r.name, len(items))
         pilots.append(_pilots(model, items, pilots_per_expert, seed, batch_size))  # the base model's embeddings
         record["pilots"] = pilots[-1].shape[0]
     model.pilot_router = PilotRouter(_stack(pilots), top_k=top_k, temperature=temperature)
-    report = {"experts": records, "top_k": top_k, "pilots_per_expert": pilots_per_expert, "seed": seed}
+    report = {"experts": records, "top_k": top_k, "router_input": router_input, "pilots_per_expert": pilots_per_expert,
+              "seed": seed}
     _save_atomically(model, Path(out), report)
     return report
 
@@ -299,7 +306,8 @@ def add_expert(source: ExpertSource, to: str | Path, suite: str | Path | None = 
     items, where = pilot_inputs(new, source.pilot_data, Path(suite) if suite else None, pilot_rows)
     pilots = _pilots(composed, items, pilots_per_expert, seed, batch_size)
     experts = [(n, expert_adapters(composed, e)) for e, n in enumerate(names)] + [(new.name, new.adapters)]
-    model = _build(reference, experts, moe.top_k, [*records, _record(new, where, len(items), pilots.shape[0])])
+    model = _build(reference, experts, moe.top_k, moe.router_input,
+                   [*records, _record(new, where, len(items), pilots.shape[0])])
     model.pilot_router = composed.pilot_router.extended(pilots)  # the old pilots unchanged
     report = {"experts": model.config.extra["composed_from"], "top_k": moe.top_k, "added": new.name}
     _save_atomically(model, to, report)
@@ -342,7 +350,7 @@ def routing_accuracy(model: Any, suite: str | Path, split: str = "dev", batch_si
         rows = split_rows.rows[:max_rows] if max_rows else split_rows.rows
         items = [x for row in rows for x in (row.query_input(split_rows.image_root),
                                              row.positive_input(split_rows.image_root))]
-        routes = model.pilot_router(embed_items(model, items, batch_size, base=True).embeddings).argmax(dim=-1)
+        routes = model.pilot_router(embed_items(model, items, batch_size, pilot=True).embeddings).argmax(dim=-1)
         counts = torch.bincount(routes, minlength=model.pilot_router.num_experts).tolist()
         entry: dict[str, Any] = {"inputs": len(items), "routed": dict(zip(model.config.moe.expert_names, counts,
                                                                         strict=True))}
