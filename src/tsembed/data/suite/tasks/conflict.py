@@ -40,6 +40,11 @@ TONE_LEVELS = (DEFAULT_TONE, "light", "medium", "dark")
 #: Genders of the gender pair (`EmojiItem.gender`): a person emoji drawn as a man, a woman, or gender-neutral.
 #: In this order, so a gender-neutral look drawn exactly like the man or the woman is the one left out.
 GENDERS = ("man", "woman", "person")
+#: A gender look is kept only where at least this share of its pixels differs visibly (a channel by more than 48
+#: levels) from every other kept look of its emoji. OpenMoji draws about one gender pair in ten alike (identical,
+#: or a dozen pixels apart: a gender no model can see tests the backbone); the rest differ by >= 0.4 % (a
+#: ponytail, at 96 px) and most by several per cent (hair, beard, face).
+GENDER_MIN_DIFFERENCE = 0.003
 
 
 @dataclass(frozen=True)
@@ -105,15 +110,23 @@ def _gender_identity(item: EmojiItem) -> str:
     return variant_key(item.code, tone=False, gender=True)  # same emoji and skin tone, any gender
 
 
+@cache
+def visible_difference(renderer: EmojiRenderer, a: str, b: str) -> float:
+    """Share of pixels where the two emoji, as the suite draws them, differ visibly (a channel by > 48 levels)."""
+    x = np.asarray(renderer.single(a), dtype=np.int16)
+    y = np.asarray(renderer.single(b), dtype=np.int16)
+    return float((np.abs(x - y).max(axis=-1) > 48).mean())
+
+
 def gender_variants(ctx: BuildContext, split: str) -> dict[str, list[Look]]:
-    """Emoji (and skin tone) -> its gender looks: only those drawn differently (by fingerprint; in OpenMoji
-    about one gender-neutral person in ten is drawn exactly like the man), and only emoji left with two or more."""
+    """Emoji (and skin tone) -> its gender looks, man first, then woman, then person: each kept only if it
+    differs visibly from those kept before it (GENDER_MIN_DIFFERENCE), and only emoji left with two or more."""
     variants: dict[str, list[Look]] = {}
     gendered = [it for it in ctx.items(split) if it.gender in GENDERS]
     for it in sorted(gendered, key=lambda it: (GENDERS.index(it.gender or ""), it.code)):
         looks = variants.setdefault(_gender_identity(it), [])
-        if all(ctx.fingerprint[it.code] != ctx.fingerprint[look.item.code] for look in looks):
-            looks.append(Look(it, it.gender))
+        if all(visible_difference(ctx.renderer, it.char, look.item.char) >= GENDER_MIN_DIFFERENCE for look in looks):
+            looks.append(Look(it, it.gender or ""))
     return {key: looks for key, looks in sorted(variants.items()) if len(looks) >= 2}
 
 
