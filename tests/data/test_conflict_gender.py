@@ -124,3 +124,16 @@ def test_bad_streams_are_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"add stream\(s\) \['gender'\] to --conflict-streams"):
         SuiteConfig(kind="conflict", datasets=("GenderSameGender",))
     assert SuiteConfig(kind="conflict", conflict_streams=("gender", "tone")).conflict_streams == ("tone", "gender")
+
+
+def test_build_suite_command_takes_conflict_streams(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tsembed.cli import main
+
+    argv = ["data", "build-suite", "--out", str(tmp_path / "s"), "--kind", "conflict", "--conflict-streams",
+            "tone,gender", "--dataset", "GenderSameGender", "--max-train", "2", "--max-eval", "2", "--pool-size",
+            "5", "--dev-fraction", "0.15", "--no-progress"]
+    assert main(argv) == 0
+    assert "GenderSameGender" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "s" / "suite.json").read_text())
+    assert manifest["config"]["conflict_streams"] == ["tone", "gender"]
+    assert list(manifest["pairs"]) == ["identity-vs-tone", "role-vs-gender"]

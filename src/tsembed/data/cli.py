@@ -85,7 +85,7 @@ def build_suite_cmd(
     for name, d in m["datasets"].items():
         c = d["counts"]
         typer.echo(
-            f"  {name:<22} {d.get('condition') or d['meta_task']:<15} {'OOD' if d['ood'] else 'IND'}  "
+            f"  {name:<24} {d.get('condition') or d['meta_task']:<15} {'OOD' if d['ood'] else 'IND'}  "
             f"train {c['train']:>5}  eval {c['eval']:>4}  candidates {c['candidates_max']}"
             + (f"  dev {c['dev']:>4}" if "dev" in c else "")
         )
