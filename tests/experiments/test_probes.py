@@ -40,3 +40,16 @@ def test_probe_accuracy_on_held_out_points() -> None:
     assert probe_accuracy(train_x, train_y, test_x, test_y) == 1.0
     shuffled = list(rng.permutation(test_y))
     assert probe_accuracy(train_x, train_y, test_x, shuffled) < 0.7
+
+
+def test_gender_identity_finds_the_same_emoji_across_genders_within_a_tone() -> None:
+    from tsembed.experiments.probes import gender_identity_accuracy
+
+    rng = np.random.default_rng(2)
+    emoji, genders, tones, dim = 12, ("man", "woman", "person"), ("", "dark"), 16
+    centre = {(e, t): rng.normal(size=dim) for e in range(emoji) for t in tones}
+    keys = [(e, g, t) for e in range(emoji) for g in genders for t in tones]
+    close = np.stack([centre[(e, t)] + 0.05 * rng.normal(size=dim) for e, _, t in keys])
+    identities, gender, strata = [f"{e}/{t}" for e, _, t in keys], [g for _, g, _ in keys], [t for *_, t in keys]
+    assert gender_identity_accuracy(close, identities, gender, strata) == 1.0
+    assert gender_identity_accuracy(rng.normal(size=close.shape), identities, gender, strata) < 0.3

@@ -43,6 +43,10 @@ def build_suite_cmd(
     targets: Annotated[Literal["named", "generic"], typer.Option(
         help="Conflict suite: 'named' target instructions say what to keep; 'generic' gives every target MMEB's "
              "'Represent the given image.', so only the query names the condition.")] = "named",
+    conflict_streams: Annotated[str, typer.Option(
+        help="Conflict suite: comma-separated streams of condition pairs to build: tone (identity vs skin tone), "
+             "tint (shape vs colour), text (object vs colour word, and text queries about tones), gender (the same "
+             "person emoji in any gender vs the same gender; opt-in).")] = "tone,tint,text",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing suite at --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -51,7 +55,9 @@ def build_suite_cmd(
     --kind standard: 15 datasets over classification, VQA, retrieval and grounding, 10 in-distribution
     (train + eval) and 5 out-of-distribution (eval only). --kind conflict: 3 pairs of conditions (identity vs
     skin tone, shape vs colour, object vs colour word) where each condition's positive is the other's hardest
-    distractor, plus 4 out-of-distribution checks. Same seed and options give byte-identical files.
+    distractor, plus 4 out-of-distribution checks; --conflict-streams tone,tint,text,gender adds a fourth pair
+    (the same person emoji in any gender vs the same gender) and 2 reworded checks. Same seed and options give
+    byte-identical files.
     """
     from tsembed.data.suite import build_suite
 
@@ -71,6 +77,7 @@ def build_suite_cmd(
         kind=kind,
         instructions=instructions,
         targets=targets,
+        conflict_streams=tuple(s.strip() for s in conflict_streams.split(",") if s.strip()),
         overwrite=overwrite,
         progress=progress,
     )
@@ -78,7 +85,7 @@ def build_suite_cmd(
     for name, d in m["datasets"].items():
         c = d["counts"]
         typer.echo(
-            f"  {name:<22} {d.get('condition') or d['meta_task']:<15} {'OOD' if d['ood'] else 'IND'}  "
+            f"  {name:<24} {d.get('condition') or d['meta_task']:<15} {'OOD' if d['ood'] else 'IND'}  "
             f"train {c['train']:>5}  eval {c['eval']:>4}  candidates {c['candidates_max']}"
             + (f"  dev {c['dev']:>4}" if "dev" in c else "")
         )

@@ -222,11 +222,14 @@ def _conflict(name: str, condition: str, ood: bool, query: str, target: str, des
 
 SHAPE_TARGET = f"{_P}\nRepresent the emoji itself, ignoring its colour and skin tone."
 COLOUR_TARGET = f"{_P}\nRepresent the colour of the emoji, ignoring which emoji it is."
+ROLE_TARGET = f"{_P}\nRepresent the emoji itself, ignoring whether it shows a man, a woman or a person."
+GENDER_TARGET = f"{_P}\nRepresent the gender of the person in the emoji, ignoring which emoji it is."
 #: Condition pairs of the conflict suite: in each, the positive of one condition is the other's hardest distractor.
 CONFLICT_PAIRS: dict[str, tuple[str, str]] = {
     "identity-vs-tone": ("ToneSameEmoji", "ToneSameTone"),
     "shape-vs-colour": ("TintSameEmoji", "TintSameColour"),
     "object-vs-colour-word": ("TextSameObject", "TextSameColour"),
+    "role-vs-gender": ("GenderSameEmoji", "GenderSameGender"),
 }
 #: The conflict suite (`build-suite --kind conflict`): conditional similarity over one shared gallery per query.
 CONFLICT_DATASETS: tuple[DatasetInfo, ...] = (
@@ -250,7 +253,37 @@ CONFLICT_DATASETS: tuple[DatasetInfo, ...] = (
               "'man running with dark skin tone' -> the same emoji in another tone (unseen combination)"),
     _conflict("TextToneSameTone", "tone", True, f"Find any emoji with the skin tone named here: {TEXT_SLOT}",
               COLOUR_TARGET, "'man running with dark skin tone' -> another emoji in that tone (unseen combination)"),
+    # the gender stream (`build-suite --kind conflict --conflict-streams tone,tint,text,gender`); every candidate
+    # of a query shows its skin tone, so emoji and gender are all that differ
+    _conflict("GenderSameEmoji", "role", False, f"{_P}\nFind the same emoji in any gender.", ROLE_TARGET,
+              "person emoji image -> the same emoji as another gender (the same-gender emoji is the trap)"),
+    _conflict("GenderSameGender", "gender", False, f"{_P}\nFind a different emoji with the same gender.",
+              GENDER_TARGET, "person emoji image -> another emoji of the same gender (man, woman or person; the "
+              "same emoji as another gender is the trap)"),
+    _conflict("GenderSameEmojiReworded", "role", True,
+              f"{_P}\nRetrieve this emoji, whether it shows a man, a woman or a person.", ROLE_TARGET,
+              "GenderSameEmoji's eval queries under an unseen instruction wording"),
+    _conflict("GenderSameGenderReworded", "gender", True,
+              f"{_P}\nWhich other emoji shows a man, a woman or a person, as this one does?", GENDER_TARGET,
+              "GenderSameGender's eval queries under an unseen instruction wording"),
 )
+#: Streams of the conflict suite (`build-suite --conflict-streams`): which datasets each one adds. One stream's
+#: datasets share episodes (tone, tint, gender) or ask about them in words (text: the tint and tone streams' text
+#: queries). The default is the suite as first built; the gender stream is opt-in, so earlier suites rebuild
+#: byte for byte.
+CONFLICT_STREAMS: dict[str, tuple[str, ...]] = {
+    "tone": ("ToneSameEmoji", "ToneSameTone", "ToneSameEmojiReworded"),
+    "tint": ("TintSameEmoji", "TintSameColour", "TintSameColourReworded"),
+    "text": ("TextSameObject", "TextSameColour", "TextToneSameObject", "TextToneSameTone"),
+    "gender": ("GenderSameEmoji", "GenderSameGender", "GenderSameEmojiReworded", "GenderSameGenderReworded"),
+}
+DEFAULT_CONFLICT_STREAMS: tuple[str, ...] = ("tone", "tint", "text")
+
+
+def conflict_pairs(streams: tuple[str, ...] = DEFAULT_CONFLICT_STREAMS) -> dict[str, tuple[str, str]]:
+    """The condition pairs whose two datasets the given streams build (in CONFLICT_PAIRS order)."""
+    built = {name for stream in streams for name in CONFLICT_STREAMS[stream]}
+    return {pair: sides for pair, sides in CONFLICT_PAIRS.items() if set(sides) <= built}
 #: Templates of `build-suite --kind conflict --no-instructions`: every condition worded alike, so only the
 #: data says which similarity is wanted (the INSTRUCTOR §4.1 control: near chance on one side of each pair).
 NEUTRAL_IMAGE_QUERY = f"{_P}\nFind the matching emoji."

@@ -125,16 +125,21 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="JSON file for {stage: {tint, tone, group, identity}}."),
         per_task: int = typer.Option(400, help="Emoji per probe task and split."),
         seed: int = typer.Option(0, help="Seed of the emoji sample and the probes."),
+        task: list[str] = typer.Option(None, "--task", help="Run only this probe (repeatable): tint, tone, group, "
+                                       "identity, gender, gender_identity [default: all]."),
     ) -> None:
-        """Linear probes (train emoji -> dev emoji) of tint, skin tone and group, and nearest-neighbour identity
-        across tints, on raw EfficientNet features (R0), the random projector (R1), the aligned one (R2) and
-        frozen MiniLM over the aligned tokens (R3). Needs scikit-learn."""
+        """Linear probes (train emoji -> dev emoji) of tint, skin tone, group and gender, and nearest-neighbour
+        identity across tints and across genders, on raw EfficientNet features (R0), the random projector (R1), the
+        aligned one (R2) and frozen MiniLM over the aligned tokens (R3). Needs scikit-learn."""
         import json
 
-        from tsembed.experiments.probes import run_probes
+        from tsembed.errors import ConfigError
+        from tsembed.experiments.probes import PROBE_TASKS, run_probes
         from tsembed.fileio import atomic_write
 
-        results = run_probes(suite, bridge, per_task=per_task, seed=seed)
+        if task and set(task) - set(PROBE_TASKS):
+            raise ConfigError(f"--task must be among {list(PROBE_TASKS)}, got {task}")
+        results = run_probes(suite, bridge, per_task=per_task, seed=seed, tasks=tuple(task or PROBE_TASKS))
         text = json.dumps(results, indent=2) + "\n"
         atomic_write(out, lambda p: p.write_text(text))
         for stage, scores in results.items():

@@ -4,7 +4,9 @@ Why: the conflict study measured its colour-side failures above a *random* proje
 language layers are compared, the bridge they sit on must carry colour, skin tone, group and identity. Each
 representation is probed with a logistic regression trained on the suite's train-split emoji and scored on its
 dev-split emoji (held-out bases, so a probe cannot memorise an emoji), and identity is read by nearest
-neighbour across tints:
+neighbour across tints. The gender stream's attribute is probed the same way: gender (man / woman / person, the
+conflict suite's visibly different gender looks), and the same person emoji found by nearest neighbour across
+genders within one skin tone (``gender_identity``):
 
 * R0: raw EfficientNet-Lite0 grid features (mean over cells; the ceiling of what the image path can keep);
 * R1: the projector at its seeded random init (mean of its tokens): what the earlier studies trained on;
@@ -27,6 +29,8 @@ from tsembed.extras import require
 
 #: Fitzpatrick tones of the tone probe (5-way, chance 0.2).
 PROBE_TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
+#: Everything `run_probes` can measure; `tasks` picks some.
+PROBE_TASKS = ("tint", "tone", "group", "identity", "gender", "gender_identity")
 
 
 def _images(ctx: Any, split: str, limit: int, rng: random.Random) -> dict[str, tuple[list, list]]:
@@ -54,6 +58,30 @@ def _identity_images(ctx: Any, limit: int, rng: random.Random) -> tuple[list, in
     items = tint_population(ctx, "dev")
     items = rng.sample(items, min(limit, len(items)))
     return [tint_image(ctx.renderer, it, t) for it in items for t in TINTS], len(items), len(TINTS)
+
+
+def _gender_looks(ctx: Any, split: str, limit: int, rng: random.Random) -> list:
+    """Up to ``limit`` gender looks of a split (the conflict suite's gender stream: visibly different genders)."""
+    from tsembed.data.suite.tasks.conflict import gender_variants
+
+    looks = [look for looks in gender_variants(ctx, split).values() for look in looks]
+    return rng.sample(looks, min(limit, len(looks)))
+
+
+def gender_identity_accuracy(vectors: np.ndarray, identities: list[str], genders: list[str],
+                             strata: list[str]) -> float:
+    """Nearest neighbour across genders: for each look and each other gender its emoji is drawn in, is the nearest
+    picture among all looks of that gender and the same skin tone the same emoji? (cosine)."""
+    x = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    index = {(identities[i], genders[i]): i for i in range(len(identities))}
+    hits, total = 0, 0
+    for i in range(len(identities)):
+        for gender in sorted({g for (ident, g) in index if ident == identities[i]} - {genders[i]}):
+            pool = [j for j in range(len(identities)) if genders[j] == gender and strata[j] == strata[i]]
+            nearest = pool[int(np.argmax(x[pool] @ x[i]))]
+            hits += int(nearest == index[(identities[i], gender)])
+            total += 1
+    return hits / max(total, 1)
 
 
 def identity_accuracy(vectors: np.ndarray, num_items: int, num_tints: int) -> float:
@@ -114,9 +142,18 @@ def representations(backbone: Any, random_state: dict[str, torch.Tensor] | None)
 
 @torch.no_grad()
 def run_probes(suite: str | Path, bridge: str | Path | None, per_task: int = 400, seed: int = 0,
-               backbone_options: dict[str, Any] | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
-    """Probe accuracies {stage: {tint, tone, group, identity}} for ``suite`` with the bridge file ``bridge``
-    (None: the random projector stands in for the aligned one, so R2/R3 equal R1/R1_minilm)."""
+               backbone_options: dict[str, Any] | None = None, progress: bool = True,
+               tasks: tuple[str, ...] = PROBE_TASKS) -> dict[str, dict[str, float]]:
+    """Probe accuracies {stage: {task: accuracy}} for ``suite`` with the bridge file ``bridge`` (None: the random
+    projector stands in for the aligned one, so R2/R3 equal R1/R1_minilm), for ``tasks`` (of PROBE_TASKS).
+
+    Every task draws its sample as it always did whichever tasks run (the gender tasks from a stream of their
+    own), so adding or leaving out a task changes no other task's number."""
+    from tsembed.data.suite.tasks.conflict import _gender_identity, gender_variants
+
+    unknown = sorted(set(tasks) - set(PROBE_TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"probe tasks must be among {list(PROBE_TASKS)}, got {list(tasks)}")
     from tqdm.auto import tqdm
 
     from tsembed.backbones.minilm_effnet import MiniLMEfficientNetBackbone
@@ -132,6 +169,11 @@ def run_probes(suite: str | Path, bridge: str | Path | None, per_task: int = 400
     rng = random.Random(f"probes/{seed}")
     train, dev = _images(ctx, "train", per_task, rng), _images(ctx, "dev", per_task, rng)
     identity_images, num_items, num_tints = _identity_images(ctx, per_task // 4, rng)
+    gender_rng = random.Random(f"probes/{seed}/gender")
+    for split, part in (("train", train), ("dev", dev)):
+        looks = _gender_looks(ctx, split, per_task, gender_rng)
+        part["gender"] = ([ctx.renderer.single(look.item.char) for look in looks], [look.attribute for look in looks])
+    everyone = [look for looks in gender_variants(ctx, "dev").values() for look in looks]  # whole emoji, all genders
     stages = representations(backbone, random_state)
 
     def vectors(images: list) -> dict[str, np.ndarray]:
@@ -144,16 +186,25 @@ def run_probes(suite: str | Path, bridge: str | Path | None, per_task: int = 400
         return {name: np.concatenate(parts) for name, parts in out.items()}
 
     results: dict[str, dict[str, float]] = {name: {} for name in stages}
-    tasks = list(train)
-    with tqdm(total=len(tasks) + 1, desc="bridge probes", unit="probe", disable=not progress) as bar:
-        for task in tasks:
+    linear = [task for task in train if task in tasks]
+    neighbours = [task for task in ("identity", "gender_identity") if task in tasks]
+    with tqdm(total=len(linear) + len(neighbours), desc="bridge probes", unit="probe", disable=not progress) as bar:
+        for task in linear:
             train_v, dev_v = vectors(train[task][0]), vectors(dev[task][0])
             for name in stages:
                 results[name][task] = round(probe_accuracy(train_v[name], train[task][1], dev_v[name],
                                                            dev[task][1], seed), 4)
             bar.update(1)
-        identity_v = vectors(identity_images)
-        for name in stages:
-            results[name]["identity"] = round(identity_accuracy(identity_v[name], num_items, num_tints), 4)
-        bar.update(1)
+        if "identity" in tasks:
+            identity_v = vectors(identity_images)
+            for name in stages:
+                results[name]["identity"] = round(identity_accuracy(identity_v[name], num_items, num_tints), 4)
+            bar.update(1)
+        if "gender_identity" in tasks:
+            gender_v = vectors([ctx.renderer.single(look.item.char) for look in everyone])
+            keys = ([_gender_identity(look.item) for look in everyone], [look.attribute for look in everyone],
+                    [look.item.tone or "" for look in everyone])
+            for name in stages:
+                results[name]["gender_identity"] = round(gender_identity_accuracy(gender_v[name], *keys), 4)
+            bar.update(1)
     return results

@@ -16,7 +16,7 @@ from typing import Any
 
 from tsembed.data.formats import write_records
 from tsembed.data.mmeb import write_eval, write_train
-from tsembed.data.registry import CONFLICT_PAIRS, DatasetInfo
+from tsembed.data.registry import DEFAULT_CONFLICT_STREAMS, DatasetInfo, conflict_pairs
 from tsembed.data.suite.card import render_card
 from tsembed.data.suite.config import GENERATOR_VERSION, SuiteConfig
 from tsembed.data.suite.context import BuildContext
@@ -114,7 +114,8 @@ def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
         "format_version": FORMAT_VERSION,
         "generator_version": GENERATOR_VERSION,
         "kind": cfg.kind,
-        **({"pairs": {k: list(v) for k, v in CONFLICT_PAIRS.items()}} if cfg.kind == "conflict" else {}),
+        **({"pairs": {k: list(v) for k, v in conflict_pairs(cfg.conflict_streams).items()}}
+           if cfg.kind == "conflict" else {}),
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "image_root": ".",
@@ -160,6 +161,7 @@ def build_suite(
     kind: str = "standard",
     instructions: bool = True,
     targets: str = "named",
+    conflict_streams: tuple[str, ...] | list[str] = DEFAULT_CONFLICT_STREAMS,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Suite:
@@ -183,6 +185,9 @@ def build_suite(
         instructions: Conflict suite: False words every condition alike (the no-instruction control).
         targets: Conflict suite: "named" target instructions, or "generic" (MMEB's "Represent the given image."
             on every target; only the query names the condition).
+        conflict_streams: Conflict suite: which streams of pairs to build (`registry.CONFLICT_STREAMS`): the
+            default tone, tint and text, plus the opt-in gender stream (the same person emoji in any gender vs
+            the same gender).
         overwrite: Replace an existing suite at `out_dir`.
         progress: Show a tqdm progress bar.
 
@@ -207,6 +212,7 @@ def build_suite(
         kind=kind,
         instructions=instructions,
         targets=targets,
+        conflict_streams=tuple(conflict_streams),
     )
     out = Path(out_dir)
     _prepare_target(out, overwrite)

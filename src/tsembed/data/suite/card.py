@@ -40,7 +40,11 @@ def _conflict_intro(manifest: dict[str, Any]) -> list[str]:
         "(in another colour or skin tone) and exactly one other emoji in the query's colour or skin tone; each "
         "is the other condition's hardest distractor, and every other candidate matches in neither respect. "
         "In training, the other condition's positive is the explicit hard negative. Colours are exact: each "
-        "emoji is re-tinted (its luminance mapped onto one of six tints). " + wording,
+        "emoji is re-tinted (its luminance mapped onto one of six tints). " + wording
+        + (" The gender pair (`--conflict-streams ...,gender`) asks the same of person emoji drawn as a man, a "
+           "woman or a gender-neutral person: the same emoji in any gender, or another emoji of the same gender; "
+           "every candidate of a query shows the query's skin tone." if "role-vs-gender" in manifest["pairs"]
+           else ""),
         "",
         f"Pairs: {pairs}.",
         "",

@@ -43,6 +43,9 @@ class SuiteConfig:
         targets: Conflict suite only. "named": each target's instruction says what to keep ("Represent the
             colour of the emoji..."); "generic": every target carries MMEB's one generic instruction ("Represent
             the given image."), so only the query names the condition and nothing can route by the target's text.
+        conflict_streams: Conflict suite only. Which streams of pairs to build (`registry.CONFLICT_STREAMS`):
+            tone, tint and text (the default, the suite as first built) and gender (opt-in). Left out of the
+            manifest when default, so suites built before the option existed rebuild byte for byte.
     """
 
     seed: int = 0
@@ -59,8 +62,20 @@ class SuiteConfig:
     kind: str = "standard"
     instructions: bool = True
     targets: str = "named"
+    conflict_streams: tuple[str, ...] = ("tone", "tint", "text")
 
     def __post_init__(self) -> None:
+        from tsembed.data.registry import CONFLICT_STREAMS, DEFAULT_CONFLICT_STREAMS
+
+        streams = tuple(self.conflict_streams)
+        unknown_streams = [s for s in streams if s not in CONFLICT_STREAMS]
+        if unknown_streams or not streams or len(set(streams)) != len(streams):
+            raise ConfigError(f"conflict_streams must be distinct names among {list(CONFLICT_STREAMS)}, "
+                              f"got {list(streams)}")
+        # canonical order, so the same set of streams always names the same suite
+        object.__setattr__(self, "conflict_streams", tuple(s for s in CONFLICT_STREAMS if s in streams))
+        if self.conflict_streams != DEFAULT_CONFLICT_STREAMS and self.kind != "conflict":
+            raise ConfigError("conflict_streams (--conflict-streams) applies to the conflict suite only")
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
         if not self.instructions and self.kind != "conflict":
@@ -86,7 +101,13 @@ class SuiteConfig:
             valid = [d.name for d in self.dataset_infos(all_datasets=True)]
             unknown = [d for d in self.datasets if d not in valid]
             if unknown:
-                raise ConfigError(f"unknown suite dataset(s) {unknown} for kind {self.kind!r}; "
+                hint = ""
+                if self.kind == "conflict":
+                    from tsembed.data.registry import CONFLICT_STREAMS
+
+                    other = sorted({s for s, names in CONFLICT_STREAMS.items() for d in unknown if d in names})
+                    hint = f" ({', '.join(unknown)}: add stream(s) {other} to --conflict-streams)" if other else ""
+                raise ConfigError(f"unknown suite dataset(s) {unknown} for kind {self.kind!r}{hint}; "
                                   f"valid names: {', '.join(valid)}")
             object.__setattr__(self, "datasets", tuple(self.datasets))
 
@@ -97,9 +118,12 @@ class SuiteConfig:
 
     def dataset_infos(self, all_datasets: bool = False) -> list[DatasetInfo]:
         """The kind's datasets (those picked by `datasets` unless `all_datasets`), templates as built."""
-        from tsembed.data.registry import SUITE_KINDS
+        from tsembed.data.registry import CONFLICT_STREAMS, SUITE_KINDS
 
         infos = [d for d in SUITE_KINDS[self.kind] if all_datasets or self.datasets is None or d.name in self.datasets]
+        if self.kind == "conflict":
+            streams = {name for s in self.conflict_streams for name in CONFLICT_STREAMS[s]}
+            infos = [d for d in infos if d.name in streams]
         if not self.instructions:
             return [neutral(d) for d in infos]
         return infos if self.targets == "named" else [generic_target(d) for d in infos]
@@ -107,6 +131,12 @@ class SuiteConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["datasets"] = None if self.datasets is None else list(self.datasets)
+        from tsembed.data.registry import DEFAULT_CONFLICT_STREAMS
+
+        if self.conflict_streams == DEFAULT_CONFLICT_STREAMS:
+            del data["conflict_streams"]  # as suites built before the option existed
+        else:
+            data["conflict_streams"] = list(self.conflict_streams)
         return data
 
 

@@ -37,6 +37,14 @@ _TONE_WORDS = {DEFAULT_TONE: "no skin tone (default yellow)"}
 #: Skin tones of the tone pair: every other Fitzpatrick step, so "the same tone" is visible at 128 px
 #: (neighbouring steps differ by a few grey levels; a condition no model can see tests the backbone).
 TONE_LEVELS = (DEFAULT_TONE, "light", "medium", "dark")
+#: Genders of the gender pair (`EmojiItem.gender`): a person emoji drawn as a man, a woman, or gender-neutral.
+#: In this order, so a gender-neutral look drawn exactly like the man or the woman is the one left out.
+GENDERS = ("man", "woman", "person")
+#: A gender look is kept only where at least this share of its pixels differs visibly (a channel by more than 48
+#: levels) from every other kept look of its emoji. OpenMoji draws about one gender pair in ten alike (identical,
+#: or a dozen pixels apart: a gender no model can see tests the backbone); the rest differ by >= 0.4 % (a
+#: ponytail, at 96 px) and most by several per cent (hair, beard, face).
+GENDER_MIN_DIFFERENCE = 0.003
 
 
 @dataclass(frozen=True)
@@ -98,12 +106,37 @@ def _tone_identity(item: EmojiItem) -> str:
     return variant_key(item.code, tone=True, gender=False)  # same emoji and gender, any tone
 
 
+def _gender_identity(item: EmojiItem) -> str:
+    return variant_key(item.code, tone=False, gender=True)  # same emoji and skin tone, any gender
+
+
+@cache
+def visible_difference(renderer: EmojiRenderer, a: str, b: str) -> float:
+    """Share of pixels where the two emoji, as the suite draws them, differ visibly (a channel by > 48 levels)."""
+    x = np.asarray(renderer.single(a), dtype=np.int16)
+    y = np.asarray(renderer.single(b), dtype=np.int16)
+    return float((np.abs(x - y).max(axis=-1) > 48).mean())
+
+
+def gender_variants(ctx: BuildContext, split: str) -> dict[str, list[Look]]:
+    """Emoji (and skin tone) -> its gender looks, man first, then woman, then person: each kept only if it
+    differs visibly from those kept before it (GENDER_MIN_DIFFERENCE), and only emoji left with two or more."""
+    variants: dict[str, list[Look]] = {}
+    gendered = [it for it in ctx.items(split) if it.gender in GENDERS]
+    for it in sorted(gendered, key=lambda it: (GENDERS.index(it.gender or ""), it.code)):
+        looks = variants.setdefault(_gender_identity(it), [])
+        if all(visible_difference(ctx.renderer, it.char, look.item.char) >= GENDER_MIN_DIFFERENCE for look in looks):
+            looks.append(Look(it, it.gender or ""))
+    return {key: looks for key, looks in sorted(variants.items()) if len(looks) >= 2}
+
+
 def _episodes(
     ctx: BuildContext,
     split: str,
     rng: random.Random,
     items: Sequence[EmojiItem],
     looks_of: Callable[[EmojiItem], list[Look]],
+    stratum: Callable[[Look], str] | None = None,
 ) -> Iterator[Episode]:
     """Episodes over `items` (each emoji once per pass, bases interleaved), each with a `pool_size` gallery.
 
@@ -111,11 +144,19 @@ def _episodes(
     exclude the query's base emoji (so only one candidate is "the same emoji") and the query's attribute (so
     only one is "the same colour"); the hardest come first: other emoji in the identity positive's attribute,
     and the attribute positive's emoji in other attributes.
+
+    `stratum(look)` (optional) holds a nuisance fixed within an episode (the gender pair's skin tone): the
+    positives and distractors come from the query's stratum (all of an emoji's looks must share one), and only
+    a gallery the stratum cannot fill is topped up from the others. None: one stratum (the other pairs).
     """
-    by_attribute: dict[str, list[Look]] = {}
+    strata = stratum or (lambda look: "")
+    by_attribute: dict[tuple[str, str], list[Look]] = {}
     for it in items:
         for look in looks_of(it):
-            by_attribute.setdefault(look.attribute, []).append(look)
+            by_attribute.setdefault((strata(look), look.attribute), []).append(look)
+    in_stratum: dict[str, list[Look]] = {}
+    for (where, _), looks in by_attribute.items():
+        in_stratum.setdefault(where, []).extend(looks)
     everything = [look for looks in by_attribute.values() for look in looks]
     size = ctx.config.pool_size
     passes = max((len(looks_of(it)) for it in items), default=0)  # each pass shows every emoji once more
@@ -127,18 +168,21 @@ def _episodes(
             continue
         query = rng.choice(fresh)
         asked.add((query.item.code, query.attribute))
+        where = strata(query)
         others = [look for look in own if look.attribute != query.attribute]
-        partners = [look for look in by_attribute[query.attribute] if look.item.base != item.base]
+        partners = [look for look in by_attribute[(where, query.attribute)] if look.item.base != item.base]
         if not others or not partners:
             continue
         same_identity, same_attribute = rng.choice(others), rng.choice(partners)
         distractors: list[Look] = []
         if ranked(split):
-            near = by_attribute[same_identity.attribute]
+            near = by_attribute[(where, same_identity.attribute)]
+            local = in_stratum[where]
             pool = [
                 *rng.sample(near, min(4, len(near))),
                 *(look for look in looks_of(same_attribute.item) if look.attribute != query.attribute),
-                *rng.sample(everything, min(len(everything), 4 * size)),
+                *rng.sample(local, min(len(local), 4 * size)),
+                *(rng.sample(everything, min(len(everything), 4 * size)) if stratum is not None else ()),
             ]
             seen = {_look_key(ctx, same_identity), _look_key(ctx, same_attribute)}
             for look in pool:
@@ -169,6 +213,19 @@ def _tone_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterato
             variants.setdefault(_tone_identity(it), []).append(Look(it, it.tone or ""))
     unique = [looks[0].item for _, looks in sorted(variants.items())]
     return _episodes(ctx, split, rng, unique, lambda it: variants[_tone_identity(it)])
+
+
+def _gender_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterator[Episode]:
+    """Gender pair: one entry per person emoji and skin tone; its looks are its man / woman / person variants.
+
+    The skin tone is held fixed within an episode (every candidate shows the query's tone), so the two
+    positives and the distractors differ from the query in emoji and gender only, and gender is a fine
+    attribute (hair, beard, face), like skin tone.
+    """
+    variants = gender_variants(ctx, split)
+    unique = [looks[0].item for looks in variants.values()]
+    return _episodes(ctx, split, rng, unique, lambda it: variants[_gender_identity(it)],
+                     stratum=lambda look: look.item.tone or "")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,10 +277,11 @@ def _identity_name(item: EmojiItem) -> str:
 
 def _builder(episodes: Callable[[BuildContext, str, random.Random], Iterator[Episode]], identity_side: bool,
              kind: str) -> Callable[[BuildContext, str, random.Random, int], Iterator[Example]]:
-    """A dataset builder for one side of a pair; `kind`: image (image query), text-tint or text-tone."""
+    """A dataset builder for one side of a pair; `kind`: tint or tone or gender (image query: a tinted emoji,
+    or the emoji as drawn), text-tint or text-tone (text query)."""
 
     def build(ctx: BuildContext, split: str, rng: random.Random, n: int) -> Iterator[Example]:
-        image = _tone_image(ctx) if kind in ("tone", "text-tone") else _tint_image(ctx)
+        image = _tone_image(ctx) if kind in ("tone", "text-tone", "gender") else _tint_image(ctx)
         # Both sides of a pair draw from one stream (not `rng`), so they share queries and galleries.
         stream = ctx.rng("conflict", episodes.__name__, split)
         for ep in episodes(ctx, split, stream):
@@ -250,4 +308,9 @@ BUILDERS = {
     "TintSameColourReworded": _builder(_tint_episodes, False, "tint"),
     "TextToneSameObject": _builder(_tone_episodes, True, "text-tone"),
     "TextToneSameTone": _builder(_tone_episodes, False, "text-tone"),
+    # the gender pair (`--conflict-streams ...,gender`): the same person emoji in any gender vs the same gender
+    "GenderSameEmoji": _builder(_gender_episodes, True, "gender"),
+    "GenderSameGender": _builder(_gender_episodes, False, "gender"),
+    "GenderSameEmojiReworded": _builder(_gender_episodes, True, "gender"),
+    "GenderSameGenderReworded": _builder(_gender_episodes, False, "gender"),
 }
