@@ -8,9 +8,11 @@ it offline: the backbone reference, the adapters and routers, the backbone's own
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,7 @@ class TSEmbedModel(nn.Module):
         self.attach_summary = None
         self.fingerprint: str | None = None  # content hash of the directory it was loaded from
         self.pilot_router: PilotRouter | None = None  # set by `tsembed compose` or loaded (moe.router="pilot")
+        self._forced_expert: int | None = None  # route_to(): every input to this expert, the pilots skipped
         if config.moe is not None:
             self.attach_summary = attach(backbone, config.moe)
             logger.info("%s", self.attach_summary)
@@ -164,7 +167,11 @@ class TSEmbedModel(nn.Module):
         pilot_view = batch.pop(PILOT_VIEW_KEY, None)
         if self.has_adapters:
             set_routing_hints(self.backbone, hint_ids)
-            if self.pilot_routed:  # a second pass: the pilot router reads the base model's embedding
+            if self.pilot_routed and self._forced_expert is not None:
+                gates = torch.zeros(_batch_size(batch), self.config.moe.num_experts, device=self._device())
+                set_routing_gates(self.backbone, gates.index_fill_(1, torch.tensor([self._forced_expert],
+                                                                                    device=gates.device), 1.0))
+            elif self.pilot_routed:  # a second pass: the pilot router reads the base model's embedding
                 if self.pilot_router is None:
                     raise AdapterError("this model is routed by pilot embeddings (moe.router='pilot') but has none; "
                                        "build it with `tsembed compose`")
@@ -183,6 +190,30 @@ class TSEmbedModel(nn.Module):
     def _embeddings(self, out: Any) -> torch.Tensor:
         pooled = self._pool(out.hidden_states, out.attention_mask)  # [B, D]
         return F.normalize(pooled.float(), dim=-1) if self.config.normalize else pooled.float()
+
+    @contextlib.contextmanager
+    def route_to(self, expert: int | str) -> Iterator[None]:
+        """Send every input to one expert (by index or name) inside the block, the pilot router skipped: how
+        documents are embedded for queries routed to that expert (``tsembed eval --target-routing query``), or a
+        task chosen by hand. Composed (pilot-routed) models only."""
+        if not self.pilot_routed:
+            raise AdapterError("route_to() needs a composed model (moe.router='pilot'); a learned router chooses its "
+                               "own experts")
+        names = list(self.config.moe.expert_names)
+        if isinstance(expert, str):
+            if expert not in names:
+                raise AdapterError(f"no expert named {expert!r}; this model's experts are {names}")
+            expert = names.index(expert)
+        if not 0 <= expert < self.config.moe.num_experts:
+            raise AdapterError(f"expert must be in [0, {self.config.moe.num_experts - 1}], got {expert}")
+        previous, self._forced_expert = self._forced_expert, int(expert)
+        try:
+            yield
+        finally:
+            self._forced_expert = previous
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def pilot_embeddings(self, **batch: Any) -> torch.Tensor:
         """What the pilot router reads for a prepared batch: the base model's embedding of the inputs, or of their
@@ -345,6 +376,14 @@ def model_fingerprint(directory: str | Path, sums: dict[str, str] | None = None)
     for name in sorted(sums):
         digest.update(f"{name}\0{sums[name]}\0".encode())
     return digest.hexdigest()
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    """Inputs in a prepared batch: rows of its attention mask (every backbone's ``prepare`` returns one)."""
+    mask = batch.get("attention_mask")
+    if not isinstance(mask, torch.Tensor):
+        raise AdapterError("a prepared batch without an attention_mask: cannot tell how many inputs it holds")
+    return int(mask.shape[0])
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -173,3 +173,30 @@ def test_a_text_router_reads_the_instruction_not_the_image(sources, tmp_path):
     assert batch[PILOT_VIEW_KEY]["input_ids"].shape[1] < batch["input_ids"].shape[1]  # the image's words are gone
     routed = embed_items(model, items, batch_size=2, with_routing=True)
     assert next(iter(routed.layer_probs.values())).argmax(dim=-1).tolist() == [0, 2]
+
+
+def test_query_routed_targets_are_embedded_by_the_querys_expert(sources, tmp_path):
+    """--target-routing query: a row's candidates (here each from another topic, so routed elsewhere by themselves)
+    are scored with the vectors their query's expert gives them: the same as embedding them by hand in route_to()."""
+    from tsembed.evaluation.harness import evaluate
+
+    compose([_expert(sources, t) for t in TOPICS], tmp_path / "c", pilots_per_expert=2)
+    model = TSEmbedModel.from_pretrained(tmp_path / "c")
+    rows = [{"qry_text": q, "qry_img_path": "", "tgt_text": ["gamma cars passage", "beta mountain", "alpha apples"],
+             "tgt_img_path": ["", "", ""]} for q in _texts("alpha", 3, offset=30)]
+    path = tmp_path / "AlphaRows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    own = evaluate(model, {"AlphaRows": path}, progress=False)
+    routed = evaluate(model, {"AlphaRows": path}, progress=False, target_routing="query")
+    assert routed.settings["target_routing"] == "query"
+    queries = embed_items(model, [EmbedInput(text=r["qry_text"]) for r in rows], 4).embeddings
+    with model.route_to("alpha"):
+        candidates = embed_items(model, [EmbedInput(text=t) for t in rows[0]["tgt_text"]], 4).embeddings
+    expected = ((queries @ candidates.T).argmax(dim=-1) == 0).float().mean().item()
+    assert routed.datasets[0].metrics["hit@1"] == pytest.approx(expected)
+    assert own.hits["AlphaRows"].hits.tolist() != [] and model._forced_expert is None
+    with pytest.raises(ConfigError, match="composed model"):
+        evaluate(TSEmbedModel.from_pretrained(sources["alpha"][0]), {"AlphaRows": path}, progress=False,
+                 target_routing="query")
+    with pytest.raises(Exception, match="no expert named 'delta'"), model.route_to("delta"):
+        pass

@@ -91,6 +91,10 @@ def eval_command(
         "positive (a collapsed model scores 0). [default: vlm2vec with --format mmeb, so the numbers compare with "
         "the leaderboard's; else pessimistic]",
     ),
+    target_routing: str = typer.Option(
+        "own", "--target-routing", help="own: every input routed by itself; query: a composed model (tsembed "
+        "compose) embeds each row's candidates with its query's expert, as a corpus indexed once per expert is "
+        "searched with the query's expert (costs one candidate encoding per expert used)."),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Model name in the MMEB leaderboard file [default: the model folder's name; "
         "for runs/x/model or runs/x/checkpoint-N the run's]."
@@ -140,6 +144,7 @@ def eval_command(
         image_root=image_root,
         tie_rule=tie_rule,
         predictions_dir=out / "mmeb" / "image" if output_format == "mmeb" else None,
+        target_routing=target_routing,
     )
     if not any(d.num_rows for d in results.datasets):
         from tsembed.errors import DataError

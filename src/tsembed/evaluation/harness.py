@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tsembed.data.images import ImageChecker
+from tsembed.errors import ConfigError
 from tsembed.evaluation.encoder import CachedEncoder, encoder_for
 from tsembed.evaluation.hits import DatasetHits
 from tsembed.evaluation.loading import LoadedEvalSet, load_eval_set
@@ -39,6 +40,8 @@ from tsembed.inputs import EmbedInput, InputKey, input_key
 
 logger = logging.getLogger(__name__)
 
+#: How a row's candidates are routed: by themselves, or to their query's expert (composed models).
+TARGET_ROUTINGS = ("own", "query")
 #: Queries scored per matrix product; bounds memory at chunk x (distinct inputs) scores.
 SCORE_CHUNK = 256
 
@@ -181,6 +184,7 @@ def evaluate(
     image_root: str | Path | None = None,
     tie_rule: str = PESSIMISTIC,
     predictions_dir: str | Path | None = None,
+    target_routing: str = "own",
 ) -> EvalResults:
     """Evaluate ``model`` on an MMEB-format suite.
 
@@ -205,6 +209,10 @@ def evaluate(
         predictions_dir: Also rank every row's candidates in full, write them there as VLM2Vec-V2's
             ``<Dataset>_pred.jsonl`` (one file per dataset, written as it is scored, nothing held in memory) and
             record V2's metrics over them in ``DatasetResult.ranking`` (``tsembed.evaluation.leaderboard``).
+        target_routing: ``own`` (every input routed by itself) or ``query`` (composed models: each row's candidates
+            are embedded by the expert its query was routed to, as a corpus indexed once per expert is searched
+            with the query's expert; RouterRetriever's protocol). ``query`` costs one candidate encoding per expert
+            the dataset's queries use, outside the embedding cache.
 
     Returns:
         Per-dataset metrics with per-meta-task, IND, OOD and overall averages.
@@ -215,6 +223,11 @@ def evaluate(
     """
     start = time.perf_counter()
     check_tie_rule(tie_rule)
+    if target_routing not in TARGET_ROUTINGS:
+        raise ConfigError(f"target_routing must be one of {TARGET_ROUTINGS}, got {target_routing!r}")
+    if target_routing == "query" and not getattr(model, "pilot_routed", False):
+        raise ConfigError("target_routing 'query' needs a composed model (tsembed compose): a learned router routes "
+                          "every input by itself")
     specs = resolve_eval_sets(suite, datasets, split, image_root=image_root)
     encoder = encoder_for(model, encoder, cache_dir, batch_size=batch_size, progress=progress)
     before = encoder.stats.to_dict()
@@ -230,6 +243,9 @@ def evaluate(
         if not loaded.rows:
             logger.warning("%s: no valid eval rows in %s", spec.name, spec.path)
         embeddings = torch.from_numpy(encoder.encode(interned.inputs, desc=spec.name, task=spec.task).embeddings)
+        if target_routing == "query" and loaded.rows:
+            embeddings, candidates = query_routed_candidates(model, encoder, interned.inputs, embeddings, queries,
+                                                             candidates, valid, spec.name)
         embedding_dim = int(embeddings.shape[1]) if embeddings.dim() == 2 and len(embeddings) else embedding_dim
         metrics, pool_size, row_hits = score_rows(embeddings, queries, candidates, valid, global_pool, ks,
                                                   tie_rule)
@@ -278,9 +294,44 @@ def evaluate(
         "image_root": None if image_root is None else str(image_root),
         "tie_rule": tie_rule,
         "embedding_dim": embedding_dim,
+        "target_routing": target_routing,
     }
     return EvalResults(model_id=encoder.model_id, datasets=results, settings=settings, timing=timing,
                        hits=hits)
+
+
+def query_routed_candidates(model: Any, encoder: CachedEncoder, inputs: list[EmbedInput],
+                            embeddings: torch.Tensor, queries: torch.Tensor, candidates: torch.Tensor,
+                            valid: torch.Tensor, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings and candidate ids where every row's candidates are embedded by its query's expert.
+
+    The queries' routes come from the pilot router (their routing is cached with their embeddings); the
+    candidates of the rows routed to expert e are embedded once more inside ``model.route_to(e)`` and appended,
+    and those rows' candidate ids point at the new rows.
+    """
+    from tsembed.encoding import embed_items
+
+    distinct = torch.unique(queries)
+    routing = encoder.encode([inputs[i] for i in distinct.tolist()], need_routing=True, desc=f"{desc} routes").routing
+    if routing is None:
+        raise ConfigError("the model returned no routing for the queries: is it a composed model?")
+    routes = torch.from_numpy(routing[:, 0]).argmax(dim=-1).tolist()  # every pilot-routed layer has the same gates
+    expert_of = dict(zip(distinct.tolist(), routes, strict=True))
+    row_expert = torch.tensor([expert_of[q] for q in queries.tolist()], dtype=torch.long)
+    candidates = candidates.clone()
+    parts = [embeddings]
+    offset = embeddings.shape[0]
+    for expert in torch.unique(row_expert).tolist():
+        rows = (row_expert == expert).nonzero().squeeze(-1)
+        ids = torch.unique(candidates[rows][valid[rows]])
+        with model.route_to(expert):
+            parts.append(embed_items(model, [inputs[i] for i in ids.tolist()], encoder.batch_size).embeddings)
+        remap = torch.full((embeddings.shape[0],), -1, dtype=torch.long)
+        remap[ids] = torch.arange(len(ids)) + offset
+        block = candidates[rows]
+        candidates[rows] = torch.where(valid[rows], remap[block], block)
+        offset += len(ids)
+    return torch.cat(parts).to(embeddings.dtype), candidates
 
 
 def _fmt(value: float | None) -> str:
