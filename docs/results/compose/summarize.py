@@ -131,10 +131,13 @@ def main() -> None:
         report = out / f"composed/seed{seed}/model/compose.json"
         if report.is_file():
             routing.append(json.loads(report.read_text()).get("routing_accuracy", {}))
-    summary["routing_accuracy_dev"] = (mean_std([100 * r["accuracy"] for r in routing if r.get("accuracy")
-                                                 is not None]) if routing else None)
-    summary["routing_dev_per_seed"] = [{n: round(100 * d["accuracy"], 1) for n, d in r["datasets"].items()
-                                        if d.get("accuracy") is not None} for r in routing]
+    # amendment 2: the router decides the queries (their candidates follow them); all inputs reported beside
+    summary["routing_accuracy_dev"] = (mean_std([100 * r["query_accuracy"] for r in routing
+                                                 if r.get("query_accuracy") is not None]) if routing else None)
+    summary["routing_accuracy_dev_all_inputs"] = (mean_std([100 * r["accuracy"] for r in routing
+                                                            if r.get("accuracy") is not None]) if routing else None)
+    summary["routing_dev_per_seed"] = [{n: round(100 * d["query_accuracy"], 1) for n, d in r["datasets"].items()
+                                        if d.get("query_accuracy") is not None} for r in routing]
     if split == "eval":
         summary["scaling"] = scaling(out / "scaling/seed0", suite, names, ind)
         summary["old_tasks_unchanged"] = summary["scaling"].get("old_tasks_unchanged") if summary["scaling"] else None

@@ -344,7 +344,7 @@ def routing_accuracy(model: Any, suite: str | Path, split: str = "dev", batch_si
     for name, info in loaded.datasets.items():
         if name not in owner and getattr(info, "condition", None) in by_condition:
             owner[name] = by_condition[info.condition]
-    per_dataset, right, total = {}, 0, 0
+    per_dataset, right, total, right_queries, queries = {}, 0, 0, 0, 0
     for name in loaded.names(split=split):
         split_rows = loaded.eval(name, split=split)
         rows = split_rows.rows[:max_rows] if max_rows else split_rows.rows
@@ -360,5 +360,9 @@ def routing_accuracy(model: Any, suite: str | Path, split: str = "dev", batch_si
                          query_accuracy=float((routes[0::2] == owner[name]).float().mean()),
                          target_accuracy=float((routes[1::2] == owner[name]).float().mean()))
             right, total = right + hits, total + len(items)
+            right_queries += int((routes[0::2] == owner[name]).sum())
+            queries += len(rows)
         per_dataset[name] = entry
-    return {"split": split, "accuracy": right / total if total else None, "datasets": per_dataset}
+    # with query-routed targets (tsembed eval --target-routing query) the router decides the queries only
+    return {"split": split, "accuracy": right / total if total else None,
+            "query_accuracy": right_queries / queries if queries else None, "datasets": per_dataset}
