@@ -4,7 +4,9 @@ One frozen base ``nn.Linear`` (d × d), 4,096 tokens, r = 8, top-2 token routing
 (the input requires grad, as it does inside a model whose lower layers are adapted). All variants are
 timed side by side in one run; each figure is the median of ``--repeats`` timed runs after warm-up.
 Memory: on a GPU, peak allocated memory; on the CPU (which has no allocator statistics), the bytes of
-tensors autograd saves for backward, the activation memory that grows with batch size.
+tensors autograd saves for backward, the activation memory that grows with batch size. First, the aten ops one
+adapted linear dispatches forward and backward (each at least one kernel launch on a GPU) next to peft's LoRA's
+(the target: at most 2x).
 
     python benchmarks/moe_lora_kernel.py [--quick] [--repeats 7]
 
@@ -22,6 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tsembed.moe import MoELoRAConfig, MoELoRALinear, attach
 
@@ -87,6 +90,53 @@ def make_variants(d: int, experts: int, device: str, dtype: torch.dtype) -> dict
         "lora_Er": PlainLoRA(base, RANK * experts),
         "sparse_loop": SparseDispatchMoE(base, experts, RANK, TOP_K),
     }
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops a block dispatches: on a GPU each is (at least) one kernel launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def peft_lora(d: int, device: str, dtype: torch.dtype) -> nn.Module:
+    """peft's own LoRA on one linear, the adapter users compare against."""
+    from peft import LoraConfig, get_peft_model
+
+    model = nn.Sequential(nn.Linear(d, d, device=device, dtype=dtype))
+    return get_peft_model(model, LoraConfig(r=RANK, lora_alpha=16, target_modules=["0"]))
+
+
+def aten_ops(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """Aten ops of one forward and of its backward."""
+    xi = x.detach().requires_grad_(True)
+    with _OpCounter() as forward:
+        out = module(xi)
+    loss = out.float().square().mean()
+    with _OpCounter() as backward:
+        loss.backward()
+    return forward.count, backward.count
+
+
+def op_counts(d: int, device: str, dtype: torch.dtype) -> dict[str, tuple[int, int]]:
+    """Aten ops per adapted linear: the MoE-LoRA layer at token top-2 and sequence top-1, peft's LoRA, a plain
+    LoRA and the bare linear, on one small input (the count does not depend on its size)."""
+    x = torch.randn(2, 8, d, device=device, dtype=dtype)
+    counts = {}
+    for level, top_k in (("token", TOP_K), ("sequence", 1)):
+        moe = nn.Sequential(nn.Linear(d, d, device=device, dtype=dtype))
+        attach(moe, MoELoRAConfig(target_modules=["0"], num_experts=4, rank=RANK, top_k=top_k, level=level))
+        counts[f"moe_lora_{level}_top{top_k}"] = aten_ops(moe, x)
+    counts["peft_lora"] = aten_ops(peft_lora(d, device, dtype), x)
+    base = nn.Linear(d, d, device=device, dtype=dtype)
+    counts["lora_r"] = aten_ops(PlainLoRA(base, RANK), x)
+    counts["linear"] = aten_ops(nn.Linear(d, d, device=device, dtype=dtype), x)
+    return counts
 
 
 def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
@@ -155,6 +205,13 @@ def main(quick: bool = False, repeats: int = 7) -> dict[str, float]:
     print(header + f" | {'moe/lora_Er':>11} {'loop/moe':>9}")
     print("-" * len(header) + "-" * 24)
     summary: dict[str, float] = {}
+    ops = op_counts(64, device, dtype)
+    print("aten ops per adapted linear (forward / backward): " + ", ".join(f"{k} {f}/{b}" for k, (f, b) in ops.items()))
+    peft_f, peft_b = ops["peft_lora"]
+    for name in ops:
+        if name.startswith("moe_lora"):
+            summary[f"ops_fwd_{name}_over_peft"] = round(ops[name][0] / peft_f, 3)
+            summary[f"ops_bwd_{name}_over_peft"] = round(ops[name][1] / peft_b, 3)
     for d in dims:
         for experts in expert_counts:
             x = torch.randn(8, TOKENS // 8, d, device=device, dtype=dtype)

@@ -131,12 +131,12 @@ class MoELoRALinear(nn.Module):
         if self.num_shared:
             gates = torch.cat([gates, gates.new_ones(*gates.shape[:-1], self.num_shared)], dim=-1)
         hidden = F.linear(self.dropout(x3), self.lora_A)  # [B, L, (E+S)·r]; under autocast in its dtype
-        # α/r rides on the small gate tensor instead of a pass over the [B, L, d_out] output.
-        gates = (gates * self.scaling).to(hidden.dtype)
+        gates = gates.to(hidden.dtype)
         hidden = (hidden.view(batch, length, -1, self.rank) * gates.unsqueeze(-1)).view(batch * length, -1)
-        # result + hidden @ B^T in one GEMM with the add fused in: [B·L, d_out]; the sum is formed in the
-        # adapter's dtype (fp32 outside autocast) and only then rounded to the base output's dtype
-        out = torch.addmm(result.reshape(batch * length, -1).to(hidden.dtype), hidden, self.lora_B.t())
+        # result + (α/r) · hidden @ B^T in one GEMM with the add and the scale fused in: [B·L, d_out]; the sum is
+        # formed in the adapter's dtype (fp32 outside autocast) and only then rounded to the base output's dtype
+        out = torch.addmm(result.reshape(batch * length, -1).to(hidden.dtype), hidden, self.lora_B.t(),
+                          alpha=self.scaling)
         return out.view_as(result).to(result.dtype)
 
     def _dispatch(self, x3: torch.Tensor, result: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ class Router(nn.Module):
         if hints is not None and self.hint is not None:
             bias = self.hint[hints.clamp_min(0)] * (hints >= 0).unsqueeze(-1).to(logits.dtype)  # [B, routes]
             logits = logits + bias.view(bias.shape[0], *([1] * (logits.dim() - 2)), bias.shape[-1])
-        return logits, torch.softmax(logits / self.temperature, dim=-1)
+        scaled = logits if self.temperature == 1.0 else logits / self.temperature  # one launch fewer at T = 1
+        return logits, torch.softmax(scaled, dim=-1)
 
     def own_router_parameters(self) -> list[nn.Parameter]:
         """The weight and the task-hint biases (``moe.routers.RouterOwner``)."""
