@@ -200,3 +200,19 @@ def test_query_routed_targets_are_embedded_by_the_querys_expert(sources, tmp_pat
                  target_routing="query")
     with pytest.raises(Exception, match="no expert named 'delta'"), model.route_to("delta"):
         pass
+
+
+def test_a_composed_model_exports_each_expert_and_encodes_like_any_model(sources, tmp_path):
+    """Export --expert e of a composed model is specialist e merged; the Encoder and the server path (prepare with
+    the text view, move_batch) embed with pilot routing."""
+    from tsembed import Encoder
+    from tsembed.inference.export import export_merged_expert
+
+    compose([_expert(sources, t) for t in TOPICS], tmp_path / "c", pilots_per_expert=2)
+    merged = TSEmbedModel.from_pretrained(export_merged_expert(tmp_path / "c", tmp_path / "beta-merged", 1))
+    items = _inputs("beta")
+    own = embed_items(TSEmbedModel.from_pretrained(sources["beta"][0]), items, 4).embeddings
+    torch.testing.assert_close(embed_items(merged, items, 4).embeddings, own, atol=1e-5, rtol=1e-5)
+    encoder = Encoder.from_pretrained(tmp_path / "c")
+    vectors = encoder.encode([x.text for x in items], convert_to_tensor=True)
+    torch.testing.assert_close(torch.as_tensor(vectors).float(), own, atol=1e-5, rtol=1e-5)
