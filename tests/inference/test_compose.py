@@ -216,3 +216,19 @@ def test_a_composed_model_exports_each_expert_and_encodes_like_any_model(sources
     encoder = Encoder.from_pretrained(tmp_path / "c")
     vectors = encoder.encode([x.text for x in items], convert_to_tensor=True)
     torch.testing.assert_close(torch.as_tensor(vectors).float(), own, atol=1e-5, rtol=1e-5)
+
+
+def test_the_server_embeds_with_the_composed_models_experts(sources, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tsembed.inference.server import ServerSettings, create_app
+
+    compose([_expert(sources, t) for t in TOPICS], tmp_path / "c", pilots_per_expert=2)
+    model = TSEmbedModel.from_pretrained(tmp_path / "c")
+    items = _inputs("gamma")[:3]
+    expected = embed_items(TSEmbedModel.from_pretrained(sources["gamma"][0]), items, 4).embeddings
+    with TestClient(create_app(model, ServerSettings(model_name="composed", self_check=False))) as client:
+        response = client.post("/v1/embeddings", json={"model": "composed", "input": [x.text for x in items]})
+    assert response.status_code == 200, response.text
+    got = torch.tensor([d["embedding"] for d in response.json()["data"]])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
