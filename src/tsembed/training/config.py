@@ -13,7 +13,7 @@ from tsembed.moe import MoELoRAConfig
 from tsembed.precision import PRECISIONS
 from tsembed.training.align import AlignConfig
 from tsembed.training.eans import EANSConfig
-from tsembed.training.objective import LossConfig
+from tsembed.training.loss_config import LossConfig
 
 SWITCH_RULES = ("steps", "stability")
 
