@@ -49,9 +49,17 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+        raise ConfigError(_under(path, str(exc))) from None
     except TypeError as exc:
         raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def _under(path: str, message: str) -> str:
+    """``message`` placed under ``path``: "moe.rank must be …" at ``model.moe`` reads "model.moe.rank must be …"."""
+    if not path:
+        return message
+    leaf = path.rsplit(".", 1)[-1]
+    return path + message[len(leaf):] if message.startswith(leaf + ".") else f"{path}: {message}"
 
 
 def _convert(hint: Any, value: Any, path: str) -> Any:
@@ -74,9 +82,11 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     if hint is Any:
         return value
     if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        if item is str and isinstance(value, str):  # `target_modules: x` is the one-pattern list, as in Python
+            value = [value]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
-        (item,) = typing.get_args(hint)[:1] or (Any,)
         return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):

@@ -57,3 +57,29 @@ def test_register_dataset_refuses_silent_replacement(monkeypatch) -> None:
     assert DatasetInfo.from_dict(info.to_dict()) == info
     with pytest.raises(ConfigError, match="unknown key"):
         DatasetInfo.from_dict({**info.to_dict(), "split": "x"})
+
+
+def test_meta_task_names_are_spelled_through_the_registry(monkeypatch) -> None:
+    """mteb's task hints and the suite builder name meta-tasks through ``meta_task``: a renamed meta-task fails
+    when they are imported, instead of silently matching nothing."""
+    import importlib.util
+    from pathlib import Path
+
+    from tsembed.data import registry
+    from tsembed.data.registry import meta_task
+
+    assert meta_task("vqa") == "vqa"
+    with pytest.raises(ConfigError, match=r"'visual-qa' is not a meta-task; meta-tasks: \['classification'"):
+        meta_task("visual-qa")
+    src = Path(registry.__file__).resolve().parents[1]
+    modules = [src / "data" / "suite" / "build.py"]
+    if importlib.util.find_spec("mteb") is not None:
+        from tsembed.integrations.mteb import TASK_HINTS
+
+        assert set(TASK_HINTS.values()) <= set(META_TASKS)
+        modules.append(src / "integrations" / "mteb.py")
+    monkeypatch.setattr(registry, "META_TASKS", ("classification", "visual-qa", "retrieval", "grounding"))
+    for path in modules:  # a fresh copy of the module, so the imported one stays as it is
+        spec = importlib.util.spec_from_file_location(f"_renamed_{path.stem}", path)
+        with pytest.raises(ConfigError, match="'vqa' is not a meta-task"):
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))

@@ -42,11 +42,11 @@ def test_a_derived_override_applies_after_the_variant_unlike_a_base_set(tmp_path
     base = load_base_config(None, [])
     lora80 = derive(variants_for(base), ["lora80=lora:model.moe.rank=80"])["lora80"]
     config = variant_config(base, lora80, 0, tmp_path, [])
-    assert (config.model.moe["num_experts"], config.model.moe["rank"]) == (1, 80)
+    assert (config.model.moe.num_experts, config.model.moe.rank) == (1, 80)
     # `--set model.moe.rank=80` changes the base, from which the lora variant derives its budget: E × 80
     scaled = load_base_config(None, ["model.moe.rank=80"])
     config = variant_config(scaled, variants_for(scaled)["lora"], 0, tmp_path, [])
-    assert config.model.moe["rank"] == 4 * 80
+    assert config.model.moe.rank == 4 * 80
 
 
 def test_ablate_summarises_a_derived_variant(tmp_path) -> None:
@@ -88,7 +88,7 @@ def _variant_moe(name: str, tmp_path) -> dict:
 
     base = load_base_config(None, [])
     variants = variants_for(base, extra=True)
-    return dict(variant_config(base, variants[name], 0, tmp_path / name, []).model.moe)
+    return variant_config(base, variants[name], 0, tmp_path / name, []).model.moe.to_dict()
 
 
 def test_shared_routed_has_the_lora_arms_trainable_budget_but_for_router_rows(tmp_path) -> None:

@@ -111,6 +111,22 @@ def test_precision_matches_sentence_transformers_quantize_embeddings():
         quantize_embeddings(emb, "int4")
 
 
+def test_an_unknown_precision_is_refused_once_before_the_model_runs(model, monkeypatch):
+    from typing import get_args
+
+    from tsembed.inference import encoder as module
+
+    assert module.PRECISIONS == get_args(module.Precision) == ("float32", "int8", "uint8", "binary", "ubinary")
+    monkeypatch.setattr(module, "embed_items", lambda *a, **k: pytest.fail("the model ran"))
+    with pytest.raises(ConfigError, match=r"precision must be one of \['float32', 'int8'"):
+        Encoder(model).encode(TEXTS, precision="int4")
+    monkeypatch.undo()  # the model may run again
+    checks = []
+    monkeypatch.setattr(module, "checked_precision", lambda p: checks.append(p) or p)
+    Encoder(model).encode(TEXTS, precision="int8")
+    assert checks == ["int8"]  # validated once per call, not again by the quantiser
+
+
 def test_binary_bits_are_the_signs():
     emb = np.array([[1, -1, 1, -1, -1, -1, -1, 1]], dtype=np.float32)
     assert quantize_embeddings(emb, "ubinary").tolist() == [[0b10100001]]

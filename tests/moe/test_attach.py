@@ -135,7 +135,6 @@ def test_attach_twice_is_an_error():
         ({"level": "batch"}, "moe.level"),
         ({"top_p": 0.0}, "moe.top_p"),
         ({"temperature": 0}, "moe.temperature"),
-        ({"target_modules": []}, "at least one"),
         ({"target_modules": ["("]}, "not a valid regex"),
     ],
 )
@@ -143,6 +142,15 @@ def test_bad_config_values_are_named(kwargs, match):
     kwargs.setdefault("target_modules", ["0"])
     with pytest.raises(ConfigError, match=match):
         MoELoRAConfig(**kwargs)
+
+
+def test_a_config_without_targets_means_the_backbones_and_attach_refuses_it():
+    """Empty targets are a training config's "the backbone's defaults", filled in before attaching."""
+    config = MoELoRAConfig()
+    assert config.with_default_targets(["0"]).target_modules == ["0"] and config.target_modules == []
+    assert MoELoRAConfig(target_modules=["2"]).with_default_targets(["0"]).target_modules == ["2"]
+    with pytest.raises(ConfigError, match="moe.target_modules: give at least one"):
+        attach(mlp(), config)
 
 
 def test_unknown_config_key_is_named():

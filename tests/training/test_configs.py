@@ -57,7 +57,7 @@ def test_zero_grad_clip_and_null_mean_no_clipping():
 def test_qwen2vl_config_trains_fp32_adapters_under_bf16_autocast_with_workers():
     config = load_train_config(CONFIGS[0].parent / "qwen2vl_mmeb.yaml")
     assert config.model.backbone["dtype"] == "bfloat16"  # the frozen base
-    assert config.model.moe["adapter_dtype"] == "float32"
+    assert config.model.moe.adapter_dtype == "float32"
     assert config.run.precision == "bf16" and config.data.num_workers > 0
 
 
@@ -83,3 +83,44 @@ def test_loss_numbers_are_range_checked(section, key, value, message):
 def test_moe_positive_numbers_must_be_finite(key, value):
     with pytest.raises(ConfigError, match=re.escape(f"moe.{key} must be a finite number > 0")):
         MoELoRAConfig(target_modules=[".*"], **{key: value})
+
+
+def test_model_moe_is_a_typed_config_validated_once_at_load():
+    """``model.moe`` is a MoELoRAConfig when the file loads; the backbone's targets are filled in later."""
+    config = load_train_config(overrides=["model.moe.rank=4", "model.moe.alpha=8", "model.moe.task_hints=vdc"])
+    moe = config.model.moe
+    assert isinstance(moe, MoELoRAConfig) and (moe.rank, moe.alpha, moe.task_hints) == (4, 8.0, ["vdc"])
+    assert moe.target_modules == []  # left out: the backbone's defaults
+    assert config.model.moe_config(["a", "b"]).target_modules == ["a", "b"]
+    pinned = load_train_config(overrides=["model.moe.target_modules=[x]"]).model
+    assert pinned.moe_config(["a"]).target_modules == ["x"]
+    assert load_train_config(overrides=["model.moe=null"]).model.moe_config(["a"]) is None
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.moe.rank=0", "model.moe.rank must be an integer >= 1, got 0"),
+    ("model.moe.rank=x", "model.moe.rank: expected an integer, got 'x'"),
+    ("model.moe.bogus=1", "unknown config key(s) ['model.moe.bogus']"),
+    ("model.moe.routing=soft", "model.moe.routing must be one of"),
+    ("model.moe={top_k: 9}", "model.moe.top_k=9 is larger"),
+])
+def test_model_moe_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_train_config(overrides=[override])
+
+
+def test_a_saved_run_config_loads_back(tmp_path):
+    """A run's config.json, as this version writes it and as older ones did (``model.moe`` a partial dict)."""
+    import json
+    from dataclasses import asdict
+
+    from tsembed.configtools import from_dict
+    from tsembed.training.config import TrainConfig
+
+    config = load_train_config(overrides=["model.moe.num_experts=2", "model.moe.level=sequence"])
+    again = from_dict(TrainConfig, json.loads(json.dumps(asdict(config))))
+    assert again == config
+    old = json.loads(json.dumps(asdict(config)))
+    old["model"]["moe"] = {"num_experts": 2, "rank": 8, "alpha": 16, "level": "sequence"}  # as older versions wrote it
+    assert from_dict(TrainConfig, old).model.moe == config.model.moe
+

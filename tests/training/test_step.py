@@ -248,3 +248,41 @@ def test_gradcache_chunks_are_length_bucketed():
     assert padded <= plain
     extended = prepared.with_targets(prepared.targets[:1], 3)
     assert extended.target_order == prepared.target_order + [11, 12, 13]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_step_total_is_the_objective_plus_the_weighted_routing_terms(chunk_size):
+    """The step's total, assembled by hand from the model's own outputs: InfoNCE (+ uniformity) from the
+    objective, plus λ_bal·L_bal + λ_z·L_z of the routing statistics (the assembly lives in one place)."""
+    from tsembed.moe import top1_shares
+
+    model = toy_model(level="sequence")
+    cfg = LossConfig(load_balance_weight=0.3, z_loss_weight=0.02, uniformity_weight=0.5, load_balance_window=1)
+    objective = ContrastiveObjective(cfg, EANSConfig(mode="off"))
+    batch = toy_batch(n=6, hard=2)
+    torch.manual_seed(0)
+    out = contrastive_step(model, objective, batch, eans_active=False, chunk_size=chunk_size, backward=False)
+
+    model.eval()  # no jitter or dropout in the toy, so eval gives the same numbers
+    q, t = model(**model.prepare(batch.queries)), model(**model.prepare(batch.targets))
+    ref = objective(q.embeddings, t.embeddings, q.routing.signature, t.routing.signature, batch.target_ids,
+                    batch.target_owner, False)
+    stats = [q.routing.layer_stats, t.routing.layer_stats]
+    counts = {n: q.routing.layer_stats[n].top1_counts + t.routing.layer_stats[n].top1_counts for n in stats[0]}
+    units = {n: q.routing.layer_stats[n].num_units + t.routing.layer_stats[n].num_units for n in stats[0]}
+    lb, z = (v.detach() for v in aux_losses(stats, top1_shares(counts, units), units))
+    assert out.contrastive == pytest.approx(float(ref.loss.detach()), rel=1e-5)
+    assert (out.load_balance, out.z_loss) == (pytest.approx(float(lb), rel=1e-5), pytest.approx(float(z), rel=1e-5))
+    assert out.loss == pytest.approx(float((ref.loss + 0.3 * lb + 0.02 * z).detach()), rel=1e-5)
+    assert "uniformity" in out.logs and float(lb) > 0 and float(z) > 0
+
+
+def test_routing_terms_weighting_and_a_model_without_adapters():
+    from tsembed.training.auxiliary import RoutingTerms, step_total
+
+    cfg = LossConfig(load_balance_weight=0.5, z_loss_weight=0.25)
+    terms = RoutingTerms(torch.tensor(2.0), torch.tensor(4.0))
+    assert float(terms.weighted(cfg)) == 2.0 and float(terms.weighted(cfg, ranks=3)) == 6.0  # a sum over ranks
+    assert float(step_total(torch.tensor(1.0), terms, cfg)) == 3.0
+    none = RoutingTerms.of([], {}, {}, torch.device("cpu"))
+    assert (float(none.load_balance), float(none.z_loss)) == (0.0, 0.0)

@@ -17,6 +17,17 @@ from tsembed.errors import ConfigError
 from tsembed.inputs import IMAGE_PLACEHOLDER
 
 META_TASKS: tuple[str, ...] = ("classification", "vqa", "retrieval", "grounding")
+
+
+def meta_task(name: str) -> str:
+    """``name``, checked against ``META_TASKS``: code that needs a meta-task by name (``integrations/mteb.py``,
+    ``data/suite/build.py``) spells it through this, so renaming one fails loudly where it is imported instead of
+    silently matching nothing."""
+    if name not in META_TASKS:
+        raise ConfigError(f"{name!r} is not a meta-task; meta-tasks: {list(META_TASKS)}")
+    return name
+
+
 SPLITS: tuple[str, ...] = ("train", "dev", "eval")  # dev: held-out IND rows in eval format (optional)
 RANKED_SPLITS: tuple[str, ...] = ("eval", "dev")  # eval format: each query ranked against its own candidates
 TEXT_SLOT = "{text}"

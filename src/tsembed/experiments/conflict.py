@@ -24,7 +24,8 @@ from tsembed.errors import ConfigError
 from tsembed.model import TSEmbedModel
 from tsembed.training.data import TrainingData
 from tsembed.training.eans import EANSConfig
-from tsembed.training.objective import ContrastiveObjective, LossConfig
+from tsembed.training.loss_config import LossConfig
+from tsembed.training.objective import ContrastiveObjective
 from tsembed.training.step import contrastive_step
 
 

@@ -136,11 +136,9 @@ def pick(variants: dict[str, Variant], names: list[str] | None) -> list[Variant]
 
 def variants_for(base: dict, modes: tuple[str, ...] = ("weight",), extra: bool = False) -> dict[str, Variant]:
     """The variants of a resolved base config: the LoRA budget follows its MoE section."""
-    from dataclasses import fields
-
+    from tsembed.configtools import from_dict
     from tsembed.moe import MoELoRAConfig
 
-    defaults = {f.name: f.default for f in fields(MoELoRAConfig)}  # MoELoRAConfig is the one source of defaults
-    moe = {**defaults, **(base.get("model", {}).get("moe") or {})}
-    return ablation_variants(int(moe["num_experts"]), int(moe["rank"]), modes,
-                             num_shared=int(moe["num_shared_experts"]), extra=extra)
+    # the typed section, as training reads it: MoELoRAConfig is the one source of defaults and checks
+    moe = from_dict(MoELoRAConfig, base.get("model", {}).get("moe") or {}, "model.moe")
+    return ablation_variants(moe.num_experts, moe.rank, modes, num_shared=moe.num_shared_experts, extra=extra)

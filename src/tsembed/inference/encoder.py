@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -37,8 +37,8 @@ from tsembed.inputs import with_task
 logger = logging.getLogger(__name__)
 
 #: ``precision`` values of ``encode``, as sentence-transformers' ``quantize_embeddings`` names them.
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)  # the one spelling: the type's
 #: ``Encoder.similarity_fn_name`` values, as sentence-transformers' ``SimilarityFunction`` names them.
 SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")
 
@@ -57,6 +57,18 @@ def quantize_embeddings(embeddings: Any, precision: str, ranges: Any = None,
     Raises:
         ConfigError: an unknown ``precision``.
     """
+    return _quantize(embeddings, checked_precision(precision), ranges, calibration_embeddings)
+
+
+def checked_precision(precision: str) -> str:
+    """``precision`` if it is one of ``PRECISIONS``, else a ConfigError listing them (checked before any work)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def _quantize(embeddings: Any, precision: str, ranges: Any, calibration_embeddings: Any) -> np.ndarray:
+    """``quantize_embeddings`` for a ``precision`` already checked."""
     if isinstance(embeddings, torch.Tensor):
         embeddings = embeddings.detach().cpu().numpy()
     embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -78,10 +90,8 @@ def quantize_embeddings(embeddings: Any, precision: str, ranges: Any = None,
         steps = np.where(steps == 0, 1, steps)  # a constant dimension: bucket 0, not a division by zero
         buckets = np.clip(np.floor((embeddings - starts) / steps), 0, 255)
         return buckets.astype(np.uint8) if precision == "uint8" else (buckets - 128).astype(np.int8)
-    if precision in ("binary", "ubinary"):
-        packed = np.packbits(embeddings > 0, axis=-1)
-        return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
-    raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    packed = np.packbits(embeddings > 0, axis=-1)  # binary / ubinary
+    return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
 
 
 @dataclass
@@ -168,8 +178,7 @@ def encode(
         instruction = prompt_as_instruction(prompt)
     if normalize_embeddings is not None:
         normalize = bool(normalize_embeddings)
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    precision = checked_precision(precision)  # before the model runs
     if device is not None:
         from tsembed.devices import check_device
 
@@ -193,7 +202,7 @@ def encode(
     if out.signature is not None:
         routing = Routing(out.signature, dict(out.layer_probs))
     if precision != "float32":
-        quantized = quantize_embeddings(embeddings, precision)
+        quantized = _quantize(embeddings, precision, None, None)
         embeddings = torch.from_numpy(quantized) if convert_to_tensor or not convert_to_numpy else quantized
     elif convert_to_numpy and not convert_to_tensor:
         embeddings = embeddings.numpy().astype(np.float32, copy=False)

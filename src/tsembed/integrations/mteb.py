@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from tsembed.data.registry import meta_task
 from tsembed.errors import DataError
 from tsembed.extras import require
 from tsembed.inference.encoder import Encoder
@@ -40,21 +41,23 @@ AbsEncoder = require("mteb.models.abs_encoder", _PURPOSE).AbsEncoder
 ModelMeta = require("mteb.models.model_meta", _PURPOSE).ModelMeta
 PromptType = require("mteb.types", _PURPOSE).PromptType
 
+# spelled through the registry's meta_task, so a renamed meta-task fails here instead of drifting
+_CLASSIFICATION, _VQA, _RETRIEVAL = (meta_task(n) for n in ("classification", "vqa", "retrieval"))
 #: mteb task type -> the tsembed meta-task a task-hinted router is told (types not listed declare none).
 TASK_HINTS: dict[str, str] = {
-    "Classification": "classification",
-    "MultilabelClassification": "classification",
-    "ImageClassification": "classification",
-    "ZeroShotClassification": "classification",
-    "VisionCentricQA": "vqa",
-    "Retrieval": "retrieval",
-    "Reranking": "retrieval",
-    "InstructionRetrieval": "retrieval",
-    "InstructionReranking": "retrieval",
-    "Any2AnyRetrieval": "retrieval",
-    "Any2AnyMultilingualRetrieval": "retrieval",
-    "Any2AnyReranking": "retrieval",
-    "DocumentUnderstanding": "retrieval",
+    "Classification": _CLASSIFICATION,
+    "MultilabelClassification": _CLASSIFICATION,
+    "ImageClassification": _CLASSIFICATION,
+    "ZeroShotClassification": _CLASSIFICATION,
+    "VisionCentricQA": _VQA,
+    "Retrieval": _RETRIEVAL,
+    "Reranking": _RETRIEVAL,
+    "InstructionRetrieval": _RETRIEVAL,
+    "InstructionReranking": _RETRIEVAL,
+    "Any2AnyRetrieval": _RETRIEVAL,
+    "Any2AnyMultilingualRetrieval": _RETRIEVAL,
+    "Any2AnyReranking": _RETRIEVAL,
+    "DocumentUnderstanding": _RETRIEVAL,
 }
 #: MMEB-train subsets -> the mteb tasks built on the same data (what ``ModelMeta.training_datasets`` names, so mteb's
 #: leaderboard marks them as seen in training).

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tsembed.errors import AdapterError
+from tsembed.errors import AdapterError, ConfigError
 from tsembed.moe.config import MoELoRAConfig
 from tsembed.moe.layer import MoELoRALinear
 from tsembed.moe.routing import RoutingState
@@ -75,6 +75,8 @@ def attach(model: nn.Module, config: MoELoRAConfig) -> AttachSummary:
     """
     if isinstance(getattr(model, STATE_ATTR, None), RoutingState):
         raise AdapterError(f"{type(model).__name__} already has MoE-LoRA adapters attached")
+    if not config.target_modules:  # an unresolved config: the trainer fills in the backbone's default targets
+        raise ConfigError("moe.target_modules: give at least one module-name pattern")
     targets = find_targets(model, config.target_modules)
 
     state = RoutingState()

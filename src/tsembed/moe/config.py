@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -28,6 +28,8 @@ class MoELoRAConfig:
     Args:
         target_modules: regular expressions, each fully matched against module paths (e.g.
             ``r"encoder\\.layer\\.\\d+\\.attention\\.self\\.(query|value)"``); every pattern must match.
+            Empty means "the backbone's default targets": a training config may leave them out, and the trainer
+            fills them in (``with_default_targets``) once the backbone is known; ``attach`` refuses an empty list.
         num_experts: routed experts E per adapted linear.
         rank: LoRA rank r of each expert.
         alpha: LoRA scaling numerator; the update is scaled by ``alpha / rank``.
@@ -95,8 +97,6 @@ class MoELoRAConfig:
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         self.target_modules = list(self.target_modules)
-        if not self.target_modules:
-            raise ConfigError("moe.target_modules: give at least one module-name pattern")
         for pattern in self.target_modules:
             try:
                 re.compile(pattern)
@@ -177,6 +177,10 @@ class MoELoRAConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_default_targets(self, targets: list[str]) -> MoELoRAConfig:
+        """This config, with ``targets`` (a backbone's defaults) when it names none itself."""
+        return self if self.target_modules else replace(self, target_modules=list(targets))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MoELoRAConfig:

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         Runs as one CPU process or under torchrun / accelerate launch unchanged.
 
         Config keys (sections model, data, loss, eans, schedule, optim, run): each is documented in
-        src/tsembed/training/config.py (the TrainConfig dataclasses; loss and eans in training/objective.py
+        src/tsembed/training/config.py (the TrainConfig dataclasses; loss and eans in training/loss_config.py
         and training/eans.py) and shown with comments in the shipped src/tsembed/configs/default.yaml; an
         unknown key is an error that lists the valid ones.
         """

@@ -13,7 +13,7 @@ from tsembed.moe import MoELoRAConfig
 from tsembed.precision import PRECISIONS
 from tsembed.training.align import AlignConfig
 from tsembed.training.eans import EANSConfig
-from tsembed.training.objective import LossConfig
+from tsembed.training.loss_config import LossConfig
 
 SWITCH_RULES = ("steps", "stability")
 
@@ -31,13 +31,6 @@ def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
         raise ConfigError(f"{key} must be {allowed}, got {value!r}")
 
 
-def _check_moe_numbers(moe: dict[str, Any]) -> None:
-    """NaN/Inf in ``model.moe``: its own checks compare with < and >, which NaN passes."""
-    for key, value in moe.items():
-        if isinstance(value, float):
-            _check(f"model.moe.{key}", value, math.isfinite(value), "a finite number")
-
-
 def _default_backbone() -> str:
     from tsembed.backbones.registry import DEFAULT_BACKBONE  # the one place the default is named
 
@@ -48,11 +41,13 @@ def _default_backbone() -> str:
 class ModelSection:
     """backbone: registry config (``kind`` + options); moe: MoE-LoRA settings, or null for no adapters.
 
-    ``moe.target_modules`` may be left out to use the backbone's default targets.
+    ``moe`` is a ``MoELoRAConfig``, built and validated once when the file loads (an error names the key, e.g.
+    ``model.moe.rank``); ``moe.target_modules`` may be left out to use the backbone's default targets, which
+    ``moe_config`` fills in once the backbone is built.
     """
 
     backbone: dict[str, Any] = field(default_factory=lambda: {"kind": _default_backbone()})
-    moe: dict[str, Any] | None = field(default_factory=dict)
+    moe: MoELoRAConfig | None = field(default_factory=MoELoRAConfig)
     pooling: str | None = None
     query_instruction: str = ""
     document_instruction: str = ""
@@ -60,14 +55,10 @@ class ModelSection:
     def __post_init__(self) -> None:
         if "kind" not in self.backbone:
             raise ConfigError("model.backbone.kind is required")
-        if self.moe is not None:  # validate now, before any model is loaded
-            _check_moe_numbers(self.moe)
-            MoELoRAConfig.from_dict({"target_modules": [".*"], **self.moe})
 
     def moe_config(self, default_targets: list[str]) -> MoELoRAConfig | None:
-        if self.moe is None:
-            return None
-        return MoELoRAConfig.from_dict({"target_modules": list(default_targets), **self.moe})
+        """The adapters to attach: ``moe`` with ``default_targets`` (the backbone's) where it names none."""
+        return None if self.moe is None else self.moe.with_default_targets(default_targets)
 
 
 @dataclass

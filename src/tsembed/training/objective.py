@@ -13,65 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from tsembed.errors import ConfigError
 from tsembed.health import mean_pairwise_cosine
+from tsembed.training.auxiliary import add_embedding_terms
 from tsembed.training.distributed import gather_no_grad, gather_sizes, gather_with_grad, rank
 from tsembed.training.eans import PLAIN_INFONCE, EANSConfig
-from tsembed.training.losses import false_negative_mask, info_nce, negative_mask, uniformity
+from tsembed.training.loss_config import LossConfig
+from tsembed.training.losses import false_negative_mask, info_nce, negative_mask
 
-
-def _finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-
-
-@dataclass
-class LossConfig:
-    """Loss settings.
-
-    tau: InfoNCE temperature τ (learnable if ``learnable_tau``).
-    false_negative_margin: drop negatives scoring above the positive + margin (None: off).
-    mask_same_content: drop negatives whose content equals the positive's.
-    guard_own_negatives: apply the score rule to a query's own hard negatives too (its row's labelled
-        negative and any mined for it). False exempts them: they were chosen as negatives *for this query*,
-        and the score rule drops exactly the labelled trap that outscores the positive, i.e. the one
-        negative a conditional task most needs to learn from (docs/results/conflict, §9).
-    load_balance_weight / z_loss_weight: weights of the MoE auxiliary losses.
-    load_balance_window: steps over which the top-1 shares f_e of the balance loss are measured. 1: this
-        batch only (Switch). N > 1: a running mean over about N steps (decay 1 − 1/N), the "global-batch"
-        balance of Qiu et al. 2025. With homogeneous batches (one dataset each) a per-batch loss penalises
-        exactly the dataset specialisation the router should learn; a window balances usage across datasets.
-        Default 20: with a router at the full lr it is what lets routing specialise on the dev split
-        (docs/results/routing-diagnosis/ §1, §5).
-    uniformity_weight: weight of Wang & Isola's uniformity term on this rank's queries and targets (mean of the
-        two); 0 (default) is off. It keeps a gradient at the collapsed point where InfoNCE has none
-        (docs/results/conflict §9).
-    """
-
-    tau: float = 0.02
-    learnable_tau: bool = False
-    false_negative_margin: float | None = 0.1
-    mask_same_content: bool = True
-    guard_own_negatives: bool = True
-    load_balance_weight: float = 0.01
-    z_loss_weight: float = 0.001
-    load_balance_window: int = 20
-    uniformity_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        # NaN passes every < / > comparison, so each range check also asks for a finite number
-        if not (_finite(self.tau) and self.tau > 0):
-            raise ConfigError(f"loss.tau must be a finite number > 0, got {self.tau!r}")
-        for name in ("load_balance_weight", "z_loss_weight", "uniformity_weight"):
-            value = getattr(self, name)
-            if not (_finite(value) and value >= 0):
-                raise ConfigError(f"loss.{name} must be a finite number >= 0, got {value!r}")
-        margin = self.false_negative_margin
-        if margin is not None and not (_finite(margin) and margin >= 0):
-            raise ConfigError(f"loss.false_negative_margin must be a finite number >= 0 or null (off), got {margin!r}")
-        if isinstance(self.load_balance_window, bool) or not isinstance(self.load_balance_window, int) \
-                or self.load_balance_window < 1:
-            raise ConfigError(f"loss.load_balance_window must be an integer >= 1 (steps), got "
-                              f"{self.load_balance_window!r}")
+__all__ = ["ContrastiveObjective", "ContrastiveOutput", "ExpertUsage", "LossConfig"]  # LossConfig: its old home
 
 
 @dataclass
@@ -146,10 +95,8 @@ class ContrastiveObjective(nn.Module):
                 logs["infonce"] = float(info_nce(scores, positive, self.tau, usable.to(scores.dtype)))
         else:
             logs["infonce"] = float(loss.detach())
-        if self.loss_config.uniformity_weight:
-            spread = (uniformity(queries) + uniformity(targets)) / 2
-            logs["uniformity"] = float(spread.detach())
-            loss = loss + self.loss_config.uniformity_weight * spread
+        loss, extra_logs = add_embedding_terms(loss, queries, targets, self.loss_config)  # uniformity
+        logs.update(extra_logs)
         return ContrastiveOutput(loss, logs)
 
 

@@ -19,8 +19,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tsembed.model import EmbeddingOutput, TSEmbedModel, move_batch
-from tsembed.moe import aux_losses, top1_shares
+from tsembed.moe import top1_shares
 from tsembed.precision import autocast
+from tsembed.training.auxiliary import RoutingTerms, step_total
 from tsembed.training.distributed import all_reduce_sum, world_size
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage
 
@@ -173,16 +174,28 @@ def _totals(outputs: list[EmbeddingOutput]) -> tuple[dict[str, torch.Tensor], di
     return {n: packed[i] for i, n in enumerate(names)}, {n: int(unit_tensor[i]) for i, n in enumerate(names)}
 
 
-def _shares(outputs: list[EmbeddingOutput], usage: ExpertUsage | None,
+def _shares(model: TSEmbedModel, outputs: list[EmbeddingOutput], usage: ExpertUsage | None,
             commit: bool) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """The top-1 shares f_e the balance loss uses (this step's, or the running ones) and units per layer."""
+    """The top-1 shares f_e the balance loss uses (this step's, or the running ones) and units per layer; none
+    for a model without adapters."""
+    if not model.has_adapters:
+        return {}, {}
     counts, units = _totals(outputs)
     shares = top1_shares(counts, units)
     return (shares if usage is None else usage.update(shares, commit)), units
 
 
-def _output(total, contrastive, lb, z, q_sig, t_sig, logs) -> StepOutput:
-    return StepOutput(total.item(), contrastive.item(), lb.detach().item(), z.detach().item(), q_sig, t_sig, logs)
+def _routing_terms(outputs: list[EmbeddingOutput], shares: dict[str, torch.Tensor], units: dict[str, int],
+                   device: torch.device) -> RoutingTerms:
+    stats = [o.routing.layer_stats for o in outputs] if shares else []
+    return RoutingTerms.of(stats, shares, units, device)
+
+
+def _output(result, routing: RoutingTerms, config, q_sig, t_sig) -> StepOutput:
+    """What the step reports: the total (one rank's view, ``ranks`` = 1) and its parts."""
+    total = step_total(result.loss, routing, config).detach()
+    return StepOutput(total.item(), result.loss.item(), routing.load_balance.detach().item(),
+                      routing.z_loss.detach().item(), q_sig, t_sig, result.logs)
 
 
 def contrastive_step(
@@ -221,8 +234,7 @@ def contrastive_step(
     t_prepared = [move_batch(p, device) for p in prepared.targets]
     n_q = len(q_prepared)
     ids, owner = batch.target_ids.to(device), batch.target_owner.to(device)
-    lb_w, z_w = objective.loss_config.load_balance_weight, objective.loss_config.z_loss_weight
-    ranks = world_size()  # gradients are averaged over ranks; the aux surrogate is a sum over ranks
+    ranks = world_size()  # gradients are averaged over ranks; the routing terms are sums over ranks
 
     q_order, t_order = _index(prepared.query_order, device), _index(prepared.target_order, device)
 
@@ -241,17 +253,14 @@ def contrastive_step(
         def full_loss(outputs: list[EmbeddingOutput]) -> tuple:
             (q, q_sig), (t, t_sig) = combine(outputs[:n_q], q_order), combine(outputs[n_q:], t_order)
             result = objective(q, t, q_sig, t_sig, ids, owner, eans_active)
-            lb = z = torch.zeros((), device=device)
-            if model.has_adapters:
-                shares, units = _shares(outputs, usage, backward)
-                lb, z = aux_losses([o.routing.layer_stats for o in outputs], shares, units)
-            return result.loss + ranks * (lb_w * lb + z_w * z), result, lb, z, q_sig, t_sig
+            shares, units = _shares(model, outputs, usage, backward)
+            routing = _routing_terms(outputs, shares, units, device)
+            return step_total(result.loss, routing, objective.loss_config, ranks), result, routing, q_sig, t_sig
 
-        trained, result, lb, z, q_sig, t_sig = task(q_prepared + t_prepared, full_loss)
-        total = (result.loss + lb_w * lb + z_w * z).detach()
+        trained, result, routing, q_sig, t_sig = task(q_prepared + t_prepared, full_loss)
         if backward:
             scale(trained).backward()
-        return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
+        return _output(result, routing, objective.loss_config, q_sig, t_sig)
 
     # GradCache pass 1: embeddings and routing statistics without a graph (a frozen vision tower's features are
     # kept for pass 2: the backbone's reuse_vision, e.g. Qwen2VLBackbone's and MiniLMEfficientNetBackbone's)
@@ -270,7 +279,6 @@ def _gradcache(model, objective, batch, eans_active, backward, usage, task, scal
     """GradCache's two passes (``contrastive_step`` with a ``chunk_size``)."""
     device = _device(model)
     n_q = len(q_prepared)
-    lb_w, z_w = objective.loss_config.load_balance_weight, objective.loss_config.z_loss_weight
     bare = _bare(task)
     rng_states: list[dict] = []
     outputs: list[EmbeddingOutput] = []
@@ -282,13 +290,8 @@ def _gradcache(model, objective, batch, eans_active, backward, usage, task, scal
     (q, q_sig), (t, t_sig) = combine(outputs[:n_q], q_order), combine(outputs[n_q:], t_order)
     q_leaf, t_leaf = q.detach().requires_grad_(True), t.detach().requires_grad_(True)
     result = objective(q_leaf, t_leaf, q_sig, t_sig, ids, owner, eans_active)
-    lb = z = torch.zeros((), device=device)
-    shares: dict[str, torch.Tensor] = {}
-    units: dict[str, int] = {}
-    if model.has_adapters:
-        shares, units = _shares(outputs, usage, backward)
-        lb, z = aux_losses([o.routing.layer_stats for o in outputs], shares, units)
-    total = (result.loss + lb_w * lb + z_w * z).detach()
+    shares, units = _shares(model, outputs, usage, backward)
+    routing = _routing_terms(outputs, shares, units, device)
     if backward:
         # gradients w.r.t. the cached embeddings (and a learnable τ), scaled like every backward of the step
         scale(result.loss).backward()
@@ -302,14 +305,14 @@ def _gradcache(model, objective, batch, eans_active, backward, usage, task, scal
             def head(chunk_outputs: list[EmbeddingOutput]) -> torch.Tensor:
                 (out,) = chunk_outputs
                 value = (out.embeddings * grad).sum()  # grad is already scaled
-                if model.has_adapters:
-                    chunk_lb, chunk_z = aux_losses([out.routing.layer_stats], shares, units)
-                    value = value + scale(ranks * (lb_w * chunk_lb + z_w * chunk_z))
+                if shares:  # this chunk's share of the routing terms, weighted as in the full-batch loss
+                    chunk = _routing_terms([out], shares, units, device)
+                    value = value + scale(chunk.weighted(objective.loss_config, ranks))
                 return value
             return head
 
         _backward_chunks(task, q_prepared + t_prepared, rng_states, [surrogate(g) for g in grads])
-    return _output(total, result.loss, lb, z, q_sig, t_sig, result.logs)
+    return _output(result, routing, objective.loss_config, q_sig, t_sig)
 
 
 def _backward_chunks(task: nn.Module, chunks: list[dict], rng_states: list[dict], heads: list[Callable]) -> None:

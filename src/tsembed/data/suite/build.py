@@ -16,7 +16,7 @@ from typing import Any
 
 from tsembed.data.formats import write_records
 from tsembed.data.mmeb import write_eval, write_train
-from tsembed.data.registry import DEFAULT_CONFLICT_STREAMS, DatasetInfo, conflict_pairs
+from tsembed.data.registry import DEFAULT_CONFLICT_STREAMS, DatasetInfo, conflict_pairs, meta_task
 from tsembed.data.suite.card import render_card
 from tsembed.data.suite.config import GENERATOR_VERSION, SuiteConfig
 from tsembed.data.suite.context import BuildContext
@@ -27,7 +27,8 @@ from tsembed.extras import require
 
 logger = logging.getLogger(__name__)
 FORMAT_NAME, FORMAT_VERSION = "tsembed-suite", 1
-_FIXED_CANDIDATES = {"classification", "vqa"}  # label/answer sets: every label is a candidate
+# label/answer sets: every label is a candidate
+_FIXED_CANDIDATES = frozenset(map(meta_task, ("classification", "vqa")))
 
 
 def _max_candidates(info: DatasetInfo, cfg: SuiteConfig) -> int:
