@@ -489,10 +489,12 @@ def measure_step(root: Path, profile: Profile, model, device: torch.device, *, c
             result["backbone"] = measure_backbone(model, items, device, profile.precision)
         return result
     except torch.cuda.OutOfMemoryError as error:
-        del trainer
-        model.zero_grad(set_to_none=True)
-        release(device)
-        return {"oom": True, "error": str(error).splitlines()[0][:200]}
+        message = str(error).splitlines()[0][:200]
+    # out of memory: freed once the exception (whose frames hold the step's tensors) is gone
+    del trainer
+    model.zero_grad(set_to_none=True)
+    release(device)
+    return {"oom": True, "error": message}
 
 
 def measure_backbone(model, items: list, device: torch.device, precision: str) -> dict:
