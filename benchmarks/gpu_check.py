@@ -588,6 +588,12 @@ def rank_main(rank: int, world: int, port: int, root: str, args: argparse.Namesp
     from tsembed.training.trainer import build_model, init_distributed, shutdown_distributed
 
     if world > 1:
+        # a spawned rank's DataLoader workers would be spawned too, pickling the model, whose routing records of
+        # the previous check's forward require grad; torchrun's ranks are fresh interpreters with the platform's
+        # default (fork on Linux before Python 3.14), and the Trainer starts its loader before any forward
+        import multiprocessing
+
+        multiprocessing.set_start_method("fork", force=True)
         init_distributed()  # NCCL on CUDA, bound to this rank's GPU
     elif cuda:  # one GPU: a 1-process NCCL group, so DDP and every collective still run
         torch.cuda.set_device(0)
