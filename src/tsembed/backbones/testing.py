@@ -69,10 +69,18 @@ def _fast(tok: Tokenizer, **special: Any) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **special)
 
 
-def save_tiny_qwen2_vl(directory: str | Path, variant: str = "qwen2_vl", seed: int = 0) -> Path:
+def save_tiny_qwen2_vl(directory: str | Path, variant: str = "qwen2_vl", seed: int = 0, *,
+                       text_config: dict[str, Any] | None = None, vision_config: dict[str, Any] | None = None,
+                       pixels: tuple[int, int] = (56 * 56, 112 * 112), dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu") -> Path:
     """A 2-layer Qwen2-VL (``variant="qwen2_vl"``) or Qwen2.5-VL (``"qwen2_5_vl"``) checkpoint.
 
     Images are resized to between 56×56 and 112×112 pixels, i.e. 4 to 16 image tokens.
+
+    ``text_config`` / ``vision_config`` override the tiny sizes (e.g. Qwen2-VL-2B's, ``benchmarks/gpu_check.py``:
+    a real-size model at random init; the special-token ids stay the tiny tokenizer's), ``pixels`` the image
+    processor's (min, max) pixels; the weights are initialised on ``device`` in ``dtype`` (a 2B model in seconds on
+    a GPU) and saved like a real checkpoint.
     """
     from transformers import (
         Qwen2_5_VLConfig,
@@ -98,6 +106,7 @@ def save_tiny_qwen2_vl(directory: str | Path, variant: str = "qwen2_vl", seed: i
         "eos_token_id": ids["<|endoftext|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
+    text.update(text_config or {})
     token_ids = {
         "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
@@ -107,10 +116,7 @@ def save_tiny_qwen2_vl(directory: str | Path, variant: str = "qwen2_vl", seed: i
     common_vision = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_heads": 2}
     if variant == "qwen2_vl":
         vision = {"depth": 1, "embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2, **common_vision}
-        config, model_cls = (
-            Qwen2VLConfig(text_config=text, vision_config=vision, **token_ids),
-            Qwen2VLForConditionalGeneration,
-        )
+        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
     elif variant == "qwen2_5_vl":
         vision = {
             "depth": 2,
@@ -121,17 +127,25 @@ def save_tiny_qwen2_vl(directory: str | Path, variant: str = "qwen2_vl", seed: i
             "fullatt_block_indexes": [1],
             **common_vision,
         }
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **token_ids)
-        model_cls = Qwen2_5_VLForConditionalGeneration
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     else:
         raise ValueError(f"variant must be 'qwen2_vl' or 'qwen2_5_vl', got {variant!r}")
+    vision.update(vision_config or {})
+    config = config_cls(text_config=text, vision_config=vision, **token_ids)
     torch.manual_seed(seed)
-    with quiet_transformers():
-        model_cls(config).save_pretrained(directory)
+    default_dtype = torch.get_default_dtype()
+    with quiet_transformers(), torch.device(device):
+        torch.set_default_dtype(dtype)
+        try:
+            model = model_cls(config)
+        finally:
+            torch.set_default_dtype(default_dtype)
+        model.save_pretrained(directory)
+        del model
         _fast(
             tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", additional_special_tokens=QWEN_SPECIALS[1:]
         ).save_pretrained(directory)
-        Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(directory)
+        Qwen2VLImageProcessorPil(min_pixels=pixels[0], max_pixels=pixels[1]).save_pretrained(directory)
     return directory
 
 
