@@ -167,3 +167,20 @@ def test_signature_size_is_the_signature_length():
     attach(model, MoELoRAConfig(target_modules=["a", "b"], num_experts=3))
     model(torch.randn(2, 4, 6))
     assert signature_size(model) == collect_routing(model).signature.shape[1] == 6
+
+
+def test_a_model_pickles_after_a_forward_with_gradient():
+    """A DataLoader worker started by spawn pickles the model; the last forward's routing records (tensors with
+    gradient history) must not travel with it."""
+    import pickle
+
+    from torch import nn
+
+    from tsembed.moe import MoELoRAConfig, attach
+
+    net = nn.Sequential(nn.Linear(4, 4))
+    attach(net, MoELoRAConfig(target_modules=["0"], num_experts=2, rank=2))
+    net(torch.randn(2, 3, 4)).sum().backward()
+    assert net.tsembed_routing_state.records  # the forward left its records
+    copy = pickle.loads(pickle.dumps(net))
+    assert copy.tsembed_routing_state.records == {} and copy(torch.randn(1, 3, 4)).shape == (1, 3, 4)

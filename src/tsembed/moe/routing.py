@@ -108,6 +108,12 @@ class RoutingState:
         self.records: dict[str, LayerRouting] = {}
         self.hook_id: int | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The scratchpad of the last forward is left out: its records hold tensors with gradient history, which
+        cannot be pickled (a DataLoader worker started by spawn or forkserver pickles the model), and a copy
+        starts its own forwards anyway."""
+        return {**self.__dict__, "mask": None, "text_mask": None, "hints": None, "gates": None, "records": {}}
+
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         self.records = {}
         mask = kwargs.get("attention_mask")
