@@ -6,6 +6,8 @@ the specialists' (OUT/runs/conflict-s0/seed<s>/S_<c>/<split>/hits.json), the cla
 (OUT/scaling/seed0/<n>/eval). Paired differences use the hierarchical bootstrap of `tsembed study` (episode clusters).
 
     OUT=runs/compose CLAIM=../wt-run/runs/claim python docs/results/compose/summarize.py [--split eval]
+
+run from the root of the pinned worktree (the study's suites resolve there); it writes next to this file.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "runs/compose"))
     claim = Path(os.environ.get("CLAIM", "runs/claim"))
-    study = load_study(HERE / "study.yaml")
+    study = load_study(Path("docs/results/compose/study.yaml"))  # the pinned worktree's: its suites are there
     suite = study.suites["conflict-s0"]
     split = args.split
 
