@@ -55,6 +55,19 @@ def mean_std(values: list[float]) -> dict[str, float]:
             else 0.0, "runs": len(values)}
 
 
+def claim_hits(claim: Path, seed: int, variant: str, split: str) -> Path:
+    """A claim-study run's hits: ``<split>/hits.json``, or at the run's top level, where the claim's pinned commit
+    wrote the eval split's."""
+    run = claim / f"runs/conflict-s0/seed{seed}/{variant}"
+    nested = run / split / "hits.json"
+    if nested.is_file() or split != "eval":
+        return nested
+    results = run / "results.json"
+    if results.is_file() and json.loads(results.read_text()).get("split") == "eval":  # the run record
+        return run / "hits.json"
+    return nested
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", default="eval")
@@ -73,8 +86,8 @@ def main() -> None:
     missing = []
     for seed in SEEDS:
         paths = {"composed": out / f"composed/seed{seed}/{split}/hits.json",
-                 "A1_lora": claim / f"runs/conflict-s0/seed{seed}/A1_lora/{split}/hits.json",
-                 "A3_routed_text": claim / f"runs/conflict-s0/seed{seed}/A3_routed_text/{split}/hits.json"}
+                 "A1_lora": claim_hits(claim, seed, "A1_lora", split),
+                 "A3_routed_text": claim_hits(claim, seed, "A3_routed_text", split)}
         for c in CONDITIONS:
             paths[f"S_{c}"] = out / f"runs/conflict-s0/seed{seed}/S_{c}/{split}/hits.json"
         for name, path in paths.items():
