@@ -22,7 +22,7 @@ def test_unknown_kind_lists_valid_kinds() -> None:
 
 
 def test_unknown_option_lists_allowed_options() -> None:
-    with pytest.raises(ConfigError, match=r"backbone 'minilm-effnet': unknown options \['image_sz'\]; allowed options"):
+    with pytest.raises(ConfigError, match=r"backbone 'minilm-effnet' has no options \['image_sz'\]; allowed options"):
         build_backbone({"kind": "minilm-effnet", "image_sz": 128})
 
 

@@ -124,3 +124,11 @@ def test_a_saved_run_config_loads_back(tmp_path):
     old["model"]["moe"] = {"num_experts": 2, "rank": 8, "alpha": 16, "level": "sequence"}  # as older versions wrote it
     assert from_dict(TrainConfig, old).model.moe == config.model.moe
 
+
+
+def test_a_misspelt_backbone_option_fails_when_the_config_loads():
+    from tsembed.errors import ConfigError
+    from tsembed.training.config import default_config_path, load_train_config
+
+    with pytest.raises(ConfigError, match=r"model.backbone: backbone 'minilm-effnet' has no options \['image_sz'\]"):
+        load_train_config(default_config_path(), ["model.backbone.image_sz=64"])

@@ -19,21 +19,33 @@ BACKBONES: dict[str, type[Backbone]] = {
 DEFAULT_BACKBONE = MiniLMEfficientNetBackbone.kind
 
 
-def build_backbone(config: dict[str, Any]) -> Backbone:
-    """Build a backbone from ``{"kind": name, **options}`` (what ``Backbone.config()`` returns).
+def check_backbone_config(config: Any, where: str = "backbone config") -> tuple[type[Backbone], dict[str, Any]]:
+    """The backbone class and its options for ``{"kind": name, **options}``, checked without building anything, so
+    a training config fails when it is loaded, not minutes later when the model is built.
 
     Raises:
-        ConfigError: unknown kind (valid kinds listed), or options the backbone does not take.
+        ConfigError: no or unknown kind (valid kinds listed), or options the backbone does not take (``where`` names
+            the config key in the message).
     """
     if not isinstance(config, dict) or "kind" not in config:
-        raise ConfigError(f"backbone config needs a 'kind' key; valid kinds: {sorted(BACKBONES)}")
+        raise ConfigError(f"{where} needs a 'kind' key; valid kinds: {sorted(BACKBONES)}")
     options = dict(config)
     kind = options.pop("kind")
     if kind not in BACKBONES:
-        raise ConfigError(f"unknown backbone kind {kind!r}; valid kinds: {sorted(BACKBONES)}")
+        raise ConfigError(f"{where}: unknown backbone kind {kind!r}; valid kinds: {sorted(BACKBONES)}")
     cls = BACKBONES[kind]
     allowed = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ConfigError(f"backbone {kind!r}: unknown options {unknown}; allowed options: {allowed}")
+        raise ConfigError(f"{where}: backbone {kind!r} has no options {unknown}; allowed options: {allowed}")
+    return cls, options
+
+
+def build_backbone(config: dict[str, Any]) -> Backbone:
+    """Build a backbone from ``{"kind": name, **options}`` (what ``Backbone.config()`` returns).
+
+    Raises:
+        ConfigError: see ``check_backbone_config``.
+    """
+    cls, options = check_backbone_config(config)
     return cls(**options)

@@ -55,6 +55,10 @@ class ModelSection:
     def __post_init__(self) -> None:
         if "kind" not in self.backbone:
             raise ConfigError("model.backbone.kind is required")
+        from tsembed.backbones.registry import BACKBONES, check_backbone_config
+
+        if self.backbone["kind"] in BACKBONES:  # a kind registered later (a plugin, a test's toy) is checked at build
+            check_backbone_config(self.backbone, where="model.backbone")  # option names now, not at model build
 
     def moe_config(self, default_targets: list[str]) -> MoELoRAConfig | None:
         """The adapters to attach: ``moe`` with ``default_targets`` (the backbone's) where it names none."""
