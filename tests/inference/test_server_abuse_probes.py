@@ -4,30 +4,20 @@ every test run)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.benchmark_scripts import benchmark_module
 from tsembed.inference.server import ServerSettings, create_app
 
 
 @pytest.fixture(scope="module")
 def abuse() -> Iterator[ModuleType]:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "abuse.py"
-    spec = importlib.util.spec_from_file_location("abuse_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("abuse") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_every_hostile_case_is_refused_in_its_routes_shape(model, abuse):

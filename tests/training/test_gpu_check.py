@@ -3,36 +3,28 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
+from tests.benchmark_scripts import BENCHMARKS, benchmark_module
 from tsembed.backbones.qwen2_vl import Qwen2VLBackbone
 from tsembed.backbones.testing import save_tiny_qwen2_vl
 from tsembed.model import ModelConfig, TSEmbedModel
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+SCRIPT = BENCHMARKS / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_check() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("gpu_check_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("gpu_check") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_real_processor_shapes_keep_the_whole_question(gpu_check, tmp_path):

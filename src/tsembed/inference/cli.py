@@ -331,12 +331,12 @@ def compose_command(
     if expert and (out is None or to is not None):
         raise typer.BadParameter("--expert NAME=DIR ... writes the composed model to --out (--to goes with --add)")
     data = dict(parse_expert(spec, "--pilot-data") for spec in pilot_data or [])
-    names = [parse_expert(spec)[0] for spec in ([add] if add else expert or [])]
-    unknown = sorted(set(data) - set(names))
+    given = [parse_expert(spec) for spec in ([add] if add else expert or [])]
+    unknown = sorted(set(data) - {name for name, _ in given})
     if unknown:
-        raise ConfigError(f"--pilot-data names experts that are not composed: {unknown} (experts: {names})")
-    sources = [ExpertSource(name, path, data.get(name))
-               for name, path in (parse_expert(spec) for spec in ([add] if add else expert or []))]
+        raise ConfigError(f"--pilot-data names experts that are not composed: {unknown} "
+                          f"(experts: {[name for name, _ in given]})")
+    sources = [ExpertSource(name, path, data.get(name)) for name, path in given]
     if add is not None:
         assert to is not None
         report = add_expert(sources[0], to, suite, pilots, pilot_rows, seed, batch_size)
