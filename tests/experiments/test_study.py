@@ -153,8 +153,16 @@ def test_run_resume_select_and_summarize(tmp_path):
     assert entry["a"] == "lora" and entry["b"] == "cand_a" and entry["runs"] == 4 and not entry["missing"]
     lo, hi = entry["overall"]["ci"]
     assert lo <= entry["overall"]["mean"] <= hi and set(entry["per_condition"]) == {"shape", "colour"}
+    assert [(r["suite"], r["seed"]) for r in entry["per_run"]] == [(s, n) for s in ("s0", "s1") for n in (0, 1)]
+    mean_diff = sum(r["cand_a"] - r["lora"] for r in entry["per_run"]) / 4  # the point estimate, run by run
+    assert mean_diff == pytest.approx(entry["overall"]["mean"], abs=0.01)
     assert summary["missing_runs"] == 0 and summary["study"].endswith("toy.study.yaml")
     assert "## cand_a − lora, stage final, conflict (4 paired runs" in (out / "summary.md").read_text()
+    sick = out / "runs" / "s1" / "seed1" / "cand_a" / "results.json"
+    sick.write_text(json.dumps({**json.loads(sick.read_text()), "collapsed": True}))
+    (entry,) = summarize_study(study, out)["compare"]
+    assert entry["runs"] == 3 and entry["collapsed"] == ["s1 seed 1 (cand_a collapsed)"]  # named, not averaged in
+    assert "Left out, collapsed: s1 seed 1" in (out / "summary.md").read_text()
 
 
 def test_commit_change_is_refused_and_runs_are_never_redefined(tmp_path):
@@ -272,3 +280,35 @@ def test_study_end_to_end_two_jobs(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["selection"]["winner"] == "lora16" and summary["compare"][0]["runs"] == 1
     assert summary["missing_runs"] == 0
+
+
+def test_conflict_summary_from_a_study_keeps_the_headline_schema(tmp_path):
+    """`tsembed conflict-summary --study`: the primary comparison's paired numbers, per-run spread, intervals,
+    suite seeds and secondary endpoints (None where the study has none), and collapsed runs counted."""
+    from tsembed.experiments.conflict_summary import study_conflict_summary
+
+    data = study_dict()
+    data["suites"]["s0"]["build"] = ["--kind", "conflict", "--seed", "0"]
+    data["suites"]["s1"]["build"] = ["--kind", "conflict", "--seed", "7"]
+    data["stages"][1]["name"] = "eval"
+    data["compare"] = [{"a": "lora", "b": "selected", "stage": "eval"}]
+    study = load_study(write_study(tmp_path, data))
+    out = tmp_path / "out"
+    execute(study, out, runner=fake_runner([]))
+    summary = summarize_study(study, out)
+    head = study_conflict_summary(study, summary)
+    (entry,) = summary["compare"]
+    assert head["tsembed_variant"] == "cand_a" and head["lora_variant"] == "lora"
+    assert head["suite_seeds"] == [0, 7] and head["seeds"] == [0, 1] and head["runs"] == 4
+    assert head["paired_diff_overall"]["mean"] == pytest.approx(entry["overall"]["mean"], abs=0.01)
+    assert head["paired_diff_overall"]["std"] > 0 and head["ci95_overall"] == entry["overall"]["ci"]
+    assert set(head["per_condition_ci95"]) == set(head["per_condition_diff"]) == {"shape", "colour"}
+    assert head["generic_diff"] is None and head["breadth_diff"] is None and head["collapsed_runs"] == 0
+    assert head["tsembed_overall"]["mean"] - head["lora_overall"]["mean"] == pytest.approx(
+        head["paired_diff_overall"]["mean"], abs=0.02)
+    target = tmp_path / "summary.json"
+    args = ["conflict-summary", "--study", str(study.path), "--runs", str(out), "--out", str(target)]
+    assert main(args) == 0 and json.loads(target.read_text())["ci95_overall"] == head["ci95_overall"]
+    with pytest.raises(ConfigError, match="no finished 'dev' comparison"):
+        study_conflict_summary(study, summary, primary="dev")
+    assert main(["conflict-summary", "--study", str(study.path), "--out", str(target)]) != 0  # --runs missing

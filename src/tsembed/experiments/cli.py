@@ -93,17 +93,23 @@ def register(app: typer.Typer) -> None:
 
     @app.command("conflict-summary")
     def conflict_summary_cmd(
-        ablation: Path = typer.Option(..., help="An ablation summary (ablation.json) with both variants."),
-        conflict: Path = typer.Option(None, help="A task-conflict report (conflict.json) of the same suite."),
-        tsembed: str = typer.Option("tsembed_weight", help="The routed model's variant name."),
-        lora: str = typer.Option("lora", help="The same-total-parameters single LoRA's variant name."),
         out: Path = typer.Option(..., help="Where to write summary.json."),
+        study: Path = typer.Option(None, help="A study file (`tsembed study`); its summary is rewritten from the "
+                                   "runs in --runs, then read: paired differences with bootstrap intervals."),
+        runs: Path = typer.Option(None, help="The study's --out folder (with --study)."),
+        ablation: Path = typer.Option(None, help="Or an ablation summary (ablation.json) with both variants."),
+        conflict: Path = typer.Option(None, help="A task-conflict report (conflict.json) of the same suite."),
+        tsembed: str = typer.Option("tsembed_weight", help="With --ablation: the routed model's variant name."),
+        lora: str = typer.Option("lora", help="With --ablation: the same-parameters single LoRA's variant name."),
     ) -> None:
-        """Headline numbers of a conflict study: paired TSEmbed − LoRA overall and per condition, conflict cosine."""
+        """Headline numbers of a conflict study: paired TSEmbed − LoRA overall and per condition, conflict cosine.
+
+        From a study (the primary `eval` stage on the conflict suite, with `eval-generic` and `breadth` as
+        secondary endpoints) or from an older ablation summary."""
         import json
 
-        from tsembed.errors import DataError
-        from tsembed.experiments.conflict_summary import conflict_summary
+        from tsembed.errors import ConfigError, DataError
+        from tsembed.experiments.conflict_summary import conflict_summary, study_conflict_summary
         from tsembed.fileio import atomic_write
 
         def read(path: Path) -> dict:
@@ -112,7 +118,17 @@ def register(app: typer.Typer) -> None:
             except (OSError, json.JSONDecodeError) as exc:
                 raise DataError(f"cannot read '{path}': {exc}") from None
 
-        summary = conflict_summary(read(ablation), read(conflict) if conflict else None, tsembed, lora)
+        if (study is None) == (ablation is None) or (study is not None and runs is None):
+            raise ConfigError("give --study FILE --runs DIR, or --ablation FILE")
+        report = read(conflict) if conflict else None
+        if study is not None:
+            from tsembed.experiments.study.spec import load_study
+            from tsembed.experiments.study.summary import summarize_study
+
+            spec = load_study(study)
+            summary = study_conflict_summary(spec, summarize_study(spec, runs), report)
+        else:
+            summary = conflict_summary(read(ablation), report, tsembed, lora)
         text = json.dumps(summary, indent=2) + "\n"
         atomic_write(out, lambda p: p.write_text(text))
         typer.echo(text)

@@ -73,3 +73,74 @@ def conflict_summary(ablation: dict[str, Any], conflict: dict[str, Any] | None, 
                               for s in seeds for v in (tsembed, lora)),
         "commit": commit or (ablation.get("environment") or {}).get("commit"),
     }
+
+
+def _suite_seed(build: tuple[str, ...], name: str) -> int | str:
+    """The ``--seed`` a suite was built with (its name where the build arguments do not say)."""
+    args = list(build)
+    return int(args[args.index("--seed") + 1]) if "--seed" in args[:-1] else name
+
+
+def _entry(summary: dict[str, Any], stage: str, family: str | None = None) -> dict[str, Any] | None:
+    found = [e for e in summary["compare"] if e["stage"] == stage and (family is None or e["family"] == family)]
+    if len(found) > 1:
+        raise ConfigError(f"the study compares {len(found)} pairs in stage {stage!r}; name the family")
+    return found[0] if found else None
+
+
+def _diff_cell(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """{mean, ci95, runs, missing} of a secondary endpoint; None when the study never compared it."""
+    if entry is None:
+        return None
+    if "overall" not in entry:
+        return {"mean": None, "ci95": None, "runs": 0, "missing": len(entry["missing"])}
+    return {"mean": entry["overall"]["mean"], "ci95": entry["overall"]["ci"], "runs": entry["runs"],
+            "missing": len(entry["missing"])}
+
+
+def study_conflict_summary(study: Any, summary: dict[str, Any], conflict: dict[str, Any] | None = None,
+                           primary: str = "eval", generic: str = "eval-generic",
+                           breadth: str = "breadth") -> dict[str, Any]:
+    """The headline numbers of a study (``tsembed study summarize``'s summary) in the conflict summary's schema.
+
+    The primary endpoint is the ``conflict``-family comparison of stage ``primary``; its paired differences have
+    hierarchical bootstrap intervals over suite seeds, training seeds and query episodes. ``generic`` and
+    ``breadth`` are secondary endpoints (None where the study has no such comparison; a comparison with runs
+    still missing counts them). Collapsed runs are left out of every comparison by the study's summary and
+    counted here over all stages.
+
+    Raises:
+        ConfigError: the study has no comparison in the primary stage, or none of its runs has finished.
+    """
+    main = _entry(summary, primary, "conflict")
+    if main is None or "overall" not in main:
+        raise ConfigError(f"study {summary.get('name')!r}: no finished {primary!r} comparison of the conflict "
+                          "suite; run that stage first")
+    a, b = main["a"], main["b"]
+    per_run = main["per_run"]
+
+    def cell(values: list[float]) -> dict[str, float]:
+        mean, std = mean_std(values)
+        return {"mean": round(mean, 2), "std": round(std, 2)}
+
+    cosines = (conflict or {}).get("pair_cosine_min")
+    collapsed = sum(row.get("collapsed_runs", 0) for block in summary["stages"].values()
+                    for fam in block.get("families", {}).values() for row in fam["variants"].values())
+    return {
+        "split": study.stage(primary).split, "seeds": sorted({r["seed"] for r in per_run}),
+        "suite_seeds": [_suite_seed(study.suites[s].build, s) for s in main["suites"]],
+        "tsembed_variant": b, "lora_variant": a,
+        "paired_diff_overall": cell([r[b] - r[a] for r in per_run]),
+        "ci95_overall": main["overall"]["ci"],
+        "lora_overall": cell([r[a] for r in per_run]),
+        "tsembed_overall": cell([r[b] for r in per_run]),
+        "per_condition_diff": {c: v["mean"] for c, v in main["per_condition"].items()},
+        "per_condition_ci95": {c: v["ci"] for c, v in main["per_condition"].items()},
+        "generic_diff": _diff_cell(_entry(summary, generic)),
+        "breadth_diff": _diff_cell(_entry(summary, breadth)),
+        "conflict_cosine_min": None if cosines is None else round(cosines, 4),
+        "conflict_pair_cosines": (conflict or {}).get("pairs"),
+        "runs": main["runs"], "missing_runs": len(main["missing"]),
+        "collapsed_runs": collapsed, "collapsed": main.get("collapsed", []),
+        "study": summary["study"], "commit": summary.get("commit"),
+    }

@@ -21,6 +21,7 @@ from tsembed.experiments.study.run import STATE, RunTask, load_records, plan_sta
 from tsembed.experiments.study.selection import condition_of
 from tsembed.experiments.study.spec import StageSpec, Study, SuiteSpec
 from tsembed.fileio import atomic_write
+from tsembed.health import run_collapsed
 
 SUMMARY = "summary"
 
@@ -67,22 +68,28 @@ def compare_entry(study: Study, out: Path, stage: StageSpec, a: str, b: str, fam
     boot = study.bootstrap
     tasks = {(t.variant.name, t.suite, t.seed): t for t in plan_stage(study, out, stage, {})}
     runs: dict[str, dict[tuple[int, int], dict[str, DatasetHits]]] = {a: {}, b: {}}
-    missing = []
+    missing, collapsed = [], []
     for i, suite in enumerate(suites):
         for seed in stage.seeds:
             pair = [tasks.get((name, suite, seed)) for name in (a, b)]
             if not all(t is not None and t.done() for t in pair):
                 missing.append(f"{suite} seed {seed}")
                 continue
+            sick = [t.variant.name for t in pair if t is not None and run_collapsed(json.loads(t.results.read_text()))]
+            if sick:  # a comparison against a collapsed model means nothing: named, never averaged in
+                collapsed.append(f"{suite} seed {seed} ({', '.join(sick)} collapsed)")
+                continue
             for name, task in zip((a, b), pair, strict=True):
                 runs[name][(i, seed)] = _task_hits(task, study.suites[suite])
     entry: dict[str, Any] = {"a": a, "b": b, "stage": stage.name, "family": family, "suites": suites,
-                             "runs": len(runs[a]), "missing": missing}
+                             "runs": len(runs[a]), "missing": missing, "collapsed": collapsed}
     if not runs[a]:
         return entry
     kwargs = {"resamples": boot.resamples, "seed": boot.seed, "level": boot.level}
     names = list(next(iter(runs[a].values())))
     entry["overall"] = paired_bootstrap(runs[a], runs[b], names, **kwargs).to_dict()
+    entry["per_run"] = [{"suite": suites[i], "seed": seed, a: _overall(runs[a][(i, seed)], names),
+                         b: _overall(runs[b][(i, seed)], names)} for i, seed in sorted(runs[a])]
     by_condition: dict[str, list[str]] = {}
     for name in names:
         cond = condition_of(name)
@@ -91,6 +98,12 @@ def compare_entry(study: Study, out: Path, stage: StageSpec, a: str, b: str, fam
     entry["per_condition"] = {cond: paired_bootstrap(runs[a], runs[b], members, **kwargs).to_dict()
                               for cond, members in by_condition.items()}
     return entry
+
+
+def _overall(hits: dict[str, DatasetHits], names: list[str]) -> float:
+    """One run's overall hit@1 in points: the mean over datasets of each dataset's hit rate (the bootstrap's
+    point estimate is the mean of these differences)."""
+    return round(100 * sum(float(hits[n].hits.mean()) for n in names) / len(names), 4)
 
 
 def _ci(cell: dict[str, Any]) -> str:
@@ -159,6 +172,8 @@ def summarize_study(study: Study, out: Path) -> dict[str, Any]:
                           *[f"| {c} | {_ci(v)} |" for c, v in entry["per_condition"].items()], ""]
             if entry["missing"]:
                 lines += [f"Missing pairs: {', '.join(entry['missing'])}", ""]
+            if entry["collapsed"]:
+                lines += [f"Left out, collapsed: {', '.join(entry['collapsed'])}", ""]
     text = json.dumps(summary, indent=2) + "\n"
     atomic_write(out / f"{SUMMARY}.json", lambda p: p.write_text(text))
     atomic_write(out / f"{SUMMARY}.md", lambda p: p.write_text("\n".join(lines) + "\n"))
