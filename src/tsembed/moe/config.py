@@ -19,6 +19,9 @@ ROUTER_INPUTS = ("all", "text")
 #: an input to the expert whose pilot embeddings (centroids of the base model's embeddings of that expert's training
 #: inputs) are nearest (``tsembed compose``; ``tsembed.moe.pilot``).
 ROUTER_KINDS = ("learned", "pilot")
+#: Where a learned router starts: ``random`` (normal, ``router_init_std``) or ``kmeans`` (each router's rows at a
+#: spherical k-means of its own inputs over the training data, ``tsembed.moe.router_start``).
+ROUTER_STARTS = ("random", "kmeans")
 
 
 @dataclass
@@ -61,6 +64,12 @@ class MoELoRAConfig:
             the image tokens) where the backbone marks them (minilm-effnet, Qwen2-VL). For an image input the
             text is its instruction, so a query and a target of the same task meet in the same expert instead
             of being routed by picture content; an input with no text tokens routes on all of them.
+        router_start: ``random`` (the router's weight drawn with std ``router_init_std``: near-uniform routing at
+            first) or ``kmeans``: before training, each layer's router rows are the centroids of a spherical
+            k-means of what that router reads over a sample of the training inputs (centred on their mean), so
+            inputs that look alike start in one expert (``tsembed.moe.router_start``).
+        router_start_margin: with ``kmeans``, an input at its centroid's direction, of average spread, gets a logit
+            of this size for its own expert (its cosine to the others' centroids scales theirs).
         router: ``learned`` (a linear router in every adapted layer) or ``pilot`` (one model-level router over
             per-expert pilot embeddings, as ``tsembed compose`` builds: sequence level, ``topk``, no null experts
             or task hints; the layers own no router weights).
@@ -86,6 +95,8 @@ class MoELoRAConfig:
     num_shared_experts: int = 0
     num_null_experts: int = 0
     router_init_std: float = 0.02
+    router_start: str = "random"
+    router_start_margin: float = 4.0
     task_hints: list[str] = field(default_factory=list)
     task_hint_init: float = 0.0
     router_input: str = "all"
@@ -121,6 +132,9 @@ class MoELoRAConfig:
             raise ConfigError(f"moe.top_p must be in (0, 1], got {self.top_p!r}")
         _check_positive("temperature", self.temperature)
         _check_positive("router_init_std", self.router_init_std)
+        if self.router_start not in ROUTER_STARTS:
+            raise ConfigError(f"moe.router_start must be one of {ROUTER_STARTS}, got {self.router_start!r}")
+        _check_positive("router_start_margin", self.router_start_margin)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"moe.dropout must be in [0, 1), got {self.dropout!r}")
         if not 0.0 <= float(self.jitter) < 1.0:

@@ -96,12 +96,15 @@ class MoELoRALinear(nn.Module):
         if self.router is None:  # pilot-routed: the model chose each input's expert weights
             probs = self._state.gates_for(x.shape[0], self.name).float()
             return probs.clamp_min(1e-12).log(), probs
+        return self.router(self.router_features(x, mask), self._state.hints_for(x.shape[0], self.name))
+
+    def router_features(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """What the router reads from x [B, L, d]: every token (token level, [B, L, d]) or the mean of the input's
+        tokens (sequence level, [B, d]; only its text tokens with ``router_input="text"``)."""
         if self.level == "token":
-            router_in = x
-        else:
-            text = self._state.text_mask if self.router_input == "text" else None
-            router_in = masked_mean(x, text if text is not None and text.shape == x.shape[:2] else mask)
-        return self.router(router_in, self._state.hints_for(x.shape[0], self.name))
+            return x
+        text = self._state.text_mask if self.router_input == "text" else None
+        return masked_mean(x, text if text is not None and text.shape == x.shape[:2] else mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
