@@ -148,6 +148,22 @@ def test_an_older_model_with_an_absolute_path_and_peft_file_names_still_loads(tm
     np.testing.assert_array_equal(_vectors(TSEmbedModel.from_pretrained(resaved)), expected)
 
 
+def test_an_older_model_saved_with_projector_experts_1_still_loads(tmp_path, tiny_bert_dir):
+    """Models saved while routed projector experts existed carry ``"projector_experts": 1``; the option was retired."""
+    model = _minilm_model(tiny_bert_dir)
+    expected = _vectors(model)
+    saved = model.save_pretrained(tmp_path / "old")
+    assert "projector_experts" not in _saved_backbone(saved)  # no longer written
+    config = json.loads((saved / MODEL_CONFIG_NAME).read_text())
+    config["backbone"]["projector_experts"] = 1  # as tsembed wrote it before
+    (saved / MODEL_CONFIG_NAME).write_text(json.dumps(config))
+
+    loaded = TSEmbedModel.from_pretrained(saved)
+    np.testing.assert_array_equal(_vectors(loaded), expected)
+    assert "projector_experts" not in loaded.config.backbone  # compares equal to a model saved after the retirement
+    assert "projector_experts" not in _saved_backbone(loaded.save_pretrained(tmp_path / "resaved"))
+
+
 def test_portable_references():
     packaged = {"kind": "minilm-effnet", "text_model": None, "vision_weights": None}
     assert portable_backbone_config(packaged, "/tmp") == packaged

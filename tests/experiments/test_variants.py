@@ -8,13 +8,12 @@ from tsembed.experiments.variants import ablation_variants, derive, pick
 
 def test_derived_variant_is_its_base_plus_the_overrides_in_order() -> None:
     variants = derive(ablation_variants(4, 8), ["lora80=lora:model.moe.rank=80",
-                                               "lora_proj=lora:model.backbone.projector_experts=4",
-                                               "lora_proj=lora:data.datasets=[a,b]"])
+                                               "lora_t2=lora:model.moe.temperature=2",
+                                               "lora_t2=lora:data.datasets=[a,b]"])
     base = variants["lora"]
     assert variants["lora80"].overrides == (*base.overrides, "model.moe.rank=80")
-    assert variants["lora_proj"].overrides == (*base.overrides, "model.backbone.projector_experts=4",
-                                               "data.datasets=[a,b]")
-    assert variants["lora_proj"].trained and variants["lora"] is base  # built-ins untouched
+    assert variants["lora_t2"].overrides == (*base.overrides, "model.moe.temperature=2", "data.datasets=[a,b]")
+    assert variants["lora_t2"].trained and variants["lora"] is base  # built-ins untouched
     assert [v.name for v in pick(variants, ["lora80", "lora"])] == ["lora80", "lora"]
 
 
@@ -69,17 +68,17 @@ def test_summary_only_names_a_record_after_its_directory(tmp_path, caplog) -> No
 
     from tsembed.cli import main
 
-    run = tmp_path / "seed0" / "lora_proj"  # a run trained as "lora", linked in under a derived name
+    run = tmp_path / "seed0" / "lora_t2"  # a run trained as "lora", linked in under a derived name
     run.mkdir(parents=True)
     (run / "results.json").write_text(json.dumps({
         "variant": "lora", "description": "d", "seed": 0, "train_seconds": 1.0, "trainable_parameters": 5,
         "aggregates": {"overall": {"hit@1": 0.5}}, "datasets": {}}))
-    assert main(["ablate", "--summary-only", "--seeds", "0", "--variant", "lora_proj", "--derive",
-                 "lora_proj=lora:model.backbone.projector_experts=4", "--out", str(tmp_path),
+    assert main(["ablate", "--summary-only", "--seeds", "0", "--variant", "lora_t2", "--derive",
+                 "lora_t2=lora:model.moe.temperature=2", "--out", str(tmp_path),
                  "--suite", str(tmp_path / "no-suite")]) == 0
     summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert [r["variant"] for r in summary["per_seed"]] == ["lora_proj"]
-    assert "summarised as 'lora_proj'" in caplog.text
+    assert [r["variant"] for r in summary["per_seed"]] == ["lora_t2"]
+    assert "summarised as 'lora_t2'" in caplog.text
 
 
 def _variant_moe(name: str, tmp_path) -> dict:

@@ -2,7 +2,6 @@
 
 from torch import nn
 
-from tsembed.backbones.projector import ProjectorMixture, VisualProjector
 from tsembed.moe import MoELoRAConfig, attach
 from tsembed.moe.routers import RouterOwner, router_parameters
 
@@ -21,8 +20,3 @@ def test_router_parameters_come_from_router_owners_only():
     assert isinstance(layer, RouterOwner) and not isinstance(model[1], RouterOwner)
     assert [id(p) for p in params] == [id(layer.router.weight), id(layer.router_hint)]
     assert all(p is not model[1].router.weight for p in params)
-
-
-def test_a_projector_mixture_routes_and_names_its_router():
-    mixture = ProjectorMixture(VisualProjector(in_dim=8, out_dim=8, num_tokens=4), num_experts=2, route_dim=6)
-    assert [id(p) for p in router_parameters(nn.Sequential(mixture))] == [id(mixture.router.weight)]

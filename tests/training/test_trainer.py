@@ -245,23 +245,6 @@ def test_fp16_steps_unscale_clip_and_checkpoint_the_gradient_scaler(train_files,
     assert resumed.scaler.get_scale() == trainer.scaler.get_scale()
 
 
-def test_a_fresh_model_starts_its_backbone_routing_from_every_training_input(train_files, tmp_path, monkeypatch):
-    from tests.toy_backbone import ToyBackbone
-
-    calls = []
-    monkeypatch.setattr(ToyBackbone, "init_routing",
-                        lambda self, inputs, seed: calls.append((list(inputs), seed)) or {})
-    monkeypatch.setattr("tsembed.training.trainer.build_model", lambda config: toy_model())
-    config = make_config(train_files, tmp_path, run={"seed": 7})
-    trainer = Trainer(config)
-    (inputs, seed), = calls
-    assert seed == 7
-    assert len(inputs) == len(trainer.data) + trainer.data.num_targets  # every query and every distinct target
-    assert inputs[0] == trainer.data.query_input(0)
-    Trainer(config, model=toy_model())  # a given model keeps the routing it has
-    assert len(calls) == 1
-
-
 def test_the_model_records_which_datasets_the_collapse_watch_flagged(train_files, tmp_path):
     from tsembed.training.collapse import CollapseWatch
 

@@ -58,6 +58,9 @@ class Backbone(nn.Module):
         reference_options: constructor options that name pretrained files (a directory, a Hub id or a weight
             file). A saved model stores them relocatably (``tsembed.backbones.reference``); the first is what
             ``from_pretrained(..., backbone_path=...)`` and ``--backbone-path`` override.
+        retired_options: option → the one value it still takes: an option whose feature was retired, still accepted
+            with that value (what saved models carry) but no longer written; a loaded config drops it
+            (``tsembed.backbones.reference.resolve_backbone_config``), so old and new models compare equal.
     """
 
     kind: ClassVar[str] = ""
@@ -67,6 +70,7 @@ class Backbone(nn.Module):
     image_token: str | None
     trainable_modules: tuple[str, ...] = ()
     reference_options: ClassVar[tuple[str, ...]] = ("path",)
+    retired_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,12 +94,6 @@ class Backbone(nn.Module):
     def card_metadata(self) -> dict[str, Any]:
         """What a model card can say about the pretrained weights: ``base_model`` (Hugging Face Hub ids) and
         ``license``, each only when known offline; the model card fills in the rest."""
-        return {}
-
-    def init_routing(self, inputs: Sequence[EmbedInput], seed: int) -> dict[str, int]:
-        """Data-dependent initialisation of backbone-level routing from the training inputs, before the first
-        step (e.g. ``minilm-effnet``'s projector mixture); returns instruction → expert for the log.
-        Nothing to do by default."""
         return {}
 
     @classmethod

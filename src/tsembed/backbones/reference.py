@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tsembed.backbones.base import Backbone
 from tsembed.backbones.hf import hub_model_id, resolve_pretrained
 from tsembed.backbones.registry import BACKBONES
 from tsembed.errors import ConfigError
@@ -51,12 +52,22 @@ def _cached_snapshot(hub_id: str) -> Path | None:
         return None
 
 
+def drop_retired_options(cls: type[Backbone], config: dict[str, Any]) -> None:
+    """Remove from ``config``, in place, each retired option at the one value it still takes
+    (``Backbone.retired_options``); another value stays, for the backbone to refuse with its own message."""
+    for option, value in cls.retired_options.items():
+        if option in config and config[option] == value and type(config[option]) is type(value):
+            del config[option]
+
+
 def portable_backbone_config(config: dict[str, Any], model_dir: str | Path) -> dict[str, Any]:
-    """``config`` (``{"kind": ..., **options}``) with each pretrained reference made relocatable."""
+    """``config`` (``{"kind": ..., **options}``) with each pretrained reference made relocatable (and retired
+    options at their accepted value left out)."""
     cls = BACKBONES.get(config.get("kind", ""))
     if cls is None:
         return dict(config)
     out = dict(config)
+    drop_retired_options(cls, out)
     packaged = cls.packaged_references()
     for option in cls.reference_options:
         if out.get(option):
@@ -70,7 +81,9 @@ def resolve_backbone_config(config: dict[str, Any], model_dir: str | Path,
 
     Paths stored relative to the model directory become absolute. ``backbone_path`` (a directory or a Hub
     id) replaces the backbone's main reference (``reference_options[0]``: ``path``, or ``text_model`` for
-    minilm-effnet), e.g. when the pretrained weights moved.
+    minilm-effnet), e.g. when the pretrained weights moved. A retired option at the one value it still takes
+    (``Backbone.retired_options``, e.g. an older model's ``projector_experts: 1``) is dropped; another value is
+    kept, for the backbone to refuse.
 
     Raises:
         ConfigError: ``backbone_path`` for a backbone kind that takes no pretrained reference.
@@ -79,6 +92,7 @@ def resolve_backbone_config(config: dict[str, Any], model_dir: str | Path,
     cls = BACKBONES.get(out.get("kind", ""))
     if cls is None:
         return out  # build_backbone names the unknown kind
+    drop_retired_options(cls, out)
     for option in cls.reference_options:
         value = out.get(option)
         inside = Path(model_dir) / value if isinstance(value, str) and value.startswith(RELATIVE_PREFIX) else None

@@ -97,8 +97,8 @@ def derive(variants: dict[str, Variant], specs: list[str]) -> dict[str, Variant]
     """``variants`` plus the derived ones of ``specs``, each ``NAME=BASE:KEY=VALUE`` (repeat a NAME to add keys).
 
     A derived variant is its base variant with more config overrides under a name of its own, so two settings
-    of one variant (e.g. ``lora80=lora:model.moe.rank=80`` and ``lora_proj=lora:model.backbone.projector_experts=4``)
-    run side by side in one ablation and get one summary.
+    of one variant (e.g. ``lora80=lora:model.moe.rank=80`` and ``lora_t2=lora:model.moe.temperature=2``) run side
+    by side in one ablation and get one summary.
 
     Raises:
         ConfigError: a malformed spec, an unknown base, a name that is a built-in variant, or one NAME

@@ -1,5 +1,4 @@
-"""Spherical k-means: the one clustering that starts routers (a projector mixture's k-means start, pilot
-embeddings of composed experts)."""
+"""Spherical k-means: the one clustering that starts routers (the pilot embeddings of composed experts)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The learned router: one linear map to route logits, task-hint biases, temperature and jitter (docs/design.md §3.2).
 
-Every learned routing decision in tsembed goes through this module: each MoE-LoRA layer's router and the
-projector mixture's. The gate functions that turn its probabilities into expert weights live in
-``tsembed.moe.routers``; the model-level pilot router of composed models in ``tsembed.moe.pilot``.
+Every learned routing decision in tsembed goes through this module: each MoE-LoRA layer's router. The gate
+functions that turn its probabilities into expert weights live in ``tsembed.moe.routers``; the model-level pilot
+router of composed models in ``tsembed.moe.pilot``.
 """
 
 from __future__ import annotations
@@ -64,14 +64,6 @@ class Router(nn.Module):
     def own_router_parameters(self) -> list[nn.Parameter]:
         """The weight and the task-hint biases (``moe.routers.RouterOwner``)."""
         return [self.weight] + ([self.hint] if self.hint is not None else [])
-
-    @torch.no_grad()
-    def start_at(self, centroids: torch.Tensor, scale: float) -> None:
-        """Rows = ``centroids`` [k, d] × ``scale`` (a k-means start), the remaining rows zero (never chosen until
-        the router learns to)."""
-        weight = torch.zeros_like(self.weight)
-        weight[: centroids.shape[0]] = centroids.to(weight) * scale
-        self.weight.copy_(weight)
 
     def keep_routes(self, routes: torch.Tensor) -> None:
         """Keep only ``routes`` (in that order): their weight rows and hint columns."""

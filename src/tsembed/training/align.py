@@ -142,7 +142,7 @@ def align_bridge(suite: str | Path, out: str | Path, config: AlignConfig | None 
     config = config or AlignConfig()
     suite, out = Path(suite), Path(out)
     options = {k: v for k, v in (backbone_options or {}).items() if k != "kind"}
-    for option in ("bridge", "train_projector", "projector_experts"):
+    for option in ("bridge", "train_projector"):
         options.pop(option, None)
     options = effective_options(options)
     ctx, bases = suite_context(suite)

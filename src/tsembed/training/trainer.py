@@ -159,10 +159,7 @@ class Trainer:
         torch.manual_seed(run.seed + rank())
         self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid,
                                          max_per_dataset=config.data.max_per_dataset)
-        if model is None:
-            model = build_model(config)
-            self._init_routing(model, run.seed)
-        self.model = model.to(self.device)
+        self.model = (model if model is not None else build_model(config)).to(self.device)
         if run.gradient_checkpointing and hasattr(self.model.backbone, "enable_gradient_checkpointing"):
             self.model.backbone.enable_gradient_checkpointing()
         if run.compile:  # in place, before DDP wraps it: state-dict keys and saved models stay as they are
@@ -197,18 +194,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.skipped_rows = 0  # rows (or mined negatives) that could not be prepared, this process's run
         self.collapse_watch = CollapseWatch()
-
-    def _init_routing(self, model: TSEmbedModel, seed: int) -> None:
-        """Backbone-level routing starts from the training inputs (a resumed run then loads its own weights)."""
-        inputs = [self.data.query_input(i) for i in range(len(self.data))] + list(self.data.targets)
-        assignment = model.backbone.init_routing(inputs, seed)
-        by_expert: dict[int, list[str]] = {}
-        for text, expert in sorted(assignment.items()):
-            by_expert.setdefault(expert, []).append(text)
-        for expert, texts in sorted(by_expert.items()):  # a summary: VQA-style data has an instruction per row
-            more = f"; … ({len(texts) - 3} more)" if len(texts) > 3 else ""
-            shown = "; ".join(repr(t[:80]) for t in texts[:3]) + more
-            logger.info("backbone routing starts %d instruction(s) at expert %d: %s", len(texts), expert, shown)
 
     def _signature_dim(self) -> int:
         return signature_size(self.model.backbone) if self.model.has_adapters else 0
