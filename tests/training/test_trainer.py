@@ -303,3 +303,42 @@ def test_max_per_dataset_keeps_the_first_rows_and_plans_are_built_once_per_epoch
         plan.batch_at(step)
     # each step asks for its own epoch's plan only (it used to rebuild every earlier epoch's, per step)
     assert built.count(0) <= per_epoch and max(built) == 4 and len(built) <= 5 * per_epoch + 5
+
+
+def test_kmeans_router_start_routes_decisively_before_the_first_step(train_files, tmp_path, caplog,
+                                                                         monkeypatch):
+    """moe.router_start=kmeans: the routers of a freshly built model start at clusters of the training inputs
+    (deterministic per seed) and route decisively from the first step; the random start is near uniform."""
+    import tsembed.training.trainer as trainer_module
+    from tsembed.model import ModelConfig, TSEmbedModel
+    from tsembed.moe import collect_routing
+
+    from .helpers import ToyBackbone
+
+    def build_toy(config):
+        backbone = ToyBackbone(seed=0)
+        moe = config.model.moe_config(backbone.default_target_modules)
+        return TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe))
+
+    monkeypatch.setattr(trainer_module, "build_model", build_toy)
+    moe = {"num_experts": 2, "top_k": 1, "level": "sequence", "router_start": "kmeans"}
+    caplog.set_level("INFO", logger="tsembed.training.trainer")
+    trainer = Trainer(make_config(train_files, tmp_path, model={"moe": moe}))
+    again = Trainer(make_config(train_files, tmp_path / "again", model={"moe": moe}))
+    routers = {n: p for n, p in trainer.model.named_parameters() if n.endswith("router.weight")}
+    assert routers and all(torch.equal(p, dict(again.model.named_parameters())[n]) for n, p in routers.items())
+    assert "router start (k-means)" in caplog.text
+
+    def last_layer_top1(model):
+        inputs = [trainer.data.query_input(i) for i in range(len(trainer.data))] + list(trainer.data.targets)
+        with torch.no_grad():
+            model.eval()
+            model(**model.prepare(inputs))
+        probs = list(collect_routing(model.backbone).layer_probs.values())[-1]
+        return [int(e) for e in probs.argmax(dim=-1)], float(probs.max(dim=-1).values.mean())
+
+    experts, confidence = last_layer_top1(trainer.model)
+    assert len(set(experts)) == 2  # both experts start with inputs of their own (here: queries vs labels)
+    random_start = Trainer(make_config(train_files, tmp_path / "random",
+                                       model={"moe": {**moe, "router_start": "random"}}))
+    assert confidence > 0.8 > last_layer_top1(random_start.model)[1]

@@ -1,4 +1,5 @@
-"""Spherical k-means: the one clustering that starts routers (the pilot embeddings of composed experts)."""
+"""Spherical k-means: the one clustering that starts routers (a learned router's k-means start, the pilot embeddings
+of composed experts)."""
 
 from __future__ import annotations
 

@@ -65,6 +65,14 @@ class Router(nn.Module):
         """The weight and the task-hint biases (``moe.routers.RouterOwner``)."""
         return [self.weight] + ([self.hint] if self.hint is not None else [])
 
+    @torch.no_grad()
+    def start_at(self, centroids: torch.Tensor, scale: float) -> None:
+        """Rows = ``centroids`` [k, d] × ``scale`` (a k-means start, ``tsembed.moe.router_start``), the remaining
+        rows zero (never chosen first until the router learns to)."""
+        weight = torch.zeros_like(self.weight)
+        weight[: centroids.shape[0]] = centroids.to(weight) * scale
+        self.weight.copy_(weight)
+
     def keep_routes(self, routes: torch.Tensor) -> None:
         """Keep only ``routes`` (in that order): their weight rows and hint columns."""
         with torch.no_grad():

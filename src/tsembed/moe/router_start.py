@@ -61,35 +61,44 @@ def capturing_router_features(layers: dict[str, MoELoRALinear],
 
 @torch.no_grad()
 def start_routers_at_clusters(layers: dict[str, MoELoRALinear], features: dict[str, torch.Tensor], seed: int,
-                              margin: float) -> dict[str, torch.Tensor]:
-    """Set each learned router's rows to the spherical k-means centroids (one per routed expert) of its centred
-    ``features`` [n, d], orthogonal to the mean's direction, scaled so that a feature of average spread at its
-    centroid's direction gets logit ``margin``. Null-expert rows (and experts beyond the number of distinct
-    features) start at zero. Returns each layer's cluster per feature row [n].
+                              margin: float, positives: dict[str, torch.Tensor] | None = None
+                              ) -> dict[str, torch.Tensor]:
+    """Set each learned router's rows to spherical k-means centroids (one per routed expert) of its inputs'
+    departures from their mean, and return each layer's cluster per row [n].
+
+    ``features`` [n, d] per layer; with ``positives`` (the same layers, [n, d], row i the positive of query i) a
+    query and its positive are one point (the sum of their unit departures, each from its own side's mean), so a
+    pair starts in one expert however differently queries and targets are worded. The centroids are made
+    orthogonal to the side means (a router has no bias: what every input shares must not pick an expert) and
+    scaled so that an input of average spread at its centroid's direction gets logit ``margin``. Null-expert rows,
+    and experts beyond the number of distinct points, start at zero.
 
     Raises:
-        ValueError: a learned router has no feature row (the sample never reached it).
+        ValueError: a learned router has no feature row (the sample never reached it), or a layer's positives do
+            not pair one to one with its queries.
     """
     assignments: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         if layer.router is None:
             continue
-        rows = features.get(name)
-        if rows is None or rows.shape[0] == 0:
+        sides = [features.get(name)] + ([positives.get(name)] if positives is not None else [])
+        if any(rows is None or rows.shape[0] == 0 for rows in sides):
             raise ValueError(f"MoE layer {name!r}: no router input was captured; run the sample through the model")
-        rows = rows.float()
-        mean = rows.mean(dim=0)
-        centred = rows - mean
-        spread = centred.norm(dim=-1)
-        distinct = int(torch.unique(centred, dim=0).shape[0])
-        k = min(layer.num_experts, distinct)
-        if float(spread.max()) == 0.0:  # one input repeated: nothing to cluster, every expert starts alike
-            layer.router.start_at(torch.zeros(0, rows.shape[1]), 1.0)
-            assignments[name] = torch.zeros(rows.shape[0], dtype=torch.long)
+        sides = [rows.float() for rows in sides]  # type: ignore[union-attr]
+        if len({rows.shape[0] for rows in sides}) > 1:
+            raise ValueError(f"MoE layer {name!r}: {sides[0].shape[0]} queries but {sides[1].shape[0]} positives")
+        means = [rows.mean(dim=0) for rows in sides]
+        departures = [rows - mean for rows, mean in zip(sides, means, strict=True)]
+        points = sum(nn.functional.normalize(d, dim=-1) for d in departures)
+        spread = float(torch.cat(departures).norm(dim=-1).mean())
+        k = min(layer.num_experts, int(torch.unique(points, dim=0).shape[0]))
+        if spread == 0.0:  # one input repeated: nothing to cluster, every route starts alike
+            layer.router.start_at(torch.zeros(0, points.shape[1]), 1.0)
+            assignments[name] = torch.zeros(points.shape[0], dtype=torch.long)
             continue
-        centroids, assign = spherical_kmeans(centred, k, seed)
-        direction = nn.functional.normalize(mean, dim=0)
-        centroids = centroids - (centroids @ direction).unsqueeze(-1) * direction
-        layer.router.start_at(centroids, margin / float(spread.mean()))
+        centroids, assign = spherical_kmeans(points, k, seed)
+        basis, _ = torch.linalg.qr(torch.stack(means, dim=1))  # [d, sides]: the side means' span
+        centroids = centroids - (centroids @ basis) @ basis.T
+        layer.router.start_at(centroids, margin / spread)
         assignments[name] = assign
     return assignments

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -28,6 +29,8 @@ from tsembed.data.mmeb_layout import discover, is_layout
 from tsembed.errors import ConfigError, TsembedError
 from tsembed.model import ModelConfig, TSEmbedModel
 from tsembed.moe import signature_size
+from tsembed.moe.attach import adapter_layers
+from tsembed.moe.router_start import capturing_router_features, start_routers_at_clusters
 from tsembed.precision import check_precision, grad_scaler
 from tsembed.training import checkpoint as ckpt
 from tsembed.training.collapse import CollapseWatch
@@ -159,7 +162,10 @@ class Trainer:
         torch.manual_seed(run.seed + rank())
         self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid,
                                          max_per_dataset=config.data.max_per_dataset)
-        self.model = (model if model is not None else build_model(config)).to(self.device)
+        if model is None:
+            model = build_model(config)
+            self._start_routers(model, run.seed)
+        self.model = model.to(self.device)
         if run.gradient_checkpointing and hasattr(self.model.backbone, "enable_gradient_checkpointing"):
             self.model.backbone.enable_gradient_checkpointing()
         if run.compile:  # in place, before DDP wraps it: state-dict keys and saved models stay as they are
@@ -194,6 +200,44 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.skipped_rows = 0  # rows (or mined negatives) that could not be prepared, this process's run
         self.collapse_watch = CollapseWatch()
+
+    #: Rows per dataset (queries and their positives) whose router inputs the k-means router start clusters.
+    ROUTER_START_ROWS = 64
+
+    def _start_routers(self, model: TSEmbedModel, seed: int) -> None:
+        """``moe.router_start: kmeans``: every learned router starts at clusters of what it reads over a sample of
+        the training rows of every dataset, a query and its positive as one point (sequence-level routers), so a pair
+        starts in one expert (a resumed run then loads its own weights)."""
+        moe = self.config.model.moe
+        if moe is None or moe.router_start != "kmeans" or moe.router != "learned":
+            return
+        rng = random.Random(seed)
+        rows = [i for _, indices in sorted(self.data.by_dataset.items())
+                for i in sorted(rng.sample(indices, min(len(indices), self.ROUTER_START_ROWS)))]
+        layers = adapter_layers(model.backbone)
+        size = self.config.data.batch_size
+        was_training = model.training
+        model.eval()  # no dropout: the start depends on the data and the seed alone
+
+        def capture(inputs: list) -> dict[str, torch.Tensor]:
+            with torch.no_grad(), capturing_router_features(layers, max_rows=len(inputs)) as found:
+                for start in tqdm(range(0, len(inputs), size), desc="router start",
+                                  disable=not (rank() == 0 and self.config.run.progress)):
+                    model(**model.prepare(inputs[start : start + size]))
+            return {n: torch.cat(c) for n, c in found.items()}
+
+        queries = capture([self.data.query_input(i) for i in rows])
+        paired = moe.level == "sequence"  # a token router reads tokens, which do not pair
+        positives = capture([self.data.targets[self.data.positive_ids[i]] for i in rows]) if paired else None
+        model.train(was_training)
+        assign = start_routers_at_clusters(layers, queries, seed, moe.router_start_margin, positives)
+        last = list(assign)[-1]  # the last layer's start, per dataset, as a summary
+        names = [self.data.dataset_name(i) for i in rows]
+        if len(assign[last]) == len(names):
+            for name in dict.fromkeys(names):
+                experts = [int(e) for e, o in zip(assign[last].tolist(), names, strict=True) if o == name]
+                logger.info("router start (k-means), layer %s: %s -> expert counts %s", last, name,
+                            {e: experts.count(e) for e in sorted(set(experts))})
 
     def _signature_dim(self) -> int:
         return signature_size(self.model.backbone) if self.model.has_adapters else 0
