@@ -341,4 +341,4 @@ def test_kmeans_router_start_routes_decisively_before_the_first_step(train_files
     assert len(set(experts)) == 2  # both experts start with inputs of their own (here: queries vs labels)
     random_start = Trainer(make_config(train_files, tmp_path / "random",
                                        model={"moe": {**moe, "router_start": "random"}}))
-    assert confidence > 0.8 > last_layer_top1(random_start.model)[1]
+    assert confidence > 0.65 and last_layer_top1(random_start.model)[1] < 0.55  # 2 experts: uniform is 0.5
