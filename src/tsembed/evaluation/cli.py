@@ -217,6 +217,7 @@ def inspect_routing_command(
 ) -> None:
     """Plot expert usage per dataset and layer, load balance, routing entropy and dataset/expert NMI."""
     from tsembed.evaluation.routing import analyze_routing
+    from tsembed.evaluation.routing_report import ROUTING_FILE
 
     report = analyze_routing(
         _load_model(model, device, backbone_path),
@@ -234,7 +235,7 @@ def inspect_routing_command(
         split=split,
     )
     if not report.has_routing:
-        typer.echo(f"nothing to analyse: {report.reason}; wrote {out / 'routing.json'}")
+        typer.echo(f"nothing to analyse: {report.reason}; wrote {out / ROUTING_FILE}")
         return
     nmi_d, nmi_t = report.nmi.get("dataset_mean"), report.nmi.get("meta_task_mean")
     typer.echo(
@@ -247,7 +248,7 @@ def inspect_routing_command(
     pairs = report.pair_agreement
     typer.echo(f"query and positive share the top-1 expert in {pairs['mean']:.1%} of pairs "
                f"(chance from expert usage {pairs['chance_mean']:.1%}); per dataset in routing.json")
-    typer.echo(f"wrote {out / 'routing.json'} and {', '.join(report.plots)}")
+    typer.echo(f"wrote {out / ROUTING_FILE} and {', '.join(report.plots)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -37,7 +37,7 @@ from tsembed.evaluation.encoder import CachedEncoder, encoder_for
 from tsembed.evaluation.information import distribution_entropy, normalized_mutual_info
 from tsembed.evaluation.loading import load_eval_set
 from tsembed.evaluation.plots import plot_routing
-from tsembed.evaluation.routing_report import RoutingReport
+from tsembed.evaluation.routing_report import ROUTING_FILE, RoutingReport
 from tsembed.evaluation.sources import resolve_eval_sets
 from tsembed.inputs import input_key
 from tsembed.moe import balance
@@ -290,7 +290,7 @@ def analyze_routing(
         out_dir = Path(out_dir)
         if report.has_routing:
             report.plots = [p.name for p in plot_routing(report, out_dir)]
-        report.to_json(out_dir / "routing.json")
+        report.to_json(out_dir / ROUTING_FILE)
     if not report.has_routing:
         logger.warning("%s", NO_ADAPTERS)
     return report

@@ -13,6 +13,9 @@ from typing import Any
 
 from tsembed.fileio import atomic_write
 
+#: The report's file name in an analysis folder (``tsembed inspect-routing``, an ablation run's ``routing/``).
+ROUTING_FILE = "routing.json"
+
 
 @dataclass
 class RoutingReport:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tsembed.evaluation.results import GROUPS, HIT1
+from tsembed.evaluation.routing_report import ROUTING_FILE
 from tsembed.experiments.runner import load_base_config, results_path, run_variant
 from tsembed.experiments.variants import derive, pick, variants_for
 from tsembed.fileio import atomic_write
@@ -113,7 +114,7 @@ def routing_columns(run_dir: Path, suite: Path, cache_dir: Path | None, split: s
     eval cache: no re-encoding).
     """
     out = run_dir / ("routing" if split == "eval" else f"routing-{split}")
-    path = out / "routing.json"
+    path = out / ROUTING_FILE
     report = json.loads(path.read_text()) if path.is_file() else None
     if report is None or (report.get("has_routing") and not report.get("pair_agreement")):
         if not (run_dir / MODEL_DIR).is_dir() or not Path(suite).exists():
