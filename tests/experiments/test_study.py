@@ -312,3 +312,20 @@ def test_conflict_summary_from_a_study_keeps_the_headline_schema(tmp_path):
     with pytest.raises(ConfigError, match="no finished 'dev' comparison"):
         study_conflict_summary(study, summary, primary="dev")
     assert main(["conflict-summary", "--study", str(study.path), "--out", str(target)]) != 0  # --runs missing
+
+
+def test_eval_runs_of_the_older_layout_still_count_as_finished(tmp_path):
+    """Eval runs finished before each split had its own folder keep hits.json beside results.json; a summary
+    must read them, not call them missing (the claim study's runs at e6d39ee are of that layout)."""
+    study = load_study(write_study(tmp_path, study_dict()))
+    out = tmp_path / "out"
+    execute(study, out, runner=fake_runner([]))
+    before = summarize_study(study, out)["compare"][0]
+    for task in plan_stage(study, out, study.stage("final"), {}):
+        if task.done():
+            new = task.hits
+            new.replace(task.run_dir / "hits.json")  # the old place
+            new.parent.rmdir()
+            assert task.hits == task.run_dir / "hits.json"
+    after = summarize_study(study, out)["compare"][0]
+    assert after["runs"] == before["runs"] == 4 and after["overall"] == before["overall"]

@@ -56,7 +56,9 @@ class RunTask:
 
     @property
     def hits(self) -> Path:
-        return hits_path(evaluation_dir(self.run_dir, self.split))
+        path = hits_path(evaluation_dir(self.run_dir, self.split))
+        legacy = hits_path(self.run_dir)  # an eval run finished before each split had its folder (0.x studies)
+        return legacy if self.split == "eval" and not path.is_file() and legacy.is_file() else path
 
     def done(self) -> bool:
         return self.results.is_file() and self.hits.is_file()
