@@ -329,3 +329,15 @@ def test_eval_runs_of_the_older_layout_still_count_as_finished(tmp_path):
             assert task.hits == task.run_dir / "hits.json"
     after = summarize_study(study, out)["compare"][0]
     assert after["runs"] == before["runs"] == 4 and after["overall"] == before["overall"]
+
+
+def test_the_state_records_the_commit_of_the_code_that_runs(tmp_path, monkeypatch):
+    """A study file read from one checkout and run with the package of another (a pinned worktree on PYTHONPATH)
+    records the code's commit, and the study file's beside it."""
+    import tsembed.experiments.study.run as run_module
+
+    study = load_study(write_study(tmp_path, study_dict()))
+    commits = {run_module.code_root(): "c0de" * 10, study.root: "f11e" * 10}
+    monkeypatch.setattr(run_module, "git_state", lambda root: {"commit": commits.get(root), "dirty": False})
+    state = run_module.check_commit(study, tmp_path / "out")
+    assert state["commit"] == "c0de" * 10 and state["study_file_commit"] == "f11e" * 10

@@ -5,8 +5,9 @@ a dev and an eval stage of one variant, suite and seed share the trained model. 
 record and per-query hits is skipped. Each run trains and evaluates on one thread (``run.num_threads=1``;
 with ``jobs`` > 1 each is a subprocess with ``OMP_NUM_THREADS=1``, its log in ``RUN/study.log``).
 
-``OUT/study.json`` records the git commit the first run started from; a later ``run`` from another commit is
-refused unless ``allow_commit_change`` (run studies from a pinned worktree).
+``OUT/study.json`` records the git commit of the code the first run started from (the source tree of the tsembed
+package the process imports, and the study file's commit where that differs); a later ``run`` from another
+commit is refused unless ``allow_commit_change`` (run studies from a pinned worktree).
 """
 
 from __future__ import annotations
@@ -145,6 +146,13 @@ def git_state(root: Path) -> dict[str, Any]:
             "dirty": bool(dirty and dirty.stdout.strip())}
 
 
+def code_root() -> Path:
+    """The source tree of the tsembed package this process imported (a pinned worktree's ``src/..``)."""
+    import tsembed
+
+    return Path(tsembed.__file__).resolve().parents[2]
+
+
 def check_commit(study: Study, out: Path, allow_change: bool = False) -> dict[str, Any]:
     """Record (first run) or compare (later runs) the commit runs start from; returns the state.
 
@@ -152,7 +160,9 @@ def check_commit(study: Study, out: Path, allow_change: bool = False) -> dict[st
         ConfigError: the working tree is at another commit than the recorded one and not ``allow_change``.
     """
     path = Path(out) / STATE
-    now = git_state(study.root)
+    now = git_state(code_root())  # the code that trains, which need not be the study file's checkout
+    if (study_commit := git_state(study.root)["commit"]) not in (None, now["commit"]):
+        now["study_file_commit"] = study_commit
     state = json.loads(path.read_text()) if path.is_file() else None
     if state is None:
         state = {"name": study.name, "study": str(study.path), "sha256": study.sha256(), **now, "history": []}
@@ -169,7 +179,7 @@ def check_commit(study: Study, out: Path, allow_change: bool = False) -> dict[st
         state["history"] = [*state.get("history", []), {"sha256": state.get("sha256")}]
         state["sha256"] = study.sha256()
     if now["dirty"]:
-        logger.warning("the working tree at %s has uncommitted changes; runs record only its commit", study.root)
+        logger.warning("the working tree at %s has uncommitted changes; runs record only its commit", code_root())
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: p.write_text(json.dumps(state, indent=2) + "\n"))
     return state
