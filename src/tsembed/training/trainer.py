@@ -162,10 +162,10 @@ class Trainer:
         torch.manual_seed(run.seed + rank())
         self.data = data or TrainingData(resolve_sources(config), skip_invalid=config.data.skip_invalid,
                                          max_per_dataset=config.data.max_per_dataset)
-        if model is None:
-            model = build_model(config)
-            self._start_routers(model, run.seed)
-        self.model = model.to(self.device)
+        built = model is None
+        self.model = (build_model(config) if built else model).to(self.device)
+        if built:  # on the training device: a large backbone's start is a few batches of inference there
+            self._start_routers(self.model, run.seed)
         if run.gradient_checkpointing and hasattr(self.model.backbone, "enable_gradient_checkpointing"):
             self.model.backbone.enable_gradient_checkpointing()
         if run.compile:  # in place, before DDP wraps it: state-dict keys and saved models stay as they are
@@ -223,7 +223,7 @@ class Trainer:
             with torch.no_grad(), capturing_router_features(layers, max_rows=len(inputs)) as found:
                 for start in tqdm(range(0, len(inputs), size), desc="router start",
                                   disable=not (rank() == 0 and self.config.run.progress)):
-                    model(**model.prepare(inputs[start : start + size]))
+                    model.embed(inputs[start : start + size])
             return {n: torch.cat(c) for n, c in found.items()}
 
         queries = capture([self.data.query_input(i) for i in rows])
