@@ -8,13 +8,16 @@ A seed where either of the two runs collapsed (``tsembed.health``) is left out o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tsembed.data.registry import DATASETS
 from tsembed.errors import ConfigError
 from tsembed.evaluation.results import HIT1, OVERALL
 from tsembed.experiments.ablation import mean_std
 from tsembed.health import DAGGER, run_checked, run_collapsed
+
+if TYPE_CHECKING:
+    from tsembed.experiments.study.spec import Study
 
 
 def _overall(record: dict[str, Any]) -> float:
@@ -98,7 +101,7 @@ def _diff_cell(entry: dict[str, Any] | None) -> dict[str, Any] | None:
             "missing": len(entry["missing"])}
 
 
-def study_conflict_summary(study: Any, summary: dict[str, Any], conflict: dict[str, Any] | None = None,
+def study_conflict_summary(study: Study, summary: dict[str, Any], conflict: dict[str, Any] | None = None,
                            primary: str = "eval", generic: str = "eval-generic",
                            breadth: str = "breadth") -> dict[str, Any]:
     """The headline numbers of a study (``tsembed study summarize``'s summary) in the conflict summary's schema.

@@ -12,7 +12,6 @@ no bias still scores only how an input departs from the average input: a logit i
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -21,8 +20,6 @@ from torch import nn
 
 from tsembed.moe.kmeans import spherical_kmeans
 from tsembed.moe.layer import MoELoRALinear
-
-logger = logging.getLogger(__name__)
 
 #: Feature rows kept per layer (a token-level router reads every token; a sample is enough for the centroids).
 MAX_ROWS = 8192

@@ -219,15 +219,16 @@ class Trainer:
         was_training = model.training
         model.eval()  # no dropout: the start depends on the data and the seed alone
 
+        paired = moe.level == "sequence"  # a token router reads tokens, which do not pair
+
         def capture(inputs: list) -> dict[str, torch.Tensor]:
-            with torch.no_grad(), capturing_router_features(layers, max_rows=len(inputs)) as found:
+            with torch.no_grad(), capturing_router_features(layers) as found:
                 for start in tqdm(range(0, len(inputs), size), desc="router start",
                                   disable=not (rank() == 0 and self.config.run.progress)):
                     model.embed(inputs[start : start + size])
             return {n: torch.cat(c) for n, c in found.items()}
 
         queries = capture([self.data.query_input(i) for i in rows])
-        paired = moe.level == "sequence"  # a token router reads tokens, which do not pair
         positives = capture([self.data.targets[self.data.positive_ids[i]] for i in rows]) if paired else None
         model.train(was_training)
         assign = start_routers_at_clusters(layers, queries, seed, moe.router_start_margin, positives)
