@@ -111,3 +111,65 @@ def test_the_layer_adds_each_gated_expert_like_a_per_expert_loop_and_owns_no_rou
     set_routing_gates(net, None)
     with pytest.raises(AdapterError, match="pilot router"):
         net(x)
+
+
+def _kinds_reference(router: PilotRouter, x: torch.Tensor, kinds: torch.Tensor) -> list[int]:
+    """Per input, a loop: the best cosine among non-padding pilots of its kind (or ANY); every pilot if none."""
+    from tsembed.moe.pilot import ANY_INPUT
+
+    chosen = []
+    for row, kind in zip(torch.nn.functional.normalize(x, dim=-1), kinds.tolist(), strict=True):
+        best: dict[int, float] = {}
+        for own_only in (True, False):
+            for e in range(router.num_experts):
+                for p, pk in zip(router.pilots[e], router.kinds[e].tolist(), strict=True):
+                    if p.abs().sum() == 0 or (own_only and pk not in (ANY_INPUT, kind)):
+                        continue
+                    best[e] = max(best.get(e, -2.0), float(row @ p))
+            if best:
+                break
+        chosen.append(max(best, key=best.get))
+    return chosen
+
+
+def test_modality_aware_routing_compares_an_input_with_pilots_of_its_own_kind_only():
+    from tsembed.moe.pilot import IMAGE_INPUT, TEXT_INPUT
+
+    torch.manual_seed(0)
+    pilots = torch.nn.functional.normalize(torch.randn(3, 2, 4), dim=-1)
+    pilots[2, 1] = 0  # expert 2: one pilot and a padding row
+    kinds = torch.tensor([[TEXT_INPUT, TEXT_INPUT], [IMAGE_INPUT, TEXT_INPUT], [IMAGE_INPUT, TEXT_INPUT]])
+    router = PilotRouter(pilots, kinds=kinds)
+    assert router.modality_aware and not PilotRouter(pilots).modality_aware
+    x = torch.randn(64, 4)
+    input_kind = torch.randint(0, 2, (64,))
+    assert router(x, input_kind).argmax(dim=-1).tolist() == _kinds_reference(router, x, input_kind)
+    image = torch.full((64,), IMAGE_INPUT)
+    assert set(router(x, image).argmax(dim=-1).tolist()) <= {1, 2}  # expert 0 never saw an image input
+    assert torch.equal(router(x), PilotRouter(pilots)(x))  # no kinds given: kinds ignored
+    text_only = PilotRouter(pilots, kinds=torch.full((3, 2), TEXT_INPUT))  # no expert saw an image: all compete
+    assert torch.equal(text_only(x, image), PilotRouter(pilots)(x))
+    with pytest.raises(AdapterError, match="one per pilot"):
+        PilotRouter(pilots, kinds=kinds[:2])
+
+
+def test_modality_aware_pilots_save_load_extend_and_keep_their_kinds(tmp_path):
+    from tsembed.moe.pilot import ANY_INPUT, IMAGE_INPUT, TEXT_INPUT, fit_pilots_by_kind
+
+    points = torch.cat([torch.eye(3)[0].repeat(4, 1), torch.eye(3)[1].repeat(3, 1)]) + 0.01 * torch.randn(7, 3)
+    kinds = torch.tensor([TEXT_INPUT] * 4 + [IMAGE_INPUT] * 3)
+    fitted, fitted_kinds = fit_pilots_by_kind(points, kinds, k=2)
+    assert fitted_kinds.tolist() == [TEXT_INPUT] * 2 + [IMAGE_INPUT] * 2
+    assert fitted[:2].argmax(dim=-1).tolist() == [0, 0] and fitted[2:].argmax(dim=-1).tolist() == [1, 1]
+    router = PilotRouter(fitted.unsqueeze(0), kinds=fitted_kinds.unsqueeze(0))
+    bigger = router.extended(torch.eye(3)[2:3], torch.tensor([IMAGE_INPUT]))
+    assert bigger.kinds.tolist() == [fitted_kinds.tolist(), [IMAGE_INPUT, ANY_INPUT, ANY_INPUT, ANY_INPUT]]
+    assert bigger.kept([1]).kinds.tolist() == [[IMAGE_INPUT, ANY_INPUT, ANY_INPUT, ANY_INPUT]]
+    bigger.save(tmp_path / "p.safetensors")
+    loaded = PilotRouter.load(tmp_path / "p.safetensors", num_experts=2, top_k=1)
+    assert torch.equal(loaded.kinds, bigger.kinds) and loaded.modality_aware
+    PilotRouter(_pilots()).save(tmp_path / "old.safetensors")  # a router without kinds writes no kinds tensor
+    from tsembed.weights import read_safetensors
+
+    assert set(read_safetensors(tmp_path / "old.safetensors")) == {"pilots"}
+    assert not PilotRouter.load(tmp_path / "old.safetensors", num_experts=2, top_k=1).modality_aware
