@@ -39,7 +39,7 @@ from tsembed.moe.io import LEGACY_CONFIG_NAME as LEGACY_ADAPTER_CONFIG_NAME
 from tsembed.moe.io import LEGACY_WEIGHTS_NAME as LEGACY_ADAPTER_WEIGHTS_NAME
 from tsembed.moe.io import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from tsembed.moe.io import adapter_files
-from tsembed.moe.pilot import PilotRouter, input_kinds
+from tsembed.moe.pilot import PilotRouter
 from tsembed.moe.routers import router_parameters
 from tsembed.moe.routing import adapters_bypassed, set_routing_gates
 from tsembed.weights import read_safetensors, sha256_file, verify_checksums, write_checksums
@@ -53,7 +53,6 @@ MERGED_WEIGHTS_NAME = "backbone_weights.safetensors"
 PILOT_ROUTER_NAME = "pilot_router.safetensors"  # in ADAPTER_DIR: the pilots of a model with moe.router="pilot"
 TASK_HINT_KEY = "task_hint_ids"  # rides in a prepared batch next to the backbone's tensors
 PILOT_VIEW_KEY = "pilot_view"  # the inputs' text alone, prepared, for a pilot router that reads text only
-PILOT_KIND_KEY = "pilot_input_kinds"  # [B] text-only or image input, for a modality-aware pilot router
 #: Every weight file a model directory may hold, relative to it: what ``checksums.json`` covers (adapters under
 #: their legacy name too: directories saved before the rename).
 WEIGHT_FILES = (f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_NAME}", f"{ADAPTER_DIR}/{LEGACY_ADAPTER_WEIGHTS_NAME}",
@@ -152,12 +151,10 @@ class TSEmbedModel(nn.Module):
         batch = self.backbone.prepare(inputs)
         if self.task_hints:
             batch[TASK_HINT_KEY] = task_hint_ids(inputs, self.task_hints)
-        if self.pilot_routed:
-            batch[PILOT_KIND_KEY] = input_kinds(inputs)
-            if self.config.moe.router_input == "text":
-                from tsembed.inputs import text_only
+        if self.pilot_routed and self.config.moe.router_input == "text":
+            from tsembed.inputs import text_only
 
-                batch[PILOT_VIEW_KEY] = self.backbone.prepare([text_only(x) for x in inputs])
+            batch[PILOT_VIEW_KEY] = self.backbone.prepare([text_only(x) for x in inputs])
         return batch
 
     @property
@@ -168,7 +165,6 @@ class TSEmbedModel(nn.Module):
     def forward(self, **batch: Any) -> EmbeddingOutput:
         hint_ids = batch.pop(TASK_HINT_KEY, None)
         pilot_view = batch.pop(PILOT_VIEW_KEY, None)
-        pilot_kinds = batch.pop(PILOT_KIND_KEY, None)
         if self.has_adapters:
             set_routing_hints(self.backbone, hint_ids)
             if self.pilot_routed and self._forced_expert is not None:
@@ -179,8 +175,7 @@ class TSEmbedModel(nn.Module):
                 if self.pilot_router is None:
                     raise AdapterError("this model is routed by pilot embeddings (moe.router='pilot') but has none; "
                                        "build it with `tsembed compose`")
-                set_routing_gates(self.backbone, self.pilot_router(self.base_embeddings(**(pilot_view or batch)),
-                                                                   pilot_kinds))
+                set_routing_gates(self.backbone, self.pilot_router(self.base_embeddings(**(pilot_view or batch))))
         try:
             out = self.backbone(**batch)
         finally:
@@ -229,7 +224,7 @@ class TSEmbedModel(nn.Module):
     @torch.no_grad()
     def base_embeddings(self, **batch: Any) -> torch.Tensor:
         """Embeddings [B, D] of a prepared batch by the base model: the adapters bypassed, no routing."""
-        batch = {k: v for k, v in batch.items() if k not in (TASK_HINT_KEY, PILOT_VIEW_KEY, PILOT_KIND_KEY)}
+        batch = {k: v for k, v in batch.items() if k not in (TASK_HINT_KEY, PILOT_VIEW_KEY)}
         if not self.has_adapters:
             return self._embeddings(self.backbone(**batch))
         with adapters_bypassed(self.backbone):

@@ -232,36 +232,3 @@ def test_the_server_embeds_with_the_composed_models_experts(sources, tmp_path):
     assert response.status_code == 200, response.text
     got = torch.tensor([d["embedding"] for d in response.json()["data"]])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-
-
-def test_modality_aware_pilots_never_send_an_image_input_to_an_expert_trained_on_text_alone(sources, tmp_path):
-    """alpha's pilot rows are text-only, beta's have image queries. An image query worded like alpha's inputs goes
-    to alpha when kinds are ignored, to beta with modality-aware pilots; an added expert's pilots get kinds too."""
-    from PIL import Image
-
-    from tsembed.moe.pilot import IMAGE_INPUT, TEXT_INPUT
-
-    picture = tmp_path / "snow.png"
-    Image.new("RGB", (8, 8), (240, 240, 255)).save(picture)
-    image_rows = tmp_path / "beta-images.jsonl"
-    image_rows.write_text("".join(json.dumps({"qry": f"<|image_1|> {t}", "qry_image_path": picture.name,
-                                              "pos_text": f"beta passage {i}", "pos_image_path": ""}) + "\n"
-                                  for i, t in enumerate(_texts("beta"))))
-    experts = [_expert(sources, "alpha"), ExpertSource("beta", sources["beta"][0], image_rows)]
-    worded_like_alpha = [EmbedInput(text=f"<|image_1|> {t}", image=picture) for t in _texts("alpha", 4, offset=30)]
-    routes = {}
-    for aware in (False, True):
-        out = tmp_path / f"c-{aware}"
-        assert compose(experts, out, pilots_per_expert=2, modality_aware=aware)["modality_aware"] is aware
-        model = TSEmbedModel.from_pretrained(out)
-        assert model.pilot_router.modality_aware is aware
-        routed = embed_items(model, worded_like_alpha, batch_size=4, with_routing=True)
-        routes[aware] = next(iter(routed.layer_probs.values())).argmax(dim=-1).tolist()
-    assert routes == {False: [0, 0, 0, 0], True: [1, 1, 1, 1]}
-    aware_model = TSEmbedModel.from_pretrained(tmp_path / "c-True")
-    assert aware_model.pilot_router.kinds[0].tolist()[:2] == [TEXT_INPUT] * 2  # then padding
-    assert IMAGE_INPUT in aware_model.pilot_router.kinds[1].tolist()  # beta's image queries (its positives: text)
-    add_expert(_expert(sources, "gamma"), tmp_path / "c-True", pilots_per_expert=2)
-    grown = TSEmbedModel.from_pretrained(tmp_path / "c-True").pilot_router
-    assert grown.modality_aware and grown.kinds[2].tolist()[:2] == [TEXT_INPUT] * 2
-    assert torch.equal(grown.kinds[:2, :aware_model.pilot_router.kinds.shape[1]], aware_model.pilot_router.kinds)

@@ -310,10 +310,6 @@ def compose_command(
     router_input: str = typer.Option("text", "--router-input", help="What the pilots and the router read: the "
                                      "base model's embedding of an input's text alone (text: for an image input, its "
                                      "instruction) or of the whole input (all)."),
-    modality_aware: bool = typer.Option(False, "--modality-aware/--any-modality", help="Fit each expert's pilots "
-                                        "separately on its text-only inputs and its image inputs, and compare an "
-                                        "input only with pilots of its own kind (an expert trained on text queries "
-                                        "is never chosen for an image query). --add follows the composed model."),
     routing_split: str | None = typer.Option(None, "--routing-split", help="With --suite: measure how often each "
                                              "dataset of this split (e.g. dev) is routed to its own expert."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pilots' k-means."),
@@ -348,7 +344,7 @@ def compose_command(
     else:
         assert out is not None
         report = compose(sources, out, suite, pilots, pilot_rows, top_k, seed=seed, batch_size=batch_size,
-                         router_input=router_input, modality_aware=modality_aware)
+                         router_input=router_input)
         target = out
     if routing_split is not None:
         if suite is None:

@@ -186,29 +186,18 @@ def pilot_inputs(source: _Source, pilot_data: Path | None, suite: Path | None, m
     return items, f"{suite} train: {', '.join(datasets)}"
 
 
-def _pilots(model: Any, items: list, k: int, seed: int, batch_size: int,
-            modality_aware: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One expert's pilots [k', D] from the base model's embeddings of its inputs, and their kinds [k'] when
-    ``modality_aware`` (None otherwise)."""
+def _pilots(model: Any, items: list, k: int, seed: int, batch_size: int) -> torch.Tensor:
     from tsembed.encoding import embed_items
-    from tsembed.moe.pilot import fit_pilots, fit_pilots_by_kind, input_kinds
+    from tsembed.moe.pilot import fit_pilots
 
     embeddings = embed_items(model, items, batch_size, pilot=True).embeddings
-    if modality_aware:
-        return fit_pilots_by_kind(embeddings, input_kinds(items), k, seed)
-    return fit_pilots(embeddings, k, seed), None
+    return fit_pilots(embeddings, k, seed)
 
 
-def _router(pilots: list[tuple[torch.Tensor, torch.Tensor | None]], top_k: int, temperature: float) -> PilotRouter:
-    """The router over per-expert ([k_e, D], kinds), padded with zero rows (which never win)."""
-    from tsembed.moe.pilot import ANY_INPUT
-
-    k = max(p.shape[0] for p, _ in pilots)
-    stacked = torch.stack([torch.nn.functional.pad(p, (0, 0, 0, k - p.shape[0])) for p, _ in pilots])
-    if all(kinds is None for _, kinds in pilots):
-        return PilotRouter(stacked, top_k=top_k, temperature=temperature)
-    kinds = torch.stack([torch.nn.functional.pad(kd, (0, k - kd.shape[0]), value=ANY_INPUT) for _, kd in pilots])
-    return PilotRouter(stacked, top_k=top_k, temperature=temperature, kinds=kinds)
+def _stack(pilots: list[torch.Tensor]) -> torch.Tensor:
+    """[E, k, D] from per-expert [k_e, D], padded with zero rows (which never win)."""
+    k = max(p.shape[0] for p in pilots)
+    return torch.stack([torch.nn.functional.pad(p, (0, 0, 0, k - p.shape[0])) for p in pilots])
 
 
 def _save_atomically(model: Any, out: Path, report: dict[str, Any]) -> Path:
@@ -255,13 +244,11 @@ def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]
 
 def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | None = None, pilots_per_expert: int = 4,
             pilot_rows: int = 512, top_k: int = 1, temperature: float = 0.05, seed: int = 0,
-            batch_size: int = 64, router_input: str = "text", modality_aware: bool = False) -> dict[str, Any]:
+            batch_size: int = 64, router_input: str = "text") -> dict[str, Any]:
     """Join single-adapter models into one pilot-routed MoE-LoRA model written to ``out``; returns the report.
 
     ``router_input``: ``text`` (the pilots and the router read the base model's embedding of an input's text
     alone: for an image input, its instruction) or ``all`` (of the whole input, image included).
-    ``modality_aware``: pilots are fitted per kind of input (text alone, with an image) and an input meets only
-    pilots of its own kind (``tsembed.moe.pilot``).
 
     Raises:
         ConfigError: fewer than two experts, repeated names, incompatible models or no pilot data.
@@ -285,11 +272,11 @@ def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | No
     pilots = []
     for r, (items, _), record in zip(read, inputs, records, strict=True):
         logger.info("expert %s: pilots from %d inputs", r.name, len(items))
-        pilots.append(_pilots(model, items, pilots_per_expert, seed, batch_size, modality_aware))  # base model's
-        record["pilots"] = pilots[-1][0].shape[0]
-    model.pilot_router = _router(pilots, top_k, temperature)
+        pilots.append(_pilots(model, items, pilots_per_expert, seed, batch_size))  # the base model's embeddings
+        record["pilots"] = pilots[-1].shape[0]
+    model.pilot_router = PilotRouter(_stack(pilots), top_k=top_k, temperature=temperature)
     report = {"experts": records, "top_k": top_k, "router_input": router_input, "pilots_per_expert": pilots_per_expert,
-              "modality_aware": modality_aware, "seed": seed}
+              "seed": seed}
     _save_atomically(model, Path(out), report)
     return report
 
@@ -317,12 +304,11 @@ def add_expert(source: ExpertSource, to: str | Path, suite: str | Path | None = 
     new = _read_source(source.name, Path(source.model_dir))
     _check_compatible(reference, new)
     items, where = pilot_inputs(new, source.pilot_data, Path(suite) if suite else None, pilot_rows)
-    # the new expert's pilots are fitted the way the old ones were (per kind of input, or not)
-    pilots, kinds = _pilots(composed, items, pilots_per_expert, seed, batch_size, composed.pilot_router.modality_aware)
+    pilots = _pilots(composed, items, pilots_per_expert, seed, batch_size)
     experts = [(n, expert_adapters(composed, e)) for e, n in enumerate(names)] + [(new.name, new.adapters)]
     model = _build(reference, experts, moe.top_k, moe.router_input,
                    [*records, _record(new, where, len(items), pilots.shape[0])])
-    model.pilot_router = composed.pilot_router.extended(pilots, kinds)  # the old pilots unchanged
+    model.pilot_router = composed.pilot_router.extended(pilots)  # the old pilots unchanged
     report = {"experts": model.config.extra["composed_from"], "top_k": moe.top_k, "added": new.name}
     _save_atomically(model, to, report)
     return report
@@ -346,7 +332,6 @@ def routing_accuracy(model: Any, suite: str | Path, split: str = "dev", batch_si
     """
     from tsembed.data.suite import load_suite
     from tsembed.encoding import embed_items
-    from tsembed.moe.pilot import input_kinds
 
     if model.pilot_router is None:
         raise ConfigError("routing accuracy needs a composed model (a pilot router)")
@@ -365,8 +350,7 @@ def routing_accuracy(model: Any, suite: str | Path, split: str = "dev", batch_si
         rows = split_rows.rows[:max_rows] if max_rows else split_rows.rows
         items = [x for row in rows for x in (row.query_input(split_rows.image_root),
                                              row.positive_input(split_rows.image_root))]
-        embeddings = embed_items(model, items, batch_size, pilot=True).embeddings
-        routes = model.pilot_router(embeddings, input_kinds(items)).argmax(dim=-1)
+        routes = model.pilot_router(embed_items(model, items, batch_size, pilot=True).embeddings).argmax(dim=-1)
         counts = torch.bincount(routes, minlength=model.pilot_router.num_experts).tolist()
         entry: dict[str, Any] = {"inputs": len(items), "routed": dict(zip(model.config.moe.expert_names, counts,
                                                                         strict=True))}
