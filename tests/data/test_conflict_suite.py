@@ -182,3 +182,35 @@ def test_default_build_is_unchanged_by_later_streams(conflict_suite: Suite) -> N
     for name, data in _files(conflict_suite.root).items():
         digest.update(name.encode() + b"\0" + data)
     assert digest.hexdigest() == TINY_CONFLICT_SHA256
+
+
+def test_train_wordings_cycle_in_train_only_and_never_repeat_an_eval_wording(conflict_suite: Suite,
+                                                                            tmp_path: Path) -> None:
+    from tsembed.data.registry import CONFLICT_TRAIN_WORDINGS, MAX_TRAIN_WORDINGS
+
+    varied = build_suite(tmp_path / "varied", seed=0, progress=False, train_wordings=3, **TINY_CONFLICT)
+    assert _files(varied.root / "images") == _files(conflict_suite.root / "images")
+    assert varied.manifest["config"]["train_wordings"] == 3 and "train_wordings" not in conflict_suite.manifest["config"]
+    assert "cycle through 3 wordings" in (varied.root / "README.md").read_text()
+    eval_wordings = {d.query_template for d in CONFLICT_DATASETS if d.ood}
+    for name in varied.names(ood=False):
+        info = varied.manifest["datasets"][name]
+        own = conflict_suite.manifest["datasets"][name]["query_template"]
+        assert info["train_query_templates"] == [own, *CONFLICT_TRAIN_WORDINGS[name][:2]]
+        assert not set(info["train_query_templates"]) & eval_wordings
+        for i, (plain, row) in enumerate(zip(conflict_suite.train(name).rows, varied.train(name).rows, strict=True)):
+            template = info["train_query_templates"][i % 3]
+            head, _, tail = template.partition("{text}")
+            assert row.qry.startswith(head) and row.qry.endswith(tail)  # the i-th row's wording, its own content
+            assert (row.qry_image_path, row.pos_text, row.pos_image_path) == (
+                plain.qry_image_path, plain.pos_text, plain.pos_image_path)
+        assert varied.eval(name).rows == conflict_suite.eval(name).rows  # eval keeps the one wording
+        assert varied.eval(name, split="dev").rows == conflict_suite.eval(name, split="dev").rows
+    for name in varied.names(ood=True):
+        assert varied.eval(name).rows == conflict_suite.eval(name).rows
+    with pytest.raises(ConfigError, match=rf"train_wordings .* must be in \[1, {MAX_TRAIN_WORDINGS}\]"):
+        build_suite(tmp_path / "x", kind="conflict", train_wordings=MAX_TRAIN_WORDINGS + 1, progress=False)
+    with pytest.raises(ConfigError, match="conflict suite with instructions only"):
+        build_suite(tmp_path / "x", train_wordings=2, progress=False)
+    with pytest.raises(ConfigError, match="conflict suite with instructions only"):
+        build_suite(tmp_path / "x", kind="conflict", instructions=False, train_wordings=2, progress=False)

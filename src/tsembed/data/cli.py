@@ -47,6 +47,9 @@ def build_suite_cmd(
         help="Conflict suite: comma-separated streams of condition pairs to build: tone (identity vs skin tone), "
              "tint (shape vs colour), text (object vs colour word, and text queries about tones), gender (the same "
              "person emoji in any gender vs the same gender; opt-in).")] = "tone,tint,text",
+    train_wordings: Annotated[int, typer.Option(
+        help="Conflict suite: wordings per in-distribution query instruction in the train split (train rows cycle "
+             "through them; dev and eval keep the one wording, the reworded eval datasets stay unseen).")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing suite at --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -78,6 +81,7 @@ def build_suite_cmd(
         instructions=instructions,
         targets=targets,
         conflict_streams=tuple(s.strip() for s in conflict_streams.split(",") if s.strip()),
+        train_wordings=train_wordings,
         overwrite=overwrite,
         progress=progress,
     )

@@ -278,6 +278,38 @@ CONFLICT_DATASETS: tuple[DatasetInfo, ...] = (
               f"{_P}\nWhich other emoji shows a man, a woman or a person, as this one does?", GENDER_TARGET,
               "GenderSameGender's eval queries under an unseen instruction wording"),
 )
+#: Further wordings of each in-distribution conflict query (`build-suite --train-wordings N`: train rows cycle
+#: through the dataset's own wording and the first N - 1 of these; dev and eval keep the one wording). None repeats
+#: an eval rewording's distinctive words (retrieve, whatever, painted, which other, skin colour, whether it shows)
+#: or the dev rewordings of docs/results/compose/ (show me, look up, get, match): a router or adapter that learns
+#: several wordings per task is then still tested on wordings it never saw.
+CONFLICT_TRAIN_WORDINGS: dict[str, tuple[str, ...]] = {
+    "ToneSameEmoji": (f"{_P}\nSearch for this emoji shown with a different skin tone.",
+                      f"{_P}\nSame emoji, other skin tone: find it.",
+                      f"{_P}\nLocate this emoji with its skin tone changed."),
+    "ToneSameTone": (f"{_P}\nSearch for another emoji sharing this skin tone.",
+                     f"{_P}\nSame skin tone, different emoji: find one.",
+                     f"{_P}\nLocate an emoji unlike this one but with its skin tone."),
+    "TintSameEmoji": (f"{_P}\nSearch for this emoji shown in a different colour.",
+                      f"{_P}\nSame emoji, other colour: find it.",
+                      f"{_P}\nLocate this emoji with its colour changed."),
+    "TintSameColour": (f"{_P}\nSearch for another emoji sharing this colour.",
+                       f"{_P}\nSame colour, different emoji: find one.",
+                       f"{_P}\nLocate an emoji unlike this one but in its colour."),
+    "TextSameObject": (f"Search for the emoji described here, in a different colour: {TEXT_SLOT}",
+                       f"Same emoji as described, other colour: {TEXT_SLOT}",
+                       f"Locate the described emoji with its colour changed: {TEXT_SLOT}"),
+    "TextSameColour": (f"Search for another emoji sharing the colour described here: {TEXT_SLOT}",
+                       f"Same colour as described, different emoji: {TEXT_SLOT}",
+                       f"Locate an emoji in the colour this description names: {TEXT_SLOT}"),
+    "GenderSameEmoji": (f"{_P}\nSearch for this emoji shown as another gender.",
+                        f"{_P}\nSame emoji, other gender: find it.",
+                        f"{_P}\nLocate this emoji with its gender changed."),
+    "GenderSameGender": (f"{_P}\nSearch for another emoji sharing this gender.",
+                         f"{_P}\nSame gender, different emoji: find one.",
+                         f"{_P}\nLocate an emoji unlike this one but of its gender."),
+}
+MAX_TRAIN_WORDINGS = 1 + min(len(w) for w in CONFLICT_TRAIN_WORDINGS.values())
 #: Streams of the conflict suite (`build-suite --conflict-streams`): which datasets each one adds. One stream's
 #: datasets share episodes (tone, tint, gender) or ask about them in words (text: the tint and tone streams' text
 #: queries). The default is the suite as first built; the gender stream is opt-in, so earlier suites rebuild

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from tsembed.data.formats import write_records
 from tsembed.data.mmeb import write_eval, write_train
 from tsembed.data.registry import DEFAULT_CONFLICT_STREAMS, DatasetInfo, conflict_pairs, meta_task
 from tsembed.data.suite.card import render_card
-from tsembed.data.suite.config import GENERATOR_VERSION, SuiteConfig
+from tsembed.data.suite.config import GENERATOR_VERSION, SuiteConfig, train_query_templates
 from tsembed.data.suite.context import BuildContext
 from tsembed.data.suite.example import Example, to_eval_row, to_train_row
 from tsembed.data.suite.load import MANIFEST, Suite, load_suite
@@ -46,6 +47,7 @@ def _build_split(ctx: BuildContext, info: DatasetInfo, split: str, n: int, bar: 
 
     cfg = ctx.config
     rows, prov = [], []
+    wordings = [replace(info, query_template=t) for t in train_query_templates(info, cfg.train_wordings)]
     seen: set[tuple[str, str, str, str]] = set()
     for ex in BUILDERS[info.name](ctx, split, ctx.rng(info.name, split), n):
         if len(rows) >= n:
@@ -55,7 +57,8 @@ def _build_split(ctx: BuildContext, info: DatasetInfo, split: str, n: int, bar: 
         if key in seen:
             continue
         seen.add(key)
-        rows.append(to_train_row(info, ex) if split == "train" else to_eval_row(info, ex, _max_candidates(info, cfg)))
+        rows.append(to_train_row(wordings[len(rows) % len(wordings)], ex) if split == "train"
+                    else to_eval_row(info, ex, _max_candidates(info, cfg)))
         prov.append(_provenance(ex))
         bar.update(1)
     bar.update(n - len(rows))  # a small split may run out of emoji before n
@@ -101,6 +104,8 @@ def _write_suite(cfg: SuiteConfig, root: Path, progress: bool) -> None:
                     "counts": {"train": 0, "train_with_negative": 0},
                 },
             )
+            if cfg.train_wordings > 1 and not info.ood:
+                entry["train_query_templates"] = list(train_query_templates(info, cfg.train_wordings))
             entry["files"][split] = out.pop("file")
             entry["provenance"][split] = f"meta/{info.name}.{split}.jsonl"
             entry["counts"].update(out)
@@ -163,6 +168,7 @@ def build_suite(
     instructions: bool = True,
     targets: str = "named",
     conflict_streams: tuple[str, ...] | list[str] = DEFAULT_CONFLICT_STREAMS,
+    train_wordings: int = 1,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Suite:
@@ -189,6 +195,7 @@ def build_suite(
         conflict_streams: Conflict suite: which streams of pairs to build (`registry.CONFLICT_STREAMS`): the
             default tone, tint and text, plus the opt-in gender stream (the same person emoji in any gender vs
             the same gender).
+        train_wordings: Conflict suite: wordings per IND query instruction in the train split (1: one).
         overwrite: Replace an existing suite at `out_dir`.
         progress: Show a tqdm progress bar.
 
@@ -214,6 +221,7 @@ def build_suite(
         instructions=instructions,
         targets=targets,
         conflict_streams=tuple(conflict_streams),
+        train_wordings=train_wordings,
     )
     out = Path(out_dir)
     _prepare_target(out, overwrite)

@@ -44,7 +44,10 @@ def _conflict_intro(manifest: dict[str, Any]) -> list[str]:
         + (" The gender pair (`--conflict-streams ...,gender`) asks the same of person emoji drawn as a man, a "
            "woman or a gender-neutral person: the same emoji in any gender, or another emoji of the same gender; "
            "every candidate of a query shows the query's skin tone." if "role-vs-gender" in manifest["pairs"]
-           else ""),
+           else "")
+        + (f" Train rows cycle through {manifest['config']['train_wordings']} wordings of each query instruction "
+           "(`--train-wordings`, listed as `train_query_templates` in suite.json); dev and eval keep the first."
+           if manifest["config"].get("train_wordings", 1) > 1 else ""),
         "",
         f"Pairs: {pairs}.",
         "",

@@ -46,6 +46,10 @@ class SuiteConfig:
         conflict_streams: Conflict suite only. Which streams of pairs to build (`registry.CONFLICT_STREAMS`):
             tone, tint and text (the default, the suite as first built) and gender (opt-in). Left out of the
             manifest when default, so suites built before the option existed rebuild byte for byte.
+        train_wordings: Conflict suite only. Wordings per in-distribution query instruction in the train split:
+            its rows cycle through the dataset's wording and the first N - 1 of `registry.CONFLICT_TRAIN_WORDINGS`;
+            dev and eval keep the one wording, and the reworded eval datasets stay unseen. 1 (the default) is
+            left out of the manifest, so earlier suites rebuild byte for byte.
     """
 
     seed: int = 0
@@ -63,6 +67,7 @@ class SuiteConfig:
     instructions: bool = True
     targets: str = "named"
     conflict_streams: tuple[str, ...] = ("tone", "tint", "text")
+    train_wordings: int = 1
 
     def __post_init__(self) -> None:
         from tsembed.data.registry import CONFLICT_STREAMS, DEFAULT_CONFLICT_STREAMS
@@ -78,6 +83,14 @@ class SuiteConfig:
             raise ConfigError("conflict_streams (--conflict-streams) applies to the conflict suite only")
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
+        from tsembed.data.registry import MAX_TRAIN_WORDINGS
+
+        if not 1 <= self.train_wordings <= MAX_TRAIN_WORDINGS:
+            raise ConfigError(f"train_wordings (--train-wordings) must be in [1, {MAX_TRAIN_WORDINGS}], got "
+                              f"{self.train_wordings}")
+        if self.train_wordings > 1 and (self.kind != "conflict" or not self.instructions):
+            raise ConfigError("train_wordings > 1 (--train-wordings) applies to the conflict suite with instructions "
+                              "only")
         if not self.instructions and self.kind != "conflict":
             raise ConfigError("instructions=False (--no-instructions) applies to the conflict suite only")
         if self.targets not in TARGET_WORDINGS:
@@ -133,11 +146,22 @@ class SuiteConfig:
         data["datasets"] = None if self.datasets is None else list(self.datasets)
         from tsembed.data.registry import DEFAULT_CONFLICT_STREAMS
 
+        if self.train_wordings == 1:
+            del data["train_wordings"]  # as suites built before the option existed
         if self.conflict_streams == DEFAULT_CONFLICT_STREAMS:
             del data["conflict_streams"]  # as suites built before the option existed
         else:
             data["conflict_streams"] = list(self.conflict_streams)
         return data
+
+
+def train_query_templates(info: DatasetInfo, wordings: int) -> tuple[str, ...]:
+    """The query wordings a dataset's train rows cycle through: its own, then its first ``wordings - 1`` others."""
+    from tsembed.data.registry import CONFLICT_TRAIN_WORDINGS
+
+    if wordings == 1 or info.ood:
+        return (info.query_template,)
+    return (info.query_template, *CONFLICT_TRAIN_WORDINGS[info.name][: wordings - 1])
 
 
 def generic_target(info: DatasetInfo) -> DatasetInfo:
