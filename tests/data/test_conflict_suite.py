@@ -190,7 +190,8 @@ def test_train_wordings_cycle_in_train_only_and_never_repeat_an_eval_wording(con
 
     varied = build_suite(tmp_path / "varied", seed=0, progress=False, train_wordings=3, **TINY_CONFLICT)
     assert _files(varied.root / "images") == _files(conflict_suite.root / "images")
-    assert varied.manifest["config"]["train_wordings"] == 3 and "train_wordings" not in conflict_suite.manifest["config"]
+    assert varied.manifest["config"]["train_wordings"] == 3
+    assert "train_wordings" not in conflict_suite.manifest["config"]
     assert "cycle through 3 wordings" in (varied.root / "README.md").read_text()
     eval_wordings = {d.query_template for d in CONFLICT_DATASETS if d.ood}
     for name in varied.names(ood=False):
