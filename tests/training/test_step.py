@@ -9,7 +9,7 @@ from tsembed.training.eans import EANSConfig
 from tsembed.training.objective import ContrastiveObjective, ExpertUsage, LossConfig
 from tsembed.training.step import ContrastiveTask, contrastive_step, prepare_batch
 
-from .helpers import grads, toy_batch, toy_model
+from .helpers import assert_grads_close, grads, toy_batch, toy_model
 
 
 @pytest.mark.parametrize("mode", ["off", "weight", "select", "hardness"])
@@ -30,8 +30,7 @@ def test_gradcache_equals_full_batch(mode, level):
     torch.testing.assert_close(chunked.target_signatures, full.target_signatures)
     g_full, g_cached = grads(model), grads(cached)
     assert set(g_full) == set(g_cached) and any("router" in k for k in g_full) and any("proj" in k for k in g_full)
-    for name in g_full:
-        torch.testing.assert_close(g_cached[name], g_full[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_grads_close(g_cached, g_full)
     torch.testing.assert_close(objective_c.log_tau.grad, objective.log_tau.grad, atol=1e-6, rtol=1e-4)
 
 
@@ -67,8 +66,7 @@ def test_gradcache_equals_full_batch_with_running_expert_usage():
                                chunk_size=3)
     assert chunked.load_balance == pytest.approx(full.load_balance, rel=1e-5)
     g_full, g_cached = grads(model), grads(cached)
-    for name in g_full:
-        torch.testing.assert_close(g_cached[name], g_full[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_grads_close(g_cached, g_full)
 
 
 def test_null_experts_train_through_gradcache_and_count_in_the_running_usage():
@@ -86,8 +84,7 @@ def test_null_experts_train_through_gradcache_and_count_in_the_running_usage():
     assert chunked.loss == pytest.approx(full.loss, rel=1e-5)
     assert chunked.load_balance == pytest.approx(full.load_balance, rel=1e-5)
     g_full, g_cached = grads(model), grads(cached)
-    for name in g_full:
-        torch.testing.assert_close(g_cached[name], g_full[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_grads_close(g_cached, g_full)
 
 
 def test_expert_usage_running_mean_and_no_push_when_balanced_overall():

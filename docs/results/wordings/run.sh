@@ -12,10 +12,11 @@ SUITE=${SUITE:-suites/wordings-s0}
 OUT=${OUT:-runs/wordings}
 TSEMBED=${TSEMBED:-tsembed}
 CONDITIONS=(identity tone shape colour object colour_word)
+SEEDS=${SEEDS:-0 1 2}   # training seeds to compose and score (all three for the readings)
 HERE=$(dirname "$0")
 
 [ -f "$OUT/para1/suite.json" ] || python "$HERE/../compose/paraphrased_suite.py" "$SUITE" "$OUT/para" > /dev/null
-for seed in 0 1 2; do
+for seed in $SEEDS; do
   runs=$OUT/runs/wordings-s0/seed$seed
   composed=$OUT/composed/seed$seed
   if [ ! -f "$composed/model/compose.json" ]; then
