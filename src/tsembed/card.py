@@ -177,8 +177,13 @@ def _describe(model: nn.Module) -> list[str]:
         lines.append("- composed (`tsembed compose`, no joint training): each input goes to the expert whose pilot "
                      "embeddings are nearest its base-model embedding")
         for e, record in enumerate(extra["composed_from"]):
-            lines.append(f"  - expert {e} `{record['name']}`: trained on {', '.join(record['train_datasets']) or '?'}"
-                         f"; {record['pilots']} pilots from {record['pilot_inputs']} inputs ({record['pilot_data']})")
+            trained = f"  - expert {e} `{record['name']}`: trained on {', '.join(record['train_datasets']) or '?'}"
+            if record.get("fallback"):
+                lines.append(f"{trained}; the fallback: no pilots, it takes every input further from its nearest "
+                             f"expert than that expert's floor ({record['floor_quantile']:.0%} of its training inputs)")
+            else:
+                lines.append(f"{trained}; {record['pilots']} pilots from {record['pilot_inputs']} inputs "
+                             f"({record['pilot_data']})")
     return lines
 
 

@@ -103,6 +103,61 @@ def test_adding_an_expert_leaves_the_old_experts_inputs_bit_identical(sources, t
     assert not list(tmp_path.glob(".composed*"))  # the staging directories are gone
 
 
+def test_a_fallback_expert_takes_the_inputs_no_pilot_recognises(sources, tmp_path):
+    """Inputs near an expert's pilots get that specialist's vector; an unseen topic, below every floor, gets the
+    fallback model's; adding an expert for it later moves only those inputs."""
+    out = tmp_path / "composed"
+    generalist = _specialist(tmp_path, "gamma", seed=7)
+    report = compose([_expert(sources, "alpha"), _expert(sources, "beta")], out, pilots_per_expert=2,
+                     fallback=ExpertSource("generalist", generalist), floor_quantile=0.25)
+    assert report["fallback"] == "generalist" and [e.get("fallback", False) for e in report["experts"]] == [
+        False, False, True]
+    composed = TSEmbedModel.from_pretrained(out)
+    assert composed.pilot_router.fallback == 2 and composed.config.moe.expert_names == ["alpha", "beta", "generalist"]
+    assert "the fallback: no pilots" in (out / "README.md").read_text()
+    items = _inputs("alpha") + _inputs("beta") + _inputs("gamma")
+    before = embed_items(composed, items, batch_size=5, with_routing=True)
+    routes = next(iter(before.layer_probs.values())).argmax(dim=-1)
+    # the unseen topic falls back every time; a topic's unseen rows mostly reach its expert (an odd one sits below
+    # the floor, which a quarter of the expert's own training inputs are below too)
+    assert routes[12:].tolist() == [2] * 6 and (routes[:6] == 0).sum() >= 4 and (routes[6:12] == 1).sum() >= 4
+    assert set(routes[:12].tolist()) <= {0, 1, 2}
+    for expert, model_dir in enumerate([sources["alpha"][0], sources["beta"][0], generalist]):
+        mine = (routes == expert).nonzero().flatten().tolist()
+        own = embed_items(TSEmbedModel.from_pretrained(model_dir), [items[i] for i in mine], batch_size=4).embeddings
+        torch.testing.assert_close(before.embeddings[mine], own, atol=1e-5, rtol=1e-5)  # the routed model's vector
+    # the fallback was trained on gamma but owns no dataset: reaching it is never "routed right"
+    report = routing_accuracy(composed, _one_dataset_suite(tmp_path, "gamma"), "dev")
+    assert "accuracy" not in report["datasets"]["gamma"] and report["datasets"]["gamma"]["routed"]["generalist"] > 0
+
+    add_expert(_expert(sources, "gamma"), out, pilots_per_expert=2)
+    after = TSEmbedModel.from_pretrained(out)
+    assert after.pilot_router.fallback == 2 and torch.equal(after.pilot_router.floors[:3], composed.pilot_router.floors)
+    assert after.pilot_router.floors[3] > -1.0  # the new expert gets a floor by the same quantile
+    new = embed_items(after, items, batch_size=5, with_routing=True)
+    routes = next(iter(new.layer_probs.values())).argmax(dim=-1)
+    assert (routes[12:] == 3).sum() >= 4 and set(routes[12:].tolist()) <= {2, 3}  # the new topic has its expert
+    kept = (routes < 3) & (routes == next(iter(before.layer_probs.values())).argmax(dim=-1))
+    assert kept[:12].all() and torch.equal(new.embeddings[kept], before.embeddings[kept])  # bit-identical
+    with pytest.raises(ConfigError, match="--fallback needs --top-k 1"):
+        compose([_expert(sources, "alpha"), _expert(sources, "beta")], tmp_path / "x", top_k=2,
+                fallback=ExpertSource("generalist", generalist))
+
+
+def _one_dataset_suite(tmp_path: Path, topic: str) -> Path:
+    """A suite with one dev dataset of ``topic``'s unseen rows (the fallback's own training datasets don't count)."""
+    suite = tmp_path / f"suite-{topic}"
+    (suite / "dev").mkdir(parents=True)
+    rows = [{"qry_text": t, "qry_img_path": "", "tgt_text": [f"{topic} passage", "other"], "tgt_img_path": ["", ""]}
+            for t in _texts(topic, 4, offset=40)]
+    (suite / "dev" / f"{topic}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = {"name": topic, "meta_task": "retrieval", "ood": False, "query_template": "{x}", "target_template": "{x}",
+            "description": topic, "files": {"dev": f"dev/{topic}.jsonl"}}
+    (suite / "suite.json").write_text(json.dumps({"format": "tsembed-suite", "format_version": 1,
+                                                  "datasets": {topic: info}}))
+    return suite
+
+
 def test_routing_accuracy_counts_each_dataset_against_its_expert(sources, tmp_path):
     compose([_expert(sources, t) for t in TOPICS], tmp_path / "c", pilots_per_expert=2)
     model = TSEmbedModel.from_pretrained(tmp_path / "c")
@@ -154,6 +209,13 @@ def test_cli_composes_adds_and_reports_routing(sources, tmp_path, capsys):
     assert TSEmbedModel.from_pretrained(out).config.moe.expert_names == ["alpha", "beta", "gamma"]
     assert main(["compose", "--add", "x=y", "--out", str(out)]) == 2  # --add goes with --to
     assert "--to" in capsys.readouterr().err
+    with_fallback = tmp_path / "f"
+    assert main([*args[:2], str(with_fallback), *args[3:], "--fallback", f"generalist={sources['gamma'][0]}",
+                 "--floor-quantile", "0.1"]) == 0
+    report = json.loads((with_fallback / "compose.json").read_text())
+    assert report["fallback"] == "generalist" and report["floor_quantile"] == 0.1
+    assert main(["compose", "--add", f"gamma={sources['gamma'][0]}", "--to", str(with_fallback), "--fallback",
+                 "x=y"]) == 2
 
 
 def test_a_text_router_reads_the_instruction_not_the_image(sources, tmp_path):

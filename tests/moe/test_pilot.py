@@ -8,7 +8,7 @@ from torch import nn
 
 from tsembed.errors import AdapterError, ConfigError
 from tsembed.moe import MoELoRAConfig, MoELoRALinear, attach
-from tsembed.moe.pilot import PilotRouter, fit_pilots
+from tsembed.moe.pilot import NO_FLOOR, PilotRouter, fit_pilots
 from tsembed.moe.routing import adapters_bypassed, set_routing_gates
 
 
@@ -111,3 +111,44 @@ def test_the_layer_adds_each_gated_expert_like_a_per_expert_loop_and_owns_no_rou
     set_routing_gates(net, None)
     with pytest.raises(AdapterError, match="pilot router"):
         net(x)
+
+
+def _with_fallback(floors: list[float]) -> PilotRouter:
+    pilots = torch.cat([_pilots(), torch.zeros(1, 2, 4)])  # expert 2: no pilots
+    return PilotRouter(pilots, fallback=2, floors=torch.tensor(floors))
+
+
+def test_an_input_below_its_nearest_experts_floor_goes_to_the_fallback():
+    router = _with_fallback([0.9, 0.5, NO_FLOOR])
+    x = torch.tensor([[1.0, 0.1, 0.0, 0.0],    # near expert 0 (cos 0.995 >= 0.9): expert 0
+                      [1.0, 1.0, 0.0, 0.0],    # nearest is expert 0 but at cos 0.71 < 0.9: fallback
+                      [0.0, 0.0, 1.0, 1.0],    # expert 1 at cos 0.71 >= 0.5: expert 1
+                      [0.0, 0.0, 0.3, 1.0]])   # expert 1 at cos 0.29 < 0.5: fallback
+    assert router(x).argmax(dim=-1).tolist() == [0, 2, 1, 2]
+    assert router(x).sum(dim=-1).tolist() == [1.0] * 4
+    assert router.affinity(x)[:, 2].eq(float("-inf")).all()  # the fallback never wins on affinity
+
+
+def test_fallback_survives_save_extend_and_prune(tmp_path):
+    router = _with_fallback([0.9, 0.5, NO_FLOOR])
+    router.save(tmp_path / "p.safetensors")
+    loaded = PilotRouter.load(tmp_path / "p.safetensors", num_experts=3, top_k=1)
+    assert loaded.fallback == 2 and torch.equal(loaded.floors, router.floors)
+    bigger = router.extended(torch.eye(4)[3:4], floor=0.7)
+    assert bigger.fallback == 2 and torch.equal(bigger.floors[:3], router.floors)
+    assert bigger.floors[3] == pytest.approx(0.7)
+    x = torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.0, 0.2, 0.0, 1.0]])
+    assert bigger(x).argmax(dim=-1).tolist() == [3, 3]  # the new expert takes its own inputs
+    without = bigger.kept([0, 1, 3])  # the fallback pruned: nothing falls back any more
+    assert without.fallback is None and (without.floors == NO_FLOOR).all()
+    assert without(torch.tensor([[1.0, 1.0, 0.0, 0.0]])).argmax(dim=-1).tolist() == [0]
+    assert bigger.kept([2, 0]).fallback == 0
+
+
+def test_fallback_settings_are_checked():
+    with pytest.raises(AdapterError, match="has pilots"):
+        PilotRouter(_pilots(), fallback=0)
+    with pytest.raises(AdapterError, match="floors without a fallback"):
+        PilotRouter(_pilots(), floors=torch.tensor([0.5, 0.5]))
+    with pytest.raises(AdapterError, match="one entry per expert"):
+        _with_fallback([0.5, 0.5])

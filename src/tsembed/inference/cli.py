@@ -310,6 +310,12 @@ def compose_command(
     router_input: str = typer.Option("text", "--router-input", help="What the pilots and the router read: the "
                                      "base model's embedding of an input's text alone (text: for an image input, its "
                                      "instruction) or of the whole input (all)."),
+    fallback: str | None = typer.Option(None, "--fallback", help="NAME=MODEL_DIR: a single-adapter model (e.g. one "
+                                        "LoRA trained on every task) that takes the inputs the pilots do not "
+                                        "recognise: those further from their nearest expert than its floor."),
+    floor_quantile: float = typer.Option(0.05, "--floor-quantile", min=0.0, max=0.999, help="With --fallback: "
+                                         "each expert's floor is this quantile of its own training inputs' affinity "
+                                         "to its pilots (the share of them that would fall back)."),
     routing_split: str | None = typer.Option(None, "--routing-split", help="With --suite: measure how often each "
                                              "dataset of this split (e.g. dev) is routed to its own expert."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pilots' k-means."),
@@ -319,8 +325,9 @@ def compose_command(
     training), or add an expert to one (--add NAME=DIR --to DIR).
 
     Each expert's pilots are k-means centroids of the base model's embeddings of its training inputs; an input
-    goes to the expert with the nearest pilot. The sources must share the backbone, its trainable weights (the
-    visual bridge) and the adapters' targets, rank and alpha. This costs a second, base-model forward per input.
+    goes to the expert with the nearest pilot, or, with --fallback, to the fallback expert when even the nearest is
+    further than its floor. The sources must share the backbone, its trainable weights (the visual bridge) and the
+    adapters' targets, rank and alpha. This costs a second, base-model forward per input.
     """
     from tsembed.inference.compose import ExpertSource, add_expert, compose, parse_expert, routing_accuracy
 
@@ -337,6 +344,9 @@ def compose_command(
         raise ConfigError(f"--pilot-data names experts that are not composed: {unknown} "
                           f"(experts: {[name for name, _ in given]})")
     sources = [ExpertSource(name, path, data.get(name)) for name, path in given]
+    if fallback is not None and add is not None:
+        raise typer.BadParameter("--fallback is set when composing (--expert ... --out); --add keeps the model's own")
+    spare = ExpertSource(*parse_expert(fallback, "--fallback")) if fallback else None
     if add is not None:
         assert to is not None
         report = add_expert(sources[0], to, suite, pilots, pilot_rows, seed, batch_size)
@@ -344,7 +354,7 @@ def compose_command(
     else:
         assert out is not None
         report = compose(sources, out, suite, pilots, pilot_rows, top_k, seed=seed, batch_size=batch_size,
-                         router_input=router_input)
+                         router_input=router_input, fallback=spare, floor_quantile=floor_quantile)
         target = out
     if routing_split is not None:
         if suite is None:

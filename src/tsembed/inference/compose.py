@@ -5,6 +5,11 @@ model, expert e holding model e's LoRA; a pilot router (``tsembed.moe.pilot``) s
 whose pilots (centroids of the base model's embeddings of that expert's training inputs) are nearest. Adding an
 expert later copies the others and their pilots unchanged, so every input still routed to an old expert gets a
 bit-identical vector (top-1 routing; the layers run each expert only on its own inputs).
+
+An optional fallback expert (``--fallback NAME=MODEL_DIR``, e.g. one LoRA trained on every task) has no pilots: it
+takes the inputs whose nearest expert is further than that expert's floor, the affinity all but a small share of the
+expert's own training inputs reach, so an instruction the pilots do not recognise goes to a generalist rather than to
+a wrong specialist.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import torch
 
 from tsembed.errors import AdapterError, ConfigError
-from tsembed.moe.pilot import PilotRouter
+from tsembed.moe.pilot import NO_FLOOR, PilotRouter
 
 logger = logging.getLogger(__name__)
 
@@ -186,12 +191,19 @@ def pilot_inputs(source: _Source, pilot_data: Path | None, suite: Path | None, m
     return items, f"{suite} train: {', '.join(datasets)}"
 
 
-def _pilots(model: Any, items: list, k: int, seed: int, batch_size: int) -> torch.Tensor:
+def _pilots(model: Any, items: list, k: int, seed: int, batch_size: int,
+            floor_quantile: float | None = None) -> tuple[torch.Tensor, float]:
+    """One expert's pilots and floor (``NO_FLOOR`` without ``floor_quantile``) from the base model's embeddings of
+    its training inputs."""
     from tsembed.encoding import embed_items
-    from tsembed.moe.pilot import fit_pilots
+    from tsembed.moe.pilot import fit_pilots, pilot_floor
 
     embeddings = embed_items(model, items, batch_size, pilot=True).embeddings
-    return fit_pilots(embeddings, k, seed)
+    pilots = fit_pilots(embeddings, k, seed)
+    if floor_quantile is None:
+        return pilots, NO_FLOOR
+    own = PilotRouter(pilots.unsqueeze(0)).affinity(embeddings)[:, 0]
+    return pilots, pilot_floor(own, floor_quantile)
 
 
 def _stack(pilots: list[torch.Tensor]) -> torch.Tensor:
@@ -222,10 +234,25 @@ def _save_atomically(model: Any, out: Path, report: dict[str, Any]) -> Path:
     return out
 
 
-def _record(source: _Source, where: str, rows: int, pilots: int) -> dict[str, Any]:
+def _record(source: _Source, where: str, rows: int, pilots: int, floor: float | None = None) -> dict[str, Any]:
+    record = {"name": source.name, "source": str(source.directory.resolve()), "fingerprint": source.fingerprint,
+              "train_datasets": list(source.config.extra.get("train_datasets") or []), "pilot_data": where,
+              "pilot_inputs": rows, "pilots": pilots}
+    if floor is not None:
+        record["floor"] = floor
+    return record
+
+
+def _fallback_record(source: _Source, floor_quantile: float) -> dict[str, Any]:
     return {"name": source.name, "source": str(source.directory.resolve()), "fingerprint": source.fingerprint,
-            "train_datasets": list(source.config.extra.get("train_datasets") or []), "pilot_data": where,
-            "pilot_inputs": rows, "pilots": pilots}
+            "train_datasets": list(source.config.extra.get("train_datasets") or []), "fallback": True,
+            "floor_quantile": floor_quantile, "pilots": 0}
+
+
+def owned_datasets(model: Any) -> dict[str, int]:
+    """Each training dataset of a composed model's piloted experts → that expert (the fallback owns none)."""
+    records = model.config.extra.get("composed_from") or []
+    return {d: e for e, r in enumerate(records) if not r.get("fallback") for d in r["train_datasets"]}
 
 
 def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]], top_k: int, router_input: str,
@@ -244,39 +271,60 @@ def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]
 
 def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | None = None, pilots_per_expert: int = 4,
             pilot_rows: int = 512, top_k: int = 1, temperature: float = 0.05, seed: int = 0,
-            batch_size: int = 64, router_input: str = "text") -> dict[str, Any]:
+            batch_size: int = 64, router_input: str = "text", fallback: ExpertSource | None = None,
+            floor_quantile: float = 0.05) -> dict[str, Any]:
     """Join single-adapter models into one pilot-routed MoE-LoRA model written to ``out``; returns the report.
 
     ``router_input``: ``text`` (the pilots and the router read the base model's embedding of an input's text
-    alone: for an image input, its instruction) or ``all`` (of the whole input, image included).
+    alone: for an image input, its instruction) or ``all`` (of the whole input, image included). ``fallback``: a
+    single-adapter model that becomes the last expert, taking every input below its nearest expert's floor (the
+    ``floor_quantile`` of that expert's own training inputs' affinity; top-1 only).
 
     Raises:
         ConfigError: fewer than two experts, repeated names, incompatible models or no pilot data.
     """
     if len(sources) < 2:
         raise ConfigError("compose needs at least two experts (--expert NAME=MODEL_DIR, repeated)")
-    names = [s.name for s in sources]
+    names = [s.name for s in sources] + ([fallback.name] if fallback else [])
     if len(set(names)) != len(names):
         raise ConfigError(f"expert names repeat: {names}")
     _check_routing_options(top_k, len(sources), pilots_per_expert, pilot_rows)
     if router_input not in ("text", "all"):
         raise ConfigError(f"--router-input must be text or all, got {router_input!r}")
+    if fallback is not None and (top_k != 1 or not 0.0 <= floor_quantile < 1.0):
+        raise ConfigError("--fallback needs --top-k 1 and --floor-quantile in [0, 1) "
+                          f"(got top-k {top_k}, floor quantile {floor_quantile})")
     read = [_read_source(s.name, Path(s.model_dir)) for s in sources]
-    for other in read[1:]:
+    spare = _read_source(fallback.name, Path(fallback.model_dir)) if fallback else None
+    for other in read[1:] + ([spare] if spare else []):
         _check_compatible(read[0], other)
     # the pilots need the base model only: build the composed model first (experts copied in), embed bypassed
     suite_path = Path(suite) if suite else None
     inputs = [pilot_inputs(r, s.pilot_data, suite_path, pilot_rows) for r, s in zip(read, sources, strict=True)]
     records = [_record(r, where, len(items), pilots_per_expert) for r, (items, where) in zip(read, inputs, strict=True)]
-    model = _build(read[0], [(r.name, r.adapters) for r in read], top_k, router_input, records)
-    pilots = []
-    for r, (items, _), record in zip(read, inputs, records, strict=True):
+    if spare is not None:
+        records.append(_fallback_record(spare, floor_quantile))
+    experts = [(r.name, r.adapters) for r in read + ([spare] if spare else [])]
+    model = _build(read[0], experts, top_k, router_input, records)
+    pilots, floors = [], []
+    for r, (items, _), record in zip(read, inputs, records[:len(read)], strict=True):
         logger.info("expert %s: pilots from %d inputs", r.name, len(items))
-        pilots.append(_pilots(model, items, pilots_per_expert, seed, batch_size))  # the base model's embeddings
-        record["pilots"] = pilots[-1].shape[0]
-    model.pilot_router = PilotRouter(_stack(pilots), top_k=top_k, temperature=temperature)
+        piloted, floor = _pilots(model, items, pilots_per_expert, seed, batch_size,  # the base model's embeddings
+                                 floor_quantile if spare else None)
+        pilots.append(piloted)
+        record["pilots"] = piloted.shape[0]
+        if spare is not None:
+            record["floor"] = floor
+        floors.append(floor)
+    if spare is not None:  # no pilots: reached only by falling back
+        pilots.append(torch.zeros(1, pilots[0].shape[-1]))
+        floors.append(NO_FLOOR)
+    model.pilot_router = PilotRouter(_stack(pilots), top_k=top_k, temperature=temperature,
+                                     fallback=len(read) if spare else None, floors=torch.tensor(floors))
     report = {"experts": records, "top_k": top_k, "router_input": router_input, "pilots_per_expert": pilots_per_expert,
               "seed": seed}
+    if spare is not None:
+        report.update(fallback=spare.name, floor_quantile=floor_quantile)
     _save_atomically(model, Path(out), report)
     return report
 
@@ -304,11 +352,12 @@ def add_expert(source: ExpertSource, to: str | Path, suite: str | Path | None = 
     new = _read_source(source.name, Path(source.model_dir))
     _check_compatible(reference, new)
     items, where = pilot_inputs(new, source.pilot_data, Path(suite) if suite else None, pilot_rows)
-    pilots = _pilots(composed, items, pilots_per_expert, seed, batch_size)
+    quantile = next((r["floor_quantile"] for r in records if r.get("fallback")), None)  # the fallback's setting
+    pilots, floor = _pilots(composed, items, pilots_per_expert, seed, batch_size, quantile)
     experts = [(n, expert_adapters(composed, e)) for e, n in enumerate(names)] + [(new.name, new.adapters)]
     model = _build(reference, experts, moe.top_k, moe.router_input,
-                   [*records, _record(new, where, len(items), pilots.shape[0])])
-    model.pilot_router = composed.pilot_router.extended(pilots)  # the old pilots unchanged
+                   [*records, _record(new, where, len(items), pilots.shape[0], None if quantile is None else floor)])
+    model.pilot_router = composed.pilot_router.extended(pilots, floor)  # the old pilots and floors unchanged
     report = {"experts": model.config.extra["composed_from"], "top_k": moe.top_k, "added": new.name}
     _save_atomically(model, to, report)
     return report
@@ -335,7 +384,7 @@ def routing_accuracy(model: Any, suite: str | Path, split: str = "dev", batch_si
 
     if model.pilot_router is None:
         raise ConfigError("routing accuracy needs a composed model (a pilot router)")
-    owner = {d: e for e, r in enumerate(model.config.extra.get("composed_from") or []) for d in r["train_datasets"]}
+    owner = owned_datasets(model)
     loaded = load_suite(suite)
     # a dataset no expert trained on (e.g. a reworded out-of-distribution variant) belongs to the expert trained on
     # its condition, where the suite names conditions
