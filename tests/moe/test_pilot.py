@@ -8,7 +8,7 @@ from torch import nn
 
 from tsembed.errors import AdapterError, ConfigError
 from tsembed.moe import MoELoRAConfig, MoELoRALinear, attach
-from tsembed.moe.pilot import NO_FLOOR, PilotRouter, fit_pilots
+from tsembed.moe.pilot import FLOOR_TOLERANCE, NO_FLOOR, PilotRouter, fit_pilots, pilot_floor
 from tsembed.moe.routing import adapters_bypassed, set_routing_gates
 
 
@@ -152,3 +152,18 @@ def test_fallback_settings_are_checked():
         PilotRouter(_pilots(), floors=torch.tensor([0.5, 0.5]))
     with pytest.raises(AdapterError, match="one entry per expert"):
         _with_fallback([0.5, 0.5])
+
+
+def test_an_input_repeating_a_training_input_at_the_floor_is_recognised_whatever_its_rounding():
+    """Repeated training instructions put the quantile exactly on one of their affinities; the same instruction
+    embedded in another batch (a cosine off by rounding) must still reach its expert."""
+    pilots = torch.stack([torch.eye(4)[:1], torch.eye(4)[1:2], torch.zeros(1, 4)])
+    near = torch.tensor([0.9, 0.43589, 0.0, 0.0])  # cosine 0.9 to expert 0's pilot
+    own = PilotRouter(pilots[:1]).affinity(torch.cat([near.repeat(3, 1), torch.eye(4)[:1].repeat(7, 1)]))[:, 0]
+    floor = pilot_floor(own, 0.05)  # the quantile is 0.9, the repeated instruction's own affinity
+    assert floor == pytest.approx(0.9 - FLOOR_TOLERANCE, abs=1e-6)
+    router = PilotRouter(pilots, fallback=2, floors=torch.tensor([floor, 0.5, NO_FLOOR]))
+    rounded = (near + torch.tensor([0.0, 2e-6, 0.0, 0.0]))[None]  # a hair further from the pilot
+    assert router.affinity(rounded)[0, 0] < torch.quantile(own, 0.05)  # below the bare quantile...
+    assert router(rounded).argmax(dim=-1).tolist() == [0]  # ...and still recognised
+    assert router(torch.tensor([[0.8, 0.6, 0.0, 0.0]])).argmax(dim=-1).tolist() == [2]  # clearly below: falls back

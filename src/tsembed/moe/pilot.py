@@ -139,14 +139,22 @@ class PilotRouter(nn.Module):
             raise AdapterError(f"{path}: {exc}") from None
 
 
+FLOOR_TOLERANCE = 1e-4  # cosines of one input computed in different batches differ by ~1e-6
+
+
 def pilot_floor(own_affinity: torch.Tensor, quantile: float) -> float:
-    """The floor of one expert: the ``quantile`` of its own training inputs' affinity to its pilots (that share
-    of the inputs it was trained on would fall back)."""
+    """The floor of one expert: the ``quantile`` of its own training inputs' affinity to its pilots (at most that
+    share of the inputs it was trained on would fall back).
+
+    Training inputs repeat (one instruction per row), so their affinities take few values and the quantile lands on
+    one of them; the tolerance keeps an input as close as that training input above the floor whichever batch
+    embedded it, instead of letting rounding decide.
+    """
     if own_affinity.numel() == 0:
         raise AdapterError("an expert needs at least one input to place its floor")
     if not 0.0 <= quantile < 1.0:
         raise AdapterError(f"floor quantile must be in [0, 1), got {quantile}")
-    return float(torch.quantile(own_affinity.float(), quantile))
+    return float(torch.quantile(own_affinity.float(), quantile)) - FLOOR_TOLERANCE
 
 
 def fit_pilots(embeddings: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
