@@ -5,9 +5,14 @@ across genders, on the raw features (R0) and frozen MiniLM over the random proje
     python docs/results/harder/explore_probe_image_size.py suites/tone-gender-s0 128
     python docs/results/harder/explore_probe_image_size.py suites/tone-gender-s0 256
 """
-import json, sys, torch
+import json
+import sys
+
+import torch
+
 torch.set_num_threads(1)
 from tsembed.experiments.probes import run_probes
+
 size = int(sys.argv[2])
 r = run_probes(sys.argv[1], None, per_task=400, seed=0, backbone_options={"image_size": size}, progress=False,
                tasks=("gender", "gender_identity", "tone"))
