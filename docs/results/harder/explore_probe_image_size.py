@@ -10,8 +10,9 @@ import sys
 
 import torch
 
-torch.set_num_threads(1)
 from tsembed.experiments.probes import run_probes
+
+torch.set_num_threads(1)
 
 size = int(sys.argv[2])
 r = run_probes(sys.argv[1], None, per_task=400, seed=0, backbone_options={"image_size": size}, progress=False,
