@@ -15,7 +15,7 @@ from tsembed.data.registry import (
     conflict_pairs,
 )
 from tsembed.data.suite import Suite, build_suite
-from tsembed.data.suite.tasks.conflict import TINTS
+from tsembed.data.suite.tasks.conflict import TINT_PALETTES, TINTS
 from tsembed.errors import ConfigError
 from tsembed.evaluation.sources import resolve_eval_sets
 
@@ -29,14 +29,14 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _tint_of(path: Path) -> str:
-    """The tint an image shows, read from its pixels: nearest TINTS colour to its brightest coloured pixels."""
+def _tint_of(path: Path, palette: dict[str, tuple[int, int, int]] = TINTS) -> str:
+    """The tint an image shows, read from its pixels: nearest palette colour to its brightest coloured pixels."""
     rgb = np.asarray(Image.open(path).convert("RGB"), dtype=float)
     flat = rgb.reshape(-1, 3)
     coloured = flat[((flat.max(1) - flat.min(1)) > 60) & (flat.max(1) > 120)]  # not the white or black
     mean = coloured.mean(0)
-    names = list(TINTS)
-    dist = [np.linalg.norm(mean / mean.max() - np.array(TINTS[n]) / max(TINTS[n])) for n in names]
+    names = list(palette)
+    dist = [np.linalg.norm(mean / mean.max() - np.array(palette[n]) / max(palette[n])) for n in names]
     return names[int(np.argmin(dist))]
 
 
@@ -215,3 +215,27 @@ def test_train_wordings_cycle_in_train_only_and_never_repeat_an_eval_wording(con
         build_suite(tmp_path / "x", train_wordings=2, progress=False)
     with pytest.raises(ConfigError, match="conflict suite with instructions only"):
         build_suite(tmp_path / "x", kind="conflict", instructions=False, train_wordings=2, progress=False)
+
+
+def test_twelve_tints_make_a_finer_colour_pair_and_leave_the_default_alone(conflict_suite: Suite,
+                                                                          tmp_path: Path) -> None:
+    """--tint-palette twelve: the tint pairs draw from twelve hues (the colour positive still the only candidate
+    in the query's tint, read from pixels), colour words follow, and the default manifest does not name it."""
+    fine = build_suite(tmp_path / "fine", seed=0, progress=False, tint_palette="twelve", **TINY_CONFLICT)
+    assert fine.manifest["config"]["tint_palette"] == "twelve"
+    assert "tint_palette" not in conflict_suite.manifest["config"]
+    twelve = TINT_PALETTES["twelve"]
+    shape, colour = CONFLICT_PAIRS["shape-vs-colour"]
+    seen = set()
+    for s_row, c_row in zip(fine.eval(shape).rows, fine.eval(colour).rows, strict=True):
+        query_tint = _tint_of(fine.root / s_row.qry_img_path, twelve)
+        seen.add(query_tint)
+        assert _tint_of(fine.root / c_row.tgt_img_path[0], twelve) == query_tint
+        assert all(_tint_of(fine.root / p, twelve) != query_tint for p in c_row.tgt_img_path[1:])
+    assert seen - set(TINTS)  # hues the six do not have
+    texts = [row.qry_text for row in fine.eval("TextSameColour").rows]
+    assert any(set(t.split()) & (set(twelve) - set(TINTS)) for t in texts)  # their colour words too
+    with pytest.raises(ConfigError, match=r"tint_palette .* must be one of \['six', 'twelve'\]"):
+        build_suite(tmp_path / "x", kind="conflict", tint_palette="rainbow", progress=False)
+    with pytest.raises(ConfigError, match="conflict suite only"):
+        build_suite(tmp_path / "x", tint_palette="twelve", progress=False)

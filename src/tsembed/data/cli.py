@@ -50,6 +50,9 @@ def build_suite_cmd(
     train_wordings: Annotated[int, typer.Option(
         help="Conflict suite: wordings per in-distribution query instruction in the train split (train rows cycle "
              "through them; dev and eval keep the one wording, the reworded eval datasets stay unseen).")] = 1,
+    tint_palette: Annotated[Literal["six", "twelve"], typer.Option(
+        help="Conflict suite: the tints of the shape/colour and object/colour-word pairs: six hues 60 degrees apart, "
+             "or twelve (one more between each neighbouring pair: a finer colour condition).")] = "six",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing suite at --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -82,6 +85,7 @@ def build_suite_cmd(
         targets=targets,
         conflict_streams=tuple(s.strip() for s in conflict_streams.split(",") if s.strip()),
         train_wordings=train_wordings,
+        tint_palette=tint_palette,
         overwrite=overwrite,
         progress=progress,
     )

@@ -169,6 +169,7 @@ def build_suite(
     targets: str = "named",
     conflict_streams: tuple[str, ...] | list[str] = DEFAULT_CONFLICT_STREAMS,
     train_wordings: int = 1,
+    tint_palette: str = "six",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Suite:
@@ -196,6 +197,7 @@ def build_suite(
             default tone, tint and text, plus the opt-in gender stream (the same person emoji in any gender vs
             the same gender).
         train_wordings: Conflict suite: wordings per IND query instruction in the train split (1: one).
+        tint_palette: Conflict suite: "six" tints (the default) or "twelve" (a finer colour condition).
         overwrite: Replace an existing suite at `out_dir`.
         progress: Show a tqdm progress bar.
 
@@ -222,6 +224,7 @@ def build_suite(
         targets=targets,
         conflict_streams=tuple(conflict_streams),
         train_wordings=train_wordings,
+        tint_palette=tint_palette,
     )
     out = Path(out_dir)
     _prepare_target(out, overwrite)

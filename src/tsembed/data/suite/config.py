@@ -50,6 +50,10 @@ class SuiteConfig:
             its rows cycle through the dataset's wording and the first N - 1 of `registry.CONFLICT_TRAIN_WORDINGS`;
             dev and eval keep the one wording, and the reworded eval datasets stay unseen. 1 (the default) is
             left out of the manifest, so earlier suites rebuild byte for byte.
+        tint_palette: Conflict suite only. The tints of the tint and text pairs (`conflict.TINT_PALETTES`): "six"
+            hues 60 degrees apart (the default, left out of the manifest) or "twelve", the six plus one between
+            each neighbouring pair, so "the same colour" needs a finer eye and a shape task that ignores colour
+            has more to ignore.
     """
 
     seed: int = 0
@@ -68,6 +72,7 @@ class SuiteConfig:
     targets: str = "named"
     conflict_streams: tuple[str, ...] = ("tone", "tint", "text")
     train_wordings: int = 1
+    tint_palette: str = "six"
 
     def __post_init__(self) -> None:
         from tsembed.data.registry import CONFLICT_STREAMS, DEFAULT_CONFLICT_STREAMS
@@ -91,6 +96,13 @@ class SuiteConfig:
         if self.train_wordings > 1 and (self.kind != "conflict" or not self.instructions):
             raise ConfigError("train_wordings > 1 (--train-wordings) applies to the conflict suite with instructions "
                               "only")
+        from tsembed.data.suite.tasks.conflict import DEFAULT_PALETTE, TINT_PALETTES
+
+        if self.tint_palette not in TINT_PALETTES:
+            raise ConfigError(f"tint_palette (--tint-palette) must be one of {list(TINT_PALETTES)}, got "
+                              f"{self.tint_palette!r}")
+        if self.tint_palette != DEFAULT_PALETTE and self.kind != "conflict":
+            raise ConfigError("tint_palette (--tint-palette) applies to the conflict suite only")
         if not self.instructions and self.kind != "conflict":
             raise ConfigError("instructions=False (--no-instructions) applies to the conflict suite only")
         if self.targets not in TARGET_WORDINGS:
@@ -148,6 +160,8 @@ class SuiteConfig:
 
         if self.train_wordings == 1:
             del data["train_wordings"]  # as suites built before the option existed
+        if self.tint_palette == "six":
+            del data["tint_palette"]  # as suites built before the option existed
         if self.conflict_streams == DEFAULT_CONFLICT_STREAMS:
             del data["conflict_streams"]  # as suites built before the option existed
         else:

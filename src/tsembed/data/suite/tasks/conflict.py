@@ -33,6 +33,27 @@ TINTS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 75, 230),
     "purple": (150, 45, 200),
 }
+#: `build-suite --tint-palette`: "six" (TINTS, the default) or "twelve", the six with one hue between each
+#: neighbouring pair (the six keep their RGB, so an emoji's red copy is the same image in either palette).
+TINT_PALETTES: dict[str, dict[str, tuple[int, int, int]]] = {
+    "six": TINTS,
+    "twelve": {
+        "red": TINTS["red"],
+        "orange": (240, 115, 0),
+        "yellow": TINTS["yellow"],
+        "lime": (130, 200, 0),
+        "green": TINTS["green"],
+        "teal": (0, 160, 130),
+        "cyan": TINTS["cyan"],
+        "azure": (0, 125, 230),
+        "blue": TINTS["blue"],
+        "violet": (100, 50, 225),
+        "purple": TINTS["purple"],
+        "magenta": (215, 30, 160),
+    },
+}
+DEFAULT_PALETTE = "six"
+_TINT_RGB = {name: rgb for palette in TINT_PALETTES.values() for name, rgb in palette.items()}
 _TONE_WORDS = {DEFAULT_TONE: "no skin tone (default yellow)"}
 #: Skin tones of the tone pair: every other Fitzpatrick step, so "the same tone" is visible at 128 px
 #: (neighbouring steps differ by a few grey levels; a condition no model can see tests the backbone).
@@ -73,7 +94,7 @@ def tint_image(renderer: EmojiRenderer, item: EmojiItem, tint: str) -> Image.Ima
     """
     tile = renderer.tile(item.char)
     gray = ImageOps.grayscale(tile.convert("RGB"))
-    colour = ImageOps.colorize(gray, black=(0, 0, 0), white=TINTS[tint]).convert("RGBA")
+    colour = ImageOps.colorize(gray, black=(0, 0, 0), white=_TINT_RGB[tint]).convert("RGBA")
     colour.putalpha(tile.getchannel("A"))
     canvas = Image.new("RGBA", tile.size, (255, 255, 255, 255))
     canvas.alpha_composite(colour)
@@ -94,11 +115,17 @@ def _light_share(renderer: EmojiRenderer, char: str) -> float:
     return float((gray[ink] > 128).mean()) if ink.any() else 0.0
 
 
+def palette(ctx: BuildContext) -> dict[str, tuple[int, int, int]]:
+    """The suite's tints (`SuiteConfig.tint_palette`)."""
+    return TINT_PALETTES[ctx.config.tint_palette]
+
+
 def tint_population(ctx: BuildContext, split: str) -> list[EmojiItem]:
     """Emoji without skin tones whose names hold no tint word ("green heart" would name two colours) and
     whose ink is at least 40 % light: a mostly black glyph stays black under any tint, and a colour no one
     can see would test the backbone, not conflict."""
-    return [it for it in ctx.items(split) if not it.has_tone and not set(it.name.lower().split()) & set(TINTS)
+    words = set(palette(ctx))
+    return [it for it in ctx.items(split) if not it.has_tone and not set(it.name.lower().split()) & words
             and _light_share(ctx.renderer, it.char) >= 0.4]
 
 
@@ -201,8 +228,9 @@ def _look_key(ctx: BuildContext, look: Look) -> tuple[str, str]:
 
 
 def _tint_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterator[Episode]:
-    """Tint pair: every emoji without skin tones, shown in each of the TINTS."""
-    return _episodes(ctx, split, rng, tint_population(ctx, split), lambda it: [Look(it, t) for t in TINTS])
+    """Tint pair: every emoji without skin tones, shown in each tint of the suite's palette."""
+    tints = list(palette(ctx))
+    return _episodes(ctx, split, rng, tint_population(ctx, split), lambda it: [Look(it, t) for t in tints])
 
 
 def _tone_episodes(ctx: BuildContext, split: str, rng: random.Random) -> Iterator[Episode]:
