@@ -50,7 +50,7 @@ class SuiteConfig:
             its rows cycle through the dataset's wording and the first N - 1 of `registry.CONFLICT_TRAIN_WORDINGS`;
             dev and eval keep the one wording, and the reworded eval datasets stay unseen. 1 (the default) is
             left out of the manifest, so earlier suites rebuild byte for byte.
-        tint_palette: Conflict suite only. The tints of the tint and text pairs (`conflict.TINT_PALETTES`): "six"
+        tint_palette: Conflict suite only. The tints of the tint and text pairs (`registry.TINT_PALETTES`): "six"
             hues 60 degrees apart (the default, left out of the manifest) or "twelve", the six plus one between
             each neighbouring pair, so "the same colour" needs a finer eye and a shape task that ignores colour
             has more to ignore.
@@ -96,7 +96,7 @@ class SuiteConfig:
         if self.train_wordings > 1 and (self.kind != "conflict" or not self.instructions):
             raise ConfigError("train_wordings > 1 (--train-wordings) applies to the conflict suite with instructions "
                               "only")
-        from tsembed.data.suite.tasks.conflict import DEFAULT_PALETTE, TINT_PALETTES
+        from tsembed.data.registry import DEFAULT_PALETTE, TINT_PALETTES
 
         if self.tint_palette not in TINT_PALETTES:
             raise ConfigError(f"tint_palette (--tint-palette) must be one of {list(TINT_PALETTES)}, got "
@@ -160,7 +160,9 @@ class SuiteConfig:
 
         if self.train_wordings == 1:
             del data["train_wordings"]  # as suites built before the option existed
-        if self.tint_palette == "six":
+        from tsembed.data.registry import DEFAULT_PALETTE
+
+        if self.tint_palette == DEFAULT_PALETTE:
             del data["tint_palette"]  # as suites built before the option existed
         if self.conflict_streams == DEFAULT_CONFLICT_STREAMS:
             del data["conflict_streams"]  # as suites built before the option existed

@@ -19,40 +19,12 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageOps
 
+from tsembed.data.registry import TINT_PALETTES, TINTS  # noqa: F401 (TINTS: re-exported for its users)
 from tsembed.data.suite.catalog import DEFAULT_TONE, EmojiItem, variant_key
 from tsembed.data.suite.context import BuildContext, ranked
 from tsembed.data.suite.example import Example
 from tsembed.data.suite.render import EmojiRenderer
 
-#: Tint name -> RGB of the mid-tones: far apart in hue, so "the same colour" is unambiguous from pixels.
-TINTS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 35, 35),
-    "yellow": (235, 195, 0),
-    "green": (30, 165, 60),
-    "cyan": (0, 185, 205),
-    "blue": (40, 75, 230),
-    "purple": (150, 45, 200),
-}
-#: `build-suite --tint-palette`: "six" (TINTS, the default) or "twelve", the six with one hue between each
-#: neighbouring pair (the six keep their RGB, so an emoji's red copy is the same image in either palette).
-TINT_PALETTES: dict[str, dict[str, tuple[int, int, int]]] = {
-    "six": TINTS,
-    "twelve": {
-        "red": TINTS["red"],
-        "orange": (240, 115, 0),
-        "yellow": TINTS["yellow"],
-        "lime": (130, 200, 0),
-        "green": TINTS["green"],
-        "teal": (0, 160, 130),
-        "cyan": TINTS["cyan"],
-        "azure": (0, 125, 230),
-        "blue": TINTS["blue"],
-        "violet": (100, 50, 225),
-        "purple": TINTS["purple"],
-        "magenta": (215, 30, 160),
-    },
-}
-DEFAULT_PALETTE = "six"
 _TINT_RGB = {name: rgb for palette in TINT_PALETTES.values() for name, rgb in palette.items()}
 _TONE_WORDS = {DEFAULT_TONE: "no skin tone (default yellow)"}
 #: Skin tones of the tone pair: every other Fitzpatrick step, so "the same tone" is visible at 128 px
