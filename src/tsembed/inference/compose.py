@@ -234,19 +234,21 @@ def _save_atomically(model: Any, out: Path, report: dict[str, Any]) -> Path:
     return out
 
 
+def _source_fields(source: _Source) -> dict[str, Any]:
+    """What every expert's record says of its source model."""
+    return {"name": source.name, "source": str(source.directory.resolve()), "fingerprint": source.fingerprint,
+            "train_datasets": list(source.config.extra.get("train_datasets") or [])}
+
+
 def _record(source: _Source, where: str, rows: int, pilots: int, floor: float | None = None) -> dict[str, Any]:
-    record = {"name": source.name, "source": str(source.directory.resolve()), "fingerprint": source.fingerprint,
-              "train_datasets": list(source.config.extra.get("train_datasets") or []), "pilot_data": where,
-              "pilot_inputs": rows, "pilots": pilots}
+    record = {**_source_fields(source), "pilot_data": where, "pilot_inputs": rows, "pilots": pilots}
     if floor is not None:
         record["floor"] = floor
     return record
 
 
 def _fallback_record(source: _Source, floor_quantile: float) -> dict[str, Any]:
-    return {"name": source.name, "source": str(source.directory.resolve()), "fingerprint": source.fingerprint,
-            "train_datasets": list(source.config.extra.get("train_datasets") or []), "fallback": True,
-            "floor_quantile": floor_quantile, "pilots": 0}
+    return {**_source_fields(source), "fallback": True, "floor_quantile": floor_quantile, "pilots": 0}
 
 
 def owned_datasets(model: Any) -> dict[str, int]:
