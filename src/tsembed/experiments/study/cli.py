@@ -41,6 +41,10 @@ def register(app: typer.Typer) -> None:
                 continue
             done = sum(t.done() for t in tasks) if out else 0
             typer.echo(f"  {stage.name} ({stage.split}): {len(tasks)} runs" + (f", {done} finished" if out else ""))
+        if (g := study.gate) is not None:
+            typer.echo(f"  gate on stage {g.stage}: {g.min_conditions} of {len(g.specialists)} specialists beat "
+                       f"{g.joint} by >= {g.min_margin:g} points" + (f"; guards {', '.join(g.guards)}" if g.guards
+                                                                     else ""))
 
     @study_app.command("run")
     def run(

@@ -26,6 +26,7 @@ from typing import Any
 from tsembed.errors import ConfigError
 from tsembed.evaluation.hits import hits_path
 from tsembed.experiments.runner import evaluation_dir, load_base_config, results_path
+from tsembed.experiments.study.gate import GateReading, read_gate
 from tsembed.experiments.study.selection import Selection, select
 from tsembed.experiments.study.spec import StageSpec, Study, builtin_variants
 from tsembed.experiments.variants import Variant
@@ -110,6 +111,22 @@ def selection(study: Study, out: Path) -> Selection:
         raise ConfigError(f"{study.path}: the study has no selection")
     stage = study.stage(study.selection.stage)
     return select(study.selection, load_records(study, out, stage))
+
+
+def gate(study: Study, out: Path) -> GateReading:
+    """The suite gate read from its stage's runs.
+
+    Raises:
+        ConfigError: the study has no gate, or a run of the gate's stage has not finished.
+    """
+    if study.gate is None:
+        raise ConfigError(f"{study.path}: the study has no gate")
+    stage = study.stage(study.gate.stage)
+    missing = [t.label() for t in plan_stage(study, out, stage, {}) if not t.done()]
+    if missing:
+        raise ConfigError(f"the gate reads stage {stage.name!r}: finish it first ({len(missing)} runs missing, "
+                          f"e.g. {missing[0]})")
+    return read_gate(study.gate, load_records(study, out, stage))
 
 
 def stage_variants(study: Study, out: Path, stage: StageSpec) -> list[str]:
@@ -251,10 +268,11 @@ def execute(study: Study, out: Path, stages: list[str] | None = None, jobs: int 
             allow_commit_change: bool = False, runner: Runner | None = None) -> list[RunTask]:
     """Run what is missing of ``stages`` (default: all, in order); returns the runs that ran.
 
-    A stage with ``selected: true`` runs the winner of the selection once its stage has finished.
+    A stage with ``selected: true`` runs the winner of the selection once its stage has finished; a stage the
+    gate guards runs only once the gate has passed (a failed gate skips it, with a warning).
 
     Raises:
-        ConfigError: another commit (see ``check_commit``), a redefined run, a selection stage not finished.
+        ConfigError: another commit (see ``check_commit``), a redefined run, a selection or gate stage not finished.
         RuntimeError: a run failed (the others of its stage still finish first).
     """
     if jobs < 1:
@@ -267,6 +285,11 @@ def execute(study: Study, out: Path, stages: list[str] | None = None, jobs: int 
     runner = runner or (in_process if jobs == 1 else in_subprocess)
     ran: list[RunTask] = []
     for stage in picked:
+        if study.gate is not None and stage.name in study.gate.guards and not (reading := gate(study, out)).passed:
+            over = [f"{m['condition']} {m['margin']:+.1f}" for m in reading.margins.values()]
+            logger.warning("stage %s not run: the gate failed (margins %s; it needs %d >= %g)", stage.name,
+                           ", ".join(over), study.gate.min_conditions, study.gate.min_margin)
+            continue
         tasks = plan_stage(study, out, stage, resolved)
         todo = [t for t in tasks if not t.done()]
         logger.info("stage %s: %d runs, %d to do", stage.name, len(tasks), len(todo))

@@ -20,7 +20,9 @@ from tsembed.experiments.variants import Variant
 
 SPLITS = ("dev", "eval")
 CLUSTERINGS = ("row", "episode")
-TOP_KEYS = {"name", "description", "base", "suites", "variants", "stages", "selection", "compare", "bootstrap"}
+TOP_KEYS = {"name", "description", "base", "suites", "variants", "stages", "gate", "selection", "compare",
+            "bootstrap"}
+GATE_KEYS = {"stage", "joint", "specialists", "min_margin", "min_conditions", "guards", "rule"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,21 @@ class SelectionSpec:
 
 
 @dataclass(frozen=True)
+class GateSpec:
+    """A suite gate: in ``stage``, ``joint`` (trained on every dataset) against one specialist per dataset (each
+    trained on that dataset alone); it passes when ≥ ``min_conditions`` specialists beat the joint model on their
+    dataset by ≥ ``min_margin`` hit@1 points. The ``guards`` stages run only after it passed."""
+
+    stage: str
+    joint: str
+    specialists: dict[str, str]  # specialist variant -> the one dataset it trains on
+    min_margin: float = 10.0
+    min_conditions: int = 2
+    guards: tuple[str, ...] = ()
+    rule: str = ""
+
+
+@dataclass(frozen=True)
 class CompareSpec:
     a: str
     b: str
@@ -89,6 +106,7 @@ class Study:
     selection: SelectionSpec | None
     compare: tuple[CompareSpec, ...]
     bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
+    gate: GateSpec | None = None
 
     def stage(self, name: str) -> StageSpec:
         for stage in self.stages:
@@ -331,15 +349,66 @@ def load_study(path: str | Path, builtin: set[str] | None = None) -> Study:
                        f"({[*stage.variants, *(['selected'] if stage.selected else [])]})")
         compare.append(CompareSpec(value["a"], value["b"], stage_name))
 
+    gate = None
+    if data.get("gate") is not None:
+        gate = _gate(c, data["gate"], stages, variants)
+
     boot = c.mapping(data.get("bootstrap") or {}, "bootstrap", {"resamples", "seed", "level"})
     bootstrap = BootstrapSpec(c.number(boot.get("resamples", 10_000), "bootstrap.resamples", int, 1),
                               c.number(boot.get("seed", 0), "bootstrap.seed", int, 0),
                               c.number(boot.get("level", 0.95), "bootstrap.level", float, 0.5, 0.999))
     study = Study(path, root, c.text(data["name"], "name"), c.text(data.get("description", ""), "description",
                                                                     empty=True),
-                  config, base_set, suites, variants, tuple(stages), selection, tuple(compare), bootstrap)
+                  config, base_set, suites, variants, tuple(stages), selection, tuple(compare), bootstrap, gate)
     study.resolve_variants({name: Variant(name, name) for name in builtin})  # cycles fail here
     return study
+
+
+def _gate(c: _Checker, value: Any, stages: list[StageSpec], variants: dict[str, VariantSpec]) -> GateSpec:
+    value = c.mapping(value, "gate", GATE_KEYS, ("stage", "joint", "specialists"))
+    names = [s.name for s in stages]
+    stage_name = c.text(value["stage"], "gate.stage")
+    if stage_name not in names:
+        c.fail("gate.stage", f"unknown stage {stage_name!r}; stages: {names}")
+    stage = stages[names.index(stage_name)]
+    joint = c.text(value["joint"], "gate.joint")
+    if joint not in stage.variants:
+        c.fail("gate.joint", f"{joint!r} is not run in stage {stage_name!r} ({list(stage.variants)})")
+    specialists: dict[str, str] = {}
+    for name in c.names(value["specialists"], "gate.specialists", set(stage.variants), "variant (of that stage)"):
+        dataset = specialist_dataset(variants, name)
+        if dataset is None:
+            c.fail("gate.specialists", f"{name!r} must train on exactly one dataset (data.datasets: [NAME] in its "
+                   "set or its sources')")
+        if dataset in specialists.values():
+            c.fail("gate.specialists", f"two specialists train on {dataset!r}")
+        specialists[name] = dataset
+    if joint in specialists:
+        c.fail("gate.joint", f"{joint!r} is also listed as a specialist")
+    guards = c.names(value["guards"], "gate.guards", set(names), "stage") if value.get("guards") else ()
+    for guard in guards:
+        if names.index(guard) <= names.index(stage_name):
+            c.fail("gate.guards", f"stage {guard!r} must come after the gate's stage {stage_name!r}")
+    return GateSpec(stage_name, joint, specialists,
+                    c.number(value.get("min_margin", 10.0), "gate.min_margin", float, 0.0),
+                    c.number(value.get("min_conditions", 1 if len(specialists) == 1 else 2), "gate.min_conditions",
+                             int, 1, len(specialists)),
+                    guards, c.text(value.get("rule", ""), "gate.rule", empty=True))
+
+
+def specialist_dataset(variants: dict[str, VariantSpec], name: str) -> str | None:
+    """The one dataset a study variant trains on (its own ``data.datasets``, else its nearest source's); None
+    when it sets none or several (a built-in variant trains on the whole suite)."""
+    seen: set[str] = set()
+    while name in variants and name not in seen:
+        seen.add(name)
+        spec = variants[name]
+        if "data.datasets" in spec.set:
+            datasets = spec.set["data.datasets"]
+            return datasets[0] if isinstance(datasets, list) and len(datasets) == 1 and \
+                isinstance(datasets[0], str) else None
+        name = spec.source
+    return None
 
 
 def builtin_variants(base: dict[str, Any]) -> dict[str, Variant]:

@@ -17,7 +17,7 @@ from tsembed.errors import DataError
 from tsembed.evaluation.bootstrap import paired_bootstrap
 from tsembed.evaluation.hits import DatasetHits, load_hits
 from tsembed.experiments.ablation import markdown_table, summarize
-from tsembed.experiments.study.run import STATE, RunTask, load_records, plan_stage, selection
+from tsembed.experiments.study.run import STATE, RunTask, gate, load_records, plan_stage, selection
 from tsembed.experiments.study.selection import condition_of
 from tsembed.experiments.study.spec import StageSpec, Study, SuiteSpec
 from tsembed.fileio import atomic_write
@@ -129,6 +129,14 @@ def summarize_study(study: Study, out: Path) -> dict[str, Any]:
         "selection": chosen.to_dict() if chosen else ({"error": selection_error} if selection_error else None),
         "stages": {}, "compare": [], "missing_runs": 0,
     }
+    reading = None
+    if study.gate is not None:
+        try:
+            reading = gate(study, out)
+        except Exception as exc:  # noqa: BLE001 - reported in the summary; the rest still summarises
+            summary["gate"] = {"error": str(exc)}
+        else:
+            summary["gate"] = reading.to_dict()
     lines = [f"# Study {study.name}", "", study.description.strip(), "",
              f"Study file `{summary['study']}`, commit `{summary['commit']}`.", ""]
     for stage in study.stages:
@@ -150,6 +158,8 @@ def summarize_study(study: Study, out: Path) -> dict[str, Any]:
             if missing:
                 lines += [f"Missing ({len(missing)}): " + "; ".join(missing), ""]
         summary["stages"][stage.name] = block
+    if reading is not None:
+        lines += reading.markdown()
     if chosen is not None:
         lines += ["## Selection", "", f"Rule: {chosen.rule or '(none written)'}", "",
                   "| candidate | metric | worst condition − reference | eligible |", "|---|---:|---:|---|",
