@@ -65,7 +65,6 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
     (``tsembed.health``): per-dataset ``query_cosine``, ``collapsed`` and ``collapsed_datasets`` from the
     evaluation (what summaries act on), and ``train_collapsed_datasets``, those training's collapse watch flagged.
     """
-    from tsembed.evaluation import evaluate
     from tsembed.training.trainer import Trainer, build_model
 
     result_path = results_path(out_dir, split)
@@ -91,11 +90,22 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
         model = build_model(config).eval()
         model.save_pretrained(model_dir)
         train_seconds, trainable = 0.0, 0
-    results = evaluate(model, suite, cache_dir=cache_dir, batch_size=eval_batch_size, progress=config.run.progress,
-                       split=split)
+    return evaluate_and_record(model, variant, seed, out_dir, suite, cache_dir, split, asdict(config),
+                               train_seconds, trainable, eval_batch_size, config.run.progress)
+
+
+def evaluate_and_record(model: TSEmbedModel, variant: Variant, seed: int, out_dir: Path, suite: Path,
+                        cache_dir: Path | None, split: str, config: dict[str, Any], train_seconds: float | None,
+                        trainable: int | None, eval_batch_size: int = 64, progress: bool = False,
+                        target_routing: str = "own", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate on ``split`` and keep the run's record (``results_path``), the one schema every summary reads."""
+    from tsembed.evaluation import evaluate
+
+    results = evaluate(model, suite, cache_dir=cache_dir, batch_size=eval_batch_size, progress=progress,
+                       split=split, target_routing=target_routing)
     results.save(evaluation_dir(out_dir, split))
     if split == "eval":  # the model's card reports how it scored (dev scores only pick configs)
-        write_model_card(model_dir, model, results)
+        write_model_card(out_dir / MODEL_DIR, model, results)
     record = {
         "variant": variant.name, "description": variant.description, "seed": seed, "split": split,
         "train_seconds": train_seconds, "trainable_parameters": trainable,
@@ -104,13 +114,44 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
         "query_cosine": {d.name: d.query_cosine for d in results.datasets},
         "collapsed": results.collapsed, "collapsed_datasets": results.collapsed_datasets,
         "train_collapsed_datasets": model.config.extra.get("collapsed_datasets", []),
-        "config": asdict(config),
+        "config": config, **(extra or {}),
     }
     if results.collapsed:
         logger.warning("%s seed %d: collapsed on %s; summaries mark it %s and leave it out of their means",
                        variant.name, seed, ", ".join(results.collapsed_datasets), DAGGER)
     text = json.dumps(record, indent=2) + "\n"
-    atomic_write(result_path, lambda p: p.write_text(text))
+    atomic_write(results_path(out_dir, split), lambda p: p.write_text(text))
     return record
+
+
+def run_composed(variant: Variant, seed: int, out_dir: Path, suite: Path, cache_dir: Path | None,
+                 experts: dict[str, Path], options: dict[str, Any], split: str = "eval",
+                 eval_batch_size: int = 64) -> dict[str, Any]:
+    """Compose the experts' models (``tsembed compose``; kept, so another split reuses it) and evaluate on
+    ``split``. The record adds how often the pilots route each dev query to its own expert (``routing_dev``).
+    ``options``: router_input, target_routing, pilots, pilot_rows."""
+    from tsembed.inference.compose import ExpertSource, compose, routing_accuracy
+
+    result_path = results_path(out_dir, split)
+    if result_path.is_file():
+        logger.info("%s seed %d: %s results exist, skipping (%s)", variant.name, seed, split, result_path)
+        return json.loads(result_path.read_text())
+    missing = [f"{name} ({path})" for name, path in experts.items() if not (path / MODEL_CONFIG_NAME).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{variant.name}: no trained model for expert(s) {', '.join(missing)}")
+    model_dir = out_dir / MODEL_DIR
+    start = time.perf_counter()
+    if not (model_dir / "compose.json").is_file():
+        compose([ExpertSource(name, path) for name, path in experts.items()], model_dir, suite=suite,
+                pilots_per_expert=options["pilots"], pilot_rows=options["pilot_rows"], seed=seed,
+                batch_size=eval_batch_size, router_input=options["router_input"])
+    compose_seconds = round(time.perf_counter() - start, 1)
+    model = TSEmbedModel.from_pretrained(model_dir)
+    routing = routing_accuracy(model, suite, split="dev", batch_size=eval_batch_size)
+    return evaluate_and_record(model, variant, seed, out_dir, suite, cache_dir, split,
+                               {"compose": options, "experts": {k: str(v) for k, v in experts.items()}},
+                               compose_seconds, 0, eval_batch_size, target_routing=options["target_routing"],
+                               extra={"routing_dev": {"query_accuracy": routing["query_accuracy"],
+                                                      "accuracy": routing["accuracy"]}})
 
 

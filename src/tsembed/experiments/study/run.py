@@ -28,9 +28,10 @@ from tsembed.evaluation.hits import hits_path
 from tsembed.experiments.runner import evaluation_dir, load_base_config, results_path
 from tsembed.experiments.study.gate import GateReading, read_gate
 from tsembed.experiments.study.selection import Selection, select
-from tsembed.experiments.study.spec import StageSpec, Study, builtin_variants
+from tsembed.experiments.study.spec import ComposeSpec, StageSpec, Study, builtin_variants
 from tsembed.experiments.variants import Variant
 from tsembed.fileio import atomic_write
+from tsembed.training.checkpoint import MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class RunTask:
     variant: Variant
     run_dir: Path
     cache_dir: Path
+    compose: ComposeSpec | None = None  # a composed variant: joined from its experts' runs of this suite and seed
 
     @property
     def results(self) -> Path:
@@ -73,7 +75,8 @@ class RunTask:
         return {"stage": self.stage, "split": self.split, "suite": self.suite, "suite_path": str(self.suite_path),
                 "seed": self.seed, "run_dir": str(self.run_dir), "cache_dir": str(self.cache_dir), "base": base,
                 "variant": {"name": v.name, "description": v.description, "overrides": list(v.overrides),
-                            "trained": v.trained}}
+                            "trained": v.trained},
+                "compose": self.compose.to_dict() if self.compose is not None else None}
 
 
 Runner = Callable[[RunTask, dict[str, Any]], None]
@@ -145,8 +148,10 @@ def stage_variants(study: Study, out: Path, stage: StageSpec) -> list[str]:
 def plan_stage(study: Study, out: Path, stage: StageSpec, resolved: dict[str, Variant]) -> list[RunTask]:
     names = stage_variants(study, out, stage)
     cache = Path(out) / "eval-cache"
+    composed = {name: spec.compose for name, spec in study.variants.items() if spec.compose is not None}
     return [RunTask(stage.name, stage.split, suite, study.suites[suite].path, seed,
-                    resolved.get(name) or Variant(name, name), run_dir(out, suite, seed, name), cache)
+                    resolved.get(name) or Variant(name, name), run_dir(out, suite, seed, name), cache,
+                    composed.get(name))
             for suite in stage.suites for seed in stage.seeds for name in names]
 
 
@@ -243,12 +248,18 @@ def _check_identity(task: RunTask) -> None:
 
 
 def in_process(task: RunTask, base: dict[str, Any]) -> None:
-    """Train (if needed) and evaluate one run in this process, on one thread."""
+    """Train (if needed) and evaluate one run in this process, on one thread (a composed run: compose its
+    experts' models of the same suite and seed, then evaluate)."""
     import torch
 
-    from tsembed.experiments.runner import run_variant
+    from tsembed.experiments.runner import run_composed, run_variant
 
     torch.set_num_threads(1)
+    if task.compose is not None:
+        experts = {name: task.run_dir.parent / variant / MODEL_DIR for name, variant in task.compose.experts.items()}
+        run_composed(task.variant, task.seed, task.run_dir, task.suite_path, task.cache_dir, experts,
+                     task.compose.to_dict(), split=task.split)
+        return
     run_variant(base, task.variant, task.seed, task.run_dir, task.suite_path, task.cache_dir,
                 extra=list(THREAD_OVERRIDES), split=task.split)
 
@@ -311,12 +322,14 @@ def execute(study: Study, out: Path, stages: list[str] | None = None, jobs: int 
             ran.append(task)
             logger.info("done %s", task.label())
 
-        if jobs == 1:
-            for task in todo:
-                one(task)
-        else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                list(pool.map(one, todo))
+        # composed runs join their experts' models: every trained run of the stage goes first
+        for wave in ([t for t in todo if t.compose is None], [t for t in todo if t.compose is not None]):
+            if jobs == 1:
+                for task in wave:
+                    one(task)
+            else:
+                with ThreadPoolExecutor(max_workers=jobs) as pool:
+                    list(pool.map(one, wave))
         if failures:
             raise RuntimeError(f"stage {stage.name}: {len(failures)} run(s) failed: " + "; ".join(failures))
     return ran
@@ -328,7 +341,8 @@ def _worker(task_file: str) -> None:
     v = data["variant"]
     task = RunTask(data["stage"], data["split"], data["suite"], Path(data["suite_path"]), data["seed"],
                    Variant(v["name"], v["description"], tuple(v["overrides"]), v["trained"]),
-                   Path(data["run_dir"]), Path(data["cache_dir"]))
+                   Path(data["run_dir"]), Path(data["cache_dir"]),
+                   ComposeSpec(**data["compose"]) if data.get("compose") else None)
     in_process(task, data["base"])
 
 

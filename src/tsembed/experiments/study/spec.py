@@ -22,6 +22,7 @@ SPLITS = ("dev", "eval")
 CLUSTERINGS = ("row", "episode")
 TOP_KEYS = {"name", "description", "base", "suites", "variants", "stages", "gate", "selection", "compare",
             "bootstrap"}
+COMPOSE_KEYS = {"experts", "router_input", "target_routing", "pilots", "pilot_rows"}
 GATE_KEYS = {"stage", "joint", "specialists", "min_margin", "min_conditions", "guards", "rule"}
 
 
@@ -35,11 +36,28 @@ class SuiteSpec:
 
 
 @dataclass(frozen=True)
+class ComposeSpec:
+    """A variant made by ``tsembed compose`` from other variants' models of the same suite and seed (no training):
+    expert name -> the variant whose model becomes that expert."""
+
+    experts: dict[str, str]
+    router_input: str = "text"
+    target_routing: str = "query"  # eval: a row's candidates embedded with its query's expert (an index per expert)
+    pilots: int = 4
+    pilot_rows: int = 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"experts": dict(self.experts), "router_input": self.router_input,
+                "target_routing": self.target_routing, "pilots": self.pilots, "pilot_rows": self.pilot_rows}
+
+
+@dataclass(frozen=True)
 class VariantSpec:
     name: str
-    source: str  # `from`: a built-in ablation variant, "base", or another variant of this study
+    source: str  # `from`: a built-in ablation variant, "base", or another variant of this study ("" if composed)
     set: dict[str, Any]
     description: str = ""
+    compose: ComposeSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,11 @@ class Study:
             if name in out:
                 return out[name]
             spec = self.variants[name]
+            if spec.compose is not None:  # its "overrides" name the run (study-run.json); no config is built from them
+                out[name] = Variant(name, spec.description or "composed: " + ", ".join(
+                    f"{e}={v}" for e, v in spec.compose.experts.items()),
+                    tuple(overrides({f"compose.{k}": v for k, v in spec.compose.to_dict().items()})), False)
+                return out[name]
             if spec.source in chain:
                 raise ConfigError(f"{self.path}: variants.{name}.from: a cycle ({' -> '.join((*chain, name))})")
             if spec.source == "base":
@@ -261,7 +284,18 @@ def load_study(path: str | Path, builtin: set[str] | None = None) -> Study:
     raw_variants = c.mapping(data["variants"], "variants")
     for name, value in raw_variants.items():
         where = f"variants.{name}"
-        value = c.mapping(value, where, {"from", "set", "description"}, ("from",))
+        value = c.mapping(value, where, {"from", "set", "description", "compose"})
+        if ("from" in value) == ("compose" in value):
+            c.fail(where, "give either from (a variant to train) or compose (experts to join), not both or neither")
+        if "compose" in value:
+            if name in builtin:
+                c.fail(where, f"{name!r} is a built-in variant; choose another name")
+            if value.get("set"):
+                c.fail(f"{where}.set", "a composed variant trains nothing; set its experts' variants instead")
+            variants[name] = VariantSpec(name, "", {}, c.text(value.get("description", ""), f"{where}.description",
+                                                             empty=True),
+                                         _compose(c, value["compose"], f"{where}.compose", raw_variants, builtin))
+            continue
         source = c.text(value["from"], f"{where}.from")
         if name in builtin:
             c.fail(where, f"{name!r} is a built-in variant; choose another name")
@@ -271,6 +305,9 @@ def load_study(path: str | Path, builtin: set[str] | None = None) -> Study:
         variants[name] = VariantSpec(name, source, c.settings(value.get("set"), f"{where}.set"),
                                      c.text(value.get("description", ""), f"{where}.description", empty=True))
     runnable = {*variants, *builtin}
+    for name, spec in variants.items():
+        if spec.source in variants and variants[spec.source].compose is not None:
+            c.fail(f"variants.{name}.from", f"{spec.source!r} is composed, not trained; derive from its experts")
 
     stages: list[StageSpec] = []
     raw_stages = data["stages"]
@@ -297,6 +334,12 @@ def load_study(path: str | Path, builtin: set[str] | None = None) -> Study:
         stages.append(StageSpec(name, value["split"], c.names(value["suites"], f"{where}.suites", suites, "suite"),
                                 c.names(value["variants"], f"{where}.variants", runnable, "variant")
                                 if "variants" in value else (), selected, seeds))
+        for variant in stages[-1].variants:
+            spec = variants.get(variant)
+            missing = [v for v in spec.compose.experts.values() if v not in stages[-1].variants] \
+                if spec is not None and spec.compose is not None else []
+            if missing:
+                c.fail(f"{where}.variants", f"{variant!r} is composed from {missing}: run them in the same stage")
     stage_names = [s.name for s in stages]
 
     selection = None
@@ -362,6 +405,30 @@ def load_study(path: str | Path, builtin: set[str] | None = None) -> Study:
                   config, base_set, suites, variants, tuple(stages), selection, tuple(compare), bootstrap, gate)
     study.resolve_variants({name: Variant(name, name) for name in builtin})  # cycles fail here
     return study
+
+
+def _compose(c: _Checker, value: Any, where: str, raw_variants: dict, builtin: set[str]) -> ComposeSpec:
+    from tsembed.evaluation.harness import TARGET_ROUTINGS
+
+    value = c.mapping(value, where, COMPOSE_KEYS, ("experts",))
+    experts = c.mapping(value["experts"], f"{where}.experts")
+    if len(experts) < 2:
+        c.fail(f"{where}.experts", "at least two experts (NAME: VARIANT)")
+    for expert, variant in experts.items():
+        c.text(expert, f"{where}.experts")
+        if variant not in raw_variants and variant not in builtin:
+            c.fail(f"{where}.experts.{expert}", f"unknown variant {variant!r}")
+        if isinstance(raw_variants.get(variant), dict) and "compose" in raw_variants[variant]:
+            c.fail(f"{where}.experts.{expert}", f"{variant!r} is itself composed; name trained variants")
+    router_input = value.get("router_input", "text")
+    if router_input not in ("text", "all"):
+        c.fail(f"{where}.router_input", f"{router_input!r} is not one of ['text', 'all']")
+    target_routing = value.get("target_routing", "query")
+    if target_routing not in TARGET_ROUTINGS:
+        c.fail(f"{where}.target_routing", f"{target_routing!r} is not one of {list(TARGET_ROUTINGS)}")
+    return ComposeSpec({str(k): str(v) for k, v in experts.items()}, router_input, target_routing,
+                       c.number(value.get("pilots", 4), f"{where}.pilots", int, 1),
+                       c.number(value.get("pilot_rows", 512), f"{where}.pilot_rows", int, 1))
 
 
 def _gate(c: _Checker, value: Any, stages: list[StageSpec], variants: dict[str, VariantSpec]) -> GateSpec:
