@@ -51,17 +51,18 @@ def test_a_composed_variant_is_no_source_and_no_expert(tmp_path):
         load_study(write_study(tmp_path / "b", data))
 
 
-def test_composed_runs_go_after_every_trained_run_of_their_stage(tmp_path):
+def test_a_composed_run_waits_for_its_experts_only(tmp_path):
     study = load_study(write_study(tmp_path, composed_dict()))
     resolved = variants(study, {})
     assert not resolved["C"].trained and resolved["C"].overrides[0].startswith("compose.experts=")
     tasks = plan_stage(study, tmp_path / "out", study.stage("dev"), resolved)
     assert [t.compose is not None for t in tasks].count(True) == 2
-    assert tasks[3].compose.experts == {"shape": "S_shape", "colour": "S_colour"}
+    assert tasks[3].variant.name == "C" and tasks[3].compose.experts == {"shape": "S_shape", "colour": "S_colour"}
     calls: list = []
     execute(study, tmp_path / "out", jobs=1, runner=fake_runner(calls))
-    order = [name for name, *_ in calls]
-    assert order[-2:] == ["C", "C"] and sorted(order[:-2]) == sorted(["lora", "S_shape", "S_colour"] * 2)
+    order = [(name, seed) for name, _, seed, *_ in calls]
+    assert order == [("lora", 0), ("S_shape", 0), ("S_colour", 0), ("C", 0),  # seed-major: seed 0 whole first
+                     ("lora", 1), ("S_shape", 1), ("S_colour", 1), ("C", 1)]
 
 
 @pytest.mark.slow  # trains two 2-step specialists on the real default backbone, composes them, evaluates
@@ -93,3 +94,25 @@ def test_a_study_composes_its_specialists_end_to_end(tmp_path, monkeypatch):
     assert [e["name"] for e in composed["experts"]] == ["group", "name"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["missing_runs"] == 0 and summary["compare"][0]["runs"] == 1
+
+
+def test_two_jobs_start_a_composed_run_only_after_its_experts_finished(tmp_path):
+    import threading
+    import time
+
+    study = load_study(write_study(tmp_path, composed_dict()))
+    events, lock, inner = [], threading.Lock(), fake_runner([])
+
+    def runner(task, base):
+        with lock:
+            events.append(("start", task.variant.name, task.seed))
+        time.sleep(0.05 if task.variant.name == "S_colour" else 0.01)  # the slowest expert
+        inner(task, base)
+        with lock:
+            events.append(("end", task.variant.name, task.seed))
+
+    execute(study, tmp_path / "out", jobs=2, runner=runner)
+    for seed in (0, 1):
+        start = events.index(("start", "C", seed))
+        assert all(events.index(("end", e, seed)) < start for e in ("S_shape", "S_colour"))
+    assert len(events) == 16

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,8 @@ def plan_stage(study: Study, out: Path, stage: StageSpec, resolved: dict[str, Va
     return [RunTask(stage.name, stage.split, suite, study.suites[suite].path, seed,
                     resolved.get(name) or Variant(name, name), run_dir(out, suite, seed, name), cache,
                     composed.get(name))
-            for suite in stage.suites for seed in stage.seeds for name in names]
+            for seed in stage.seeds for suite in stage.suites for name in names]  # seed-major: an interrupted
+    # stage leaves whole training seeds on every suite build, which an interim reading can pair
 
 
 def git_state(root: Path) -> dict[str, Any]:
@@ -322,17 +323,36 @@ def execute(study: Study, out: Path, stages: list[str] | None = None, jobs: int 
             ran.append(task)
             logger.info("done %s", task.label())
 
-        # composed runs join their experts' models: every trained run of the stage goes first
-        for wave in ([t for t in todo if t.compose is None], [t for t in todo if t.compose is not None]):
-            if jobs == 1:
-                for task in wave:
-                    one(task)
-            else:
-                with ThreadPoolExecutor(max_workers=jobs) as pool:
-                    list(pool.map(one, wave))
+        _schedule(todo, jobs, one)
         if failures:
             raise RuntimeError(f"stage {stage.name}: {len(failures)} run(s) failed: " + "; ".join(failures))
     return ran
+
+
+def _ready(task: RunTask, waiting: list[RunTask]) -> bool:
+    """A trained run is always ready; a composed run once none of its experts' runs (same suite and seed) waits."""
+    if task.compose is None:
+        return True
+    experts = set(task.compose.experts.values())
+    return not any(t.variant.name in experts and t.suite == task.suite and t.seed == task.seed for t in waiting)
+
+
+def _schedule(todo: list[RunTask], jobs: int, one: Callable[[RunTask], None]) -> None:
+    """Run ``todo`` in order, ``jobs`` at a time; a composed run waits for its experts' runs, nothing else does."""
+    pending = list(todo)
+    running: dict[Future, RunTask] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for task in [t for t in pending if _ready(t, [*pending, *running.values()])]:
+                if len(running) >= jobs:
+                    break
+                pending.remove(task)
+                running[pool.submit(one, task)] = task
+            if not running:  # cannot happen while experts are trained runs; never spin
+                raise RuntimeError(f"no run is ready: {[t.label() for t in pending]}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                del running[future]
 
 
 def _worker(task_file: str) -> None:
