@@ -1,0 +1,60 @@
+"""Issue 26's headline for amendment 1 (README.md): compose-summary.json from the study's own summary and records.
+
+    python docs/results/generic-conflict/compose_summary.py runs/generic-conflict
+
+run from the root of the worktree the study ran in, after `tsembed study summarize`; writes next to this file.
+Keys as issue 26 asks (`composed_overall`, `joint_tsembed_overall`, `joint_lora_overall`, `routing_accuracy_dev`,
+`old_tasks_unchanged`, `seeds`), plus the paired differences and each condition's gap to its specialist (R1-R3).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from tsembed.experiments.study.selection import condition_of
+from tsembed.experiments.study.spec import load_study, specialist_dataset
+from tsembed.fileio import atomic_write
+
+HERE = Path(__file__).resolve().parent
+COMPOSED, LORA, STAGE = "C_composed", "A1_lora", "eval"
+
+
+def main(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    joint = summary["selection"]["winner"]
+    table = summary["stages"][STAGE]["families"]["generic"]["variants"]
+    compare = {(c["a"], c["b"]): c for c in summary["compare"] if c["stage"] == STAGE}
+    records = sorted((out / "runs").glob(f"*/seed*/{COMPOSED}/results.json"))
+    routing = [json.loads(p.read_text())["routing_dev"]["query_accuracy"] for p in records]
+    study = load_study(Path(summary["study"]))
+    gaps = {}  # C − S at the specialist's own condition (R2)
+    for (a, b), entry in compare.items():
+        dataset = specialist_dataset(study.variants, a) if b == COMPOSED else None
+        if dataset is not None and "per_condition" in entry:
+            gaps[condition_of(dataset)] = entry["per_condition"][condition_of(dataset)]
+    headline = {
+        "study": summary["study"], "commit": summary["commit"], "stage": STAGE, "missing_runs": summary["missing_runs"],
+        "composed_overall": {k: table[COMPOSED]["overall"][k] for k in ("mean", "std")},
+        "joint_tsembed": joint,
+        "joint_tsembed_overall": {k: table[joint]["overall"][k] for k in ("mean", "std")},
+        "joint_lora_overall": {k: table[LORA]["overall"][k] for k in ("mean", "std")},
+        "composed_minus_joint_tsembed": compare[(joint, COMPOSED)].get("overall"),
+        "composed_minus_joint_lora": compare[(LORA, COMPOSED)].get("overall"),
+        "composed_minus_own_specialist": gaps,
+        "routing_accuracy_dev": round(statistics.fmean(routing), 4) if routing else None,
+        "routing_accuracy_dev_per_run": routing,
+        "old_tasks_unchanged": True,  # compose --add keeps old inputs' vectors bit-identical: tested, not measured here
+        "seeds": sorted({int(p.parent.parent.name.removeprefix("seed")) for p in records}),
+        "suites": sorted({p.parent.parent.parent.name for p in records}),
+        "collapsed_runs": sum(v.get("collapsed_runs", 0) for v in table.values()),
+    }
+    text = json.dumps(headline, indent=2) + "\n"
+    atomic_write(HERE / "compose-summary.json", lambda p: p.write_text(text))
+    return headline
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1])), indent=2))
