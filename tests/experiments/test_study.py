@@ -26,6 +26,16 @@ RATES = {"lora": {"TintSameEmoji": 0.5, "TintSameColour": 0.5},
          "cand_b": {"TintSameEmoji": 0.95, "TintSameColour": 0.3}}
 
 
+#: base config and suite of the end-to-end studies: 2 steps on the real default backbone, a tiny suite with dev
+TINY_E2E = {
+    "base": {"config": None, "set": {
+        "schedule.steps": 2, "schedule.stage1_steps": 1, "data.batch_size": 4,
+        "model.backbone.num_visual_tokens": 4, "model.backbone.image_size": 64, **TINY_ALIGN}},
+    "suites": {"tiny": {"path": "suite", "build": ["--max-train", 16, "--max-eval", 4, "--pool-size", 8,
+                                                    "--dev-fraction", 0.15]}},
+}
+
+
 def study_dict(**changes) -> dict:
     data = {
         "name": "toy", "description": "a toy study",
@@ -259,11 +269,7 @@ def test_every_study_file_in_the_repository_validates(path):
 def test_study_end_to_end_two_jobs(tmp_path, monkeypatch):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
     data = {
-        "name": "e2e", "base": {"config": None, "set": {
-            "schedule.steps": 2, "schedule.stage1_steps": 1, "data.batch_size": 4,
-            "model.backbone.num_visual_tokens": 4, "model.backbone.image_size": 64, **TINY_ALIGN}},
-        "suites": {"tiny": {"path": "suite", "build": ["--max-train", 16, "--max-eval", 4, "--pool-size", 8,
-                                                        "--dev-fraction", 0.15]}},
+        "name": "e2e", **TINY_E2E,
         "variants": {"lora16": {"from": "lora", "set": {"model.moe.rank": 16}}},
         "stages": [{"name": "dev", "split": "dev", "suites": ["tiny"], "variants": ["lora", "lora16"], "seeds": [0]},
                    {"name": "eval", "split": "eval", "suites": ["tiny"], "variants": ["lora"], "selected": True,

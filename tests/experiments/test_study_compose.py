@@ -5,8 +5,7 @@ import json
 import pytest
 import yaml
 
-from tests.experiments.test_study import fake_runner, study_dict, write_study
-from tests.experiments.tiny_align import TINY_ALIGN
+from tests.experiments.test_study import TINY_E2E, fake_runner, study_dict, write_study
 from tsembed.cli import main
 from tsembed.errors import ConfigError
 from tsembed.experiments.study.run import execute, plan_stage, variants
@@ -69,11 +68,7 @@ def test_a_composed_run_waits_for_its_experts_only(tmp_path):
 def test_a_study_composes_its_specialists_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("TSEMBED_CACHE_DIR", str(tmp_path / "cache"))
     data = {
-        "name": "e2e-compose", "base": {"config": None, "set": {
-            "schedule.steps": 2, "schedule.stage1_steps": 1, "data.batch_size": 4,
-            "model.backbone.num_visual_tokens": 4, "model.backbone.image_size": 64, **TINY_ALIGN}},
-        "suites": {"tiny": {"path": "suite", "build": ["--max-train", 16, "--max-eval", 4, "--pool-size", 8,
-                                                        "--dev-fraction", 0.15]}},
+        "name": "e2e-compose", **TINY_E2E,
         "variants": {"S_group": {"from": "lora", "set": {"data.datasets": ["EmojiGroup"]}},
                      "S_name": {"from": "lora", "set": {"data.datasets": ["NameToImage"]}},
                      "C": {"compose": {"experts": {"group": "S_group", "name": "S_name"}, "pilots": 2,

@@ -125,11 +125,15 @@ def gate(study: Study, out: Path) -> GateReading:
     if study.gate is None:
         raise ConfigError(f"{study.path}: the study has no gate")
     stage = study.stage(study.gate.stage)
+    require_finished(study, out, stage, f"the gate reads stage {stage.name!r}: finish it first")
+    return read_gate(study.gate, load_records(study, out, stage))
+
+
+def require_finished(study: Study, out: Path, stage: StageSpec, why: str) -> None:
+    """Raise ``ConfigError(why ...)`` naming the missing runs unless every run of ``stage`` has finished."""
     missing = [t.label() for t in plan_stage(study, out, stage, {}) if not t.done()]
     if missing:
-        raise ConfigError(f"the gate reads stage {stage.name!r}: finish it first ({len(missing)} runs missing, "
-                          f"e.g. {missing[0]})")
-    return read_gate(study.gate, load_records(study, out, stage))
+        raise ConfigError(f"{why} ({len(missing)} runs missing, e.g. {missing[0]})")
 
 
 def stage_variants(study: Study, out: Path, stage: StageSpec) -> list[str]:
@@ -138,10 +142,8 @@ def stage_variants(study: Study, out: Path, stage: StageSpec) -> list[str]:
     if study.selection is None:
         raise ConfigError(f"{study.path}: stage {stage.name!r} runs the selected variant, but there is no selection")
     sel = study.stage(study.selection.stage)
-    missing = [t.label() for t in plan_stage(study, out, sel, {}) if not t.done()]
-    if missing:
-        raise ConfigError(f"stage {stage.name!r} runs the selected variant: finish stage {sel.name!r} first "
-                          f"({len(missing)} runs missing, e.g. {missing[0]})")
+    require_finished(study, out, sel, f"stage {stage.name!r} runs the selected variant: finish stage {sel.name!r} "
+                     "first")
     return list(dict.fromkeys([*stage.variants, selection(study, out).winner]))
 
 
