@@ -162,13 +162,19 @@ class TSEmbedModel(nn.Module):
         """One model-level pilot router chooses each input's expert (``tsembed compose``)."""
         return self.config.moe is not None and self.config.moe.router == "pilot"
 
+    @property
+    def query_routed(self) -> bool:
+        """A target is embedded with its query's experts (``moe.target_routing="query"``): training and evaluation
+        embed a row's candidates with its query's route, and a corpus is indexed once per route."""
+        return self.config.moe is not None and self.config.moe.target_routing == "query"
+
     def forward(self, **batch: Any) -> EmbeddingOutput:
         hint_ids = batch.pop(TASK_HINT_KEY, None)
         pilot_view = batch.pop(PILOT_VIEW_KEY, None)
         if self.has_adapters:
             set_routing_hints(self.backbone, hint_ids)
             if self.pilot_routed and self._forced_expert is not None:
-                gates = torch.zeros(_batch_size(batch), self.config.moe.num_experts, device=self._device())
+                gates = torch.zeros(prepared_size(batch), self.config.moe.num_experts, device=self._device())
                 set_routing_gates(self.backbone, gates.index_fill_(1, torch.tensor([self._forced_expert],
                                                                                     device=gates.device), 1.0))
             elif self.pilot_routed:  # a second pass: the pilot router reads the base model's embedding
@@ -378,7 +384,7 @@ def model_fingerprint(directory: str | Path, sums: dict[str, str] | None = None)
     return digest.hexdigest()
 
 
-def _batch_size(batch: dict[str, Any]) -> int:
+def prepared_size(batch: dict[str, Any]) -> int:
     """Inputs in a prepared batch: rows of its attention mask (every backbone's ``prepare`` returns one)."""
     mask = batch.get("attention_mask")
     if not isinstance(mask, torch.Tensor):

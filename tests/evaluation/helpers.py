@@ -23,12 +23,15 @@ TOY_DATASETS = {
 }
 
 
-def toy_model(adapters: bool = True, seed: int = 0, task_hints: tuple[str, ...] = ()) -> TSEmbedModel:
+def toy_model(adapters: bool = True, seed: int = 0, task_hints: tuple[str, ...] = (),
+              target_routing: str = "own") -> TSEmbedModel:
+    """target_routing 'query': sequence-level top-1 routing (what it needs); otherwise token-level top-2."""
     backbone = ToyBackbone(seed=0)
     moe = None
     if adapters:
+        query = {"level": "sequence", "top_k": 1} if target_routing == "query" else {}
         moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2, router_init_std=0.5,
-                            task_hints=list(task_hints))
+                            task_hints=list(task_hints), target_routing=target_routing, **query)
     model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe))
     torch.manual_seed(seed + 1)
     for layer in model.modules():

@@ -188,3 +188,36 @@ def test_results_record_query_cosine_and_flag_a_collapsed_model(suite, tmp_path)
         del d["query_cosine"]
     old = EvalResults.from_dict({k: v for k, v in data.items() if not k.startswith("collapse")})
     assert not old.collapsed and old.datasets[0].query_cosine is None
+
+
+def test_a_query_routed_model_scores_each_row_with_its_querys_experts(tmp_path):
+    """moe.target_routing='query': by default a row's candidates are embedded with its query's top-1 expert in every
+    layer (a route per query, from the routing cache), hit for hit what embedding them by hand inside forced_routes
+    gives; 'own' routes them by themselves, and a model trained without it refuses 'query'."""
+    from tsembed.encoding import embed_items
+    from tsembed.moe import forced_routes
+
+    from .helpers import eval_rows, write_jsonl
+
+    rows = eval_rows("WordRetrieval", 6, 5)
+    path = write_jsonl(tmp_path / "WordRetrieval.jsonl", rows)
+    model = toy_model(target_routing="query")
+    routed = evaluate(model, {"WordRetrieval": path}, progress=False, cache_dir=tmp_path / "cache")
+    assert routed.settings["target_routing"] == "query"
+    queries = embed_items(model, [EmbedInput(text=r["qry_text"]) for r in rows], 4, with_routing=True)
+    routes = torch.stack([p.argmax(dim=-1) for p in queries.layer_probs.values()], dim=1)  # [rows, layers]
+    assert len({tuple(r) for r in routes.tolist()}) > 1  # the rows really take different routes
+    expected = []
+    for i, row in enumerate(rows):
+        layers = {name: routes[i, j : j + 1] for j, name in enumerate(queries.layer_probs)}
+        with forced_routes(model.backbone, layers):
+            candidates = embed_items(model, [EmbedInput(text=t) for t in row["tgt_text"]], 4).embeddings
+        scores = candidates @ queries.embeddings[i]
+        expected.append(bool(scores[0] > scores[1:].max()))
+    assert routed.hits["WordRetrieval"].hits.tolist() == expected
+    again = evaluate(model, {"WordRetrieval": path}, progress=False, cache_dir=tmp_path / "cache")  # cached routing
+    assert again.hits["WordRetrieval"].hits.tolist() == expected
+    own = evaluate(model, {"WordRetrieval": path}, progress=False, target_routing="own")
+    assert own.settings["target_routing"] == "own"
+    with pytest.raises(ConfigError, match="trained with moe.target_routing='query'"):
+        evaluate(toy_model(), {"WordRetrieval": path}, progress=False, target_routing="query")

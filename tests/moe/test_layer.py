@@ -91,3 +91,53 @@ def test_jitter_only_while_training():
     model(x)
     p2 = collect_routing(model).layer_probs["0"]
     assert not torch.equal(p1, p2)
+
+
+def test_forced_routes_apply_another_inputs_experts_and_keep_the_routers_record():
+    """moe.target_routing='query': a layer inside forced_routes adds exactly the named expert's LoRA (per input, or
+    one route for all), while its router still runs and is recorded; forcing each input's own choice changes nothing."""
+    from tsembed.moe import chosen_routes, forced_routes
+
+    model, layer = make_adapted("topk", 1, "sequence", shared=1)
+    x = torch.randn(4, 5, 12)
+    own = model(x)
+    routing = collect_routing(model)
+    with forced_routes(model, chosen_routes(routing)):
+        torch.testing.assert_close(model(x), own)
+    r = layer.rank
+    shared = layer.lora_B[:, 4 * r:] @ layer.lora_A[4 * r:]
+    for routes in (torch.tensor([3, 0, 2, 1]), torch.tensor([2])):
+        with forced_routes(model, {"0": routes}):
+            forced = model(x)
+            probs = collect_routing(model).layer_probs["0"]
+        torch.testing.assert_close(probs, routing.layer_probs["0"])  # the router's own view, recorded as before
+        for b in range(4):
+            e = int(routes[b if len(routes) > 1 else 0])
+            delta = layer.lora_B[:, e * r:(e + 1) * r] @ layer.lora_A[e * r:(e + 1) * r] + shared
+            want = x[b] @ (layer.base_layer.weight + layer.scaling * delta).T + layer.base_layer.bias
+            torch.testing.assert_close(forced[b], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(x), own)  # the block's routes do not outlive it
+    from tsembed.errors import AdapterError
+
+    with pytest.raises(AdapterError, match="2 forced routes were set but MoE layer '0' sees 4 inputs"):
+        with forced_routes(model, {"0": torch.tensor([0, 1])}):
+            model(x)
+    with pytest.raises(AdapterError, match="not for MoE layer '0'"):
+        with forced_routes(model, {"other": torch.tensor([0])}):
+            model(x)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"level": "token"}, "moe.level='token' \\(needs 'sequence'\\)"),
+    ({"top_k": 2}, "moe.top_k=2 \\(needs 1\\)"),
+    ({"routing": "dense"}, "moe.routing='dense'"),
+    ({"target_routing": "corpus"}, "moe.target_routing must be one of"),
+])
+def test_query_target_routing_needs_one_sequence_level_expert(change, message):
+    from tsembed.errors import ConfigError
+
+    settings = {"target_modules": ["0"], "level": "sequence", "top_k": 1, "target_routing": "query", **change}
+    with pytest.raises(ConfigError, match=message):
+        MoELoRAConfig(**settings)
+    good = MoELoRAConfig(target_modules=["0"], level="sequence", top_k=1, target_routing="query")
+    assert MoELoRAConfig.from_dict(good.to_dict()).target_routing == "query"

@@ -14,11 +14,14 @@ WORDS = "red green blue cat dog fish tree house car sun moon star one two three 
 
 
 def toy_model(seed: int = 0, level: str = "token", task_hints: tuple[str, ...] = (), shared: int = 0,
-              nulls: int = 0) -> TSEmbedModel:
+              nulls: int = 0, target_routing: str = "own") -> TSEmbedModel:
+    """target_routing 'query' routes sequences top-1 (what it needs); otherwise top-2 at ``level``."""
     backbone = ToyBackbone(seed=seed)
-    moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2, level=level,
-                        router_init_std=0.5, task_hints=list(task_hints), num_shared_experts=shared,
-                        num_null_experts=nulls)
+    query = target_routing == "query"
+    moe = MoELoRAConfig(target_modules=backbone.default_target_modules, num_experts=4, rank=2,
+                        level="sequence" if query else level, top_k=1 if query else 2, router_init_std=0.5,
+                        task_hints=list(task_hints), num_shared_experts=shared, num_null_experts=nulls,
+                        target_routing=target_routing)
     model = TSEmbedModel(backbone, ModelConfig(backbone=backbone.config(), moe=moe))
     torch.manual_seed(seed + 1)
     for layer in model.modules():

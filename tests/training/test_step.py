@@ -283,3 +283,41 @@ def test_routing_terms_weighting_and_a_model_without_adapters():
     assert float(step_total(torch.tensor(1.0), terms, cfg)) == 3.0
     none = RoutingTerms.of([], {}, {}, torch.device("cpu"))
     assert (float(none.load_balance), float(none.z_loss)) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_query_routed_targets_are_embedded_with_their_querys_experts(chunk_size):
+    """moe.target_routing='query': every positive takes its own query's top-1 experts layer by layer and every hard
+    negative its owner's; the step's loss and gradients equal that reference assembled by hand (full batch, and
+    GradCache with length-bucketed chunks), and differ from routing the targets by themselves."""
+    from tsembed.moe import chosen_routes, forced_routes
+
+    model = toy_model(target_routing="query")
+    objective = ContrastiveObjective(LossConfig(load_balance_weight=0.1, z_loss_weight=0.01, load_balance_window=1),
+                                     EANSConfig(mode="weight", beta=2.0))
+    batch = toy_batch(n=8, hard=3)
+    step = contrastive_step(model, objective, batch, eans_active=True, chunk_size=chunk_size)
+
+    reference = copy.deepcopy(model)
+    reference.zero_grad(set_to_none=True)
+    queries = reference(**reference.prepare(batch.queries))
+    routes = chosen_routes(queries.routing)
+    owner = torch.where(batch.target_owner >= 0, batch.target_owner, torch.arange(len(batch.targets)))
+    with forced_routes(reference.backbone, {name: r[owner] for name, r in routes.items()}):
+        targets = reference(**reference.prepare(batch.targets))
+    result = objective(queries.embeddings, targets.embeddings, queries.routing.signature, targets.routing.signature,
+                       batch.target_ids, batch.target_owner, True)
+    assert step.contrastive == pytest.approx(result.loss.item(), rel=1e-5)
+    torch.testing.assert_close(step.target_signatures, targets.routing.signature)  # the routers' own view
+
+    from tsembed.training.step import _routing_terms, _shares, step_total
+
+    shares, units = _shares(reference, [queries, targets], None, True)
+    step_total(result.loss, _routing_terms([queries, targets], shares, units, result.loss.device),
+               objective.loss_config).backward()
+    assert_grads_close(grads(model), grads(reference))
+
+    own = copy.deepcopy(model)
+    own.config.moe.target_routing = "own"
+    assert contrastive_step(own, objective, batch, eans_active=True, backward=False).contrastive != pytest.approx(
+        step.contrastive, rel=1e-4)

@@ -91,10 +91,11 @@ def eval_command(
         "positive (a collapsed model scores 0). [default: vlm2vec with --format mmeb, so the numbers compare with "
         "the leaderboard's; else pessimistic]",
     ),
-    target_routing: str = typer.Option(
-        "own", "--target-routing", help="own: every input routed by itself; query: a composed model (tsembed "
-        "compose) embeds each row's candidates with its query's expert, as a corpus indexed once per expert is "
-        "searched with the query's expert (costs one candidate encoding per expert used)."),
+    target_routing: str | None = typer.Option(
+        None, "--target-routing", help="own: every input routed by itself; query: each row's candidates are embedded "
+        "with its query's experts, as a corpus indexed once per route is searched with the query's route (composed "
+        "models, and models trained with moe.target_routing=query; costs one candidate encoding per route used) "
+        "[default: the model's own protocol]."),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Model name in the MMEB leaderboard file [default: the model folder's name; "
         "for runs/x/model or runs/x/checkpoint-N the run's]."

@@ -9,6 +9,7 @@ nDCG@10. Queries and candidates are embedded by the model's one forward, exactly
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -37,11 +38,12 @@ from tsembed.evaluation.results import GLOBAL_PREFIX, HIT1, DatasetResult, EvalR
 from tsembed.evaluation.sources import resolve_eval_sets
 from tsembed.health import DAGGER, is_collapsed, mean_pairwise_cosine
 from tsembed.inputs import EmbedInput, InputKey, input_key
+from tsembed.moe.config import TARGET_ROUTINGS
+from tsembed.moe.routing import forced_routes
 
 logger = logging.getLogger(__name__)
 
 #: How a row's candidates are routed: by themselves, or to their query's expert (composed models).
-TARGET_ROUTINGS = ("own", "query")
 #: Queries scored per matrix product; bounds memory at chunk x (distinct inputs) scores.
 SCORE_CHUNK = 256
 
@@ -184,7 +186,7 @@ def evaluate(
     image_root: str | Path | None = None,
     tie_rule: str = PESSIMISTIC,
     predictions_dir: str | Path | None = None,
-    target_routing: str = "own",
+    target_routing: str | None = None,
 ) -> EvalResults:
     """Evaluate ``model`` on an MMEB-format suite.
 
@@ -209,10 +211,12 @@ def evaluate(
         predictions_dir: Also rank every row's candidates in full, write them there as VLM2Vec-V2's
             ``<Dataset>_pred.jsonl`` (one file per dataset, written as it is scored, nothing held in memory) and
             record V2's metrics over them in ``DatasetResult.ranking`` (``tsembed.evaluation.leaderboard``).
-        target_routing: ``own`` (every input routed by itself) or ``query`` (composed models: each row's candidates
-            are embedded by the expert its query was routed to, as a corpus indexed once per expert is searched
+        target_routing: ``own`` (every input routed by itself) or ``query`` (composed models, and models trained
+            with ``moe.target_routing="query"``: each row's candidates are embedded by the experts its query was
+            routed to, as a corpus indexed once per expert is searched
             with the query's expert; RouterRetriever's protocol). ``query`` costs one candidate encoding per expert
-            the dataset's queries use, outside the embedding cache.
+            the dataset's queries use, outside the embedding cache. None: the model's own protocol (``query`` for a
+            model trained with it, else ``own``).
 
     Returns:
         Per-dataset metrics with per-meta-task, IND, OOD and overall averages.
@@ -223,11 +227,14 @@ def evaluate(
     """
     start = time.perf_counter()
     check_tie_rule(tie_rule)
+    if target_routing is None:  # the model's own protocol
+        target_routing = "query" if getattr(model, "query_routed", False) else "own"
     if target_routing not in TARGET_ROUTINGS:
         raise ConfigError(f"target_routing must be one of {TARGET_ROUTINGS}, got {target_routing!r}")
-    if target_routing == "query" and not getattr(model, "pilot_routed", False):
-        raise ConfigError("target_routing 'query' needs a composed model (tsembed compose): a learned router routes "
-                          "every input by itself")
+    if target_routing == "query" and not (getattr(model, "pilot_routed", False)
+                                          or getattr(model, "query_routed", False)):
+        raise ConfigError("target_routing 'query' needs a composed model (tsembed compose) or one trained with "
+                          "moe.target_routing='query': this model's router routes every input by itself")
     specs = resolve_eval_sets(suite, datasets, split, image_root=image_root)
     encoder = encoder_for(model, encoder, cache_dir, batch_size=batch_size, progress=progress)
     before = encoder.stats.to_dict()
@@ -303,28 +310,30 @@ def evaluate(
 def query_routed_candidates(model: Any, encoder: CachedEncoder, inputs: list[EmbedInput],
                             embeddings: torch.Tensor, queries: torch.Tensor, candidates: torch.Tensor,
                             valid: torch.Tensor, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings and candidate ids where every row's candidates are embedded by its query's expert.
+    """Embeddings and candidate ids where every row's candidates are embedded by its query's experts.
 
-    The queries' routes come from the pilot router (their routing is cached with their embeddings); the
-    candidates of the rows routed to expert e are embedded once more inside ``model.route_to(e)`` and appended,
-    and those rows' candidate ids point at the new rows.
+    A query's route is its top-1 expert in every adapted layer (from its cached routing); the candidates of the rows
+    whose queries share a route are embedded once more with that route (``route_to`` for a composed model, the
+    route forced layer by layer for ``moe.target_routing="query"``) and appended, and those rows' candidate ids
+    point at the new rows.
     """
     from tsembed.encoding import embed_items
 
     distinct = torch.unique(queries)
-    routing = encoder.encode([inputs[i] for i in distinct.tolist()], need_routing=True, desc=f"{desc} routes").routing
-    if routing is None:
-        raise ConfigError("the model returned no routing for the queries: is it a composed model?")
-    routes = torch.from_numpy(routing[:, 0]).argmax(dim=-1).tolist()  # every pilot-routed layer has the same gates
-    expert_of = dict(zip(distinct.tolist(), routes, strict=True))
-    row_expert = torch.tensor([expert_of[q] for q in queries.tolist()], dtype=torch.long)
+    encoded = encoder.encode([inputs[i] for i in distinct.tolist()], need_routing=True, desc=f"{desc} routes")
+    if encoded.routing is None:
+        raise ConfigError("the model returned no routing for the queries: does it have adapters?")
+    route_rows = torch.from_numpy(encoded.routing).argmax(dim=-1)  # [queries, L]
+    routes, route_of = torch.unique(route_rows, dim=0, return_inverse=True)
+    expert_of = dict(zip(distinct.tolist(), route_of.tolist(), strict=True))
+    row_route = torch.tensor([expert_of[q] for q in queries.tolist()], dtype=torch.long)
     candidates = candidates.clone()
     parts = [embeddings]
     offset = embeddings.shape[0]
-    for expert in torch.unique(row_expert).tolist():
-        rows = (row_expert == expert).nonzero().squeeze(-1)
+    for index in torch.unique(row_route).tolist():
+        rows = (row_route == index).nonzero().squeeze(-1)
         ids = torch.unique(candidates[rows][valid[rows]])
-        with model.route_to(expert):
+        with _routed_as(model, encoded.layers, routes[index]):
             parts.append(embed_items(model, [inputs[i] for i in ids.tolist()], encoder.batch_size).embeddings)
         remap = torch.full((embeddings.shape[0],), -1, dtype=torch.long)
         remap[ids] = torch.arange(len(ids)) + offset
@@ -332,6 +341,15 @@ def query_routed_candidates(model: Any, encoder: CachedEncoder, inputs: list[Emb
         candidates[rows] = torch.where(valid[rows], remap[block], block)
         offset += len(ids)
     return torch.cat(parts).to(embeddings.dtype), candidates
+
+
+def _routed_as(model: Any, layers: list[str], route: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Embed every input with ``route`` (one top-1 route id per layer, in ``layers``' order)."""
+    if model.pilot_routed:  # every pilot-routed layer has the same gates
+        return model.route_to(int(route[0]))
+    if len(layers) != route.shape[0]:
+        raise ConfigError(f"the queries' routing covers {route.shape[0]} layers but names {len(layers)}")
+    return forced_routes(model.backbone, {name: route[i:i + 1] for i, name in enumerate(layers)})
 
 
 def _fmt(value: float | None) -> str:

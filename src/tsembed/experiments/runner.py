@@ -97,7 +97,7 @@ def run_variant(base: dict[str, Any], variant: Variant, seed: int, out_dir: Path
 def evaluate_and_record(model: TSEmbedModel, variant: Variant, seed: int, out_dir: Path, suite: Path,
                         cache_dir: Path | None, split: str, config: dict[str, Any], train_seconds: float | None,
                         trainable: int | None, eval_batch_size: int = 64, progress: bool = False,
-                        target_routing: str = "own", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                        target_routing: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate on ``split`` and keep the run's record (``results_path``), the one schema every summary reads."""
     from tsembed.evaluation import evaluate
 

@@ -136,7 +136,7 @@ def _composed_config(reference: _Source, names: list[str], top_k: int, router_in
 
     moe = replace(reference.config.moe, num_experts=len(names), router="pilot", level="sequence", routing="topk",
                   top_k=top_k, expert_names=list(names), jitter=0.0, router_input=router_input, task_hints=[],
-                  task_hint_init=0.0)
+                  task_hint_init=0.0, target_routing="own")
     return ModelConfig(backbone=dict(reference.config.backbone), moe=moe, pooling=reference.config.pooling,
                        normalize=reference.config.normalize, query_instruction=reference.config.query_instruction,
                        document_instruction=reference.config.document_instruction, extra=extra)

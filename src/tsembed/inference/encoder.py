@@ -274,6 +274,11 @@ class Encoder:
         ``encode_query``. ``default_prompt_name``: the prompt ``encode`` uses when given none.
         ``truncate_dim``: every ``encode`` keeps this many dimensions unless it says otherwise."""
         self.model = model.eval()
+        if getattr(model, "query_routed", False):
+            logger.warning("this model embeds a candidate with its query's experts (moe.target_routing='query'), but "
+                           "encode() routes every input by itself: embed a corpus once per route, each inside "
+                           "tsembed.moe.forced_routes(model.backbone, chosen_routes(<the queries' routing>)), as "
+                           "`tsembed eval` does")
         if prompts is None:
             prompts = {name: instruction_as_prompt(_config_instruction(model, f"{name}_instruction"))
                        for name in ("query", "document")}

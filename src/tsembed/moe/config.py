@@ -22,6 +22,10 @@ ROUTER_KINDS = ("learned", "pilot")
 #: Where a learned router starts: ``random`` (normal, ``router_init_std``) or ``kmeans`` (each router's rows at a
 #: spherical k-means of its own inputs over the training data, ``tsembed.moe.router_start``).
 ROUTER_STARTS = ("random", "kmeans")
+#: How a learned model embeds a candidate: ``own`` (routed by itself, one vector per candidate) or ``query`` (with
+#: the experts its query was routed to, layer by layer: the candidate's vector depends on the query's route, so a
+#: corpus is indexed once per route; ``tsembed.moe.routing.forced_routes``).
+TARGET_ROUTINGS = ("own", "query")
 
 
 @dataclass
@@ -70,6 +74,10 @@ class MoELoRAConfig:
             inputs that look alike start in one expert (``tsembed.moe.router_start``).
         router_start_margin: with ``kmeans``, an input at its centroid's direction, of average spread, gets a logit
             of this size for its own expert (its cosine to the others' centroids scales theirs).
+        target_routing: ``own`` (a target is routed by itself, like any input) or ``query`` (a target is embedded
+            with the experts its query chose, in every layer; training and evaluation alike). With one generic
+            target instruction (MMEB) every target routes alike, so only ``query`` lets a target be read
+            differently for queries of different conditions. Needs a learned sequence-level top-1 router.
         router: ``learned`` (a linear router in every adapted layer) or ``pilot`` (one model-level router over
             per-expert pilot embeddings, as ``tsembed compose`` builds: sequence level, ``topk``, no null experts
             or task hints; the layers own no router weights).
@@ -100,6 +108,7 @@ class MoELoRAConfig:
     task_hints: list[str] = field(default_factory=list)
     task_hint_init: float = 0.0
     router_input: str = "all"
+    target_routing: str = "own"
     router: str = "learned"
     expert_names: list[str] = field(default_factory=list)
     adapter_dtype: str = "float32"
@@ -156,6 +165,15 @@ class MoELoRAConfig:
             raise ConfigError(f"moe.task_hint_init must be a finite number, got {self.task_hint_init!r}")
         if self.task_hint_init and not self.task_hints:
             raise ConfigError("moe.task_hint_init needs moe.task_hints (the tasks whose bias it initialises)")
+        if self.target_routing not in TARGET_ROUTINGS:
+            raise ConfigError(f"moe.target_routing must be one of {TARGET_ROUTINGS}, got {self.target_routing!r}")
+        if self.target_routing == "query":
+            needs = {"level": ("sequence", self.level), "routing": ("topk", self.routing), "top_k": (1, self.top_k),
+                     "router": ("learned", self.router)}
+            wrong = [f"moe.{k}={got!r} (needs {want!r})" for k, (want, got) in needs.items() if got != want]
+            if wrong:
+                raise ConfigError("moe.target_routing='query' gives a target its query's one expert per layer: "
+                                  + ", ".join(wrong))
         if self.router not in ROUTER_KINDS:
             raise ConfigError(f"moe.router must be one of {ROUTER_KINDS}, got {self.router!r}")
         if self.router == "pilot":

@@ -126,7 +126,11 @@ class MoELoRALinear(nn.Module):
         self._state.records[self.name] = LayerRouting(probs=probs, logits=logits, mask=mask)
         if self.router is None:
             return self._dispatch(x3, result.reshape(batch, length, -1), probs).view_as(result).to(result.dtype)
-        gates = self._gate_fn(probs, self.top_k, self.top_p)  # [B, L, E+N] or [B, E+N]
+        forced = self._state.forced_for(batch, self.name)
+        if forced is None:
+            gates = self._gate_fn(probs, self.top_k, self.top_p)  # [B, L, E+N] or [B, E+N]
+        else:  # another input's experts (moe.target_routing="query"); the router's own choice stays on record
+            gates = F.one_hot(forced.to(probs.device), self.num_routes).to(probs.dtype)
         if self.num_null:  # a null route's gate (renormalised with the others) multiplies a zero output
             gates = gates[..., : self.num_experts]
         if gates.dim() == 2:

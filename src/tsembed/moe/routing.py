@@ -104,6 +104,7 @@ class RoutingState:
         self.text_mask: torch.Tensor | None = None  # [B, L] text tokens, for moe.router_input="text"
         self.hints: torch.Tensor | None = None
         self.gates: torch.Tensor | None = None  # [B, E] expert weights chosen outside the layers (moe.router="pilot")
+        self.forced: dict[str, torch.Tensor] | None = None  # per layer, [B] route ids chosen for another input
         self.bypass = False  # True: every adapted layer computes its base linear alone (the base model)
         self.records: dict[str, LayerRouting] = {}
         self.hook_id: int | None = None
@@ -112,7 +113,8 @@ class RoutingState:
         """The scratchpad of the last forward is left out: its records hold tensors with gradient history, which
         cannot be pickled (a DataLoader worker started by spawn or forkserver pickles the model), and a copy
         starts its own forwards anyway."""
-        return {**self.__dict__, "mask": None, "text_mask": None, "hints": None, "gates": None, "records": {}}
+        return {**self.__dict__, "mask": None, "text_mask": None, "hints": None, "gates": None, "forced": None,
+                "records": {}}
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         self.records = {}
@@ -142,6 +144,19 @@ class RoutingState:
             )
         return self.hints
 
+
+    def forced_for(self, batch: int, layer: str) -> torch.Tensor | None:
+        """The route ids [batch] this layer must use (``forced_routes``), or None to route by its own router."""
+        if self.forced is None:
+            return None
+        routes = self.forced.get(layer)
+        if routes is None:
+            raise AdapterError(f"routes were forced for {sorted(self.forced)} but not for MoE layer {layer!r}")
+        if routes.shape[0] == 1:  # one route for every input
+            return routes.expand(batch)
+        if routes.shape[0] != batch:
+            raise AdapterError(f"{routes.shape[0]} forced routes were set but MoE layer {layer!r} sees {batch} inputs")
+        return routes
 
     def gates_for(self, batch: int, layer: str) -> torch.Tensor:
         """The model-level router's expert weights [batch, E] for a layer that owns no router."""
@@ -173,6 +188,30 @@ def adapters_bypassed(model: nn.Module) -> Iterator[None]:
         state.bypass = previous
 
 
+@contextlib.contextmanager
+def forced_routes(model: nn.Module, routes: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """Inside the block, every learned layer of ``model`` mixes its experts by ``routes`` ({layer: [B] route ids, or
+    [1] for every input}, e.g. ``chosen_routes`` of the queries whose candidates these inputs are) instead of its
+    router's choice. The
+    routers still run and are recorded (balance and z-loss, EANS signatures see them as before); only the experts
+    applied change. None: a no-op (every input routed by itself)."""
+    state = get_routing_state(model) if routes is not None else None
+    if state is None:
+        yield
+        return
+    previous, state.forced = state.forced, routes
+    try:
+        yield
+    finally:
+        state.forced = previous
+
+
+def chosen_routes(routing: RoutingOutput) -> dict[str, torch.Tensor]:
+    """Each sequence-level layer's top-1 route per input ([B] long) in a forward's routing: what ``forced_routes``
+    takes to embed other inputs with these inputs' experts."""
+    return {name: probs.detach().argmax(dim=-1) for name, probs in routing.layer_probs.items()}
+
+
 def get_routing_state(model: nn.Module) -> RoutingState:
     state = getattr(model, "tsembed_routing_state", None)
     if not isinstance(state, RoutingState):
@@ -200,8 +239,8 @@ def set_routing_mask(model: nn.Module, attention_mask: torch.Tensor | None,
 
 
 class checkpoint_context:  # noqa: N801 - used like the function it was: checkpoint_context(model)
-    """``context_fn`` for ``torch.utils.checkpoint`` (non-reentrant) over layers of ``model``: the recompute in
-    the backward sees the routing state (mask, text mask, task hints) of its forward, not whatever a later
+    """``context_fn`` for ``torch.utils.checkpoint`` (non-reentrant) over layers of ``model``: the recompute in the
+    backward sees the routing state (mask, text mask, task hints, forced routes) of its forward, not whatever a later
     forward left (``TSEmbedModel.forward`` clears the hints on return; a full batch embeds queries, then
     targets, then runs one backward). Its routing records go to a scratch dict, leaving the forward's.
 
@@ -216,18 +255,18 @@ class checkpoint_context:  # noqa: N801 - used like the function it was: checkpo
         state = getattr(self.model, "tsembed_routing_state", None)
         if not isinstance(state, RoutingState):
             return contextlib.nullcontext(), contextlib.nullcontext()
-        return contextlib.nullcontext(), _replayed(state, (state.mask, state.text_mask, state.hints))
+        return contextlib.nullcontext(), _replayed(state, (state.mask, state.text_mask, state.hints, state.forced))
 
 
 @contextlib.contextmanager
 def _replayed(state: RoutingState, saved: tuple) -> Iterator[None]:
-    current = (state.mask, state.text_mask, state.hints, state.records)
-    state.mask, state.text_mask, state.hints = saved
+    current = (state.mask, state.text_mask, state.hints, state.forced, state.records)
+    state.mask, state.text_mask, state.hints, state.forced = saved
     state.records = {}
     try:
         yield
     finally:
-        state.mask, state.text_mask, state.hints, state.records = current
+        state.mask, state.text_mask, state.hints, state.forced, state.records = current
 
 
 def set_routing_hints(model: nn.Module, hint_ids: torch.Tensor | None) -> None:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tsembed.model import EmbeddingOutput, TSEmbedModel, move_batch
-from tsembed.moe import top1_shares
+from tsembed.model import EmbeddingOutput, TSEmbedModel, move_batch, prepared_size
+from tsembed.moe import chosen_routes, forced_routes, top1_shares
 from tsembed.precision import autocast
 from tsembed.training.auxiliary import RoutingTerms, step_total
 from tsembed.training.distributed import all_reduce_sum, world_size
@@ -142,12 +142,41 @@ class ContrastiveTask(nn.Module):
         super().__init__()
         self.model, self.objective, self.precision = model, objective, precision
 
-    def embed(self, prepared: dict) -> EmbeddingOutput:
-        with autocast(_device(self.model), self.precision):
+    def embed(self, prepared: dict, routes: dict[str, torch.Tensor] | None = None) -> EmbeddingOutput:
+        with autocast(_device(self.model), self.precision), forced_routes(self.model.backbone, routes):
             return self.model(**prepared)
 
-    def forward(self, chunks: list[dict], head: Callable[[list[EmbeddingOutput]], Any]) -> Any:
-        return head([self.embed(c) for c in chunks])
+    def forward(self, chunks: list[dict], head: Callable[[list[EmbeddingOutput]], Any],
+                routes: ChunkRoutes | None = None) -> Any:
+        outputs: list[EmbeddingOutput] = []
+        for i, chunk in enumerate(chunks):
+            outputs.append(self.embed(chunk, None if routes is None else routes(i, outputs)))
+        return head(outputs)
+
+
+#: The routes a chunk must be embedded with, given its index and the outputs of the chunks before it (None: routed
+#: by itself); how targets take their queries' experts (moe.target_routing="query").
+ChunkRoutes = Callable[[int, list[EmbeddingOutput]], "dict[str, torch.Tensor] | None"]
+
+
+def target_chunk_routes(query_outputs: list[EmbeddingOutput], query_order: torch.Tensor | None,
+                        target_owner: torch.Tensor, target_order: torch.Tensor | None,
+                        target_sizes: list[int]) -> list[dict[str, torch.Tensor]]:
+    """Each target chunk's routes: every target takes the top-1 expert, layer by layer, of the query it belongs to
+    (a positive: the query of its row; a hard negative: ``target_owner``). Chunks are in bucketed order (``*_order``:
+    the batch index at each position), as the step embeds them."""
+    per_chunk = [chosen_routes(o.routing) for o in query_outputs if o.routing is not None]
+    if len(per_chunk) != len(query_outputs):
+        raise ValueError("target routing 'query' needs the queries' routing: does the model have adapters?")
+    routes = {name: torch.cat([c[name] for c in per_chunk]) for name in per_chunk[0]}  # queries, chunk order
+    if query_order is not None:  # back to batch order
+        routes = {name: r.new_empty(r.shape).index_copy_(0, query_order, r) for name, r in routes.items()}
+    positions = torch.arange(target_owner.shape[0], device=target_owner.device)
+    owner = torch.where(target_owner >= 0, target_owner, positions)  # positives come first, one per query
+    if target_order is not None:
+        owner = owner[target_order]
+    owner = owner.to(next(iter(routes.values())).device)
+    return [{name: r[part] for name, r in routes.items()} for part in torch.split(owner, target_sizes)]
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -249,7 +278,19 @@ def contrastive_step(
             emb, sig = emb[inverse], None if sig is None else sig[inverse]
         return emb, sig
 
+    t_sizes = [prepared_size(p) for p in t_prepared]
     if chunk_size is None:
+        routes = None
+        if model.query_routed:
+            cache: list = []
+
+            def routes(i: int, outputs: list[EmbeddingOutput]) -> dict[str, torch.Tensor] | None:
+                if i < n_q:
+                    return None
+                if not cache:
+                    cache.extend(target_chunk_routes(outputs[:n_q], q_order, owner, t_order, t_sizes))
+                return cache[i - n_q]
+
         def full_loss(outputs: list[EmbeddingOutput]) -> tuple:
             (q, q_sig), (t, t_sig) = combine(outputs[:n_q], q_order), combine(outputs[n_q:], t_order)
             result = objective(q, t, q_sig, t_sig, ids, owner, eans_active)
@@ -257,7 +298,7 @@ def contrastive_step(
             routing = _routing_terms(outputs, shares, units, device)
             return step_total(result.loss, routing, objective.loss_config, ranks), result, routing, q_sig, t_sig
 
-        trained, result, routing, q_sig, t_sig = task(q_prepared + t_prepared, full_loss)
+        trained, result, routing, q_sig, t_sig = task(q_prepared + t_prepared, full_loss, routes)
         if backward:
             scale(trained).backward()
         return _output(result, routing, objective.loss_config, q_sig, t_sig)
@@ -267,7 +308,7 @@ def contrastive_step(
     reuse = getattr(model.backbone, "reuse_vision", None)
     with reuse() if reuse is not None else contextlib.nullcontext():
         return _gradcache(model, objective, batch, eans_active, backward, usage, task, scale, q_prepared,
-                          t_prepared, ids, owner, combine, ranks, q_order, t_order)
+                          t_prepared, ids, owner, combine, ranks, q_order, t_order, t_sizes)
 
 
 def _index(order: list[int] | None, device: torch.device) -> torch.Tensor | None:
@@ -275,18 +316,21 @@ def _index(order: list[int] | None, device: torch.device) -> torch.Tensor | None
 
 
 def _gradcache(model, objective, batch, eans_active, backward, usage, task, scale, q_prepared, t_prepared, ids,
-               owner, combine, ranks, q_order, t_order) -> StepOutput:
+               owner, combine, ranks, q_order, t_order, t_sizes) -> StepOutput:
     """GradCache's two passes (``contrastive_step`` with a ``chunk_size``)."""
     device = _device(model)
     n_q = len(q_prepared)
     bare = _bare(task)
     rng_states: list[dict] = []
     outputs: list[EmbeddingOutput] = []
+    chunk_routes: list[dict[str, torch.Tensor] | None] = [None] * n_q
     with torch.no_grad():
-        for chunk in q_prepared + t_prepared:
+        for i, chunk in enumerate(q_prepared + t_prepared):
+            if i == n_q and model.query_routed:
+                chunk_routes += target_chunk_routes(outputs, q_order, owner, t_order, t_sizes)
             with _rng_replay(None) as state:
                 rng_states.append(state)
-                outputs.append(bare.embed(chunk))
+                outputs.append(bare.embed(chunk, chunk_routes[i] if i < len(chunk_routes) else None))
     (q, q_sig), (t, t_sig) = combine(outputs[:n_q], q_order), combine(outputs[n_q:], t_order)
     q_leaf, t_leaf = q.detach().requires_grad_(True), t.detach().requires_grad_(True)
     result = objective(q_leaf, t_leaf, q_sig, t_sig, ids, owner, eans_active)
@@ -311,19 +355,21 @@ def _gradcache(model, objective, batch, eans_active, backward, usage, task, scal
                 return value
             return head
 
-        _backward_chunks(task, q_prepared + t_prepared, rng_states, [surrogate(g) for g in grads])
+        routes = chunk_routes + [None] * (len(outputs) - len(chunk_routes))
+        _backward_chunks(task, q_prepared + t_prepared, rng_states, [surrogate(g) for g in grads], routes)
     return _output(result, routing, objective.loss_config, q_sig, t_sig)
 
 
-def _backward_chunks(task: nn.Module, chunks: list[dict], rng_states: list[dict], heads: list[Callable]) -> None:
+def _backward_chunks(task: nn.Module, chunks: list[dict], rng_states: list[dict], heads: list[Callable],
+                     routes: list[dict[str, torch.Tensor] | None]) -> None:
     """GradCache pass 2: re-run each chunk with a graph, replaying its RNG, and back-propagate its head.
 
     Under DDP the gradients accumulate locally (``no_sync``) and are averaged during the last chunk's backward,
     bucket by bucket as they become ready: one reduction per step, overlapping that backward.
     """
     ddp = isinstance(task, DistributedDataParallel)
-    for i, (chunk, state, head) in enumerate(zip(chunks, rng_states, heads, strict=True)):
+    for i, (chunk, state, head, chunk_routes) in enumerate(zip(chunks, rng_states, heads, routes, strict=True)):
         with task.no_sync() if ddp and i < len(chunks) - 1 else contextlib.nullcontext():
             with _rng_replay(state):
-                value = task([chunk], head)
+                value = task([chunk], head, None if chunk_routes is None else lambda _i, _o, r=chunk_routes: r)
             value.backward()

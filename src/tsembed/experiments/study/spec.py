@@ -408,7 +408,7 @@ def load_study(path: str | Path, builtin: set[str] | None = None) -> Study:
 
 
 def _compose(c: _Checker, value: Any, where: str, raw_variants: dict, builtin: set[str]) -> ComposeSpec:
-    from tsembed.evaluation.harness import TARGET_ROUTINGS
+    from tsembed.moe.config import TARGET_ROUTINGS
 
     value = c.mapping(value, where, COMPOSE_KEYS, ("experts",))
     experts = c.mapping(value["experts"], f"{where}.experts")
