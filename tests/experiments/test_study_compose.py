@@ -32,6 +32,7 @@ def composed_dict(composed: dict | None = None, stage_variants: list[str] | None
     ({**COMPOSED, "set": {"model.moe.rank": 4}}, None, "variants.C.set: a composed variant trains nothing"),
     ({"compose": {**COMPOSED["compose"], "target_routing": "nope"}}, None, "target_routing: 'nope' is not one of"),
     ({"compose": {**COMPOSED["compose"], "router_input": "image"}}, None, "router_input: 'image' is not one of"),
+    ({"compose": {**COMPOSED["compose"], "pilot_side": "target"}}, None, "pilot_side: 'target' is not one of"),
     (None, ["lora", "S_shape", "C"], r"stages\[0\].variants: 'C' is composed from \['S_colour'\]"),
 ])
 def test_composed_variant_errors_name_the_field(tmp_path, composed, stage_variants, message):

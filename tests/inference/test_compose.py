@@ -294,3 +294,29 @@ def test_the_server_embeds_with_the_composed_models_experts(sources, tmp_path):
     assert response.status_code == 200, response.text
     got = torch.tensor([d["embedding"] for d in response.json()["data"]])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_pilots_fitted_on_queries_alone_read_each_training_rows_query(tmp_path):
+    """--pilot-side query: an expert's pilot inputs are its training rows' queries (not their positives, which with
+    one generic target instruction look alike for every expert); rows given as --pilot-data are used whole."""
+    from types import SimpleNamespace
+
+    from tsembed.data.suite import build_suite
+    from tsembed.inference.calibration import pair_inputs
+    from tsembed.inference.compose import pilot_inputs
+
+    suite = build_suite(tmp_path / "suite", seed=0, progress=False, max_train_per_dataset=6, max_eval_per_dataset=4,
+                        pool_size=8, vqa_choices=6)
+    name = suite.names(split="train")[0]
+    source = SimpleNamespace(name="e", config=SimpleNamespace(extra={"train_datasets": [name]}))
+    pairs, where = pilot_inputs(source, None, suite.root, 4)
+    queries, where_q = pilot_inputs(source, None, suite.root, 4, "query")
+    rows = suite.train(name).rows[:4]
+    assert len(pairs) == 8 and len(queries) == 4 and where_q.endswith("train queries: " + name)
+    assert where.endswith("train: " + name)
+    assert queries == [row.query_input(suite.train(name).image_root) for row in rows]
+    assert queries == pair_inputs(suite.train(name), 4)[0::2]
+    with pytest.raises(ConfigError, match="--pilot-side query reads the queries"):
+        pilot_inputs(source, tmp_path / "rows.jsonl", None, 4, "query")
+    with pytest.raises(ConfigError, match="--pilot-side must be one of"):
+        pilot_inputs(source, None, suite.root, 4, "target")

@@ -129,7 +129,7 @@ def run_composed(variant: Variant, seed: int, out_dir: Path, suite: Path, cache_
                  eval_batch_size: int = 64) -> dict[str, Any]:
     """Compose the experts' models (``tsembed compose``; kept, so another split reuses it) and evaluate on
     ``split``. The record adds how often the pilots route each dev query to its own expert (``routing_dev``).
-    ``options``: router_input, target_routing, pilots, pilot_rows."""
+    ``options``: router_input, target_routing, pilots, pilot_rows, pilot_side."""
     from tsembed.inference.compose import ExpertSource, compose, routing_accuracy
 
     result_path = results_path(out_dir, split)
@@ -144,7 +144,7 @@ def run_composed(variant: Variant, seed: int, out_dir: Path, suite: Path, cache_
     if not (model_dir / "compose.json").is_file():
         compose([ExpertSource(name, path) for name, path in experts.items()], model_dir, suite=suite,
                 pilots_per_expert=options["pilots"], pilot_rows=options["pilot_rows"], seed=seed,
-                batch_size=eval_batch_size, router_input=options["router_input"])
+                batch_size=eval_batch_size, router_input=options["router_input"], pilot_side=options["pilot_side"])
     compose_seconds = round(time.perf_counter() - start, 1)
     model = TSEmbedModel.from_pretrained(model_dir)
     routing = routing_accuracy(model, suite, split="dev", batch_size=eval_batch_size)

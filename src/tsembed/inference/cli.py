@@ -305,6 +305,9 @@ def compose_command(
     pilots: int = typer.Option(4, "--pilots", min=1, help="Pilot embeddings (k-means centroids) per expert."),
     pilot_rows: int = typer.Option(512, "--pilot-rows", min=1, help="Training rows per expert the pilots "
                                    "are fitted on (their queries and positives)."),
+    pilot_side: str = typer.Option("pair", "--pilot-side", help="pair: fit the pilots on the training rows' queries "
+                                   "and positives; query: on their queries alone (for --target-routing query, where "
+                                   "only queries are routed). --add keeps the composed model's own."),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Experts per input (1: every input gets exactly one "
                               "expert's vector, and adding an expert changes no other input's vector)."),
     router_input: str = typer.Option("text", "--router-input", help="What the pilots and the router read: the "
@@ -354,7 +357,8 @@ def compose_command(
     else:
         assert out is not None
         report = compose(sources, out, suite, pilots, pilot_rows, top_k, seed=seed, batch_size=batch_size,
-                         router_input=router_input, fallback=spare, floor_quantile=floor_quantile)
+                         router_input=router_input, fallback=spare, floor_quantile=floor_quantile,
+                         pilot_side=pilot_side)
         target = out
     if routing_split is not None:
         if suite is None:

@@ -170,11 +170,24 @@ def expert_adapters(model: Any, expert: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def pilot_inputs(source: _Source, pilot_data: Path | None, suite: Path | None, max_rows: int) -> tuple[list, str]:
-    """Up to ``max_rows`` training rows' queries and positives for an expert's pilots, and where they came from."""
+#: What an expert's pilots are fitted on: its training rows' queries and positives (``pair``), or their queries
+#: alone (``query``: for query-routed targets, where only queries are ever routed; with one generic target
+#: instruction every expert's positives look alike to the router and would put pilots on one shared point).
+PILOT_SIDES = ("pair", "query")
+
+
+def pilot_inputs(source: _Source, pilot_data: Path | None, suite: Path | None, max_rows: int,
+                 side: str = "pair") -> tuple[list, str]:
+    """Up to ``max_rows`` training rows' queries and positives (``side`` ``query``: queries alone) for an expert's
+    pilots, and where they came from."""
     from tsembed.inference.calibration import calibration_inputs
 
+    if side not in PILOT_SIDES:
+        raise ConfigError(f"--pilot-side must be one of {list(PILOT_SIDES)}, got {side!r}")
     if pilot_data is not None:
+        if side != "pair":
+            raise ConfigError(f"expert {source.name!r}: --pilot-side {side} reads the queries of a suite's training "
+                              "rows (--suite); --pilot-data rows are used whole")
         items = calibration_inputs(pilot_data, per_dataset=max_rows)
         return items[: 2 * max_rows], str(pilot_data)
     datasets = list(source.config.extra.get("train_datasets") or [])
@@ -188,7 +201,9 @@ def pilot_inputs(source: _Source, pilot_data: Path | None, suite: Path | None, m
     loaded = load_suite(suite)
     per = max(1, max_rows // len(datasets))
     items = [x for name in datasets for x in pair_inputs(loaded.train(name), per)]
-    return items, f"{suite} train: {', '.join(datasets)}"
+    if side == "query":
+        items = items[0::2]  # pair_inputs gives each row's query, then its positive
+    return items, f"{suite} train{' queries' if side == 'query' else ''}: {', '.join(datasets)}"
 
 
 def _pilots(model: Any, items: list, k: int, seed: int, batch_size: int,
@@ -240,8 +255,10 @@ def _source_fields(source: _Source) -> dict[str, Any]:
             "train_datasets": list(source.config.extra.get("train_datasets") or [])}
 
 
-def _record(source: _Source, where: str, rows: int, pilots: int, floor: float | None = None) -> dict[str, Any]:
-    record = {**_source_fields(source), "pilot_data": where, "pilot_inputs": rows, "pilots": pilots}
+def _record(source: _Source, where: str, rows: int, pilots: int, floor: float | None = None,
+            side: str = "pair") -> dict[str, Any]:
+    record = {**_source_fields(source), "pilot_data": where, "pilot_side": side, "pilot_inputs": rows,
+              "pilots": pilots}
     if floor is not None:
         record["floor"] = floor
     return record
@@ -274,13 +291,14 @@ def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]
 def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | None = None, pilots_per_expert: int = 4,
             pilot_rows: int = 512, top_k: int = 1, temperature: float = 0.05, seed: int = 0,
             batch_size: int = 64, router_input: str = "text", fallback: ExpertSource | None = None,
-            floor_quantile: float = 0.05) -> dict[str, Any]:
+            floor_quantile: float = 0.05, pilot_side: str = "pair") -> dict[str, Any]:
     """Join single-adapter models into one pilot-routed MoE-LoRA model written to ``out``; returns the report.
 
     ``router_input``: ``text`` (the pilots and the router read the base model's embedding of an input's text
     alone: for an image input, its instruction) or ``all`` (of the whole input, image included). ``fallback``: a
     single-adapter model that becomes the last expert, taking every input below its nearest expert's floor (the
-    ``floor_quantile`` of that expert's own training inputs' affinity; top-1 only).
+    ``floor_quantile`` of that expert's own training inputs' affinity; top-1 only). ``pilot_side``: fit the pilots
+    on the training rows' queries and positives (``pair``) or queries alone (``query``, see ``PILOT_SIDES``).
 
     Raises:
         ConfigError: fewer than two experts, repeated names, incompatible models or no pilot data.
@@ -302,8 +320,10 @@ def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | No
         _check_compatible(read[0], other)
     # the pilots need the base model only: build the composed model first (experts copied in), embed bypassed
     suite_path = Path(suite) if suite else None
-    inputs = [pilot_inputs(r, s.pilot_data, suite_path, pilot_rows) for r, s in zip(read, sources, strict=True)]
-    records = [_record(r, where, len(items), pilots_per_expert) for r, (items, where) in zip(read, inputs, strict=True)]
+    inputs = [pilot_inputs(r, s.pilot_data, suite_path, pilot_rows, pilot_side)
+              for r, s in zip(read, sources, strict=True)]
+    records = [_record(r, where, len(items), pilots_per_expert, side=pilot_side)
+               for r, (items, where) in zip(read, inputs, strict=True)]
     if spare is not None:
         records.append(_fallback_record(spare, floor_quantile))
     experts = [(r.name, r.adapters) for r in read + ([spare] if spare else [])]
@@ -324,7 +344,7 @@ def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | No
     model.pilot_router = PilotRouter(_stack(pilots), top_k=top_k, temperature=temperature,
                                      fallback=len(read) if spare else None, floors=torch.tensor(floors))
     report = {"experts": records, "top_k": top_k, "router_input": router_input, "pilots_per_expert": pilots_per_expert,
-              "seed": seed}
+              "pilot_side": pilot_side, "seed": seed}
     if spare is not None:
         report.update(fallback=spare.name, floor_quantile=floor_quantile)
     _save_atomically(model, Path(out), report)
@@ -353,12 +373,14 @@ def add_expert(source: ExpertSource, to: str | Path, suite: str | Path | None = 
     reference = _read_source(names[0], to, single=False)  # the experts' backbone, bridge and adapter shape
     new = _read_source(source.name, Path(source.model_dir))
     _check_compatible(reference, new)
-    items, where = pilot_inputs(new, source.pilot_data, Path(suite) if suite else None, pilot_rows)
+    side = next((r.get("pilot_side", "pair") for r in records if not r.get("fallback")), "pair")  # the model's own
+    items, where = pilot_inputs(new, source.pilot_data, Path(suite) if suite else None, pilot_rows, side)
     quantile = next((r["floor_quantile"] for r in records if r.get("fallback")), None)  # the fallback's setting
     pilots, floor = _pilots(composed, items, pilots_per_expert, seed, batch_size, quantile)
     experts = [(n, expert_adapters(composed, e)) for e, n in enumerate(names)] + [(new.name, new.adapters)]
     model = _build(reference, experts, moe.top_k, moe.router_input,
-                   [*records, _record(new, where, len(items), pilots.shape[0], None if quantile is None else floor)])
+                   [*records, _record(new, where, len(items), pilots.shape[0], None if quantile is None else floor,
+                                      side)])
     model.pilot_router = composed.pilot_router.extended(pilots, floor)  # the old pilots and floors unchanged
     report = {"experts": model.config.extra["composed_from"], "top_k": moe.top_k, "added": new.name}
     _save_atomically(model, to, report)

@@ -261,7 +261,7 @@ def in_process(task: RunTask, base: dict[str, Any]) -> None:
     if task.compose is not None:
         experts = {name: task.run_dir.parent / variant / MODEL_DIR for name, variant in task.compose.experts.items()}
         run_composed(task.variant, task.seed, task.run_dir, task.suite_path, task.cache_dir, experts,
-                     task.compose.to_dict(), split=task.split)
+                     task.compose.options(), split=task.split)
         return
     run_variant(base, task.variant, task.seed, task.run_dir, task.suite_path, task.cache_dir,
                 extra=list(THREAD_OVERRIDES), split=task.split)

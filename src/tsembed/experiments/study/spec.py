@@ -22,7 +22,7 @@ SPLITS = ("dev", "eval")
 CLUSTERINGS = ("row", "episode")
 TOP_KEYS = {"name", "description", "base", "suites", "variants", "stages", "gate", "selection", "compare",
             "bootstrap"}
-COMPOSE_KEYS = {"experts", "router_input", "target_routing", "pilots", "pilot_rows"}
+COMPOSE_KEYS = {"experts", "router_input", "target_routing", "pilots", "pilot_rows", "pilot_side"}
 GATE_KEYS = {"stage", "joint", "specialists", "min_margin", "min_conditions", "guards", "rule"}
 
 
@@ -45,10 +45,18 @@ class ComposeSpec:
     target_routing: str = "query"  # eval: a row's candidates embedded with its query's expert (an index per expert)
     pilots: int = 4
     pilot_rows: int = 512
+    pilot_side: str = "pair"  # what the pilots are fitted on (tsembed.inference.compose.PILOT_SIDES)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"experts": dict(self.experts), "router_input": self.router_input,
-                "target_routing": self.target_routing, "pilots": self.pilots, "pilot_rows": self.pilot_rows}
+        """The settings (they name the run: study-run.json); ``pilot_side`` only when not its default, so runs made
+        before it existed keep their identity."""
+        out = {"experts": dict(self.experts), "router_input": self.router_input,
+               "target_routing": self.target_routing, "pilots": self.pilots, "pilot_rows": self.pilot_rows}
+        return out if self.pilot_side == "pair" else {**out, "pilot_side": self.pilot_side}
+
+    def options(self) -> dict[str, Any]:
+        """Every setting, defaults included: what ``runner.run_composed`` reads."""
+        return {**self.to_dict(), "pilot_side": self.pilot_side}
 
 
 @dataclass(frozen=True)
@@ -408,6 +416,7 @@ def load_study(path: str | Path, builtin: set[str] | None = None) -> Study:
 
 
 def _compose(c: _Checker, value: Any, where: str, raw_variants: dict, builtin: set[str]) -> ComposeSpec:
+    from tsembed.inference.compose import PILOT_SIDES
     from tsembed.moe.config import TARGET_ROUTINGS
 
     value = c.mapping(value, where, COMPOSE_KEYS, ("experts",))
@@ -426,9 +435,12 @@ def _compose(c: _Checker, value: Any, where: str, raw_variants: dict, builtin: s
     target_routing = value.get("target_routing", "query")
     if target_routing not in TARGET_ROUTINGS:
         c.fail(f"{where}.target_routing", f"{target_routing!r} is not one of {list(TARGET_ROUTINGS)}")
+    pilot_side = value.get("pilot_side", "pair")
+    if pilot_side not in PILOT_SIDES:
+        c.fail(f"{where}.pilot_side", f"{pilot_side!r} is not one of {list(PILOT_SIDES)}")
     return ComposeSpec({str(k): str(v) for k, v in experts.items()}, router_input, target_routing,
                        c.number(value.get("pilots", 4), f"{where}.pilots", int, 1),
-                       c.number(value.get("pilot_rows", 512), f"{where}.pilot_rows", int, 1))
+                       c.number(value.get("pilot_rows", 512), f"{where}.pilot_rows", int, 1), pilot_side)
 
 
 def _gate(c: _Checker, value: Any, stages: list[StageSpec], variants: dict[str, VariantSpec]) -> GateSpec:
