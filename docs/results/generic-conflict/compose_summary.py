@@ -1,6 +1,7 @@
-"""Issue 26's headline for amendment 1 (README.md): compose-summary.json from the study's own summary and records.
+"""Issue 26's headline (README.md): compose-summary.json from the study's own summary and records.
 
-    python docs/results/generic-conflict/compose_summary.py runs/generic-conflict
+    python docs/results/generic-conflict/compose_summary.py runs/generic-conflict            # amendment 1
+    python docs/results/generic-conflict/compose_summary.py runs/generic-conflict amendment2 # C_query_pilots, eval2
 
 run from the root of the worktree the study ran in, after `tsembed study summarize`; writes next to this file.
 Keys as issue 26 asks (`composed_overall`, `joint_tsembed_overall`, `joint_lora_overall`, `routing_accuracy_dev`,
@@ -19,10 +20,14 @@ from tsembed.experiments.study.spec import load_study, specialist_dataset
 from tsembed.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parent
-COMPOSED, LORA, STAGE = "C_composed", "A1_lora", "eval"
+LORA = "A1_lora"
+#: reading -> (composed variant, stage, output file)
+READINGS = {"amendment1": ("C_composed", "eval", "compose-summary.json"),
+            "amendment2": ("C_query_pilots", "eval2", "compose-summary-amendment2.json")}
 
 
-def main(out: Path) -> dict:
+def main(out: Path, reading: str = "amendment1") -> dict:
+    COMPOSED, STAGE, name = READINGS[reading]  # noqa: N806 - the names the amendment-1 reading was written with
     summary = json.loads((out / "summary.json").read_text())
     joint = summary["selection"]["winner"]
     table = summary["stages"][STAGE]["families"]["generic"]["variants"]
@@ -52,9 +57,9 @@ def main(out: Path) -> dict:
         "collapsed_runs": sum(v.get("collapsed_runs", 0) for v in table.values()),
     }
     text = json.dumps(headline, indent=2) + "\n"
-    atomic_write(HERE / "compose-summary.json", lambda p: p.write_text(text))
+    atomic_write(HERE / name, lambda p: p.write_text(text))
     return headline
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1])), indent=2))
+    print(json.dumps(main(Path(sys.argv[1]), *sys.argv[2:3]), indent=2))
