@@ -298,7 +298,7 @@ def test_the_server_embeds_with_the_composed_models_experts(sources, tmp_path):
 
 def test_pilots_fitted_on_queries_alone_read_each_training_rows_query(tmp_path):
     """--pilot-side query: an expert's pilot inputs are its training rows' queries (not their positives, which with
-    one generic target instruction look alike for every expert); rows given as --pilot-data are used whole."""
+    one generic target instruction look alike for every expert); corpus rows have none to give."""
     from types import SimpleNamespace
 
     from tsembed.data.suite import build_suite
@@ -316,7 +316,39 @@ def test_pilots_fitted_on_queries_alone_read_each_training_rows_query(tmp_path):
     assert where.endswith("train: " + name)
     assert queries == [row.query_input(suite.train(name).image_root) for row in rows]
     assert queries == pair_inputs(suite.train(name), 4)[0::2]
-    with pytest.raises(ConfigError, match="--pilot-side query reads the queries"):
-        pilot_inputs(source, tmp_path / "rows.jsonl", None, 4, "query")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a passage"}\n')
+    with pytest.raises(ConfigError, match="corpus rows have no queries"):
+        pilot_inputs(source, corpus, None, 4, "query")
     with pytest.raises(ConfigError, match="--pilot-side must be one of"):
         pilot_inputs(source, None, suite.root, 4, "target")
+
+
+def test_a_composed_model_can_carry_query_routed_targets(sources, tmp_path):
+    """compose --target-routing query: the model says so (moe.target_routing), `tsembed eval` then embeds each row's
+    candidates with its query's expert by default, the pilots default to the rows' queries, and --add keeps both."""
+    from tsembed.evaluation.harness import evaluate
+
+    compose([_expert(sources, t) for t in ("alpha", "beta")], tmp_path / "own", pilots_per_expert=2)
+    report = compose([_expert(sources, t) for t in ("alpha", "beta")], tmp_path / "q", pilots_per_expert=2,
+                     target_routing="query")
+    assert report["pilot_side"] == "query" and report["target_routing"] == "query"
+    assert all(e["pilot_side"] == "query" and e["pilot_inputs"] == 12 for e in report["experts"])
+    model = TSEmbedModel.from_pretrained(tmp_path / "q")
+    assert model.config.moe.target_routing == "query" and model.query_routed
+    rows = [{"qry_text": q, "qry_img_path": "", "tgt_text": ["gamma cars passage", "beta mountain", "alpha apples"],
+             "tgt_img_path": ["", "", ""]} for q in _texts("alpha", 3, offset=30) + _texts("beta", 3, offset=30)]
+    path = tmp_path / "Rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    default = evaluate(model, {"Rows": path}, progress=False)
+    assert default.settings["target_routing"] == "query"
+    by_hand = evaluate(model, {"Rows": path}, progress=False, target_routing="query")
+    assert default.hits["Rows"].hits.tolist() == by_hand.hits["Rows"].hits.tolist()
+    assert evaluate(TSEmbedModel.from_pretrained(tmp_path / "own"), {"Rows": path},
+                    progress=False).settings["target_routing"] == "own"
+    add_expert(_expert(sources, "gamma"), tmp_path / "q", pilots_per_expert=2)
+    grown = TSEmbedModel.from_pretrained(tmp_path / "q")
+    assert grown.config.moe.target_routing == "query"
+    assert grown.config.extra["composed_from"][-1]["pilot_side"] == "query"
+    with pytest.raises(ConfigError, match="needs --top-k 1"):
+        compose([_expert(sources, t) for t in ("alpha", "beta")], tmp_path / "x", top_k=2, target_routing="query")

@@ -144,7 +144,8 @@ def run_composed(variant: Variant, seed: int, out_dir: Path, suite: Path, cache_
     if not (model_dir / "compose.json").is_file():
         compose([ExpertSource(name, path) for name, path in experts.items()], model_dir, suite=suite,
                 pilots_per_expert=options["pilots"], pilot_rows=options["pilot_rows"], seed=seed,
-                batch_size=eval_batch_size, router_input=options["router_input"], pilot_side=options["pilot_side"])
+                batch_size=eval_batch_size, router_input=options["router_input"],
+                target_routing=options["target_routing"], pilot_side=options["pilot_side"])
     compose_seconds = round(time.perf_counter() - start, 1)
     model = TSEmbedModel.from_pretrained(model_dir)
     routing = routing_accuracy(model, suite, split="dev", batch_size=eval_batch_size)

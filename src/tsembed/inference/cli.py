@@ -305,9 +305,12 @@ def compose_command(
     pilots: int = typer.Option(4, "--pilots", min=1, help="Pilot embeddings (k-means centroids) per expert."),
     pilot_rows: int = typer.Option(512, "--pilot-rows", min=1, help="Training rows per expert the pilots "
                                    "are fitted on (their queries and positives)."),
-    pilot_side: str = typer.Option("pair", "--pilot-side", help="pair: fit the pilots on the training rows' queries "
-                                   "and positives; query: on their queries alone (for --target-routing query, where "
-                                   "only queries are routed). --add keeps the composed model's own."),
+    target_routing: str = typer.Option("own", "--target-routing", help="own: every input routed by its pilots; "
+                                       "query: each row's candidates embedded with its query's expert wherever the "
+                                       "model is evaluated (an index per expert; needs --top-k 1)."),
+    pilot_side: str | None = typer.Option(None, "--pilot-side", help="pair: fit the pilots on the training rows' "
+                                          "queries and positives; query: on their queries alone [default: query with "
+                                          "--target-routing query, else pair]. --add keeps the model's own."),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Experts per input (1: every input gets exactly one "
                               "expert's vector, and adding an expert changes no other input's vector)."),
     router_input: str = typer.Option("text", "--router-input", help="What the pilots and the router read: the "
@@ -358,7 +361,7 @@ def compose_command(
         assert out is not None
         report = compose(sources, out, suite, pilots, pilot_rows, top_k, seed=seed, batch_size=batch_size,
                          router_input=router_input, fallback=spare, floor_quantile=floor_quantile,
-                         pilot_side=pilot_side)
+                         target_routing=target_routing, pilot_side=pilot_side)
         target = out
     if routing_split is not None:
         if suite is None:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from tsembed.errors import AdapterError, ConfigError
+from tsembed.moe.config import TARGET_ROUTINGS
 from tsembed.moe.pilot import NO_FLOOR, PilotRouter
 
 logger = logging.getLogger(__name__)
@@ -130,13 +131,13 @@ def _check_compatible(reference: _Source, other: _Source) -> None:
                           f"({reference.directory}): " + "; ".join(problems))
 
 
-def _composed_config(reference: _Source, names: list[str], top_k: int, router_input: str,
+def _composed_config(reference: _Source, names: list[str], top_k: int, router_input: str, target_routing: str,
                      extra: dict[str, Any]) -> Any:
     from tsembed.model import ModelConfig
 
     moe = replace(reference.config.moe, num_experts=len(names), router="pilot", level="sequence", routing="topk",
                   top_k=top_k, expert_names=list(names), jitter=0.0, router_input=router_input, task_hints=[],
-                  task_hint_init=0.0, target_routing="own")
+                  task_hint_init=0.0, target_routing=target_routing)
     return ModelConfig(backbone=dict(reference.config.backbone), moe=moe, pooling=reference.config.pooling,
                        normalize=reference.config.normalize, query_instruction=reference.config.query_instruction,
                        document_instruction=reference.config.document_instruction, extra=extra)
@@ -184,12 +185,11 @@ def pilot_inputs(source: _Source, pilot_data: Path | None, suite: Path | None, m
 
     if side not in PILOT_SIDES:
         raise ConfigError(f"--pilot-side must be one of {list(PILOT_SIDES)}, got {side!r}")
+    queries_only = side == "query"
     if pilot_data is not None:
-        if side != "pair":
-            raise ConfigError(f"expert {source.name!r}: --pilot-side {side} reads the queries of a suite's training "
-                              "rows (--suite); --pilot-data rows are used whole")
-        items = calibration_inputs(pilot_data, per_dataset=max_rows)
-        return items[: 2 * max_rows], str(pilot_data)
+        items = calibration_inputs(pilot_data, per_dataset=max_rows, queries_only=queries_only)
+        return items[: max_rows if queries_only else 2 * max_rows], str(pilot_data) + (" queries" if queries_only
+                                                                                        else "")
     datasets = list(source.config.extra.get("train_datasets") or [])
     if suite is None or not datasets:
         raise ConfigError(f"expert {source.name!r}: give --pilot-data {source.name}=ROWS (its training rows), or "
@@ -200,10 +200,8 @@ def pilot_inputs(source: _Source, pilot_data: Path | None, suite: Path | None, m
 
     loaded = load_suite(suite)
     per = max(1, max_rows // len(datasets))
-    items = [x for name in datasets for x in pair_inputs(loaded.train(name), per)]
-    if side == "query":
-        items = items[0::2]  # pair_inputs gives each row's query, then its positive
-    return items, f"{suite} train{' queries' if side == 'query' else ''}: {', '.join(datasets)}"
+    items = [x for name in datasets for x in pair_inputs(loaded.train(name), per, queries_only)]
+    return items, f"{suite} train{' queries' if queries_only else ''}: {', '.join(datasets)}"
 
 
 def _pilots(model: Any, items: list, k: int, seed: int, batch_size: int,
@@ -275,13 +273,14 @@ def owned_datasets(model: Any) -> dict[str, int]:
 
 
 def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]], top_k: int, router_input: str,
-           records: list[dict[str, Any]]) -> Any:
+           target_routing: str, records: list[dict[str, Any]]) -> Any:
     """The composed model without its pilots: the reference's backbone and bridge weights, one expert per entry."""
     from tsembed.model import TRAINABLE_WEIGHTS_NAME, TSEmbedModel
 
     datasets = list(dict.fromkeys(d for r in records for d in r["train_datasets"]))
     extra = {"composed_from": records, "train_datasets": datasets}
-    model = TSEmbedModel.from_config(_composed_config(reference, [n for n, _ in experts], top_k, router_input, extra))
+    model = TSEmbedModel.from_config(_composed_config(reference, [n for n, _ in experts], top_k, router_input,
+                                                      target_routing, extra))
     model.load_trainable_backbone_state(reference.directory / TRAINABLE_WEIGHTS_NAME)
     for e, (name, adapters) in enumerate(experts):
         _copy_expert(model, e, adapters, name)
@@ -291,14 +290,18 @@ def _build(reference: _Source, experts: list[tuple[str, dict[str, torch.Tensor]]
 def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | None = None, pilots_per_expert: int = 4,
             pilot_rows: int = 512, top_k: int = 1, temperature: float = 0.05, seed: int = 0,
             batch_size: int = 64, router_input: str = "text", fallback: ExpertSource | None = None,
-            floor_quantile: float = 0.05, pilot_side: str = "pair") -> dict[str, Any]:
+            floor_quantile: float = 0.05, target_routing: str = "own",
+            pilot_side: str | None = None) -> dict[str, Any]:
     """Join single-adapter models into one pilot-routed MoE-LoRA model written to ``out``; returns the report.
 
     ``router_input``: ``text`` (the pilots and the router read the base model's embedding of an input's text
     alone: for an image input, its instruction) or ``all`` (of the whole input, image included). ``fallback``: a
     single-adapter model that becomes the last expert, taking every input below its nearest expert's floor (the
-    ``floor_quantile`` of that expert's own training inputs' affinity; top-1 only). ``pilot_side``: fit the pilots
-    on the training rows' queries and positives (``pair``) or queries alone (``query``, see ``PILOT_SIDES``).
+    ``floor_quantile`` of that expert's own training inputs' affinity; top-1 only). ``target_routing``: ``query``
+    makes the model embed each row's candidates with its query's expert wherever it is evaluated (an index per
+    expert; ``moe.target_routing``), ``own`` routes every input by itself. ``pilot_side``: fit the pilots on the
+    training rows' queries and positives (``pair``) or queries alone (``query``, see ``PILOT_SIDES``); None: ``query``
+    for query-routed targets (only queries are routed), else ``pair``.
 
     Raises:
         ConfigError: fewer than two experts, repeated names, incompatible models or no pilot data.
@@ -309,6 +312,12 @@ def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | No
     if len(set(names)) != len(names):
         raise ConfigError(f"expert names repeat: {names}")
     _check_routing_options(top_k, len(sources), pilots_per_expert, pilot_rows)
+    if target_routing not in TARGET_ROUTINGS:
+        raise ConfigError(f"--target-routing must be one of {list(TARGET_ROUTINGS)}, got {target_routing!r}")
+    if target_routing == "query" and top_k != 1:
+        raise ConfigError(f"--target-routing query embeds a row's candidates with its query's one expert: it needs "
+                          f"--top-k 1 (got {top_k})")
+    pilot_side = pilot_side or ("query" if target_routing == "query" else "pair")
     if router_input not in ("text", "all"):
         raise ConfigError(f"--router-input must be text or all, got {router_input!r}")
     if fallback is not None and (top_k != 1 or not 0.0 <= floor_quantile < 1.0):
@@ -327,7 +336,7 @@ def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | No
     if spare is not None:
         records.append(_fallback_record(spare, floor_quantile))
     experts = [(r.name, r.adapters) for r in read + ([spare] if spare else [])]
-    model = _build(read[0], experts, top_k, router_input, records)
+    model = _build(read[0], experts, top_k, router_input, target_routing, records)
     pilots, floors = [], []
     for r, (items, _), record in zip(read, inputs, records[:len(read)], strict=True):
         logger.info("expert %s: pilots from %d inputs", r.name, len(items))
@@ -344,7 +353,7 @@ def compose(sources: list[ExpertSource], out: str | Path, suite: str | Path | No
     model.pilot_router = PilotRouter(_stack(pilots), top_k=top_k, temperature=temperature,
                                      fallback=len(read) if spare else None, floors=torch.tensor(floors))
     report = {"experts": records, "top_k": top_k, "router_input": router_input, "pilots_per_expert": pilots_per_expert,
-              "pilot_side": pilot_side, "seed": seed}
+              "pilot_side": pilot_side, "target_routing": target_routing, "seed": seed}
     if spare is not None:
         report.update(fallback=spare.name, floor_quantile=floor_quantile)
     _save_atomically(model, Path(out), report)
@@ -378,7 +387,7 @@ def add_expert(source: ExpertSource, to: str | Path, suite: str | Path | None = 
     quantile = next((r["floor_quantile"] for r in records if r.get("fallback")), None)  # the fallback's setting
     pilots, floor = _pilots(composed, items, pilots_per_expert, seed, batch_size, quantile)
     experts = [(n, expert_adapters(composed, e)) for e, n in enumerate(names)] + [(new.name, new.adapters)]
-    model = _build(reference, experts, moe.top_k, moe.router_input,
+    model = _build(reference, experts, moe.top_k, moe.router_input, moe.target_routing,
                    [*records, _record(new, where, len(items), pilots.shape[0], None if quantile is None else floor,
                                       side)])
     model.pilot_router = composed.pilot_router.extended(pilots, floor)  # the old pilots and floors unchanged

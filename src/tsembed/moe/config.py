@@ -77,7 +77,8 @@ class MoELoRAConfig:
         target_routing: ``own`` (a target is routed by itself, like any input) or ``query`` (a target is embedded
             with the experts its query chose, in every layer; training and evaluation alike). With one generic
             target instruction (MMEB) every target routes alike, so only ``query`` lets a target be read
-            differently for queries of different conditions. Needs a learned sequence-level top-1 router.
+            differently for queries of different conditions. Needs sequence-level top-1 routing (a learned router's,
+            or a composed model's pilots: an index per expert).
         router: ``learned`` (a linear router in every adapted layer) or ``pilot`` (one model-level router over
             per-expert pilot embeddings, as ``tsembed compose`` builds: sequence level, ``topk``, no null experts
             or task hints; the layers own no router weights).
@@ -168,8 +169,7 @@ class MoELoRAConfig:
         if self.target_routing not in TARGET_ROUTINGS:
             raise ConfigError(f"moe.target_routing must be one of {TARGET_ROUTINGS}, got {self.target_routing!r}")
         if self.target_routing == "query":
-            needs = {"level": ("sequence", self.level), "routing": ("topk", self.routing), "top_k": (1, self.top_k),
-                     "router": ("learned", self.router)}
+            needs = {"level": ("sequence", self.level), "routing": ("topk", self.routing), "top_k": (1, self.top_k)}
             wrong = [f"moe.{k}={got!r} (needs {want!r})" for k, (want, got) in needs.items() if got != want]
             if wrong:
                 raise ConfigError("moe.target_routing='query' gives a target its query's one expert per layer: "
