@@ -2,6 +2,7 @@
 
     python docs/results/generic-conflict/compose_summary.py runs/generic-conflict            # amendment 1
     python docs/results/generic-conflict/compose_summary.py runs/generic-conflict amendment2 # C_query_pilots, eval2
+    python docs/results/generic-conflict/compose_summary.py runs/generic-conflict amendment3 # the fresh build
 
 run from the root of the worktree the study ran in, after `tsembed study summarize`; writes next to this file.
 Keys as issue 26 asks (`composed_overall`, `joint_tsembed_overall`, `joint_lora_overall`, `routing_accuracy_dev`,
@@ -21,20 +22,22 @@ from tsembed.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parent
 LORA = "A1_lora"
-#: reading -> (composed variant, stage, output file)
-READINGS = {"amendment1": ("C_composed", "eval", "compose-summary.json"),
-            "amendment2": ("C_query_pilots", "eval2", "compose-summary-amendment2.json")}
+#: reading -> (composed variant, stage, joint TSEmbed arm (None: the selection's), output file)
+READINGS = {"amendment1": ("C_composed", "eval", None, "compose-summary.json"),
+            "amendment2": ("C_query_pilots", "eval2", None, "compose-summary-amendment2.json"),
+            "amendment3": ("C_query_pilots", "eval3", "A4_query_targets", "compose-summary-amendment3.json")}
 
 
 def main(out: Path, reading: str = "amendment1") -> dict:
-    COMPOSED, STAGE, name = READINGS[reading]  # noqa: N806 - the names the amendment-1 reading was written with
+    COMPOSED, STAGE, joint, name = READINGS[reading]  # noqa: N806 - the names the amendment-1 reading was written with
     summary = json.loads((out / "summary.json").read_text())
-    joint = summary["selection"]["winner"]
+    joint = joint or summary["selection"]["winner"]
     table = summary["stages"][STAGE]["families"]["generic"]["variants"]
     compare = {(c["a"], c["b"]): c for c in summary["compare"] if c["stage"] == STAGE}
-    records = sorted((out / "runs").glob(f"*/seed*/{COMPOSED}/results.json"))
-    routing = [json.loads(p.read_text())["routing_dev"]["query_accuracy"] for p in records]
     study = load_study(Path(summary["study"]))
+    records = sorted(p for suite in study.stage(STAGE).suites
+                     for p in (out / "runs" / suite).glob(f"seed*/{COMPOSED}/results.json"))
+    routing = [json.loads(p.read_text())["routing_dev"]["query_accuracy"] for p in records]
     gaps = {}  # C − S at the specialist's own condition (R2)
     for (a, b), entry in compare.items():
         dataset = specialist_dataset(study.variants, a) if b == COMPOSED else None
