@@ -304,7 +304,7 @@ def compose_command(
                                                 "expert NAME (MMEB rows, corpus rows or a suite) [default: --suite]."),
     pilots: int = typer.Option(4, "--pilots", min=1, help="Pilot embeddings (k-means centroids) per expert."),
     pilot_rows: int = typer.Option(512, "--pilot-rows", min=1, help="Training rows per expert the pilots "
-                                   "are fitted on (their queries and positives)."),
+                                   "are fitted on (their queries and positives, or queries alone: --pilot-side)."),
     target_routing: str = typer.Option("own", "--target-routing", help="own: every input routed by its pilots; "
                                        "query: each row's candidates embedded with its query's expert wherever the "
                                        "model is evaluated (an index per expert; needs --top-k 1)."),
